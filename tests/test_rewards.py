@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from ttp.bon import bon_curves, random_curves
+from ttp.rewards import RewardModel, TrainingDiverged, selection_scores, within_pool_pearson
+
+
+def planted_pools(n_pools=150, m=16, seed=0, noise_grows=False):
+    """Utility = a known function of feature 0 plus noise; feature 1 scales the noise."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_pools * m, 4)).astype(np.float32)
+    noise_scale = 0.05 + (0.5 * (X[:, 1] > 0) if noise_grows else 0.0)
+    y = np.tanh(X[:, 0]) + noise_scale * rng.normal(size=len(X))
+    groups = np.repeat(np.arange(n_pools), m)
+    return X, y.astype(np.float32), groups
+
+
+@pytest.mark.parametrize("kind", ["pointwise", "bradley_terry", "probabilistic", "ensemble"])
+def test_each_reward_model_learns_a_planted_signal(kind):
+    X, y, g = planted_pools(seed=1)
+    Xv, yv, gv = planted_pools(n_pools=60, seed=2)
+    Xt, yt, gt = planted_pools(n_pools=60, seed=3)
+    model = RewardModel(kind=kind, max_epochs=150, members=3).fit(X, y, g, Xv, yv, gv)
+    scores = model.predict(Xt)
+    assert within_pool_pearson(scores, yt, gt) > 0.8
+    curve = bon_curves(scores.reshape(60, 16), yt.reshape(60, 16)).mean(axis=0)
+    assert curve[15] > curve[0] + 0.3  # selection lifts utility well above the pool mean
+
+
+def test_probabilistic_sd_grows_where_planted_noise_grows():
+    X, y, g = planted_pools(seed=4, noise_grows=True)
+    Xv, yv, gv = planted_pools(n_pools=60, seed=5, noise_grows=True)
+    model = RewardModel(kind="probabilistic", max_epochs=300, patience=300).fit(X, y, g, Xv, yv, gv)
+    _, sd = model.predict_dist(Xv)
+    noisy = Xv[:, 1] > 0
+    assert sd[noisy].mean() > 2 * sd[~noisy].mean()
+
+
+def test_constant_reward_model_gives_exactly_the_random_curve():
+    X, y, g = planted_pools(n_pools=20, seed=6)
+    model = RewardModel(kind="constant").fit(X, y, g)
+    scores = model.predict(X).reshape(20, 16)
+    np.testing.assert_allclose(bon_curves(scores, y.reshape(20, 16)), random_curves(y.reshape(20, 16)))
+
+
+@pytest.mark.parametrize("kind", ["bradley_terry", "probabilistic", "ensemble"])
+def test_save_and_load_give_identical_predictions(kind, tmp_path):
+    X, y, g = planted_pools(n_pools=30, seed=7)
+    model = RewardModel(kind=kind, max_epochs=20, members=2).fit(X, y, g)
+    model.save(tmp_path / kind)
+    loaded = RewardModel.load(tmp_path / kind)
+    np.testing.assert_array_equal(model.predict(X), loaded.predict(X))
+    if model.is_probabilistic:
+        np.testing.assert_array_equal(model.predict_dist(X)[1], loaded.predict_dist(X)[1])
+
+
+def test_selection_rules():
+    X, y, g = planted_pools(n_pools=30, seed=8)
+    model = RewardModel(kind="probabilistic", max_epochs=30).fit(X, y, g)
+    mean, sd = model.predict_dist(X)
+    np.testing.assert_allclose(selection_scores(model, X, g, "lcb", kappa=2.0), mean - 2 * sd, rtol=1e-6)
+    p = selection_scores(model, X, g, "p_improve")
+    assert np.all((p >= 0) & (p <= 1))
+    pointwise = RewardModel(kind="pointwise", max_epochs=5).fit(X, y, g)
+    with pytest.raises(ValueError, match="needs a probabilistic"):
+        selection_scores(pointwise, X, g, "lcb")
+
+
+def test_bad_inputs_stop_with_clear_messages():
+    X, y, g = planted_pools(n_pools=5, seed=9)
+    X[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        RewardModel(kind="pointwise").fit(X, y, g)
+    with pytest.raises(ValueError, match="compute utilities first"):
+        RewardModel(kind="pointwise").fit(np.zeros((4, 2)), np.array([0.1, np.nan, 0, 0]), np.zeros(4))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        RewardModel(kind="pointwise").predict(np.zeros((2, 2)))
+
+
+def test_diverging_loss_is_reported():
+    X, y, g = planted_pools(n_pools=5, seed=10)
+    with pytest.raises(TrainingDiverged, match="loss became"):
+        RewardModel(kind="pointwise", lr=1e30, max_epochs=50).fit(X * 1e30, y, g)
