@@ -23,17 +23,20 @@ class ProfileLayout:
     name: str
     output_field: str
     source_fields: tuple[str, ...]
+    source_label: str   # how a prompt names the source ("Abstract") and the output ("Title")
+    output_label: str
 
 
 LAYOUTS = {
     layout.name: layout
     for layout in (
-        ProfileLayout("lamp4-headline", "title", ("text",)),
-        ProfileLayout("lamp5-title", "title", ("abstract",)),
-        ProfileLayout("lamp6-subject", "title", ("text",)),
-        ProfileLayout("longlamp-abstract", "abstract", ("title",)),
-        ProfileLayout("longlamp-topic", "content", ("summary",)),
-        ProfileLayout("longlamp-review", "reviewText", ("description", "overall", "summary")),
+        ProfileLayout("lamp4-headline", "title", ("text",), "Article", "Headline"),
+        ProfileLayout("lamp5-title", "title", ("abstract",), "Abstract", "Title"),
+        ProfileLayout("lamp6-subject", "title", ("text",), "Email", "Subject"),
+        ProfileLayout("longlamp-abstract", "abstract", ("title",), "Title", "Abstract"),
+        ProfileLayout("longlamp-topic", "content", ("summary",), "Topic", "Post"),
+        ProfileLayout("longlamp-review", "reviewText", ("description", "overall", "summary"),
+                      "Product", "Review"),
     )
 }
 

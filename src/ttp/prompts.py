@@ -1,22 +1,31 @@
 """Prompts: the user's most relevant profile items (BM25) as few-shot examples, then the query.
 
-The non-personalized policy sees the query alone, so every experiment compares two policies.
+The default model is a base (not chat-tuned) model, so prompts are completion-style: the
+task's instruction, then ``Label: source`` / ``Label: output`` pairs, ending on the output
+label.  The non-personalized policy shows no profile items, so every experiment compares two
+policies on the same queries.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import bm25s
 
-from ttp.data import ProfileItem, Query
+from ttp.data import ProfileItem, ProfileLayout, Query
 
 POLICIES = ("personalized", "plain")
-SOURCE_CHARS = 400  # per few-shot example, so k examples fit a small model's context
+SOURCE_CHARS = 400   # per few-shot example, so k examples fit a small model's context
+QUERY_CHARS = 1500
+# LaMP inputs open with an instruction ("Generate a title for the following abstract of a
+# paper: <text>"); the prompt shows it once on top and the text in the example format
+INSTRUCTION = re.compile(r"^\s*((?:generate|write|compose|create)\b[^:]{0,150}):\s*(.*)$", re.I | re.S)
 
 
-def _turn(user_text: str) -> str:
-    # Gemma's chat template; the model's reply starts right after the last line
-    return f"<start_of_turn>user\n{user_text}<end_of_turn>\n<start_of_turn>model\n"
+def split_instruction(query_input: str) -> tuple[str, str]:
+    """``(instruction, text)`` of a LaMP-style input; no instruction gives ``("", input)``."""
+    match = INSTRUCTION.match(query_input)
+    return (match.group(1).strip(), match.group(2).strip()) if match else ("", query_input.strip())
 
 
 def retrieve(query: Query, k: int) -> list[ProfileItem]:
@@ -38,6 +47,7 @@ def retrieve(query: Query, k: int) -> list[ProfileItem]:
 class PromptBuilder:
     """Builds the prompt of one policy; ``k`` is the number of retrieved few-shot examples."""
 
+    layout: ProfileLayout
     policy: str = "personalized"
     k: int = 3
 
@@ -46,12 +56,11 @@ class PromptBuilder:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
 
     def __call__(self, query: Query) -> str:
-        instruction = f"{query.input.strip()}\nAnswer with the text only, on one line."
-        if self.policy == "plain":
-            return _turn(instruction)
-        shots = "\n\n".join(
-            f"Text: {it.source[:SOURCE_CHARS].strip()}\nAnswer: {it.output.strip()}"
+        src, out = self.layout.source_label, self.layout.output_label
+        instruction, text = split_instruction(query.input)
+        header = f"{instruction}.\n\n" if instruction else ""
+        shots = "" if self.policy == "plain" else "".join(
+            f"{src}: {it.source[:SOURCE_CHARS].strip()}\n{out}: {it.output.strip()}\n\n"
             for it in retrieve(query, self.k)
         )
-        return _turn(f"Here is how this user wrote earlier answers for similar texts:\n\n{shots}\n\n"
-                     f"Write the answer in the same style as this user.\n{instruction}")
+        return f"{header}{shots}{src}: {text[:QUERY_CHARS]}\n{out}:"

@@ -6,6 +6,11 @@ or resumed alone.
     <run>/<task>/<policy>/pools.jsonl        one line per finished query (append-only)
     <run>/<task>/<policy>/candidates.parquet one row per candidate, with its utilities
     <run>/<task>/<policy>/curves.json        oracle and random curves, ceiling fits
+    <run>/<task>/<policy>/features.parquet   candidates with reward-model features
+    <run>/<task>/<policy>/reward_models/<kind>/   trained reward models
+    <run>/<task>/<policy>/test_scores.parquet     every selector's scores on test users
+    <run>/<task>/<policy>/reward_eval.json   Best-of-N of every selector on test users
+    <run>/<task>/<policy>/diagnosis.json     the scaling-law diagnosis of every selector
     <run>/report.md, <run>/figures/*.png
 """
 from __future__ import annotations
@@ -73,6 +78,24 @@ class RunFolder:
 
     def curves(self, task: str, policy: str) -> Path:
         return self.policy_dir(task, policy) / "curves.json"
+
+    def features(self, task: str, policy: str) -> Path:
+        return self.policy_dir(task, policy) / "features.parquet"
+
+    def embeddings(self, task: str) -> Path:
+        return self.task_dir(task) / "embeddings.npz"
+
+    def reward_model(self, task: str, policy: str, kind: str) -> Path:
+        return self.policy_dir(task, policy) / "reward_models" / kind
+
+    def scores(self, task: str, policy: str) -> Path:
+        return self.policy_dir(task, policy) / "test_scores.parquet"
+
+    def reward_eval(self, task: str, policy: str) -> Path:
+        return self.policy_dir(task, policy) / "reward_eval.json"
+
+    def diagnosis(self, task: str, policy: str) -> Path:
+        return self.policy_dir(task, policy) / "diagnosis.json"
 
     @property
     def config(self) -> Path:

