@@ -14,7 +14,7 @@ from ttp.config import RunConfig, TaskSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Test-time personalization: Best-of-N with personalized reward models.")
-console = Console()
+console = Console(width=200)
 STAGES = ("sample", "utilities", "curves", "rewards", "diagnose", "report")
 
 
@@ -30,14 +30,17 @@ def _run_stages(pipeline, stages) -> None:
     for stage in stages:
         console.rule(f"[bold]{stage}")
         result = getattr(pipeline, stage)()
-        if stage == "curves":
-            print_curves(result)
+        printer = {"curves": print_curves, "rewards": print_rewards, "diagnose": print_diagnosis}.get(stage)
+        if printer:
+            printer(result)
+        elif stage == "report":
+            console.print(f"report: {result}")
 
 
 def print_curves(curves: dict, metric: str = "rougeL", at=(1, 4, 16)) -> None:
     table = Table(title=f"Best-of-N {metric} (95% CI over users): oracle vs random selection")
     for col in ("task", "policy", "queries", "selection", *[f"N={n}" for n in at]):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     for (task, policy), result in curves.items():
         r = result[metric]
         m = len(r["oracle"]["mean"])
@@ -47,6 +50,43 @@ def print_curves(curves: dict, metric: str = "rougeL", at=(1, 4, 16)) -> None:
                      for n in at]
             table.add_row(task, policy, str(r["queries"]), selection, *cells)
     console.print(table)
+
+
+def print_rewards(evaluations: dict, at=(1, 4, 16)) -> None:
+    for (task, policy), ev in evaluations.items():
+        m = ev["pool_size"]
+        points = [n for n in at if n <= m]
+        table = Table(title=f"{task} / {policy}: {ev['metric']} of Best-of-N on {ev['queries']} test queries "
+                            f"({ev['users']} held-out users), 95% CI over users")
+        for col in ("selector", *[f"N={n}" for n in points], f"oracle-gain share N={m}", "Spearman"):
+            table.add_column(col, no_wrap=True)
+        o = ev["oracle"]
+        table.add_row("oracle", *[f"{o['mean'][n - 1]:.3f} [{o['low'][n - 1]:.3f}, {o['high'][n - 1]:.3f}]"
+                                  for n in points], "1", "1")
+        for name, sel in ev["selectors"].items():
+            share = sel["oracle_gain_share"].get(str(m), [float("nan")] * 3)
+            table.add_row(name, *["{:.3f} [{:.3f}, {:.3f}]".format(*sel["rouge_at"][str(n)]) for n in points],
+                          f"{share[0]:.2f} [{share[1]:.2f}, {share[2]:.2f}]", f"{sel['mean_spearman']:.3f}")
+        console.print(table)
+
+
+def print_diagnosis(diagnoses: dict) -> None:
+    for (task, policy), diag in diagnoses.items():
+        table = Table(title=f"{task} / {policy}: the four quantities and the laws' max error "
+                            f"(share of the oracle gain at N = M)")
+        for col in ("selector", "μ̄", "σ̄", "c", "ρ̄", "h", "h chance", "ρ̄₊", "ρ̄₋", "law err",
+                    "4-qty err", "anchored err", "collapsed", "hacked p<.05"):
+            table.add_column(col, no_wrap=True)
+        for name, d in diag.items():
+            err = d["law_errors"]
+            table.add_row(name, *[f"{d[k]:.3f}" for k in ("mu_bar", "sigma_bar", "collapse_rate", "rho_bar",
+                                                          "hacked_share_informative",
+                                                          "hacked_share_expected_by_chance",
+                                                          "rho_bar_pos", "rho_bar_neg")],
+                          *[f"{err[law]['max_share_of_oracle_gain']:.1%}"
+                            for law in ("per_query", "four_quantity", "per_query_oracle_anchored")],
+                          str(len(d["collapsed_users"])), str(len(d["hacked_queries"])))
+        console.print(table)
 
 
 @app.command()

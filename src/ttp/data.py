@@ -94,7 +94,8 @@ def _text(value, path: Path, record: str, field: str, allow_number: bool = False
 
 
 def detect_layout(profile_keys: set[str], first_input: str) -> ProfileLayout:
-    """Guess the layout from a profile item's keys (LaMP-5 and LongLaMP abstracts share keys)."""
+    """Guess the layout from a profile item's keys, and the first input where keys are shared
+    (LaMP-4 headlines and LaMP-6 subjects; LaMP-5 titles and LongLaMP abstracts)."""
     if {"reviewText"} <= profile_keys:
         return LAYOUTS["longlamp-review"]
     if {"content", "summary"} <= profile_keys:
@@ -103,7 +104,7 @@ def detect_layout(profile_keys: set[str], first_input: str) -> ProfileLayout:
         asks_for_abstract = "generate an abstract" in first_input.lower()
         return LAYOUTS["longlamp-abstract" if asks_for_abstract else "lamp5-title"]
     if {"title", "text"} <= profile_keys:
-        return LAYOUTS["lamp4-headline"]
+        return LAYOUTS["lamp6-subject" if "email" in first_input.lower()[:80] else "lamp4-headline"]
     raise TaskFormatError(
         f"cannot tell the profile layout from the keys {sorted(profile_keys)}; "
         f"pass layout= one of {sorted(LAYOUTS)}"
@@ -153,7 +154,10 @@ def load_task(directory: str | Path, name: str | None = None, layout: str | None
         if chosen is None:
             if not isinstance(profile[0], dict):
                 raise TaskFormatError(f"{q_path}: record {qid}: field 'profile[0]' must be an object")
-            chosen = detect_layout(set(profile[0]), text)
+            try:
+                chosen = detect_layout(set(profile[0]), text)
+            except TaskFormatError as err:
+                raise TaskFormatError(f"{q_path}: record {qid}: field 'profile[0]': {err}") from None
         items = []
         for j, item in enumerate(profile):
             where = f"profile[{j}]"

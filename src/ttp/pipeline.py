@@ -233,5 +233,6 @@ def _diagnose_cell(scores: pd.DataFrame, tau: float) -> dict:
         d = diagnose(s, u, users, query_ids, collapse_tau=tau)
         result[name] = {**d.summary(),
                         "rho_q": d.per_query["rho"].tolist(),
+                        "flat_q": d.per_query["flat"].tolist(),
                         "user_score_spread": d.user_score_spread}
     return result

@@ -120,12 +120,13 @@ def diagnosis_section(pipeline) -> tuple[str, dict]:
         "Four quantities: μ̄ mean candidate utility, σ̄ mean within-query spread, c collapse rate "
         f"(users whose score spread is at most τ = {pipeline.config.collapse_tau} of the median "
         "user's), ρ̄ mean score–utility correlation over non-collapsed queries; h is the share of "
-        "those with ρ_q < 0, and *h by chance* the share sampling noise alone would give at this "
-        "pool size if every query had correlation ρ̄. Law errors: maximum over N of |law − "
+        "those with ρ_q < 0; among pools whose utilities vary, *by chance* is the share of ρ_q < 0 that "
+        "sampling noise alone would give at this pool size if every such pool had their mean correlation. Law errors: maximum over N of |law − "
         "observed| as a share of the oracle gain at N = M (target: per-query law ≤ 10%).\n")
     for task, policy in pipeline.cells():
         diag = read_json(folder.diagnosis(task.name, policy))
-        data[f"{task.name}/{policy}"] = {k: {kk: vv for kk, vv in v.items() if kk != "rho_q"}
+        data[f"{task.name}/{policy}"] = {k: {kk: vv for kk, vv in v.items()
+                                             if kk not in ("rho_q", "flat_q")}
                                          for k, v in diag.items()}
         rows, names = [], [n for n in diag if n != "random"]
         for name in diag:
@@ -133,11 +134,11 @@ def diagnosis_section(pipeline) -> tuple[str, dict]:
             err = {law: d["law_errors"][law]["max_share_of_oracle_gain"] for law in LAWS}
             rows.append([name, f"{d['mu_bar']:.3f}", f"{d['sigma_bar']:.3f}", f"{d['collapse_rate']:.2f}",
                          f"{d['rho_bar']:.3f}", f"{d['hacked_share']:.2f}",
-                         f"{d['hacked_share_expected_by_chance']:.2f}", f"{d['rho_bar_pos']:.3f}",
+                         f"{d['hacked_share_informative']:.2f}", f"{d['hacked_share_expected_by_chance']:.2f}", f"{d['rho_bar_pos']:.3f}",
                          f"{d['rho_bar_neg']:.3f}", f"{len(d['hacked_queries'])}",
                          *[f"{err[law]:.1%}" for law in LAWS]])
         text.append(f"### {task.name} / {policy}\n")
-        text.append(_table(["selector", "μ̄", "σ̄", "c", "ρ̄", "h", "h by chance", "ρ̄₊", "ρ̄₋",
+        text.append(_table(["selector", "μ̄", "σ̄", "c", "ρ̄", "h", "h (pools with spread)", "… by chance", "ρ̄₊", "ρ̄₋",
                             "hacked (p<.05)", "per-query law err", "four-quantity err",
                             "per-query anchored err", "four-quantity anchored err"], rows))
         text.append(f"![law](figures/{_law_figure(folder, task.name, policy, diag, names)})\n")
@@ -173,30 +174,51 @@ def _law_figure(folder, task: str, policy: str, diag: dict, names: list[str]) ->
     axes[0, 0].set_ylabel(f"{PRIMARY} of the pick")
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"{task} / {policy}: does the law predict each reward model's Best-of-N curve?")
+    fig.tight_layout()
     return _save(fig, folder.figures / f"law_{task}_{policy}.png")
 
 
 def _failure_figure(folder, task: str, policy: str, diag: dict, names: list[str]) -> str:
-    fig, axes = plt.subplots(2, len(names), figsize=(3.4 * len(names), 5.6), squeeze=False)
-    for j, name in enumerate(names):
+    """Two panels, one row per selector: within-query correlations (hacking) and users'
+    score spreads relative to the median user (collapse), each with its threshold."""
+    rng = np.random.default_rng(0)
+    fig, (top, bottom) = plt.subplots(1, 2, figsize=(12, 0.55 * len(names) + 1.8), sharey=True)
+    for row, name in enumerate(names):
         d = diag[name]
         rho = np.asarray(d["rho_q"])
-        axes[0, j].hist(rho, bins=np.linspace(-1, 1, 21), color="tab:blue")
-        axes[0, j].axvline(0, color="red", linewidth=1)
-        axes[0, j].set_title(f"{name}\nρ_q < 0: {np.mean(rho < 0):.0%} (chance "
-                             f"{d['hacked_share_expected_by_chance']:.0%})", fontsize=8)
-        axes[0, j].set_xlabel("within-query corr(score, utility)", fontsize=8)
+        flat = np.asarray(d["flat_q"], dtype=bool)
+        rho = rho[~flat]
+        jitter = row + rng.uniform(-0.25, 0.25, len(rho))
+        top.scatter(rho, jitter, s=8, alpha=0.5, c=np.where(rho < 0, "tab:red", "tab:blue"))
+        top.text(1.02, row, f"{np.mean(rho < 0):.0%} < 0 (chance {d['hacked_share_expected_by_chance']:.0%})",
+                 va="center", fontsize=7, transform=top.get_yaxis_transform())
         spread = np.asarray(list(d["user_score_spread"].values()))
-        axes[1, j].hist(spread, bins=20, color="tab:gray")
-        axes[1, j].axvline(d["collapse_threshold"], color="red", linewidth=1)
-        axes[1, j].set_title(f"collapsed users: {len(d['collapsed_users'])} of {len(spread)}", fontsize=8)
-        axes[1, j].set_xlabel("user's mean within-query score sd", fontsize=8)
-    axes[0, 0].set_ylabel("queries")
-    axes[1, 0].set_ylabel("users")
-    fig.suptitle(f"{task} / {policy}: hacked queries (top; left of red) and collapsed users "
-                 "(bottom; left of red)", fontsize=10)
+        ratio = spread / max(np.median(spread), 1e-12)
+        bottom.scatter(np.maximum(ratio, 1e-3), row + rng.uniform(-0.25, 0.25, len(ratio)), s=12, alpha=0.6,
+                       c=np.where(ratio <= pipeline_tau(d), "tab:red", "tab:gray"))
+        bottom.text(1.02, row, f"{len(d['collapsed_users'])} of {len(spread)} collapsed", va="center",
+                    fontsize=7, transform=bottom.get_yaxis_transform())
+    top.axvline(0, color="red", linewidth=1)
+    top.set_xlim(-1, 1)
+    top.set_yticks(range(len(names)), names, fontsize=8)
+    top.set_xlabel("within-query corr(score, utility); red = hacked (ρ_q < 0)")
+    top.set_title("query-level reward hacking (pools with a utility spread)", fontsize=9)
+    tau = pipeline_tau(diag[names[0]])
+    bottom.axvline(tau, color="red", linewidth=1)
+    bottom.set_xscale("log")
+    bottom.set_xlabel(f"user's score spread / median user's; red = collapsed (≤ τ = {tau:g})")
+    bottom.set_title("user-level collapse", fontsize=9)
+    fig.suptitle(f"{task} / {policy}: where each reward model fails", fontsize=10)
     fig.tight_layout()
+    fig.subplots_adjust(wspace=0.5)
     return _save(fig, folder.figures / f"failures_{task}_{policy}.png")
+
+
+def pipeline_tau(diagnosis: dict) -> float:
+    """The collapse threshold as a share of the median user's spread."""
+    spread = np.asarray(list(diagnosis["user_score_spread"].values()))
+    median = float(np.median(spread))
+    return diagnosis["collapse_threshold"] / median if median > 0 else 0.0
 
 
 def write_report(pipeline) -> str:

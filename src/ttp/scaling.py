@@ -97,6 +97,7 @@ class Diagnosis:
     rho_bar_pos: float
     rho_bar_neg: float
     flat_pool_share: float
+    hacked_share_informative: float
     hacked_share_expected_by_chance: float
     collapsed_users: list
     hacked_queries: list
@@ -181,13 +182,17 @@ def diagnose(
     rho_active = rho_q[active]
     hacked_mask = active & (rho_q < 0)
     hacked_share = float(hacked_mask.sum() / max(int(active.sum()), 1))
+    hacked_share_informative = float(hacked_mask.sum() / max(int((active & ~flat).sum()), 1))
     pos, neg = rho_active[rho_active >= 0], rho_active[rho_active < 0]
 
-    # sampling sd of a correlation from M points (Fisher z): if every query had the mean
-    # correlation, this share of estimates would still come out negative by chance alone
+    # sampling sd of a correlation from M points (Fisher z): if every informative pool had
+    # their mean correlation, this share of estimates would still come out negative by chance
+    # (flat pools, with no utility spread, say nothing about the RM) (flat pools say nothing about the RM)
     rho_bar = float(rho_active.mean()) if rho_active.size else 0.0
+    informative = rho_q[active & ~flat]
+    typical = float(informative.mean()) if informative.size else 0.0
     z_se = 1 / np.sqrt(max(m - 3, 1))
-    chance_share = float(stats.norm.cdf(-np.arctanh(np.clip(rho_bar, -0.999, 0.999)) / z_se))
+    chance_share = float(stats.norm.cdf(-np.arctanh(np.clip(typical, -0.999, 0.999)) / z_se))
     t = rho_q * np.sqrt(max(m - 2, 1) / np.maximum(1 - rho_q**2, 1e-12))
     p_neg = stats.t.cdf(t, df=max(m - 2, 1))
     hacked_list = [
@@ -222,6 +227,7 @@ def diagnose(
         rho_bar_pos=float(pos.mean()) if pos.size else 0.0,
         rho_bar_neg=float(neg.mean()) if neg.size else 0.0,
         flat_pool_share=float(flat.mean()),
+        hacked_share_informative=hacked_share_informative,
         hacked_share_expected_by_chance=chance_share,
         collapsed_users=collapsed_list, hacked_queries=hacked_list,
         observed=observed, oracle=oracle, laws=laws,

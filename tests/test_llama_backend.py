@@ -1,0 +1,45 @@
+"""The real embedded model (Gemma 3 270M through llama.cpp) on a few real queries."""
+import math
+
+import pytest
+
+from ttp.backends import SamplingParams
+from ttp.prompts import PromptBuilder
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from ttp.backends.llama_cpp import LlamaCppBackend
+
+    b = LlamaCppBackend(n_ctx=4096, max_sequences=8)
+    yield b
+    b.close()
+
+
+def test_samples_a_pool_per_query_with_log_probabilities(backend, pep_task):
+    for query in pep_task.queries[:2]:
+        prompt = PromptBuilder(pep_task.layout, "personalized")(query)
+        pool = backend.sample(prompt, SamplingParams(n=4, max_tokens=16, seed=1))
+        assert len(pool) == 4
+        assert sum(bool(c.text) for c in pool) >= 3
+        assert len({c.text for c in pool}) >= 2  # independent draws at temperature 1
+        for c in pool:
+            assert "\n" not in c.text
+            assert 0 < c.n_tokens <= 16 and math.isfinite(c.logprob) and c.logprob < 0
+
+
+def test_same_seed_same_pool_and_greedy_matches_llama_cpp_own_decoding(backend, pep_task):
+    prompt = PromptBuilder(pep_task.layout, "plain")(pep_task.queries[3])
+    params = SamplingParams(n=3, max_tokens=12, seed=5)
+    assert backend.sample(prompt, params) == backend.sample(prompt, params)
+    greedy = backend.sample(prompt, SamplingParams(n=2, max_tokens=12, temperature=0))
+    assert greedy[0] == greedy[1]
+    reference = backend.llm.create_completion(prompt, max_tokens=12, temperature=0, stop=["\n"])
+    assert greedy[0].text == reference["choices"][0]["text"].strip().strip('"*').strip()
+
+
+def test_clear_errors_for_oversized_requests(backend):
+    with pytest.raises(ValueError, match="max_sequences"):
+        backend.sample("x", SamplingParams(n=9))
+    with pytest.raises(ValueError, match="exceeds the context"):
+        backend.sample("word " * 4000, SamplingParams(n=2, max_tokens=8))

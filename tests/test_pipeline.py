@@ -1,0 +1,77 @@
+"""End to end on a small seeded slice of pep-titles with the real model, through the CLI."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from ttp.cli import app
+from ttp.runs import RunFolder
+
+runner = CliRunner()
+TASK = "PEP-titles"
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory, pep_titles_dir):
+    out = tmp_path_factory.mktemp("run") / "pep"
+    result = runner.invoke(app, ["run", "--task", str(pep_titles_dir), "--out", str(out), "--pool-size", "4",
+                                 "--max-users", "8", "--max-queries-per-user", "2", "--max-tokens", "10"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return out
+
+
+def test_every_stage_writes_its_files(run_folder):
+    folder = RunFolder(run_folder)
+    for policy in ("personalized", "plain"):
+        for path in (folder.pools(TASK, policy), folder.candidates(TASK, policy), folder.curves(TASK, policy),
+                     folder.scores(TASK, policy), folder.reward_eval(TASK, policy), folder.diagnosis(TASK, policy)):
+            assert path.exists(), path
+    report = folder.report.read_text()
+    for heading in ("The oracle ceiling", "Reward models on held-out users", "Scaling-law diagnosis"):
+        assert heading in report
+    figures = sorted(p.name for p in folder.figures.glob("*.png"))
+    assert f"ceiling_{TASK}.png" in figures and f"law_{TASK}_personalized.png" in figures
+
+
+def test_oracle_rises_and_random_stays_flat(run_folder):
+    curves = json.loads(RunFolder(run_folder).curves(TASK, "personalized").read_text())["rougeL"]
+    oracle, rand = curves["oracle"]["mean"], curves["random"]["mean"]
+    assert oracle[-1] > oracle[0]
+    assert max(rand) - min(rand) < 1e-12
+    assert oracle[0] == pytest.approx(rand[0])
+
+
+def test_rerun_resumes_without_sampling_again(run_folder, pep_titles_dir):
+    pools = RunFolder(run_folder).pools(TASK, "plain")
+    before = pools.read_bytes()
+    result = runner.invoke(app, ["resume", str(run_folder)])
+    assert result.exit_code == 0, result.output
+    assert pools.read_bytes() == before
+
+
+def test_another_config_in_the_same_folder_is_refused(run_folder, pep_titles_dir):
+    result = runner.invoke(app, ["run", "--task", str(pep_titles_dir), "--out", str(run_folder), "--pool-size", "8"])
+    assert result.exit_code != 0
+    assert "another run's configuration" in str(result.exception)
+
+
+def test_missing_utilities_and_split_users_give_clear_errors(run_folder, tmp_path):
+    import shutil
+
+    from ttp.pipeline import Pipeline
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_folder, copy)
+    folder = RunFolder(copy)
+    folder.candidates(TASK, "plain").unlink()
+    folder.features(TASK, "plain").unlink()
+    with pytest.raises(FileNotFoundError, match="run the utilities stage first"):
+        Pipeline.resume(copy).rewards()
+    split = json.loads(folder.split(TASK).read_text())
+    split["test"] = split["test"][1:]
+    folder.split(TASK).write_text(json.dumps(split))
+    pipeline = Pipeline.resume(copy)
+    pipeline.utilities()
+    with pytest.raises(ValueError, match="are in no part of"):
+        pipeline.rewards()
+    assert folder.reward_eval(TASK, "personalized").exists()  # earlier results are kept

@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+
+from ttp.backends import Completion, SamplingParams, clean_completion
+from ttp.pools import pool_matrix, read_pools, sample_pools, score_utilities
+from ttp.prompts import PromptBuilder
+
+
+class RecordingBackend:
+    """Replays profile titles as candidates and records which prompts it was asked for; it
+    tests the resumable loop, not a language model (test_llama_backend.py does that)."""
+
+    name = "recording"
+
+    def __init__(self, fail_after=None):
+        self.calls, self.fail_after = [], fail_after
+
+    def sample(self, prompt, params):
+        if self.fail_after is not None and len(self.calls) == self.fail_after:
+            raise KeyboardInterrupt  # a kill in the middle of a query
+        self.calls.append(prompt)
+        return [Completion(f"candidate {i} {params.seed}", -1.0 * i, 3) for i in range(params.n)]
+
+
+def test_interrupted_sampling_resumes_without_repeating_finished_queries(pep_task, tmp_path):
+    queries = list(pep_task.queries[:6])
+    path = tmp_path / "pools.jsonl"
+    prompts = PromptBuilder(pep_task.layout, "plain")
+    params = SamplingParams(n=3)
+    with pytest.raises(KeyboardInterrupt):
+        sample_pools(queries, prompts, RecordingBackend(fail_after=4), params, path, show_progress=False)
+    assert [r["query_id"] for r in read_pools(path)] == [q.id for q in queries[:4]]
+    with path.open("a") as fh:
+        fh.write('{"query_id": "torn')  # a kill mid-write leaves half a line
+    second = RecordingBackend()
+    pools = sample_pools(queries, prompts, second, params, path, show_progress=False)
+    assert len(second.calls) == 2
+    assert [p["query_id"] for p in pools] == [q.id for q in queries]
+    assert [r["query_id"] for r in read_pools(path)] == [q.id for q in queries]
+
+
+def test_resumed_pools_equal_uninterrupted_ones(pep_task, tmp_path):
+    queries = list(pep_task.queries[:5])
+    prompts = PromptBuilder(pep_task.layout, "plain")
+    params = SamplingParams(n=2, seed=9)
+    whole = sample_pools(queries, prompts, RecordingBackend(), params, tmp_path / "a.jsonl", show_progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        sample_pools(queries, prompts, RecordingBackend(fail_after=2), params, tmp_path / "b.jsonl",
+                     show_progress=False)
+    resumed = sample_pools(queries, prompts, RecordingBackend(), params, tmp_path / "b.jsonl", show_progress=False)
+    assert whole == resumed
+
+
+def test_utilities_are_rouge_against_the_gold(pep_task):
+    query = pep_task.queries[0]
+    pools = [{"query_id": query.id, "texts": [query.gold, "", "completely unrelated words"],
+              "logprobs": [-1.0, -2.0, -3.0], "n_tokens": [3, 0, 3]}]
+    frame = score_utilities(pools, pep_task.by_id())
+    assert frame.loc[0, "rougeL"] == pytest.approx(1.0)
+    assert frame.loc[1, "rougeL"] == 0.0
+    ids, users, u = pool_matrix(frame, "rougeL")
+    assert u.shape == (1, 3) and ids[0] == query.id and users[0] == query.user
+    with pytest.raises(KeyError, match="no column 'score:x'"):
+        pool_matrix(frame, "score:x")
+
+
+def test_completions_are_cleaned():
+    assert clean_completion(' "A Title"\nmore', ("\n",)) == "A Title"
+    assert clean_completion("Title: PEP Purpose", ("\n",)) == "PEP Purpose"
+
+
+def test_sampling_params_are_validated():
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0)
+    with pytest.raises(ValueError, match="n must be"):
+        SamplingParams(n=0)
