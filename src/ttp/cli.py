@@ -112,6 +112,9 @@ def run(
     top_p: float = 0.95,
     seed: int = 0,
     model: Optional[Path] = typer.Option(None, help="GGUF model file (default: the embedded Gemma 3 270M)"),
+    backend: str = typer.Option("llama-cpp", help="llama-cpp (local GGUF) or openai (a completions server)"),
+    server_url: Optional[str] = typer.Option(None, help="openai backend: server address, e.g. http://127.0.0.1:8000"),
+    server_model: Optional[str] = typer.Option(None, help="openai backend: the served model's name"),
     stages: List[str] = typer.Option(list(STAGES), help="stages to run, in order"),
 ) -> None:
     """Run the stages on any task; a rerun on the same folder resumes where it stopped."""
@@ -126,6 +129,7 @@ def run(
         sampling=SamplingParams(n=pool_size, temperature=temperature, top_p=top_p,
                                 max_tokens=max_tokens, seed=seed),
         seed=seed, model_path=str(model) if model else None,
+        backend=backend, server_url=server_url, server_model=server_model,
     )
     _run_stages(Pipeline(config, out), stages)
 

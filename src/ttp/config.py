@@ -28,8 +28,10 @@ class RunConfig:
     shots: int = 3                                   # retrieved profile items per prompt
     split: tuple[float, float, float] = (0.45, 0.15, 0.4)
     seed: int = 0
-    backend: str = "llama-cpp"
-    model_path: str | None = None
+    backend: str = "llama-cpp"                       # llama-cpp | openai
+    model_path: str | None = None                    # llama-cpp: GGUF file (default: embedded Gemma)
+    server_url: str | None = None                    # openai: e.g. http://127.0.0.1:8000
+    server_model: str | None = None                  # openai: the served model's name
     reward_models: tuple[str, ...] = ("pointwise", "bradley_terry", "probabilistic", "ensemble")
     lcb_kappa: float = 1.0                           # lcb selection: mean - kappa * sd
     collapse_tau: float = 0.1

@@ -30,7 +30,13 @@ def make_backend(config: RunConfig) -> PolicyBackend:
         from ttp.backends.llama_cpp import LlamaCppBackend
 
         return LlamaCppBackend(config.model_path, max_sequences=max(config.sampling.n, 1))
-    raise ValueError(f"unknown backend {config.backend!r}; available: llama-cpp")
+    if config.backend == "openai":
+        from ttp.backends.openai_server import OpenAICompatibleBackend
+
+        if not (config.server_url and config.server_model):
+            raise ValueError("the openai backend needs server_url and server_model (--server-url, --server-model)")
+        return OpenAICompatibleBackend(config.server_url, config.server_model)
+    raise ValueError(f"unknown backend {config.backend!r}; available: llama-cpp, openai")
 
 
 def subset(task: Task, spec_max_per_user: int | None, max_users: int | None, seed: int) -> Task:

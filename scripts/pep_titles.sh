@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The pep-titles experiment of docs/results.md: 296 queries (a seeded subset of at most 6 per
+# user, 52 users; the user split leaves 120 test queries), pools of M = 16, both policies.
+# Prints oracle/random ROUGE-L at N = 1, 4, 16, every reward model and selection rule on the
+# test users, and each one's four quantities and law errors.  Resumes if interrupted.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="${1:-../shared/data/pep-titles}"
+.venv/bin/ttp run --task "$DATA" --out runs/pep-titles --pool-size 16 --max-queries-per-user 6

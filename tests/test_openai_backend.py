@@ -1,0 +1,118 @@
+"""The OpenAI-compatible backend against a real llama.cpp server on loopback (Gemma 270M),
+and against broken servers."""
+import http.server
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from ttp.backends import SamplingParams
+from ttp.backends.openai_server import BackendError, OpenAICompatibleBackend
+from ttp.pools import read_pools, sample_pools
+from ttp.prompts import PromptBuilder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int) -> subprocess.Popen:
+    from ttp.backends.llama_cpp import default_model_path
+
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
+                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("llama.cpp server did not start within 180 s")
+
+
+@pytest.fixture()
+def server():
+    port = free_port()
+    proc = start_server(port)
+    yield port, proc
+    proc.kill()
+    proc.wait()
+
+
+def test_candidates_of_a_pool_are_independent(server, pep_task):
+    port, _ = server
+    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{port}", "gemma")
+    prompt = PromptBuilder(pep_task.layout, "personalized")(pep_task.queries[0])
+    pool = backend.sample(prompt, SamplingParams(n=4, max_tokens=12, seed=3))
+    assert len(pool) == 4
+    assert len({c.text for c in pool}) > 1
+    assert all(c.n_tokens > 0 for c in pool)
+
+
+def test_killed_server_gives_a_clear_error_and_a_resumable_pool(server, pep_task, tmp_path):
+    port, proc = server
+    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{port}", "gemma", retries=1, backoff=0.1)
+    queries = list(pep_task.queries[:4])
+    prompts = PromptBuilder(pep_task.layout, "plain")
+    params = SamplingParams(n=2, max_tokens=8)
+    path = tmp_path / "pools.jsonl"
+    sample_pools(queries[:2], prompts, backend, params, path, show_progress=False)
+    proc.kill()
+    proc.wait()
+    with pytest.raises(BackendError, match="no usable answer.*Rerun to resume"):
+        sample_pools(queries, prompts, backend, params, path, show_progress=False)
+    assert [r["query_id"] for r in read_pools(path)] == [q.id for q in queries[:2]]
+    restarted = start_server(port)
+    try:
+        pools = sample_pools(queries, prompts, backend, params, path, show_progress=False)
+    finally:
+        restarted.kill()
+        restarted.wait()
+    assert [p["query_id"] for p in pools] == [q.id for q in queries]
+
+
+class _Broken(http.server.BaseHTTPRequestHandler):
+    status, body = 200, b"this is not json"
+
+    def do_POST(self):
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("status, body, message", [
+    (200, b"this is not json", "not a completions response"),
+    (200, b'{"id": 1}', "not a completions response"),
+    (503, b"overloaded", "no usable answer after 3 tries; last error: HTTP 503"),
+    (400, b"bad prompt", "refused the request with HTTP 400"),
+])
+def test_broken_servers_are_reported_not_crashed_on(status, body, message):
+    handler = type("Handler", (_Broken,), {"status": status, "body": body})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        backend = OpenAICompatibleBackend(f"http://127.0.0.1:{httpd.server_address[1]}", "m",
+                                          retries=2, backoff=0.01)
+        with pytest.raises(BackendError, match=message):
+            backend.sample("p", SamplingParams(n=2))
+    finally:
+        httpd.shutdown()
+
+
+def test_unreachable_server_fails_fast():
+    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{free_port()}", "m", retries=1, backoff=0.01, timeout=5)
+    with pytest.raises(BackendError, match="Is the server running"):
+        backend.sample("p", SamplingParams(n=1))
