@@ -56,8 +56,10 @@ def simulate(config: SimulationConfig = SimulationConfig()) -> SimulatedPools:
         utilities = np.where(z_u < -0.3, 0.0, mu * np.exp(sigma * 3 * z_u))
     else:
         raise ValueError(f"utility must be 'gaussian' or 'skewed', got {config.utility!r}")
-    scores = z_s.copy()
-    # a collapsed user's scores barely move within a pool: 1% of the others' spread
-    scores[collapsed] = 0.01 * z_s[collapsed] + rng.normal(0, 1, (collapsed.sum(), 1))
+    # the RM predicts on the utility scale: its spread tracks the pool's utility spread, while
+    # its correlation with utility is the planted rho (negative on hacked queries)
+    scores = mu + 0.5 * sigma * z_s
+    # a collapsed user's scores barely move and carry no information about utility
+    scores[collapsed] = mu[collapsed] + 0.005 * sigma[collapsed] * rng.standard_normal((collapsed.sum(), m))
     return SimulatedPools(scores, utilities, users, np.arange(q), rho,
                           np.sort(collapsed_users), np.flatnonzero(hacked & ~collapsed))
