@@ -15,7 +15,7 @@ from ttp.config import RunConfig, TaskSpec
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Test-time personalization: Best-of-N with personalized reward models.")
 console = Console(width=200)
-STAGES = ("sample", "utilities", "curves", "rewards", "diagnose", "report")
+STAGES = ("sample", "utilities", "curves", "rewards", "diagnose", "allocate", "report")
 
 
 def _pipeline(run: Path):
@@ -30,7 +30,8 @@ def _run_stages(pipeline, stages) -> None:
     for stage in stages:
         console.rule(f"[bold]{stage}")
         result = getattr(pipeline, stage)()
-        printer = {"curves": print_curves, "rewards": print_rewards, "diagnose": print_diagnosis}.get(stage)
+        printer = {"curves": print_curves, "rewards": print_rewards, "diagnose": print_diagnosis,
+                   "allocate": print_allocation}.get(stage)
         if printer:
             printer(result)
         elif stage == "report":
@@ -86,6 +87,27 @@ def print_diagnosis(diagnoses: dict) -> None:
                           *[f"{err[law]['max_share_of_oracle_gain']:.1%}"
                             for law in ("per_query", "four_quantity", "per_query_oracle_anchored")],
                           str(len(d["collapsed_users"])), str(len(d["hacked_queries"])))
+        console.print(table)
+
+
+def print_allocation(allocations: dict, at=(2, 4, 8)) -> None:
+    for (task, policy), result in allocations.items():
+        table = Table(title=f"{task} / {policy}: ROUGE-L on {result['queries']} test queries at equal average "
+                            f"budgets, samples chosen by {result['selector']} (κ = {result['kappa']:.3f})")
+        for col in ("allocation", *[f"{b} per query" for b in at], "samples to reach uniform N=8"):
+            table.add_column(col, no_wrap=True)
+        for name, c in result["policies"].items():
+            cells = []
+            for b in at:
+                if b in c["budget"]:
+                    k = c["budget"].index(b)
+                    cur = c["curve"][k]
+                    cells.append(f"{cur['mean'][0]:.4f} [{cur['low'][0]:.4f}, {cur['high'][0]:.4f}] "
+                                 f"({c['samples_per_query'][k]:.2f})")
+                else:
+                    cells.append("-")
+            need = c["samples_to_reach_uniform_8"]
+            table.add_row(name, *cells, f"{need:.2f}" if need is not None else "not reached")
         console.print(table)
 
 

@@ -35,6 +35,7 @@ class RunConfig:
     reward_models: tuple[str, ...] = ("pointwise", "bradley_terry", "probabilistic", "ensemble")
     lcb_kappa: float = 1.0                           # lcb selection: mean - kappa * sd
     collapse_tau: float = 0.1
+    controller_selector: str = "probabilistic/mean"  # the RM whose scores drive allocation
     bootstrap: int = 1000
 
     def __post_init__(self):

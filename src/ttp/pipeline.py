@@ -194,6 +194,8 @@ class Pipeline:
                 model.fit(*_xyg(train), *_xyg(val))
                 model.save(model_dir)
                 models[kind] = model
+            write_parquet_atomic(self.folder.scores(task.name, policy, "validation"),
+                                 selector_scores(models, val, kappa=self.config.lcb_kappa))
             scores = selector_scores(models, test, kappa=self.config.lcb_kappa)
             write_parquet_atomic(self.folder.scores(task.name, policy), scores)
             result = evaluate_selectors(scores, self.config.bootstrap, self.config.seed)
@@ -213,10 +215,71 @@ class Pipeline:
             out[(task.name, policy)] = result
         return out
 
+    def allocate(self) -> dict:
+        """Law-guided allocation vs uniform N at equal budgets, on test users' pools."""
+        from ttp.control import POLICIES, calibration, evaluate_policy
+        from ttp.utility import PRIMARY
+
+        out = {}
+        selector = self.config.controller_selector
+        for task, policy in self.cells():
+            matrices = {}
+            for part in ("validation", "test"):
+                path = self.folder.scores(task.name, policy, part)
+                if not path.exists():
+                    raise FileNotFoundError(f"{path} is missing: run the rewards stage first (`ttp rewards`)")
+                frame = pd.read_parquet(path)
+                _, users, u = pool_matrix(frame, PRIMARY)
+                _, _, s = pool_matrix(frame, f"score:{selector}")
+                matrices[part] = (s, u, users)
+            kappa = calibration(*matrices["validation"][:2])
+            s, u, users = matrices["test"]
+            m = u.shape[1]
+            budgets = [b for b in (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32) if b <= m]
+            curves = {}
+            for name in POLICIES:
+                rows = [evaluate_policy(name, s, u, users, b, kappa, seed=self.config.seed) for b in budgets]
+                curves[name] = {
+                    "budget": budgets,
+                    "samples_per_query": [r["samples_per_query"] for r in rows],
+                    "curve": [user_bootstrap(r["per_query"][:, None], users, self.config.bootstrap,
+                                             seed=self.config.seed).to_dict() for r in rows],
+                }
+            target = _uniform_at(curves["uniform"], 8)
+            for name, c in curves.items():
+                c["samples_to_reach_uniform_8"] = _samples_to_reach(c, target)
+            result = {"selector": selector, "kappa": kappa, "queries": int(len(u)),
+                      "uniform_8": target, "policies": curves}
+            write_json_atomic(self.folder.allocation(task.name, policy), result)
+            out[(task.name, policy)] = result
+        return out
+
     def report(self):
         from ttp.report import write_report
 
         return write_report(self)
+
+
+def _uniform_at(curve: dict, budget: float) -> float | None:
+    if budget not in curve["budget"]:
+        return None
+    return curve["curve"][curve["budget"].index(budget)]["mean"][0]
+
+
+def _samples_to_reach(curve: dict, target: float | None) -> float | None:
+    """Fewest average samples per query at which the policy's score reaches ``target``
+    (linear interpolation between measured budgets); None if it never does."""
+    if target is None:
+        return None
+    spent = curve["samples_per_query"]
+    means = [c["mean"][0] for c in curve["curve"]]
+    for i, value in enumerate(means):
+        if value >= target - 1e-12:
+            if i == 0:
+                return spent[0]
+            frac = (target - means[i - 1]) / (value - means[i - 1])
+            return spent[i - 1] + frac * (spent[i] - spent[i - 1])
+    return None
 
 
 def _xyg(frame: pd.DataFrame):

@@ -5,6 +5,7 @@ Each figure answers one question:
 * ``rewards_<task>_<policy>.png``: how much of that gain does each reward model capture?
 * ``law_<task>_<policy>.png``: does the scaling law predict each reward model's curve?
 * ``failures_<task>_<policy>.png``: which queries are hacked and which users collapsed?
+* ``allocation_<task>_<policy>.png``: at equal compute, where should the samples go?
 """
 from __future__ import annotations
 
@@ -221,6 +222,39 @@ def pipeline_tau(diagnosis: dict) -> float:
     return diagnosis["collapse_threshold"] / median if median > 0 else 0.0
 
 
+def allocation_section(pipeline) -> tuple[str, dict]:
+    folder, text, data = pipeline.folder, ["## 4. The law as a controller of test-time compute\n"], {}
+    text.append("Every policy spends the same average number of samples per query on the test users' pools "
+                "(drawn without replacement in seeded random orders, 20 repeats). *uniform*: the same N "
+                "everywhere; *skip_collapsed*: N = 1 for users whose pilot scores are flat, the rest "
+                "reinvested; *greedy*: each next sample to the query with the largest predicted gain "
+                "κ·ŝ_q·(e_{n+1} − e_n); *early_stop*: sample while that gain exceeds a threshold set to "
+                "meet the budget.\n")
+    for task, policy in pipeline.cells():
+        result = read_json(folder.allocation(task.name, policy))
+        data[f"{task.name}/{policy}"] = result
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        rows = []
+        for name, c in result["policies"].items():
+            curve = {"n": c["samples_per_query"], "mean": [k["mean"][0] for k in c["curve"]],
+                     "low": [k["low"][0] for k in c["curve"]], "high": [k["high"][0] for k in c["curve"]]}
+            _band(ax, curve, name, marker="o", markersize=3)
+            need = c["samples_to_reach_uniform_8"]
+            rows.append([name, *[f"{m:.4f} [{lo:.4f}, {hi:.4f}]" for m, lo, hi, b in
+                                 zip(curve["mean"], curve["low"], curve["high"], c["budget"]) if b in (2, 4, 8)],
+                         f"{need:.2f}" if need is not None else "not reached"])
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("samples spent per query (average)")
+        ax.set_ylabel(f"{PRIMARY} of the pick")
+        ax.set_title(f"{task.name} / {policy}: where should samples go? ({result['selector']})", fontsize=10)
+        ax.legend(fontsize=8)
+        name = _save(fig, folder.figures / f"allocation_{task.name}_{policy}.png")
+        text.append(f"### {task.name} / {policy}\n\n![allocation](figures/{name})\n")
+        header = [f"{b} per query" for b in (2, 4, 8) if b in result["policies"]["uniform"]["budget"]]
+        text.append(_table(["policy", *header, "samples to reach uniform N=8"], rows))
+    return "\n".join(text), data
+
+
 def write_report(pipeline) -> str:
     """Write ``report.md``, the figures and ``report.json``; return the report's path."""
     cfg = pipeline.config
@@ -231,7 +265,7 @@ def write_report(pipeline) -> str:
              f"(train/validation/test) {cfg.split}.\n"]
     everything = {"config": cfg.to_json()}
     for key, section in (("ceiling", ceiling_section), ("rewards", rewards_section),
-                         ("diagnosis", diagnosis_section)):
+                         ("diagnosis", diagnosis_section), ("allocation", allocation_section)):
         text, data = section(pipeline)
         parts.append(text)
         everything[key] = data

@@ -10,7 +10,9 @@ or resumed alone.
     <run>/<task>/<policy>/reward_models/<kind>/   trained reward models
     <run>/<task>/<policy>/test_scores.parquet     every selector's scores on test users
     <run>/<task>/<policy>/reward_eval.json   Best-of-N of every selector on test users
+    <run>/<task>/<policy>/validation_scores.parquet  the same on validation users
     <run>/<task>/<policy>/diagnosis.json     the scaling-law diagnosis of every selector
+    <run>/<task>/<policy>/allocation.json    law-guided allocation vs uniform N at equal budget
     <run>/report.md, <run>/figures/*.png
 """
 from __future__ import annotations
@@ -88,8 +90,11 @@ class RunFolder:
     def reward_model(self, task: str, policy: str, kind: str) -> Path:
         return self.policy_dir(task, policy) / "reward_models" / kind
 
-    def scores(self, task: str, policy: str) -> Path:
-        return self.policy_dir(task, policy) / "test_scores.parquet"
+    def scores(self, task: str, policy: str, part: str = "test") -> Path:
+        return self.policy_dir(task, policy) / f"{part}_scores.parquet"
+
+    def allocation(self, task: str, policy: str) -> Path:
+        return self.policy_dir(task, policy) / "allocation.json"
 
     def reward_eval(self, task: str, policy: str) -> Path:
         return self.policy_dir(task, policy) / "reward_eval.json"
