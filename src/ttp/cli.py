@@ -177,6 +177,28 @@ def demo(
 
 
 @app.command()
+def generate(
+    run_folder: Path = typer.Argument(..., help="a run folder with trained reward models"),
+    task: str = typer.Option(..., help="task name in the run"),
+    budget: int = typer.Option(8, help="most samples to spend"),
+    query_id: Optional[str] = typer.Option(None, help="a query of the task (its user and profile are used)"),
+    user: Optional[str] = typer.Option(None, help="or: a user of the task ..."),
+    text: Optional[str] = typer.Option(None, help="... and a new input for that user"),
+    policy: str = typer.Option("personalized", help="personalized or plain"),
+    min_gain: float = typer.Option(1e-3, help="stop when one more sample is predicted to gain less"),
+) -> None:
+    """Personalize one output at test time: sample adaptively, pick with the reward model."""
+    decision = _pipeline(run_folder).generate(task, policy, query_id, user, text, budget, min_gain)
+    table = Table(title="ttp generate", show_header=False)
+    for key, value in (("output", decision.text), ("selection score", f"{decision.score:.4f}"),
+                       ("predicted utility", f"{decision.mean:.4f} ± {decision.sd:.4f}"),
+                       ("samples spent", f"{decision.samples} of {budget}"),
+                       ("stopped because", decision.stopped_because)):
+        table.add_row(key, value)
+    console.print(table)
+
+
+@app.command()
 def resume(run_folder: Path) -> None:
     """Continue a run from where it stopped, with its saved configuration."""
     _run_stages(_pipeline(run_folder), STAGES)

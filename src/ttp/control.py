@@ -175,3 +175,49 @@ def _budget_threshold(scores, users, orders, budget, config, kappa) -> float:
         spent = _allocate("early_stop", scores, users, orders, budget, config, kappa, mid).sum()
         lo, hi = (lo, mid) if spent <= budget else (mid, hi)
     return hi
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the online controller returns for one (user, query)."""
+
+    text: str
+    score: float
+    mean: float
+    sd: float
+    samples: int
+    stopped_because: str
+    candidates: list[str]
+
+
+def choose_online(draw, score, budget: int, kappa: float, dataset_spread: float,
+                  config: ControllerConfig = ControllerConfig(), min_gain: float = 1e-3,
+                  chunk: int = 2) -> Decision:
+    """Spend at most ``budget`` samples on one query, stopping when the law's predicted gain of
+    the next sample falls below ``min_gain`` (in utility) or the scores look collapsed.
+
+    ``draw(k)`` returns ``k`` new candidate texts; ``score(texts)`` returns arrays
+    ``(selection_score, mean, sd)`` for them.  ``dataset_spread`` (the typical within-query
+    score spread on validation pools) is the prior the pilot's spread is shrunk toward.
+    """
+    if budget < 1:
+        raise ValueError(f"budget must be at least 1 sample, got {budget}")
+    e_n = expected_max_normal(max(budget, 2))
+    texts = list(draw(min(max(config.pilot, 1), budget)))
+    reason = "budget spent"
+    while True:
+        sel, mean, sd = (np.asarray(a, float) for a in score(texts))
+        n = len(texts)
+        k = config.prior_strength
+        spread = np.sqrt(((n - 1) * _spread(sel) ** 2 + k * dataset_spread ** 2) / (n - 1 + k))
+        if _spread(sel) <= config.collapse_tau * dataset_spread:
+            reason = "collapsed: scores do not vary"
+            break
+        if n >= budget:
+            break
+        if kappa * spread * (e_n[n] - e_n[n - 1]) < min_gain:
+            reason = f"predicted gain of one more sample below {min_gain}"
+            break
+        texts += draw(min(chunk, budget - n))
+    best = int(np.argmax(sel))
+    return Decision(texts[best], float(sel[best]), float(mean[best]), float(sd[best]), len(texts), reason, texts)

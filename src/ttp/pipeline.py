@@ -254,6 +254,65 @@ class Pipeline:
             out[(task.name, policy)] = result
         return out
 
+    def generate(self, task_name: str, policy: str = "personalized", query_id: str | None = None,
+                 user: str | None = None, text: str | None = None, budget: int = 8, min_gain: float = 1e-3):
+        """Online test-time personalization for one query: sample adaptively with the law as
+        controller, pick with the trained reward model; returns a ``control.Decision``."""
+        from dataclasses import replace
+
+        from ttp.control import calibration, choose_online
+        from ttp.data import Query
+        from ttp.features import FEATURES, EmbeddingCache, candidate_features
+        from ttp.rewards import RewardModel, selection_scores
+        from ttp.utility import PRIMARY
+
+        tasks = {t.name: t for t in self.tasks}
+        if task_name not in tasks:
+            raise KeyError(f"task {task_name!r} is not in this run; tasks: {sorted(tasks)}")
+        task = tasks[task_name]
+        if query_id is not None:
+            if query_id not in task.by_id():
+                raise KeyError(f"query {query_id!r} is not in task {task_name}")
+            query = task.by_id()[query_id]
+        else:
+            mine = [q for q in task.queries if q.user == user]
+            if not mine or not text:
+                raise ValueError(f"give a query id, or a user of {task_name} and a text; user {user!r} "
+                                 f"has {len(mine)} queries in the task")
+            profile = {item.id: item for q in mine for item in q.profile}
+            query = Query("online", user, text, tuple(profile.values()), gold="")
+        kind, _, rule = self.config.controller_selector.partition("/")
+        model = RewardModel.load(self.folder.reward_model(task.name, policy, kind))
+        validation = pd.read_parquet(self.folder.scores(task.name, policy, "validation"))
+        _, _, u = pool_matrix(validation, PRIMARY)
+        _, _, s = pool_matrix(validation, f"score:{self.config.controller_selector}")
+        kappa, dataset_spread = calibration(s, u), float(s.std(axis=1).mean())
+        if self._backend is None:
+            self._backend = make_backend(self.config)
+        prompt = PromptBuilder(task.layout, policy, self.config.shots)(query)
+        drawn = []
+        cache = EmbeddingCache(self.folder.embeddings(task.name))
+
+        def draw(k: int) -> list[str]:
+            params = replace(self.config.sampling, n=k, seed=self.config.sampling.seed + len(drawn))
+            drawn.extend(self._backend.sample(prompt, params))
+            return [c.text for c in drawn[-k:]]
+
+        def score(texts: list[str]):
+            frame = pd.DataFrame({"query_id": query.id, "user": query.user, "candidate": range(len(texts)),
+                                  "text": texts, "logprob": [c.logprob for c in drawn],
+                                  "n_tokens": [c.n_tokens for c in drawn]})
+            X = candidate_features(frame, {query.id: query}, cache, k=self.config.shots)[list(FEATURES)]
+            X = X.to_numpy(np.float32)
+            groups = np.zeros(len(texts))
+            if model.is_probabilistic:
+                mean, sd = model.predict_dist(X)
+            else:
+                mean, sd = model.predict(X), np.full(len(texts), np.nan)
+            return selection_scores(model, X, groups, rule or "mean", self.config.lcb_kappa), mean, sd
+
+        return choose_online(draw, score, budget, kappa, dataset_spread, min_gain=min_gain)
+
     def report(self):
         from ttp.report import write_report
 
