@@ -137,6 +137,8 @@ def run(
     backend: str = typer.Option("llama-cpp", help="llama-cpp (local GGUF) or openai (a completions server)"),
     server_url: Optional[str] = typer.Option(None, help="openai backend: server address, e.g. http://127.0.0.1:8000"),
     server_model: Optional[str] = typer.Option(None, help="openai backend: the served model's name"),
+    ray_workers: int = typer.Option(0, help="sample with this many Ray actors (0: in this process)"),
+    ray_address: Optional[str] = typer.Option(None, help="address of a running Ray cluster"),
     stages: List[str] = typer.Option(list(STAGES), help="stages to run, in order"),
 ) -> None:
     """Run the stages on any task; a rerun on the same folder resumes where it stopped."""
@@ -152,6 +154,7 @@ def run(
                                 max_tokens=max_tokens, seed=seed),
         seed=seed, model_path=str(model) if model else None,
         backend=backend, server_url=server_url, server_model=server_model,
+        ray_workers=ray_workers, ray_address=ray_address,
     )
     _run_stages(Pipeline(config, out), stages)
 

@@ -32,6 +32,8 @@ class RunConfig:
     model_path: str | None = None                    # llama-cpp: GGUF file (default: embedded Gemma)
     server_url: str | None = None                    # openai: e.g. http://127.0.0.1:8000
     server_model: str | None = None                  # openai: the served model's name
+    ray_workers: int = 0                             # > 0: sample with that many Ray actors
+    ray_address: str | None = None                   # an existing Ray cluster (default: start one locally)
     reward_models: tuple[str, ...] = ("pointwise", "bradley_terry", "probabilistic", "ensemble")
     lcb_kappa: float = 1.0                           # lcb selection: mean - kappa * sd
     collapse_tau: float = 0.1

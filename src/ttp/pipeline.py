@@ -8,6 +8,8 @@ be rerun or resumed alone; ``run()`` runs them all.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pandas as pd
 from rich.console import Console
@@ -23,6 +25,7 @@ from ttp.scaling import fit_ceiling
 from ttp.utility import METRICS
 
 console = Console(stderr=True)
+BACKENDS = ("llama-cpp", "openai", "transformers", "vllm")
 
 
 def make_backend(config: RunConfig) -> PolicyBackend:
@@ -36,7 +39,17 @@ def make_backend(config: RunConfig) -> PolicyBackend:
         if not (config.server_url and config.server_model):
             raise ValueError("the openai backend needs server_url and server_model (--server-url, --server-model)")
         return OpenAICompatibleBackend(config.server_url, config.server_model)
-    raise ValueError(f"unknown backend {config.backend!r}; available: llama-cpp, openai")
+    if config.backend in ("transformers", "vllm"):
+        if not config.model_path:
+            raise ValueError(f"the {config.backend} backend needs model_path (--model): a local model")
+        if config.backend == "transformers":
+            from ttp.backends.transformers_backend import TransformersBackend
+
+            return TransformersBackend(config.model_path)
+        from ttp.backends.vllm_backend import VLLMBackend
+
+        return VLLMBackend(config.model_path)
+    raise ValueError(f"unknown backend {config.backend!r}; available: {BACKENDS}")
 
 
 def subset(task: Task, spec_max_per_user: int | None, max_users: int | None, seed: int) -> Task:
@@ -101,16 +114,27 @@ class Pipeline:
 
     # ---- stages -------------------------------------------------------------------------
     def sample(self) -> None:
-        for task, policy in self.cells():
-            self.split(task)
-            done = {r["query_id"] for r in read_pools(self.folder.pools(task.name, policy))}
-            if all(q.id in done for q in task.queries):
-                continue
-            if self._backend is None:
-                self._backend = make_backend(self.config)
-            sample_pools(list(task.queries), PromptBuilder(task.layout, policy, self.config.shots),
-                         self._backend, self.config.sampling, self.folder.pools(task.name, policy),
-                         description=f"{task.name} / {policy}", show_progress=self.show_progress)
+        executor = None
+        try:
+            for task, policy in self.cells():
+                self.split(task)
+                done = {r["query_id"] for r in read_pools(self.folder.pools(task.name, policy))}
+                if all(q.id in done for q in task.queries):
+                    continue
+                if self.config.ray_workers > 0 and executor is None:
+                    from ttp.distributed import RayExecutor
+
+                    executor = RayExecutor(partial(make_backend, self.config), self.config.ray_workers,
+                                           self.config.ray_address)
+                elif executor is None and self._backend is None:
+                    self._backend = make_backend(self.config)
+                sample_pools(list(task.queries), PromptBuilder(task.layout, policy, self.config.shots),
+                             self._backend, self.config.sampling, self.folder.pools(task.name, policy),
+                             description=f"{task.name} / {policy}", show_progress=self.show_progress,
+                             executor=executor)
+        finally:
+            if executor is not None:
+                executor.shutdown()
 
     def candidates(self, task: Task, policy: str) -> pd.DataFrame:
         path = self.folder.candidates(task.name, policy)

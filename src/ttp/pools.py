@@ -54,8 +54,12 @@ def sample_pools(
     path: str | Path,
     description: str = "sampling",
     show_progress: bool = True,
+    executor=None,
 ) -> list[dict]:
-    """Sample a pool for every query not yet in ``path``; return all pools in query order."""
+    """Sample a pool for every query not yet in ``path``; return all pools in query order.
+
+    ``executor(queries, prompts, params)``, if given, yields pool records in any order (e.g.
+    ``ttp.distributed.RayExecutor``); this process stays the only writer of the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = {r["query_id"] for r in read_pools(path)}
@@ -64,14 +68,9 @@ def sample_pools(
     with path.open("a", encoding="utf-8") as fh, _progress() as bar:
         job = bar.add_task(description, total=len(queries), completed=len(done), rate="",
                            visible=show_progress)
-        for i, query in enumerate(todo, 1):
-            completions = backend.sample(prompts(query), params.with_seed(query_seed(params.seed, query.id)))
-            record = {
-                "query_id": query.id, "user": query.user,
-                "texts": [c.text for c in completions],
-                "logprobs": [c.logprob for c in completions],
-                "n_tokens": [c.n_tokens for c in completions],
-            }
+        results = executor(todo, prompts, params) if executor else (
+            draw_pool(backend, prompts, params, query) for query in todo)
+        for i, record in enumerate(results, 1):
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -79,6 +78,17 @@ def sample_pools(
             bar.update(job, advance=1, rate=f"{i / elapsed:.2f} queries/s")
     by_id = {r["query_id"]: r for r in read_pools(path)}
     return [by_id[q.id] for q in queries if q.id in by_id]
+
+
+def draw_pool(backend: PolicyBackend, prompts: PromptBuilder, params: SamplingParams, query: Query) -> dict:
+    """One query's pool as the record stored in ``pools.jsonl``."""
+    completions = backend.sample(prompts(query), params.with_seed(query_seed(params.seed, query.id)))
+    return {
+        "query_id": query.id, "user": query.user,
+        "texts": [c.text for c in completions],
+        "logprobs": [c.logprob for c in completions],
+        "n_tokens": [c.n_tokens for c in completions],
+    }
 
 
 def _drop_torn_tail(path: Path) -> None:

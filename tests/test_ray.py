@@ -1,0 +1,36 @@
+"""The Ray executor on a local Ray cluster with 2 workers, each holding the real llama.cpp backend."""
+from functools import partial
+
+import pytest
+
+from ttp.backends import SamplingParams
+from ttp.pools import sample_pools
+from ttp.prompts import PromptBuilder
+
+
+def small_llama():
+    from ttp.backends.llama_cpp import LlamaCppBackend
+
+    return LlamaCppBackend(n_ctx=2048, max_sequences=2, n_threads=1)
+
+
+@pytest.fixture(scope="module")
+def ray_executor():
+    ray = pytest.importorskip("ray")
+    from ttp.distributed import RayExecutor
+
+    executor = RayExecutor(partial(small_llama), workers=2, queries_per_task=1)
+    yield executor
+    executor.shutdown()
+    ray.shutdown()
+
+
+def test_ray_pools_equal_single_process_pools(ray_executor, pep_task, tmp_path):
+    queries = list(pep_task.queries[:4])
+    prompts = PromptBuilder(pep_task.layout, "plain")
+    params = SamplingParams(n=2, max_tokens=6, seed=4)
+    distributed = sample_pools(queries, prompts, None, params, tmp_path / "ray.jsonl", show_progress=False,
+                               executor=ray_executor)
+    local = sample_pools(queries, prompts, small_llama(), params, tmp_path / "local.jsonl", show_progress=False)
+    assert [p["query_id"] for p in distributed] == [q.id for q in queries]  # each query exactly once
+    assert [p["texts"] for p in distributed] == [p["texts"] for p in local]

@@ -1,0 +1,26 @@
+"""The transformers backend on a model that is really on this machine: the embedded Gemma 3
+270M GGUF, which transformers de-quantizes on load (slow to load, about a minute or two)."""
+import math
+
+import pytest
+
+from ttp.backends import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from ttp.backends.llama_cpp import default_model_path
+    from ttp.backends.transformers_backend import TransformersBackend
+
+    return TransformersBackend(default_model_path())
+
+
+def test_samples_independent_candidates_with_log_probabilities(backend, pep_task):
+    from ttp.prompts import PromptBuilder
+
+    prompt = PromptBuilder(pep_task.layout, "personalized")(pep_task.queries[0])
+    pool = backend.sample(prompt, SamplingParams(n=4, max_tokens=12, seed=2))
+    assert len(pool) == 4 and len({c.text for c in pool}) > 1
+    for c in pool:
+        assert "\n" not in c.text and 0 < c.n_tokens <= 12 and math.isfinite(c.logprob) and c.logprob < 0
+    assert backend.sample(prompt, SamplingParams(n=4, max_tokens=12, seed=2)) == pool
