@@ -24,10 +24,12 @@ def test_every_stage_writes_its_files(run_folder):
     folder = RunFolder(run_folder)
     for policy in ("personalized", "plain"):
         for path in (folder.pools(TASK, policy), folder.candidates(TASK, policy), folder.curves(TASK, policy),
-                     folder.scores(TASK, policy), folder.reward_eval(TASK, policy), folder.diagnosis(TASK, policy)):
+                     folder.scores(TASK, policy), folder.reward_eval(TASK, policy), folder.diagnosis(TASK, policy),
+                     folder.allocation(TASK, policy)):
             assert path.exists(), path
     report = folder.report.read_text()
-    for heading in ("The oracle ceiling", "Reward models on held-out users", "Scaling-law diagnosis"):
+    for heading in ("The oracle ceiling", "Reward models on held-out users", "Scaling-law diagnosis",
+                    "The law as a controller"):
         assert heading in report
     figures = sorted(p.name for p in folder.figures.glob("*.png"))
     assert f"ceiling_{TASK}.png" in figures and f"law_{TASK}_personalized.png" in figures
@@ -75,3 +77,19 @@ def test_missing_utilities_and_split_users_give_clear_errors(run_folder, tmp_pat
     with pytest.raises(ValueError, match="are in no part of"):
         pipeline.rewards()
     assert folder.reward_eval(TASK, "personalized").exists()  # earlier results are kept
+
+
+def test_generate_spends_at_most_the_budget_and_returns_a_candidate(run_folder):
+    from ttp.pipeline import Pipeline
+
+    pipeline = Pipeline.resume(run_folder)
+    test_query = json.loads(RunFolder(run_folder).split(TASK).read_text())["test"][0]
+    query = next(q for q in pipeline.tasks[0].queries if q.user == test_query)
+    decision = pipeline.generate(TASK, "personalized", query_id=query.id, budget=5)
+    assert 1 <= decision.samples <= 5
+    assert decision.text in decision.candidates and len(decision.candidates) == decision.samples
+    assert decision.stopped_because
+    result = runner.invoke(app, ["generate", str(run_folder), "--task", TASK, "--user", query.user,
+                                 "--text", query.input, "--budget", "3"])
+    assert result.exit_code == 0, result.output
+    assert "samples spent" in result.output
