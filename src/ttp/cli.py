@@ -11,16 +11,14 @@ from rich.table import Table
 
 from ttp.backends import SamplingParams
 from ttp.config import RunConfig, TaskSpec
+from ttp.pipeline import STAGES, Pipeline
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Test-time personalization: Best-of-N with personalized reward models.")
 console = Console(width=200)
-STAGES = ("sample", "utilities", "curves", "rewards", "diagnose", "allocate", "report")
 
 
 def _pipeline(run: Path):
-    from ttp.pipeline import Pipeline
-
     if not (run / "config.json").exists():
         raise typer.BadParameter(f"{run} is not a run folder (no config.json); start one with `ttp run`")
     return Pipeline.resume(run)
@@ -142,8 +140,6 @@ def run(
     stages: List[str] = typer.Option(list(STAGES), help="stages to run, in order"),
 ) -> None:
     """Run the stages on any task; a rerun on the same folder resumes where it stopped."""
-    from ttp.pipeline import Pipeline
-
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise typer.BadParameter(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
@@ -168,8 +164,6 @@ def demo(
 ) -> None:
     """Everything, end to end, on the two embedded mail tasks with modest sizes."""
     from ttp.embedded import embedded_task_dirs
-    from ttp.pipeline import Pipeline
-
     dirs = embedded_task_dirs()
     config = RunConfig(
         tasks=tuple(TaskSpec(str(p), max_queries_per_user=max_queries_per_user, max_users=max_users)

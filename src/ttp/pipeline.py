@@ -3,8 +3,8 @@
     tasks -> user split -> prompts -> pools -> utilities -> curves
           -> features -> reward models -> scores on test users -> diagnosis -> report
 
-Each stage reads what earlier stages wrote and skips work already on disk, so any stage can
-be rerun or resumed alone; ``run()`` runs them all.
+Each stage is a method of ``Pipeline`` named in ``STAGES``; it reads what earlier stages
+wrote and skips work already on disk, so any stage can be rerun or resumed alone.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from ttp.utility import METRICS
 
 console = Console(stderr=True)
 BACKENDS = ("llama-cpp", "openai", "transformers", "vllm")
+STAGES = ("sample", "utilities", "curves", "rewards", "diagnose", "allocate", "report")
 
 
 def make_backend(config: RunConfig) -> PolicyBackend:
@@ -52,7 +53,7 @@ def make_backend(config: RunConfig) -> PolicyBackend:
     raise ValueError(f"unknown backend {config.backend!r}; available: {BACKENDS}")
 
 
-def subset(task: Task, spec_max_per_user: int | None, max_users: int | None, seed: int) -> Task:
+def subset(task: Task, max_per_user: int | None, max_users: int | None, seed: int) -> Task:
     """A seeded subset: at most ``max_users`` users, at most ``max_per_user`` queries each."""
     rng = np.random.default_rng(seed)
     users = task.users
@@ -61,15 +62,15 @@ def subset(task: Task, spec_max_per_user: int | None, max_users: int | None, see
     keep = []
     for user in users:
         queries = [q for q in task.queries if q.user == user]
-        if spec_max_per_user is not None and len(queries) > spec_max_per_user:
-            chosen = set(rng.choice(len(queries), spec_max_per_user, replace=False).tolist())
+        if max_per_user is not None and len(queries) > max_per_user:
+            chosen = set(rng.choice(len(queries), max_per_user, replace=False).tolist())
             queries = [q for i, q in enumerate(queries) if i in chosen]
         keep.extend(queries)
     return Task(task.name, task.layout, tuple(keep))
 
 
 class Pipeline:
-    """The engine of one run: ``Pipeline(config, folder).run()``."""
+    """The engine of one run: ``Pipeline(config, folder)``, then its ``STAGES`` in order."""
 
     def __init__(self, config: RunConfig, root, show_progress: bool = True):
         self.config = config
