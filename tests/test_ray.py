@@ -8,10 +8,10 @@ from ttp.pools import sample_pools
 from ttp.prompts import PromptBuilder
 
 
-def small_llama():
-    from ttp.backends.llama_cpp import LlamaCppBackend
+from ttp.backends.llama_cpp import LlamaCppBackend
 
-    return LlamaCppBackend(n_ctx=2048, max_sequences=2, n_threads=1)
+# a factory Ray workers can unpickle: it names only importable code
+small_llama = partial(LlamaCppBackend, n_ctx=2048, max_sequences=2, n_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def ray_executor():
     ray = pytest.importorskip("ray")
     from ttp.distributed import RayExecutor
 
-    executor = RayExecutor(partial(small_llama), workers=2, queries_per_task=1)
+    executor = RayExecutor(small_llama, workers=2, queries_per_task=1)
     yield executor
     executor.shutdown()
     ray.shutdown()

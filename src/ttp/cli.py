@@ -57,15 +57,17 @@ def print_rewards(evaluations: dict, at=(1, 4, 16)) -> None:
         points = [n for n in at if n <= m]
         table = Table(title=f"{task} / {policy}: {ev['metric']} of Best-of-N on {ev['queries']} test queries "
                             f"({ev['users']} held-out users), 95% CI over users")
-        for col in ("selector", *[f"N={n}" for n in points], f"oracle-gain share N={m}", "Spearman"):
+        for col in ("selector", *[f"N={n}" for n in points], f"oracle-gain share N={m}", "Spearman",
+                    "corr(mean, sd)"):
             table.add_column(col, no_wrap=True)
         o = ev["oracle"]
         table.add_row("oracle", *[f"{o['mean'][n - 1]:.3f} [{o['low'][n - 1]:.3f}, {o['high'][n - 1]:.3f}]"
-                                  for n in points], "1", "1")
+                                  for n in points], "1", "1", "-")
         for name, sel in ev["selectors"].items():
             share = sel["oracle_gain_share"].get(str(m), [float("nan")] * 3)
             table.add_row(name, *["{:.3f} [{:.3f}, {:.3f}]".format(*sel["rouge_at"][str(n)]) for n in points],
-                          f"{share[0]:.2f} [{share[1]:.2f}, {share[2]:.2f}]", f"{sel['mean_spearman']:.3f}")
+                          f"{share[0]:.2f} [{share[1]:.2f}, {share[2]:.2f}]", f"{sel['mean_spearman']:.3f}",
+                          f"{sel['mean_sd_correlation']:.2f}" if "mean_sd_correlation" in sel else "-")
         console.print(table)
 
 
@@ -73,7 +75,7 @@ def print_diagnosis(diagnoses: dict) -> None:
     for (task, policy), diag in diagnoses.items():
         table = Table(title=f"{task} / {policy}: the four quantities and the laws' max error "
                             f"(share of the oracle gain at N = M)")
-        for col in ("selector", "μ̄", "σ̄", "c", "ρ̄", "h", "h chance", "ρ̄₊", "ρ̄₋", "law err",
+        for col in ("selector", "μ̄", "σ̄", "c", "ρ̄", "h", "h chance", "ρ̄₊", "ρ̄₋", "corr(ρ,σ)", "U=0 share", "law err",
                     "4-qty err", "anchored err", "collapsed", "hacked p<.05"):
             table.add_column(col, no_wrap=True)
         for name, d in diag.items():
@@ -81,7 +83,8 @@ def print_diagnosis(diagnoses: dict) -> None:
             table.add_row(name, *[f"{d[k]:.3f}" for k in ("mu_bar", "sigma_bar", "collapse_rate", "rho_bar",
                                                           "hacked_share_informative",
                                                           "hacked_share_expected_by_chance",
-                                                          "rho_bar_pos", "rho_bar_neg")],
+                                                          "rho_bar_pos", "rho_bar_neg",
+                                                          "rho_sigma_correlation", "zero_utility_share")],
                           *[f"{err[law]['max_share_of_oracle_gain']:.1%}"
                             for law in ("per_query", "four_quantity", "per_query_oracle_anchored")],
                           str(len(d["collapsed_users"])), str(len(d["hacked_queries"])))

@@ -7,12 +7,15 @@ policies on the same queries.
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
 import bm25s
 
 from ttp.data import ProfileItem, ProfileLayout, Query
+
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
 
 POLICIES = ("personalized", "plain")
 SOURCE_CHARS = 400   # per few-shot example, so k examples fit a small model's context

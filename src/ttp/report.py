@@ -136,11 +136,12 @@ def diagnosis_section(pipeline) -> tuple[str, dict]:
             rows.append([name, f"{d['mu_bar']:.3f}", f"{d['sigma_bar']:.3f}", f"{d['collapse_rate']:.2f}",
                          f"{d['rho_bar']:.3f}", f"{d['hacked_share']:.2f}",
                          f"{d['hacked_share_informative']:.2f}", f"{d['hacked_share_expected_by_chance']:.2f}", f"{d['rho_bar_pos']:.3f}",
-                         f"{d['rho_bar_neg']:.3f}", f"{len(d['hacked_queries'])}",
+                         f"{d['rho_bar_neg']:.3f}", f"{d['rho_sigma_correlation']:.2f}",
+                         f"{len(d['hacked_queries'])}",
                          *[f"{err[law]:.1%}" for law in LAWS]])
         text.append(f"### {task.name} / {policy}\n")
         text.append(_table(["selector", "μ̄", "σ̄", "c", "ρ̄", "h", "h (pools with spread)", "… by chance", "ρ̄₊", "ρ̄₋",
-                            "hacked (p<.05)", "per-query law err", "four-quantity err",
+                            "corr(ρ_q, σ_q)", "hacked (p<.05)", "per-query law err", "four-quantity err",
                             "per-query anchored err", "four-quantity anchored err"], rows))
         text.append(f"![law](figures/{_law_figure(folder, task.name, policy, diag, names)})\n")
         text.append(f"![failures](figures/{_failure_figure(folder, task.name, policy, diag, names)})\n")

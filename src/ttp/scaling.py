@@ -97,6 +97,8 @@ class Diagnosis:
     rho_bar_pos: float
     rho_bar_neg: float
     flat_pool_share: float
+    zero_utility_share: float
+    rho_sigma_correlation: float     # the four-quantity law assumes it is near 0
     hacked_share_informative: float
     hacked_share_expected_by_chance: float
     collapsed_users: list
@@ -227,6 +229,9 @@ def diagnose(
         rho_bar_pos=float(pos.mean()) if pos.size else 0.0,
         rho_bar_neg=float(neg.mean()) if neg.size else 0.0,
         flat_pool_share=float(flat.mean()),
+        zero_utility_share=float((utilities == 0).mean()),
+        rho_sigma_correlation=float(np.corrcoef(rho_q, sigma_q)[0, 1]) if rho_q.std() > 0 and sigma_q.std() > 0
+        else 0.0,
         hacked_share_informative=hacked_share_informative,
         hacked_share_expected_by_chance=chance_share,
         collapsed_users=collapsed_list, hacked_queries=hacked_list,

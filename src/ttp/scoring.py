@@ -15,6 +15,7 @@ from ttp.bon import bon_curves, oracle_curves, user_bootstrap
 from ttp.features import FEATURES
 from ttp.pools import pool_matrix
 from ttp.rewards import SELECTION_RULES, RewardModel, selection_scores
+from ttp.scaling import within_pool_correlation
 from ttp.utility import PRIMARY
 
 REPORTED_N = (1, 2, 4, 8, 16, 32)
@@ -85,4 +86,11 @@ def evaluate_selectors(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0, 
                                   for n in reported if n > 1},
             "mean_spearman": _mean_spearman(s, u),
         }
+        kind = name.split("/")[0]
+        if f"sd:{kind}" in scores:
+            # does the model's uncertainty rise with its own prediction inside a pool?
+            _, _, sd = pool_matrix(scores, f"sd:{kind}")
+            _, _, mean = pool_matrix(scores, f"score:{kind}/mean")
+            result["selectors"][name]["mean_sd_correlation"] = float(
+                within_pool_correlation(mean, sd).mean())
     return result
