@@ -121,9 +121,11 @@ def diagnosis_section(pipeline) -> tuple[str, dict]:
         "Four quantities: μ̄ mean candidate utility, σ̄ mean within-query spread, c collapse rate "
         f"(users whose score spread is at most τ = {pipeline.config.collapse_tau} of the median "
         "user's), ρ̄ mean score–utility correlation over non-collapsed queries; h is the share of "
-        "those with ρ_q < 0; among pools whose utilities vary, *by chance* is the share of ρ_q < 0 that "
-        "sampling noise alone would give at this pool size if every such pool had their mean correlation. Law errors: maximum over N of |law − "
-        "observed| as a share of the oracle gain at N = M (target: per-query law ≤ 10%).\n")
+        "those with ρ_q < 0; among pools whose utilities vary, *by chance* is the share of ρ_q < 0 "
+        "that sampling noise alone would give at this pool size if every such pool had their mean "
+        "correlation. corr(ρ_q, σ_q) far from 0 breaks the four-quantity factorization. Law errors: "
+        "maximum over N of |law − observed| as a share of the oracle gain at N = M (target: "
+        "per-query law ≤ 10%).\n")
     for task, policy in pipeline.cells():
         diag = read_json(folder.diagnosis(task.name, policy))
         data[f"{task.name}/{policy}"] = {k: {kk: vv for kk, vv in v.items()
