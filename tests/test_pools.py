@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from ttp.backends import Completion, SamplingParams, clean_completion

@@ -271,7 +271,7 @@ class Pipeline:
                                              seed=self.config.seed).to_dict() for r in rows],
                 }
             target = _uniform_at(curves["uniform"], 8)
-            for name, c in curves.items():
+            for c in curves.values():
                 c["samples_to_reach_uniform_8"] = _samples_to_reach(c, target)
             result = {"selector": selector, "kappa": kappa, "queries": int(len(u)),
                       "uniform_8": target, "policies": curves}

@@ -137,7 +137,8 @@ def diagnosis_section(pipeline) -> tuple[str, dict]:
             err = {law: d["law_errors"][law]["max_share_of_oracle_gain"] for law in LAWS}
             rows.append([name, f"{d['mu_bar']:.3f}", f"{d['sigma_bar']:.3f}", f"{d['collapse_rate']:.2f}",
                          f"{d['rho_bar']:.3f}", f"{d['hacked_share']:.2f}",
-                         f"{d['hacked_share_informative']:.2f}", f"{d['hacked_share_expected_by_chance']:.2f}", f"{d['rho_bar_pos']:.3f}",
+                         f"{d['hacked_share_informative']:.2f}", f"{d['hacked_share_expected_by_chance']:.2f}",
+                         f"{d['rho_bar_pos']:.3f}",
                          f"{d['rho_bar_neg']:.3f}", f"{d['rho_sigma_correlation']:.2f}",
                          f"{len(d['hacked_queries'])}",
                          *[f"{err[law]:.1%}" for law in LAWS]])
