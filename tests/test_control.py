@@ -46,3 +46,11 @@ def test_budget_outside_the_pool_is_refused():
     test, kappa = _population()
     with pytest.raises(ValueError, match="must lie in"):
         evaluate_policy("uniform", test.scores, test.utilities, test.users, 64, kappa)
+
+
+def test_greedy_falls_back_to_uniform_when_the_law_predicts_no_gain():
+    test, _ = _population()
+    for kappa in (0.0, -0.5):
+        uniform = evaluate_policy("uniform", test.scores, test.utilities, test.users, 4, kappa, repeats=3)
+        greedy = evaluate_policy("greedy", test.scores, test.utilities, test.users, 4, kappa, repeats=3)
+        assert greedy["mean"] == pytest.approx(uniform["mean"], abs=0.002)

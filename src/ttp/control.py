@@ -73,7 +73,8 @@ class GainPredictor:
 
     def marginal_gain(self, spread: float, n: int, e_n: np.ndarray) -> float:
         """The law's gain of sample ``n + 1``: ``κ · ŝ · (e_{n+1} − e_n)``."""
-        return self.kappa * spread * (e_n[n] - e_n[n - 1]) if n < len(e_n) else -np.inf
+        # a negative κ (selection hurt on validation) predicts no gain, not a negative one
+        return max(self.kappa, 0.0) * spread * (e_n[n] - e_n[n - 1]) if n < len(e_n) else -np.inf
 
 
 def _allocate(policy: str, scores: np.ndarray, users: np.ndarray, orders: np.ndarray, budget: int,
@@ -113,17 +114,18 @@ def _allocate(policy: str, scores: np.ndarray, users: np.ndarray, orders: np.nda
         return predictor.marginal_gain(spread[i], n[i], e_n)
 
     if policy == "greedy":
-        heap = [(-gain(i), i) for i in range(q)]
+        # equal predicted gains go to the query with fewer samples, so no gain means uniform N
+        heap = [(-gain(i), n[i], i) for i in range(q)]
         heapq.heapify(heap)
         left = budget - int(n.sum())
         while left > 0 and heap:
-            g, i = heapq.heappop(heap)
+            g, _, i = heapq.heappop(heap)
             if g == np.inf:
                 break
             n[i] += 1
             left -= 1
             if n[i] < m:
-                heapq.heappush(heap, (-gain(i), i))
+                heapq.heappush(heap, (-gain(i), n[i], i))
         return n
     if policy == "early_stop":
         for i in range(q):
