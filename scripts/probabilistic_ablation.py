@@ -1,0 +1,63 @@
+"""Why does the probabilistic RM not beat the standard ones on pep-titles?  Ablations of the
+target scaling and the NLL weighting, on the features and split of an existing run.
+
+    python scripts/probabilistic_ablation.py runs/pep-titles
+
+For each policy, trains the probabilistic RM with (a) the raw utility, (b) the utility centered
+within its pool (so the model learns the ranking inside a pool, not which queries are easy),
+(c) beta-NLL (beta = 0.5), and prints the share of the oracle gain captured at N = M on the
+test users for the mean and lcb rules, and the within-pool correlation of predicted mean and sd.
+"""
+import sys
+
+import numpy as np
+import pandas as pd
+
+from ttp.bon import bon_curves, oracle_curves
+from ttp.features import FEATURES
+from ttp.pipeline import Pipeline
+from ttp.pools import pool_matrix
+from ttp.rewards import RewardConfig, RewardModel, selection_scores
+from ttp.scaling import within_pool_correlation
+from ttp.utility import PRIMARY
+
+
+def gain_share(frame: pd.DataFrame, scores: np.ndarray) -> float:
+    frame = frame.assign(_s=scores)
+    _, _, u = pool_matrix(frame, PRIMARY)
+    _, _, s = pool_matrix(frame, "_s")
+    bon, oracle = bon_curves(s, u).mean(axis=0), oracle_curves(u).mean(axis=0)
+    return float((bon[-1] - bon[0]) / (oracle[-1] - oracle[0]))
+
+
+def main(run: str) -> None:
+    pipeline = Pipeline.resume(run, show_progress=False)
+    for task, policy in pipeline.cells():
+        table = pipeline.features(task, policy)
+        split = pipeline.split(task)
+        parts = {p: table[table.user.isin(getattr(split, p))] for p in ("train", "validation", "test")}
+        print(f"{task.name} / {policy}: {parts['test'].query_id.nunique()} test queries")
+        for name, centered, beta in (("raw utility", False, 0.0), ("pool-centered utility", True, 0.0),
+                                     ("beta-NLL 0.5", False, 0.5), ("centered + beta-NLL", True, 0.5)):
+            def xyg(frame):
+                y = frame[PRIMARY].to_numpy(np.float32)
+                if centered:
+                    y = y - frame.groupby("query_id")[PRIMARY].transform("mean").to_numpy(np.float32)
+                return frame[list(FEATURES)].to_numpy(np.float32), y, frame["query_id"].to_numpy()
+
+            model = RewardModel(RewardConfig(kind="probabilistic", beta=beta, seed=pipeline.config.seed))
+            model.fit(*xyg(parts["train"]), *xyg(parts["validation"]))
+            test = parts["test"]
+            X, groups = test[list(FEATURES)].to_numpy(np.float32), test["query_id"].to_numpy()
+            mean, sd = model.predict_dist(X)
+            test_m = test.assign(_m=mean, _sd=sd)
+            _, _, pm = pool_matrix(test_m, "_m")
+            _, _, psd = pool_matrix(test_m, "_sd")
+            coupling = float(within_pool_correlation(pm, psd).mean())
+            shares = {rule: gain_share(test, selection_scores(model, X, groups, rule)) for rule in ("mean", "lcb")}
+            print(f"  {name:24s} gain share mean {shares['mean']:.2f}  lcb {shares['lcb']:.2f}  "
+                  f"corr(mean, sd) {coupling:+.2f}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
