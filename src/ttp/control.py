@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ttp.scaling import expected_max_normal
+from ttp.scaling import expected_max_normal, within_pool_correlation
 
 POLICIES = ("uniform", "skip_collapsed", "greedy", "early_stop")
 
@@ -37,8 +37,6 @@ class ControllerConfig:
 
 def calibration(scores: np.ndarray, utilities: np.ndarray) -> float:
     """κ: utility gain per unit of score spread, fitted on validation pools."""
-    from ttp.scaling import within_pool_correlation
-
     rho_sigma = within_pool_correlation(scores, utilities) * utilities.std(axis=1)
     spread = scores.std(axis=1).mean()
     return float(rho_sigma.mean() / spread) if spread > 0 else 0.0
@@ -81,20 +79,9 @@ def _allocate(policy: str, scores: np.ndarray, users: np.ndarray, orders: np.nda
               config: ControllerConfig, kappa: float, threshold: float | None = None) -> np.ndarray:
     """Samples per query under ``policy`` with ``budget`` samples in total."""
     q, m = scores.shape
-    if policy == "uniform" or policy == "skip_collapsed":
+    if policy == "uniform":
         per = np.full(q, budget // q)
         per[: budget % q] += 1
-        if policy == "skip_collapsed":
-            pilot = np.array([_spread(scores[i, orders[i, :config.pilot]]) for i in range(q)])
-            user_ids, inverse = np.unique(users, return_inverse=True)
-            user_spread = np.bincount(inverse, weights=pilot) / np.bincount(inverse)
-            collapsed = (user_spread <= config.collapse_tau * np.median(user_spread))[inverse]
-            rest = max(int((~collapsed).sum()), 1)
-            free = budget - int(collapsed.sum())
-            per = np.where(collapsed, 1, 0)
-            idx = np.flatnonzero(~collapsed)
-            per[idx] = free // rest
-            per[idx[: free % rest]] += 1
         return np.clip(per, 1, m)
     # the pilot: one query per user gets `pilot` samples and reveals the user's score spread
     # (a collapsed user shows it there); every other query starts from one sample
@@ -103,36 +90,42 @@ def _allocate(policy: str, scores: np.ndarray, users: np.ndarray, orders: np.nda
     _, first_of_user = np.unique(users, return_index=True)
     n[first_of_user] = min(max(2, min(config.pilot, budget // q)), m)
     predictor = GainPredictor(users, config, kappa)
-    drawn = [scores[i, orders[i, :n[i]]] for i in range(q)]
-
     # spreads are frozen after the pilot: re-estimating them from the samples the controller
     # chose to draw would chase lucky draws (measured: worse than uniform on simulated pools)
-    spread = predictor.spreads(drawn)
+    spread = predictor.spreads([scores[i, orders[i, :n[i]]] for i in range(q)])
     e_n = expected_max_normal(m)
 
     def gain(i):
         return predictor.marginal_gain(spread[i], n[i], e_n)
 
+    if policy == "skip_collapsed":
+        # collapsed users keep what the pilot spent; the rest share the budget evenly
+        return _fill(n, lambda i: 0.0 if spread[i] > 0 else -np.inf, budget, m)
     if policy == "greedy":
-        # equal predicted gains go to the query with fewer samples, so no gain means uniform N
-        heap = [(-gain(i), n[i], i) for i in range(q)]
-        heapq.heapify(heap)
-        left = budget - int(n.sum())
-        while left > 0 and heap:
-            g, _, i = heapq.heappop(heap)
-            if g == np.inf:
-                break
-            n[i] += 1
-            left -= 1
-            if n[i] < m:
-                heapq.heappush(heap, (-gain(i), n[i], i))
-        return n
+        return _fill(n, gain, budget, m)
     if policy == "early_stop":
         for i in range(q):
             while n[i] < m and gain(i) > threshold:
                 n[i] += 1
         return n
     raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+
+
+def _fill(n: np.ndarray, value, budget: int, m: int) -> np.ndarray:
+    """Give the samples left, one at a time, to the query of highest ``value(i)``; ties go to
+    the query with fewer samples (so equal values mean uniform N); ``-inf`` gets none."""
+    heap = [(-value(i), n[i], i) for i in range(len(n))]
+    heapq.heapify(heap)
+    left = budget - int(n.sum())
+    while left > 0 and heap:
+        key, _, i = heapq.heappop(heap)
+        if key == np.inf:
+            break
+        n[i] += 1
+        left -= 1
+        if n[i] < m:
+            heapq.heappush(heap, (-value(i), n[i], i))
+    return n
 
 
 def _realized(scores, utilities, orders, n) -> np.ndarray:

@@ -26,6 +26,7 @@ logprob_per_token      the policy's mean token log-probability (0 where the back
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 from functools import lru_cache
@@ -83,8 +84,6 @@ class EmbeddingCache:
     def save(self) -> None:
         if self.path is None:
             return
-        import io
-
         buffer = io.BytesIO()
         np.savez(buffer, keys=np.array(list(self._vectors)), vectors=np.stack(list(self._vectors.values())))
         write_bytes_atomic(self.path, buffer.getvalue())
