@@ -39,7 +39,7 @@ def main(run: str) -> None:
         print(f"{task.name} / {policy}: {parts['test'].query_id.nunique()} test queries")
         for name, centered, beta in (("raw utility", False, 0.0), ("pool-centered utility", True, 0.0),
                                      ("beta-NLL 0.5", False, 0.5), ("centered + beta-NLL", True, 0.5)):
-            def xyg(frame):
+            def xyg(frame, centered=centered):
                 y = frame[PRIMARY].to_numpy(np.float32)
                 if centered:
                     y = y - frame.groupby("query_id")[PRIMARY].transform("mean").to_numpy(np.float32)
