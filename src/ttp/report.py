@@ -232,8 +232,8 @@ def allocation_section(pipeline) -> tuple[str, dict]:
                 "(drawn without replacement in seeded random orders, 20 repeats). *uniform*: the same N "
                 "everywhere; *skip_collapsed*: users whose pilot scores are flat get nothing beyond "
                 "the pilot, the rest share the budget evenly; *greedy*: each next sample to the query "
-                "with the largest predicted gain κ·ŝ_q·(e_{n+1} − e_n); *early_stop*: sample while that gain exceeds a threshold set to "
-                "meet the budget.\n")
+                "with the largest predicted gain κ·ŝ_q·(e_{n+1} − e_n); *early_stop*: sample while that "
+                "gain exceeds a threshold set to meet the budget.\n")
     for task, policy in pipeline.cells():
         result = read_json(folder.allocation(task.name, policy))
         data[f"{task.name}/{policy}"] = result
