@@ -12,6 +12,7 @@ from rich.table import Table
 from ttp.backends import SamplingParams
 from ttp.config import RunConfig, TaskSpec
 from ttp.pipeline import STAGES, Pipeline
+from ttp.report import at_points
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Test-time personalization: Best-of-N with personalized reward models.")
@@ -36,25 +37,25 @@ def _run_stages(pipeline, stages) -> None:
             console.print(f"report: {result}")
 
 
-def print_curves(curves: dict, metric: str = "rougeL", at=(1, 4, 16)) -> None:
+def print_curves(curves: dict, metric: str = "rougeL") -> None:
     table = Table(title=f"Best-of-N {metric} (95% CI over users): oracle vs random selection")
-    for col in ("task", "policy", "queries", "selection", *[f"N={n}" for n in at]):
+    m = len(next(iter(curves.values()))[metric]["oracle"]["mean"])  # one pool size per run
+    points = at_points(m)
+    for col in ("task", "policy", "queries", "selection", *[f"N={n}" for n in points]):
         table.add_column(col, no_wrap=True)
     for (task, policy), result in curves.items():
         r = result[metric]
-        m = len(r["oracle"]["mean"])
         for selection in ("oracle", "random"):
             c = r[selection]
-            cells = [f"{c['mean'][n - 1]:.3f} [{c['low'][n - 1]:.3f}, {c['high'][n - 1]:.3f}]" if n <= m else "-"
-                     for n in at]
+            cells = [f"{c['mean'][n - 1]:.3f} [{c['low'][n - 1]:.3f}, {c['high'][n - 1]:.3f}]" for n in points]
             table.add_row(task, policy, str(r["queries"]), selection, *cells)
     console.print(table)
 
 
-def print_rewards(evaluations: dict, at=(1, 4, 16)) -> None:
+def print_rewards(evaluations: dict) -> None:
     for (task, policy), ev in evaluations.items():
         m = ev["pool_size"]
-        points = [n for n in at if n <= m]
+        points = at_points(m)
         table = Table(title=f"{task} / {policy}: {ev['metric']} of Best-of-N on {ev['queries']} test queries "
                             f"({ev['users']} held-out users), 95% CI over users")
         for col in ("selector", *[f"N={n}" for n in points], f"oracle-gain share N={m}", "Spearman",
@@ -65,7 +66,9 @@ def print_rewards(evaluations: dict, at=(1, 4, 16)) -> None:
                                   for n in points], "1", "1", "-")
         for name, sel in ev["selectors"].items():
             share = sel["oracle_gain_share"].get(str(m), [float("nan")] * 3)
-            table.add_row(name, *["{:.3f} [{:.3f}, {:.3f}]".format(*sel["rouge_at"][str(n)]) for n in points],
+            c = sel["curve"]
+            table.add_row(name, *[f"{c['mean'][n - 1]:.3f} [{c['low'][n - 1]:.3f}, {c['high'][n - 1]:.3f}]"
+                                  for n in points],
                           f"{share[0]:.2f} [{share[1]:.2f}, {share[2]:.2f}]", f"{sel['mean_spearman']:.3f}",
                           f"{sel['mean_sd_correlation']:.2f}" if "mean_sd_correlation" in sel else "-")
         console.print(table)

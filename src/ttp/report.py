@@ -47,8 +47,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _at_points(m: int) -> list[int]:
-    return sorted({1, min(4, m), m} | ({16} if m >= 16 else set()))
+def at_points(m: int) -> list[int]:
+    """The N at which tables report a curve of a pool of size m: 1, 4, 16 and M itself."""
+    return sorted({n for n in (1, 4, 16) if n <= m} | {m})
 
 
 def ceiling_section(pipeline) -> tuple[str, dict]:
@@ -72,7 +73,7 @@ def ceiling_section(pipeline) -> tuple[str, dict]:
             ax.plot(n, best["a"] + best["b"] * basis, color="black", linewidth=0.8, linestyle="--")
             fits = "; ".join(f"{f['form']}: b={f['b']:.4f}, rmse={f['rmse']:.4f}" for f in r["ceiling_fits"])
             rows.append([policy, str(r["queries"]), str(r["users"]),
-                         *[_ci(r["oracle"], k - 1) for k in _at_points(m)],
+                         *[_ci(r["oracle"], k - 1) for k in at_points(m)],
                          *[_ci(r["random"], k - 1) for k in (1, m)], f"**{best['form']}** ({fits})"])
         ax.set_xscale("log", base=2)
         ax.set_xlabel("N (candidates drawn)")
@@ -81,7 +82,7 @@ def ceiling_section(pipeline) -> tuple[str, dict]:
         ax.legend(fontsize=8)
         name = _save(fig, folder.figures / f"ceiling_{task.name}.png")
         text.append(f"### {task.name}\n\n![ceiling](figures/{name})\n")
-        text.append(_table(["policy", "queries", "users", *[f"oracle N={k}" for k in _at_points(m)],
+        text.append(_table(["policy", "queries", "users", *[f"oracle N={k}" for k in at_points(m)],
                             "random N=1", f"random N={m}", "ceiling fits (best first)"], rows))
     return "\n".join(text), data
 
@@ -94,7 +95,7 @@ def rewards_section(pipeline) -> tuple[str, dict]:
         ev = read_json(folder.reward_eval(task.name, policy))
         data[f"{task.name}/{policy}"] = ev
         m = ev["pool_size"]
-        points = _at_points(m)
+        points = at_points(m)
         fig, ax = plt.subplots(figsize=(7, 4.5))
         _band(ax, ev["oracle"], "oracle", color="black")
         rows = [["oracle", *[_ci(ev["oracle"], k - 1) for k in points], "1", "1"]]

@@ -58,7 +58,7 @@ def evaluate_selectors(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0, 
     m = u.shape[1]
     oracle_q = oracle_curves(u)
     oracle = user_bootstrap(oracle_q, users, n_boot, seed=seed)
-    reported = [n for n in REPORTED_N if n <= m]
+    reported = sorted({n for n in REPORTED_N if n <= m} | {m})
     result = {"metric": metric, "queries": int(len(u)), "users": int(len(set(users))),
               "pool_size": int(m), "oracle": oracle.to_dict(), "selectors": {}}
     rng = np.random.default_rng(seed)
