@@ -1,0 +1,60 @@
+"""Policy backends: one small interface, ``sample(prompt, params) -> list[Completion]``.
+
+The embedded default runs Gemma 3 270M with llama.cpp on the CPU; larger engines plug in
+behind the same interface.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to draw one pool: ``n`` candidates per prompt (vLLM's name for it)."""
+
+    n: int = 8
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_tokens: int = 32
+    seed: int = 0
+    stop: tuple[str, ...] = ("\n",)
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+
+    def with_seed(self, seed: int) -> "SamplingParams":
+        return replace(self, seed=seed)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    logprob: float = math.nan   # sum of the sampled tokens' log-probabilities, if the backend gives it
+    n_tokens: int = 0
+
+
+class PolicyBackend(Protocol):
+    name: str
+
+    def sample(self, prompt: str, params: SamplingParams) -> list[Completion]:
+        """Draw ``params.n`` independent completions of one prompt."""
+        ...
+
+
+def clean_completion(text: str, stop: tuple[str, ...]) -> str:
+    """Cut at the first stop string and drop the quotes and labels small models like to add."""
+    for s in stop:
+        if s and s in text:
+            text = text[: text.index(s)]
+    text = text.strip()
+    for prefix in ("Answer:", "Title:", "Subject:", "Headline:", "**"):
+        if text.startswith(prefix):
+            text = text[len(prefix):].strip()
+    return text.strip().strip('"*').strip()

@@ -1,0 +1,35 @@
+"""vLLM offline backend (optional extra ``ttp[vllm]``, GPU): ``vllm.LLM`` with prefix caching,
+so a pool's ``n = M`` candidates share one prompt computation."""
+from __future__ import annotations
+
+import math
+
+from ttp.backends import Completion, SamplingParams, clean_completion
+
+
+class VLLMBackend:
+    def __init__(self, model: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
+                 max_model_len: int | None = None):
+        try:
+            import vllm
+        except ImportError:
+            raise ImportError("the vLLM backend needs vLLM on a GPU machine: pip install 'ttp[vllm]'") from None
+        self._vllm = vllm
+        self.llm = vllm.LLM(model=model, enable_prefix_caching=True, tensor_parallel_size=tensor_parallel_size,
+                            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
+        self.name = f"vllm:{model}"
+
+    def _params(self, params: SamplingParams):
+        return self._vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
+                                         max_tokens=params.max_tokens, seed=params.seed,
+                                         stop=list(params.stop), logprobs=0)
+
+    def sample(self, prompt: str, params: SamplingParams) -> list[Completion]:
+        return self.sample_many([prompt], params)[0]
+
+    def sample_many(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+        """Many pools in one call, as vLLM schedules best (used by the throughput benchmark)."""
+        outputs = self.llm.generate(prompts, self._params(params), use_tqdm=False)
+        return [[Completion(clean_completion(o.text, params.stop),
+                            float(o.cumulative_logprob) if o.cumulative_logprob is not None else math.nan,
+                            len(o.token_ids)) for o in request.outputs] for request in outputs]

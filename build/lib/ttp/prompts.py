@@ -1,0 +1,69 @@
+"""Prompts: the user's most relevant profile items (BM25) as few-shot examples, then the query.
+
+The default model is a base (not chat-tuned) model, so prompts are completion-style: the
+task's instruction, then ``Label: source`` / ``Label: output`` pairs, ending on the output
+label.  The non-personalized policy shows no profile items, so every experiment compares two
+policies on the same queries.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import bm25s
+
+from ttp.data import ProfileItem, ProfileLayout, Query
+
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
+
+POLICIES = ("personalized", "plain")
+SOURCE_CHARS = 400   # per few-shot example, so k examples fit a small model's context
+QUERY_CHARS = 1500
+# LaMP inputs open with an instruction ("Generate a title for the following abstract of a
+# paper: <text>"); the prompt shows it once on top and the text in the example format
+INSTRUCTION = re.compile(r"^\s*((?:generate|write|compose|create)\b[^:]{0,150}):\s*(.*)$", re.I | re.S)
+
+
+def split_instruction(query_input: str) -> tuple[str, str]:
+    """``(instruction, text)`` of a LaMP-style input; no instruction gives ``("", input)``."""
+    match = INSTRUCTION.match(query_input)
+    return (match.group(1).strip(), match.group(2).strip()) if match else ("", query_input.strip())
+
+
+def retrieve(query: Query, k: int) -> list[ProfileItem]:
+    """The ``k`` profile items whose text is most similar to the query input (BM25)."""
+    items = list(query.profile)
+    if len(items) <= k:
+        return items
+    corpus = [f"{it.output} {it.source}" for it in items]
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
+    tokens = bm25s.tokenize([query.input], stopwords="en", show_progress=False)
+    if not tokens.vocab:
+        return items[:k]
+    ranked, _ = retriever.retrieve(tokens, k=k, show_progress=False)
+    return [items[i] for i in ranked[0]]
+
+
+@dataclass(frozen=True)
+class PromptBuilder:
+    """Builds the prompt of one policy; ``k`` is the number of retrieved few-shot examples."""
+
+    layout: ProfileLayout
+    policy: str = "personalized"
+    k: int = 3
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+
+    def __call__(self, query: Query) -> str:
+        src, out = self.layout.source_label, self.layout.output_label
+        instruction, text = split_instruction(query.input)
+        header = f"{instruction}.\n\n" if instruction else ""
+        shots = "" if self.policy == "plain" else "".join(
+            f"{src}: {it.source[:SOURCE_CHARS].strip()}\n{out}: {it.output.strip()}\n\n"
+            for it in retrieve(query, self.k)
+        )
+        return f"{header}{shots}{src}: {text[:QUERY_CHARS]}\n{out}:"

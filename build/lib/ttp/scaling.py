@@ -1,0 +1,244 @@
+"""The oracle ceiling, the four-quantity scaling law and its failure modes (DESIGN.md 3-4).
+
+Everything here takes plain arrays of (query, user, score, utility), so it explains any
+reward model's Best-of-N curve, simulated or real.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from scipy import integrate, stats
+
+from ttp.bon import bon_curves, oracle_curves
+
+
+@lru_cache(maxsize=None)
+def _expected_max_normal(n: int) -> float:
+    if n == 1:
+        return 0.0
+    integrand = lambda x: x * n * stats.norm.pdf(x) * stats.norm.cdf(x) ** (n - 1)  # noqa: E731
+    value, _ = integrate.quad(integrand, -12.0, 12.0, limit=200, epsabs=1e-12)
+    return value
+
+
+def expected_max_normal(n_max: int) -> np.ndarray:
+    """``e_N`` for ``N = 1..n_max``: the expected maximum of N standard normals (exact quadrature)."""
+    return np.array([_expected_max_normal(n) for n in range(1, n_max + 1)])
+
+
+CEILING_FORMS = {
+    "a + b ln N": lambda n: np.log(n),
+    "a + b sqrt(ln N)": lambda n: np.sqrt(np.log(n)),
+    "a + b e_N": lambda n: expected_max_normal(int(n.max()))[n - 1],
+}
+
+
+@dataclass(frozen=True)
+class CeilingFit:
+    form: str
+    a: float
+    b: float
+    rmse: float
+    max_abs_error: float
+
+
+def fit_ceiling(oracle_curve: np.ndarray) -> list[CeilingFit]:
+    """Least-squares fits of the oracle curve by each form in ``CEILING_FORMS``, best first."""
+    y = np.asarray(oracle_curve, dtype=float)
+    n = np.arange(1, len(y) + 1)
+    fits = []
+    for name, basis in CEILING_FORMS.items():
+        x = np.column_stack([np.ones_like(y), basis(n)])
+        (a, b), *_ = np.linalg.lstsq(x, y, rcond=None)
+        residual = y - x @ np.array([a, b])
+        fits.append(CeilingFit(name, float(a), float(b),
+                               float(np.sqrt(np.mean(residual**2))), float(np.abs(residual).max())))
+    return sorted(fits, key=lambda f: f.rmse)
+
+
+CORRELATIONS = ("pearson", "spearman", "normal_scores")
+
+
+def _rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    xc = x - x.mean(axis=1, keepdims=True)
+    yc = y - y.mean(axis=1, keepdims=True)
+    denom = np.sqrt((xc**2).sum(axis=1) * (yc**2).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (xc * yc).sum(axis=1) / denom
+    # no spread in either variable means no ranking: correlation is defined as zero
+    return np.where(denom > 1e-12, r, 0.0)
+
+
+def within_pool_correlation(scores: np.ndarray, utilities: np.ndarray, method: str = "pearson"):
+    """Per-query correlation of score and utility across the pool."""
+    if method == "pearson":
+        return _rowwise_pearson(scores, utilities)
+    if method not in CORRELATIONS:
+        raise ValueError(f"correlation must be one of {CORRELATIONS}, got {method!r}")
+    rs = stats.rankdata(scores, axis=1)
+    ru = stats.rankdata(utilities, axis=1)
+    if method == "normal_scores":
+        m = scores.shape[1]
+        rs, ru = stats.norm.ppf(rs / (m + 1)), stats.norm.ppf(ru / (m + 1))
+    return _rowwise_pearson(rs, ru)
+
+
+@dataclass
+class Diagnosis:
+    """The four quantities, the failure modes, and the laws' curves for one reward model."""
+
+    mu_bar: float
+    sigma_bar: float
+    collapse_rate: float
+    rho_bar: float
+    hacked_share: float
+    rho_bar_pos: float
+    rho_bar_neg: float
+    flat_pool_share: float
+    zero_utility_share: float
+    rho_sigma_correlation: float     # the four-quantity law assumes it is near 0
+    hacked_share_informative: float
+    hacked_share_expected_by_chance: float
+    collapsed_users: list
+    hacked_queries: list
+    observed: np.ndarray
+    oracle: np.ndarray
+    laws: dict
+    law_errors: dict
+    per_query: dict = field(repr=False)
+    user_score_spread: dict = field(repr=False)
+    collapse_threshold: float = 0.0
+
+    def summary(self) -> dict:
+        """Everything but the per-query arrays, as JSON-ready values."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("per_query", "user_score_spread")}
+        return _jsonable(out)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _curve_errors(predicted: np.ndarray, observed: np.ndarray, oracle_gain: float) -> dict:
+    err = np.abs(predicted - observed)
+    scale = oracle_gain if oracle_gain > 0 else np.nan
+    return {
+        "max_abs": float(err.max()),
+        "mean_abs": float(err.mean()),
+        "max_share_of_oracle_gain": float(err.max() / scale),
+        "mean_share_of_oracle_gain": float(err.mean() / scale),
+    }
+
+
+def diagnose(
+    scores: np.ndarray,
+    utilities: np.ndarray,
+    users: np.ndarray,
+    query_ids: np.ndarray | None = None,
+    collapse_tau: float = 0.1,
+    correlation: str = "pearson",
+    hack_alpha: float = 0.05,
+) -> Diagnosis:
+    """Explain a reward model's Best-of-N curve by the four-quantity law.
+
+    ``scores``/``utilities`` are ``(Q, M)`` pools; ``users`` names each query's user.
+    A user is *collapsed* when the mean within-query spread of its scores is at most
+    ``collapse_tau`` times the median user's.  A query is *hacked* when its score-utility
+    correlation is negative; ``hacked_queries`` lists those with a one-sided p-value below
+    ``hack_alpha``, so noise and hacking can be told apart.
+    """
+    scores = np.asarray(scores, dtype=float)
+    utilities = np.asarray(utilities, dtype=float)
+    users = np.asarray(users)
+    q, m = scores.shape
+    query_ids = np.arange(q) if query_ids is None else np.asarray(query_ids)
+    if len(users) != q or len(query_ids) != q:
+        raise ValueError(f"need one user and one query id per pool row: {q} rows, "
+                         f"{len(users)} users, {len(query_ids)} query ids")
+
+    mu_q = utilities.mean(axis=1)
+    sigma_q = utilities.std(axis=1)
+    rho_q = within_pool_correlation(scores, utilities, correlation)
+    flat = sigma_q <= 1e-12
+    rho_q = np.where(flat, 0.0, rho_q)
+
+    score_sd = scores.std(axis=1)
+    user_ids, inverse = np.unique(users, return_inverse=True)
+    spread = np.bincount(inverse, weights=score_sd) / np.bincount(inverse)
+    threshold = collapse_tau * float(np.median(spread))
+    collapsed_user = spread <= threshold
+    collapsed_q = collapsed_user[inverse]
+
+    # flat pools keep rho_q = 0 inside the average, so rho_bar = (1-h) rho_pos - h |rho_neg|
+    active = ~collapsed_q
+    rho_active = rho_q[active]
+    hacked_mask = active & (rho_q < 0)
+    hacked_share = float(hacked_mask.sum() / max(int(active.sum()), 1))
+    hacked_share_informative = float(hacked_mask.sum() / max(int((active & ~flat).sum()), 1))
+    pos, neg = rho_active[rho_active >= 0], rho_active[rho_active < 0]
+
+    # sampling sd of a correlation from M points (Fisher z): if every informative pool had
+    # their mean correlation, this share of estimates would still come out negative by chance
+    # (flat pools, with no utility spread, say nothing about the RM) (flat pools say nothing about the RM)
+    rho_bar = float(rho_active.mean()) if rho_active.size else 0.0
+    informative = rho_q[active & ~flat]
+    typical = float(informative.mean()) if informative.size else 0.0
+    z_se = 1 / np.sqrt(max(m - 3, 1))
+    chance_share = float(stats.norm.cdf(-np.arctanh(np.clip(typical, -0.999, 0.999)) / z_se))
+    t = rho_q * np.sqrt(max(m - 2, 1) / np.maximum(1 - rho_q**2, 1e-12))
+    p_neg = stats.t.cdf(t, df=max(m - 2, 1))
+    hacked_list = [
+        {"query": _jsonable(query_ids[i]), "user": _jsonable(users[i]),
+         "rho": float(rho_q[i]), "p_value": float(p_neg[i])}
+        for i in np.flatnonzero(hacked_mask & (p_neg < hack_alpha))
+    ]
+    hacked_list.sort(key=lambda d: d["rho"])
+    collapsed_list = [
+        {"user": _jsonable(user_ids[i]), "score_spread": float(spread[i]),
+         "queries": int((inverse == i).sum())}
+        for i in np.flatnonzero(collapsed_user)
+    ]
+
+    observed = bon_curves(scores, utilities).mean(axis=0)
+    oracle_q = oracle_curves(utilities)
+    oracle = oracle_q.mean(axis=0)
+    e_n = expected_max_normal(m)
+    mu_bar, sigma_bar = float(mu_q.mean()), float(sigma_q.mean())
+    c = float(collapsed_q.mean())
+    oracle_gain_q = oracle_q - mu_q[:, None]
+    laws = {
+        "per_query": mu_bar + e_n * float(np.mean(rho_q * sigma_q)),
+        "per_query_oracle_anchored": mu_bar + (rho_q[:, None] * oracle_gain_q).mean(axis=0),
+        "four_quantity": mu_bar + e_n * sigma_bar * (1 - c) * rho_bar,
+        "four_quantity_oracle_anchored": mu_bar + (1 - c) * rho_bar * oracle_gain_q.mean(axis=0),
+    }
+    gain = float(oracle[-1] - oracle[0])
+    return Diagnosis(
+        mu_bar=mu_bar, sigma_bar=sigma_bar, collapse_rate=c, rho_bar=rho_bar,
+        hacked_share=hacked_share,
+        rho_bar_pos=float(pos.mean()) if pos.size else 0.0,
+        rho_bar_neg=float(neg.mean()) if neg.size else 0.0,
+        flat_pool_share=float(flat.mean()),
+        zero_utility_share=float((utilities == 0).mean()),
+        rho_sigma_correlation=float(np.corrcoef(rho_q, sigma_q)[0, 1]) if rho_q.std() > 0 and sigma_q.std() > 0
+        else 0.0,
+        hacked_share_informative=hacked_share_informative,
+        hacked_share_expected_by_chance=chance_share,
+        collapsed_users=collapsed_list, hacked_queries=hacked_list,
+        observed=observed, oracle=oracle, laws=laws,
+        law_errors={k: _curve_errors(v, observed, gain) for k, v in laws.items()},
+        per_query={"query": query_ids, "user": users, "mu": mu_q, "sigma": sigma_q,
+                   "rho": rho_q, "collapsed": collapsed_q, "flat": flat},
+        user_score_spread=dict(zip(user_ids.tolist(), spread.tolist())),
+        collapse_threshold=threshold,
+    )
