@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ttp.bon import bon_curves, oracle_curves, user_bootstrap
 from ttp.features import FEATURES
@@ -39,16 +38,6 @@ def selector_scores(models: dict[str, RewardModel], test: pd.DataFrame, kappa: f
 
 def selectors(scores: pd.DataFrame) -> list[str]:
     return [c.split(":", 1)[1] for c in scores.columns if c.startswith("score:")]
-
-
-def _mean_spearman(s: np.ndarray, u: np.ndarray) -> float:
-    values = []
-    for row_s, row_u in zip(s, u):
-        if np.ptp(row_s) == 0 or np.ptp(row_u) == 0:
-            values.append(0.0)
-        else:
-            values.append(stats.spearmanr(row_s, row_u).statistic)
-    return float(np.mean(values))
 
 
 def evaluate_selectors(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0, metric: str = PRIMARY) -> dict:
@@ -84,7 +73,7 @@ def evaluate_selectors(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0, 
                                            float(np.nanquantile(boot_share[:, n - 1], 0.025)),
                                            float(np.nanquantile(boot_share[:, n - 1], 0.975))]
                                   for n in reported if n > 1},
-            "mean_spearman": _mean_spearman(s, u),
+            "mean_spearman": float(within_pool_correlation(s, u, "spearman").mean()),
         }
         kind = name.split("/")[0]
         if f"sd:{kind}" in scores:
