@@ -3,8 +3,10 @@
 import math
 
 import pytest
+from typer.testing import CliRunner
 
 from ttp.backends import SamplingParams
+from ttp.cli import app
 
 
 @pytest.fixture(scope="module")
@@ -24,3 +26,19 @@ def test_samples_independent_candidates_with_log_probabilities(backend, pep_task
     for c in pool:
         assert "\n" not in c.text and 0 < c.n_tokens <= 12 and math.isfinite(c.logprob) and c.logprob < 0
     assert backend.sample(prompt, SamplingParams(n=4, max_tokens=12, seed=2)) == pool
+
+
+def test_exported_model_folder_generates_what_the_gguf_generates(backend, pep_task, tmp_path):
+    from ttp.backends.transformers_backend import TransformersBackend
+    from ttp.prompts import PromptBuilder
+
+    folder = tmp_path / "gemma"
+    result = CliRunner().invoke(app, ["export-model", str(folder), "--dtype", "float32"])
+    assert result.exit_code == 0, result.output
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {f.name for f in folder.iterdir()}
+    prompt = PromptBuilder(pep_task.layout, "personalized")(pep_task.queries[1])
+    greedy = SamplingParams(n=1, temperature=0, max_tokens=12)
+    [exported] = TransformersBackend(folder).sample(prompt, greedy)
+    [original] = backend.sample(prompt, greedy)
+    assert (exported.text, exported.n_tokens) == (original.text, original.n_tokens)
+    assert exported.logprob == pytest.approx(original.logprob, abs=1e-4)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ttp.backends import SamplingParams
 from ttp.config import RunConfig, TaskSpec
-from ttp.pipeline import STAGES, Pipeline
+from ttp.pipeline import BACKENDS, STAGES, Pipeline
 from ttp.report import at_points
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -137,8 +137,9 @@ def run(
     temperature: float = 1.0,
     top_p: float = 0.95,
     seed: int = 0,
-    model: Optional[Path] = typer.Option(None, help="GGUF model file (default: the embedded Gemma 3 270M)"),
-    backend: str = typer.Option("llama-cpp", help="llama-cpp (local GGUF) or openai (a completions server)"),
+    model: Optional[Path] = typer.Option(None, help="GGUF file (llama-cpp, transformers) or model folder "
+                                         "(transformers, vllm); default: the embedded Gemma 3 270M GGUF"),
+    backend: str = typer.Option("llama-cpp", help=f"one of {', '.join(BACKENDS)}"),
     server_url: Optional[str] = typer.Option(None, help="openai backend: server address, e.g. http://127.0.0.1:8000"),
     server_model: Optional[str] = typer.Option(None, help="openai backend: the served model's name"),
     ray_workers: int = typer.Option(0, help="sample with this many Ray actors (0: in this process)"),
@@ -199,6 +200,19 @@ def generate(
                        ("stopped because", decision.stopped_because)):
         table.add_row(key, value)
     console.print(table)
+
+
+@app.command("export-model")
+def export_model(
+    target: Path = typer.Argument(..., help="folder to write"),
+    gguf: Optional[Path] = typer.Option(None, help="GGUF file (default: the embedded Gemma 3 270M)"),
+    dtype: str = typer.Option("bfloat16", help="weight type of the folder: bfloat16, float16 or float32"),
+) -> None:
+    """Write a GGUF model out as a regular model folder, which the vllm and transformers backends load."""
+    from ttp.backends.llama_cpp import default_model_path
+    from ttp.backends.transformers_backend import export_model_folder
+
+    console.print(f"model folder: {export_model_folder(gguf or default_model_path(), target, dtype)}")
 
 
 @app.command()

@@ -1,5 +1,7 @@
 """Hugging Face transformers backend: a local model directory (or a GGUF file, which
-transformers de-quantizes on load), ``M`` sequences sampled in one batched ``generate``."""
+transformers de-quantizes on load), ``M`` sequences sampled in one batched ``generate``.
+``export_model_folder`` writes a GGUF out as a regular model folder, which vLLM and other
+engines load, so the embedded default runs on them without a download."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,3 +51,32 @@ class TransformersBackend:
             text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
             completions.append(Completion(clean_completion(text, params.stop), float(sum(lps[:length])), length))
         return completions
+
+
+def export_model_folder(gguf: str | Path, target: str | Path, dtype: str = "bfloat16") -> Path:
+    """De-quantize a GGUF file into ``target`` (config, safetensors weights, tokenizer).
+
+    Does nothing when ``target`` already holds a model, so repeated runs reuse the export.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise ValueError(f"dtype must be bfloat16, float16 or float32, got {dtype!r}")
+    gguf, target = Path(gguf), Path(target)
+    if (target / "config.json").exists():
+        return target
+    if not gguf.exists():
+        raise FileNotFoundError(f"GGUF file {gguf} not found")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, dtype))
+    # The weights are plain tensors once loaded; transformers still marks the model as
+    # GGUF-quantized and refuses to save it unless the marks are dropped.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = target.with_name(target.name + ".partial")
+    tokenizer.save_pretrained(partial)
+    model.save_pretrained(partial)
+    partial.replace(target)
+    return target
