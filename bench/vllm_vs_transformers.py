@@ -1,9 +1,13 @@
-"""vLLM vs transformers on one GPU, side by side: candidates per second for pools of M = 16
-on 64 pep-titles prompts.  Needs a GPU machine with vLLM installed (`pip install -e '.[vllm]'`).
+"""vLLM vs transformers on one device, side by side: candidates per second for pools of M = 16
+on pep-titles prompts, same model, same dtype, same sampling parameters, one pool at a time as
+the pipeline draws them.
 
-The model is the embedded Gemma 3 270M: transformers de-quantizes the GGUF and saves it as a
-regular model folder that both engines load, so nothing is downloaded."""
-import sys
+On a GPU machine:  pip install -e '.[vllm,transformers]' && python bench/vllm_vs_transformers.py
+On this CPU:       make .venv-vllm && .venv-vllm/bin/python bench/vllm_vs_transformers.py
+
+The model is the embedded Gemma 3 270M, exported from its GGUF as a regular model folder that
+both engines load, so nothing is downloaded."""
+import argparse
 import time
 from pathlib import Path
 
@@ -12,54 +16,63 @@ from ttp.data import load_task
 from ttp.prompts import PromptBuilder
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pep-titles"
-PROMPTS, M = 64, 16
+M, MAX_TOKENS = 16, 24
 
 
-def export_model(target: Path) -> Path:
-    if (target / "config.json").exists():
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def describe(device: str) -> str:
+    import platform
 
-    from ttp.backends.llama_cpp import default_model_path
-
-    gguf = default_model_path()
-    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(target)
-    AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(target)
-    return target
-
-
-def main(model_dir="/tmp/ttp-gemma-270m"):
     import torch
 
-    model = export_model(Path(model_dir))
-    task = load_task(DATA)
-    prompts = [PromptBuilder(task.layout, "personalized")(q) for q in task.queries[:PROMPTS]]
-    params = SamplingParams(n=M, max_tokens=24)
-    print(f"GPU: {torch.cuda.get_device_name(0)}; {PROMPTS} prompts x {M} candidates")
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
 
-    from ttp.backends.transformers_backend import TransformersBackend
 
-    hf = TransformersBackend(model, device="cuda", dtype="bfloat16")
-    hf.sample(prompts[0], params)
-    t0 = time.perf_counter()
-    for p in prompts:
-        hf.sample(p, params)
-    t_hf = time.perf_counter() - t0
-    del hf
-    torch.cuda.empty_cache()
+def main() -> None:
+    import torch
 
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if cuda else "cpu", choices=("cuda", "cpu"))
+    parser.add_argument("--prompts", type=int, default=64 if cuda else 2)
+    parser.add_argument("--dtype", default="bfloat16" if cuda else "float32")
+    parser.add_argument("--model-dir", type=Path, default=Path("/tmp/ttp-gemma-3-270m"))
+    args = parser.parse_args()
+
+    from ttp.backends.llama_cpp import default_model_path
+    from ttp.backends.transformers_backend import TransformersBackend, export_model_folder
     from ttp.backends.vllm_backend import VLLMBackend
 
-    vllm = VLLMBackend(str(model), gpu_memory_utilization=0.5)
-    vllm.sample(prompts[0], params)
+    model = export_model_folder(default_model_path(), args.model_dir.with_name(f"{args.model_dir.name}-{args.dtype}"),
+                                dtype=args.dtype)
+    task = load_task(DATA)
+    prompts = [PromptBuilder(task.layout, "personalized")(q) for q in task.queries[:args.prompts]]
+    params = SamplingParams(n=M, max_tokens=MAX_TOKENS)
+    print(f"{describe(args.device)}; {args.dtype}; {args.prompts} prompts x {M} candidates, "
+          f"up to {MAX_TOKENS} tokens each")
+
+    hf = TransformersBackend(model, device=args.device, dtype=args.dtype)
+    hf.sample(prompts[0], params)
     t0 = time.perf_counter()
-    vllm.sample_many(prompts, params)
+    hf_tokens = sum(c.n_tokens for p in prompts for c in hf.sample(p, params))
+    t_hf = time.perf_counter() - t0
+    del hf
+    if cuda:
+        torch.cuda.empty_cache()
+
+    engine = VLLMBackend(str(model), dtype=args.dtype, max_model_len=2048)
+    engine.sample(prompts[0], params)
+    t0 = time.perf_counter()
+    vllm_tokens = sum(c.n_tokens for p in prompts for c in engine.sample(p, params))
     t_vllm = time.perf_counter() - t0
-    n = PROMPTS * M
-    print(f"transformers: {n / t_hf:9.1f} candidates/s")
-    print(f"vLLM:         {n / t_vllm:9.1f} candidates/s")
-    print(f"vLLM / transformers: {t_hf / t_vllm:.1f}x")
+    engine.close()
+
+    n = len(prompts) * M
+    print(f"transformers: {n / t_hf:9.1f} candidates/s ({hf_tokens / t_hf:8.1f} tokens/s)")
+    print(f"vLLM:         {n / t_vllm:9.1f} candidates/s ({vllm_tokens / t_vllm:8.1f} tokens/s)")
+    print(f"vLLM / transformers: {t_hf / t_vllm:.2f}x (candidates per second)")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main()

