@@ -4,7 +4,6 @@ pool's ``n = M`` candidates share one prompt computation.  Runs on a GPU, or on 
 from __future__ import annotations
 
 import math
-import os
 
 from ttp.backends import Completion, SamplingParams, clean_completion
 
@@ -25,10 +24,6 @@ class VLLMBackend:
             from vllm.platforms import current_platform
 
             gpu_memory_utilization = 0.4 if current_platform.is_cpu() else 0.85
-        # A forked engine inherits whatever the caller imported; on vLLM's CPU build that made
-        # its start-up kernel scan fail after a transformers run in the same process. A spawned
-        # engine starts clean (scripts need the usual `if __name__ == "__main__":` guard).
-        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         self.llm = vllm.LLM(model=model, enable_prefix_caching=True, tensor_parallel_size=tensor_parallel_size,
                             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                             **engine_args)
