@@ -3,7 +3,7 @@ on pep-titles prompts, same model, same dtype, same sampling parameters, one poo
 the pipeline draws them.
 
 On a GPU machine:  pip install -e '.[vllm,transformers]' && python bench/vllm_vs_transformers.py
-On this CPU:       make .venv-vllm && .venv-vllm/bin/python bench/vllm_vs_transformers.py
+On this CPU:       make .venv-vllm/bin/vllm && .venv-vllm/bin/python bench/vllm_vs_transformers.py
 
 The model is the embedded Gemma 3 270M, exported from its GGUF as a regular model folder that
 both engines load, so nothing is downloaded."""
