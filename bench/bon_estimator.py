@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from ttp.bon import bon_curves
+from ttp.analysis.bon import bon_curves
 
 Q, M, DRAWS = 10_000, 64, 1_000
 

@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from ttp.backends import SamplingParams
-from ttp.backends.llama_cpp import LlamaCppBackend
-from ttp.data import load_task
-from ttp.prompts import PromptBuilder
+from ttp.policy import SamplingParams
+from ttp.policy.llama_cpp import LlamaCppBackend
+from ttp.tasks.data import load_task
+from ttp.tasks.prompts import PromptBuilder
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pep-titles"
 N, ROUNDS = 16, 3

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ttp.data import load_task
-from ttp.features import FEATURES, EmbeddingCache, candidate_features
-from ttp.rewards import RewardModel
-from ttp.utility import rouge
+from ttp.tasks.data import load_task
+from ttp.rewards.features import FEATURES, EmbeddingCache, candidate_features
+from ttp.rewards.models import RewardModel
+from ttp.tasks.utility import rouge
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pep-titles"
 QUERIES, M = 100, 16

@@ -11,9 +11,9 @@ import argparse
 import time
 from pathlib import Path
 
-from ttp.backends import SamplingParams
-from ttp.data import load_task
-from ttp.prompts import PromptBuilder
+from ttp.policy import SamplingParams
+from ttp.tasks.data import load_task
+from ttp.tasks.prompts import PromptBuilder
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pep-titles"
 M, MAX_TOKENS = 16, 24
@@ -40,9 +40,9 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=Path("/tmp/ttp-gemma-3-270m"))
     args = parser.parse_args()
 
-    from ttp.backends.llama_cpp import default_model_path
-    from ttp.backends.transformers_backend import TransformersBackend, export_model_folder
-    from ttp.backends.vllm_backend import VLLMBackend
+    from ttp.policy.llama_cpp import default_model_path
+    from ttp.policy.transformers_backend import TransformersBackend, export_model_folder
+    from ttp.policy.vllm_backend import VLLMBackend
 
     model = export_model_folder(default_model_path(), args.model_dir.with_name(f"{args.model_dir.name}-{args.dtype}"),
                                 dtype=args.dtype)

@@ -13,13 +13,13 @@ import sys
 import numpy as np
 import pandas as pd
 
-from ttp.bon import bon_curves, oracle_curves
-from ttp.features import FEATURES
-from ttp.pipeline import Pipeline
-from ttp.pools import pool_matrix
-from ttp.rewards import RewardConfig, RewardModel, selection_scores
-from ttp.scaling import within_pool_correlation
-from ttp.utility import PRIMARY
+from ttp.analysis.bon import bon_curves, oracle_curves
+from ttp.rewards.features import FEATURES
+from ttp.runs.pipeline import Pipeline
+from ttp.policy.sampling import pool_matrix
+from ttp.rewards.models import RewardConfig, RewardModel, selection_scores
+from ttp.analysis.scaling import within_pool_correlation
+from ttp.tasks.utility import PRIMARY
 
 
 def gain_share(frame: pd.DataFrame, scores: np.ndarray) -> float:

@@ -14,6 +14,6 @@ def pep_titles_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def pep_task(pep_titles_dir):
-    from ttp.data import load_task
+    from ttp.tasks.data import load_task
 
     return load_task(pep_titles_dir)

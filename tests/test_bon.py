@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from ttp.bon import bon_curves, oracle_curves, random_curves, rank_weights, user_bootstrap
+from ttp.analysis.bon import bon_curves, oracle_curves, random_curves, rank_weights, user_bootstrap
 
 
 def brute_force(scores, utilities, n):

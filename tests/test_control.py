@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from ttp.control import calibration, evaluate_policy
-from ttp.simulate import SimulationConfig, simulate
+from ttp.analysis.control import calibration, evaluate_policy
+from ttp.analysis.simulate import SimulationConfig, simulate
 
 
 def _population(**overrides):

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ttp.data import LAYOUTS, TaskFormatError, load_task, split_users, write_task
+from ttp.tasks.data import LAYOUTS, TaskFormatError, load_task, split_users, write_task
 
 
 def test_pep_titles_loads_with_its_documented_counts(pep_task):

@@ -3,8 +3,8 @@ import collections
 
 import pytest
 
-from ttp.data import load_task
-from ttp.embedded import AUTOMATED_SENDER, MIN_MESSAGES_PER_USER, REPLY_OR_FORWARD, embedded_task_dirs
+from ttp.tasks.data import load_task
+from ttp.tasks.embedded import AUTOMATED_SENDER, MIN_MESSAGES_PER_USER, REPLY_OR_FORWARD, embedded_task_dirs
 
 
 @pytest.fixture(scope="module")

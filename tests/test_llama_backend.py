@@ -3,13 +3,13 @@ import math
 
 import pytest
 
-from ttp.backends import SamplingParams
-from ttp.prompts import PromptBuilder
+from ttp.policy import SamplingParams
+from ttp.tasks.prompts import PromptBuilder
 
 
 @pytest.fixture(scope="module")
 def backend():
-    from ttp.backends.llama_cpp import LlamaCppBackend
+    from ttp.policy.llama_cpp import LlamaCppBackend
 
     b = LlamaCppBackend(n_ctx=4096, max_sequences=8)
     yield b
@@ -38,7 +38,7 @@ def test_same_seed_same_pool_and_greedy_matches_llama_cpp_own_decoding(backend, 
     assert greedy[0].logprob == pytest.approx(greedy[1].logprob, abs=0.1)
     import llama_cpp
 
-    from ttp.backends.llama_cpp import default_model_path
+    from ttp.policy.llama_cpp import default_model_path
 
     own = llama_cpp.Llama(str(default_model_path()), n_ctx=2048, verbose=False)
     reference = own.create_completion(prompt, max_tokens=12, temperature=0, stop=["\n"])

@@ -10,10 +10,10 @@ import time
 import httpx
 import pytest
 
-from ttp.backends import SamplingParams
-from ttp.backends.openai_server import BackendError, OpenAICompatibleBackend
-from ttp.pools import read_pools, sample_pools
-from ttp.prompts import PromptBuilder
+from ttp.policy import SamplingParams
+from ttp.policy.openai_server import BackendError, OpenAICompatibleBackend
+from ttp.policy.sampling import read_pools, sample_pools
+from ttp.tasks.prompts import PromptBuilder
 
 
 def free_port() -> int:
@@ -23,7 +23,7 @@ def free_port() -> int:
 
 
 def start_server(port: int) -> subprocess.Popen:
-    from ttp.backends.llama_cpp import default_model_path
+    from ttp.policy.llama_cpp import default_model_path
 
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
                              "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],

@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ttp.cli import app
-from ttp.runs import RunFolder
+from ttp.runs.folder import RunFolder
 
 runner = CliRunner()
 TASK = "PEP-titles"
@@ -60,7 +60,7 @@ def test_another_config_in_the_same_folder_is_refused(run_folder, pep_titles_dir
 def test_missing_utilities_and_split_users_give_clear_errors(run_folder, tmp_path):
     import shutil
 
-    from ttp.pipeline import Pipeline
+    from ttp.runs.pipeline import Pipeline
 
     copy = tmp_path / "copy"
     shutil.copytree(run_folder, copy)
@@ -80,7 +80,7 @@ def test_missing_utilities_and_split_users_give_clear_errors(run_folder, tmp_pat
 
 
 def test_generate_spends_at_most_the_budget_and_returns_a_candidate(run_folder):
-    from ttp.pipeline import Pipeline
+    from ttp.runs.pipeline import Pipeline
 
     pipeline = Pipeline.resume(run_folder)
     test_query = json.loads(RunFolder(run_folder).split(TASK).read_text())["test"][0]

@@ -1,8 +1,8 @@
 import pytest
 
-from ttp.backends import Completion, SamplingParams, clean_completion
-from ttp.pools import pool_matrix, read_pools, sample_pools, score_utilities
-from ttp.prompts import PromptBuilder
+from ttp.policy import Completion, SamplingParams, clean_completion
+from ttp.policy.sampling import pool_matrix, read_pools, sample_pools, score_utilities
+from ttp.tasks.prompts import PromptBuilder
 
 
 class RecordingBackend:

@@ -3,12 +3,12 @@ from functools import partial
 
 import pytest
 
-from ttp.backends import SamplingParams
-from ttp.pools import sample_pools
-from ttp.prompts import PromptBuilder
+from ttp.policy import SamplingParams
+from ttp.policy.sampling import sample_pools
+from ttp.tasks.prompts import PromptBuilder
 
 
-from ttp.backends.llama_cpp import LlamaCppBackend
+from ttp.policy.llama_cpp import LlamaCppBackend
 
 # a factory Ray workers can unpickle: it names only importable code
 small_llama = partial(LlamaCppBackend, n_ctx=2048, max_sequences=2, n_threads=1)
@@ -17,7 +17,7 @@ small_llama = partial(LlamaCppBackend, n_ctx=2048, max_sequences=2, n_threads=1)
 @pytest.fixture(scope="module")
 def ray_executor():
     ray = pytest.importorskip("ray")
-    from ttp.distributed import RayExecutor
+    from ttp.policy.ray_executor import RayExecutor
 
     executor = RayExecutor(small_llama, workers=2, queries_per_task=1)
     yield executor

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from ttp.bon import bon_curves, random_curves
-from ttp.rewards import RewardModel, TrainingDiverged, selection_scores, within_pool_pearson
+from ttp.analysis.bon import bon_curves, random_curves
+from ttp.rewards.models import RewardModel, TrainingDiverged, selection_scores, within_pool_pearson
 
 
 def planted_pools(n_pools=150, m=16, seed=0, noise_grows=False):

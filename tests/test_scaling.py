@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from ttp.bon import bon_curves
-from ttp.scaling import diagnose, expected_max_normal, fit_ceiling, within_pool_correlation
-from ttp.simulate import SimulationConfig, simulate
+from ttp.analysis.bon import bon_curves
+from ttp.analysis.scaling import diagnose, expected_max_normal, fit_ceiling, within_pool_correlation
+from ttp.analysis.simulate import SimulationConfig, simulate
 
 
 def test_expected_max_of_normals_matches_known_values_and_simulation():

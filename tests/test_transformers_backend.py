@@ -5,20 +5,20 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from ttp.backends import SamplingParams
+from ttp.policy import SamplingParams
 from ttp.cli import app
 
 
 @pytest.fixture(scope="module")
 def backend():
-    from ttp.backends.llama_cpp import default_model_path
-    from ttp.backends.transformers_backend import TransformersBackend
+    from ttp.policy.llama_cpp import default_model_path
+    from ttp.policy.transformers_backend import TransformersBackend
 
     return TransformersBackend(default_model_path())
 
 
 def test_samples_independent_candidates_with_log_probabilities(backend, pep_task):
-    from ttp.prompts import PromptBuilder
+    from ttp.tasks.prompts import PromptBuilder
 
     prompt = PromptBuilder(pep_task.layout, "personalized")(pep_task.queries[0])
     pool = backend.sample(prompt, SamplingParams(n=4, max_tokens=12, seed=2))
@@ -29,8 +29,8 @@ def test_samples_independent_candidates_with_log_probabilities(backend, pep_task
 
 
 def test_exported_model_folder_generates_what_the_gguf_generates(backend, pep_task, tmp_path):
-    from ttp.backends.transformers_backend import TransformersBackend
-    from ttp.prompts import PromptBuilder
+    from ttp.policy.transformers_backend import TransformersBackend
+    from ttp.tasks.prompts import PromptBuilder
 
     folder = tmp_path / "gemma"
     result = CliRunner().invoke(app, ["export-model", str(folder), "--dtype", "float32"])

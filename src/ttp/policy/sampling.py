@@ -15,10 +15,10 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 
-from ttp.backends import PolicyBackend, SamplingParams
-from ttp.data import Query
-from ttp.prompts import PromptBuilder
-from ttp.utility import METRICS, rouge
+from ttp.policy import PolicyBackend, SamplingParams
+from ttp.tasks.data import Query
+from ttp.tasks.prompts import PromptBuilder
+from ttp.tasks.utility import METRICS, rouge
 
 
 def query_seed(seed: int, query_id: str) -> int:
@@ -59,7 +59,7 @@ def sample_pools(
     """Sample a pool for every query not yet in ``path``; return all pools in query order.
 
     ``executor(queries, prompts, params)``, if given, yields pool records in any order (e.g.
-    ``ttp.distributed.RayExecutor``); this process stays the only writer of the file."""
+    ``ttp.policy.ray_executor.RayExecutor``); this process stays the only writer of the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = {r["query_id"] for r in read_pools(path)}

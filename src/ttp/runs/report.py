@@ -17,9 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ttp.runs import read_json, write_bytes_atomic, write_json_atomic  # noqa: E402
-from ttp.scaling import CEILING_FORMS  # noqa: E402
-from ttp.utility import PRIMARY  # noqa: E402
+from ttp.runs.folder import read_json, write_bytes_atomic, write_json_atomic  # noqa: E402
+from ttp.analysis.scaling import CEILING_FORMS  # noqa: E402
+from ttp.tasks.utility import PRIMARY  # noqa: E402
 
 LAWS = ("per_query", "four_quantity", "per_query_oracle_anchored", "four_quantity_oracle_anchored")
 

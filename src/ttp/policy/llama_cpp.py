@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ttp.backends import Completion, SamplingParams, clean_completion
+from ttp.policy import Completion, SamplingParams, clean_completion
 
 
 def default_model_path() -> Path:

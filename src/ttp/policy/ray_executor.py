@@ -4,9 +4,9 @@ appends them to the same resumable ``pools.jsonl``.  A cluster of GPU machines r
 command as one laptop: start Ray on the cluster, then pass ``--ray-workers`` / ``--ray-address``."""
 from __future__ import annotations
 
-from ttp.backends import SamplingParams
-from ttp.data import Query
-from ttp.prompts import PromptBuilder
+from ttp.policy import SamplingParams
+from ttp.tasks.data import Query
+from ttp.tasks.prompts import PromptBuilder
 
 
 class RayExecutor:
@@ -29,7 +29,7 @@ class RayExecutor:
                 self.backend = factory()
 
             def run(self, queries, prompts, params):
-                from ttp.pools import draw_pool
+                from ttp.policy.sampling import draw_pool
 
                 return [draw_pool(self.backend, prompts, params, q) for q in queries]
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ttp.bon import bon_curves, oracle_curves, user_bootstrap
-from ttp.features import FEATURES
-from ttp.pools import pool_matrix
-from ttp.rewards import SELECTION_RULES, RewardModel, selection_scores
-from ttp.scaling import within_pool_correlation
-from ttp.utility import PRIMARY
+from ttp.analysis.bon import bon_curves, oracle_curves, user_bootstrap
+from ttp.rewards.features import FEATURES
+from ttp.policy.sampling import pool_matrix
+from ttp.rewards.models import SELECTION_RULES, RewardModel, selection_scores
+from ttp.analysis.scaling import within_pool_correlation
+from ttp.tasks.utility import PRIMARY
 
 REPORTED_N = (1, 2, 4, 8, 16, 32)
 

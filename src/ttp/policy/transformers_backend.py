@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ttp.backends import Completion, SamplingParams, clean_completion
+from ttp.policy import Completion, SamplingParams, clean_completion
 
 
 class TransformersBackend:

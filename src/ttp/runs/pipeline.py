@@ -14,15 +14,15 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from ttp.backends import PolicyBackend
-from ttp.bon import oracle_curves, random_curves, user_bootstrap
-from ttp.config import RunConfig
-from ttp.data import Task, UserSplit, load_task, split_users
-from ttp.pools import pool_matrix, read_pools, sample_pools, score_utilities
-from ttp.prompts import PromptBuilder
-from ttp.runs import RunFolder, read_json, write_json_atomic, write_parquet_atomic
-from ttp.scaling import fit_ceiling
-from ttp.utility import METRICS
+from ttp.policy import PolicyBackend
+from ttp.analysis.bon import oracle_curves, random_curves, user_bootstrap
+from ttp.runs.config import RunConfig
+from ttp.tasks.data import Task, UserSplit, load_task, split_users
+from ttp.policy.sampling import pool_matrix, read_pools, sample_pools, score_utilities
+from ttp.tasks.prompts import PromptBuilder
+from ttp.runs.folder import RunFolder, read_json, write_json_atomic, write_parquet_atomic
+from ttp.analysis.scaling import fit_ceiling
+from ttp.tasks.utility import METRICS
 
 console = Console(stderr=True)
 BACKENDS = ("llama-cpp", "openai", "transformers", "vllm")
@@ -31,11 +31,11 @@ STAGES = ("sample", "utilities", "curves", "rewards", "diagnose", "allocate", "r
 
 def make_backend(config: RunConfig) -> PolicyBackend:
     if config.backend == "llama-cpp":
-        from ttp.backends.llama_cpp import LlamaCppBackend
+        from ttp.policy.llama_cpp import LlamaCppBackend
 
         return LlamaCppBackend(config.model_path, max_sequences=max(config.sampling.n, 1))
     if config.backend == "openai":
-        from ttp.backends.openai_server import OpenAICompatibleBackend
+        from ttp.policy.openai_server import OpenAICompatibleBackend
 
         if not (config.server_url and config.server_model):
             raise ValueError("the openai backend needs server_url and server_model (--server-url, --server-model)")
@@ -44,10 +44,10 @@ def make_backend(config: RunConfig) -> PolicyBackend:
         if not config.model_path:
             raise ValueError(f"the {config.backend} backend needs model_path (--model): a local model")
         if config.backend == "transformers":
-            from ttp.backends.transformers_backend import TransformersBackend
+            from ttp.policy.transformers_backend import TransformersBackend
 
             return TransformersBackend(config.model_path)
-        from ttp.backends.vllm_backend import VLLMBackend
+        from ttp.policy.vllm_backend import VLLMBackend
 
         return VLLMBackend(config.model_path)
     raise ValueError(f"unknown backend {config.backend!r}; available: {BACKENDS}")
@@ -123,7 +123,7 @@ class Pipeline:
                 if all(q.id in done for q in task.queries):
                     continue
                 if self.config.ray_workers > 0 and executor is None:
-                    from ttp.distributed import RayExecutor
+                    from ttp.policy.ray_executor import RayExecutor
 
                     executor = RayExecutor(partial(make_backend, self.config), self.config.ray_workers,
                                            self.config.ray_address)
@@ -175,7 +175,7 @@ class Pipeline:
     # ---- reward models ------------------------------------------------------------------
     def features(self, task: Task, policy: str) -> pd.DataFrame:
         """Candidates with their features (cached in the run folder)."""
-        from ttp.features import FEATURES, EmbeddingCache, candidate_features
+        from ttp.rewards.features import FEATURES, EmbeddingCache, candidate_features
 
         path = self.folder.features(task.name, policy)
         frame = self.candidates(task, policy)
@@ -190,8 +190,8 @@ class Pipeline:
         return table
 
     def rewards(self) -> dict:
-        from ttp.rewards import RewardConfig, RewardModel
-        from ttp.scoring import evaluate_selectors, selector_scores
+        from ttp.rewards.models import RewardConfig, RewardModel
+        from ttp.runs.evaluation import evaluate_selectors, selector_scores
 
         out = {}
         for task, policy in self.cells():
@@ -242,8 +242,8 @@ class Pipeline:
 
     def allocate(self) -> dict:
         """Law-guided allocation vs uniform N at equal budgets, on test users' pools."""
-        from ttp.control import POLICIES, calibration, evaluate_policy
-        from ttp.utility import PRIMARY
+        from ttp.analysis.control import POLICIES, calibration, evaluate_policy
+        from ttp.tasks.utility import PRIMARY
 
         out = {}
         selector = self.config.controller_selector
@@ -285,11 +285,11 @@ class Pipeline:
         controller, pick with the trained reward model; returns a ``control.Decision``."""
         from dataclasses import replace
 
-        from ttp.control import calibration, choose_online
-        from ttp.data import Query
-        from ttp.features import FEATURES, EmbeddingCache, candidate_features
-        from ttp.rewards import RewardModel, selection_scores
-        from ttp.utility import PRIMARY
+        from ttp.analysis.control import calibration, choose_online
+        from ttp.tasks.data import Query
+        from ttp.rewards.features import FEATURES, EmbeddingCache, candidate_features
+        from ttp.rewards.models import RewardModel, selection_scores
+        from ttp.tasks.utility import PRIMARY
 
         tasks = {t.name: t for t in self.tasks}
         if task_name not in tasks:
@@ -339,7 +339,7 @@ class Pipeline:
         return choose_online(draw, score, budget, kappa, dataset_spread, min_gain=min_gain)
 
     def report(self):
-        from ttp.report import write_report
+        from ttp.runs.report import write_report
 
         return write_report(self)
 
@@ -367,17 +367,17 @@ def _samples_to_reach(curve: dict, target: float | None) -> float | None:
 
 
 def _xyg(frame: pd.DataFrame):
-    from ttp.features import FEATURES
-    from ttp.utility import PRIMARY
+    from ttp.rewards.features import FEATURES
+    from ttp.tasks.utility import PRIMARY
 
     return frame[list(FEATURES)].to_numpy(np.float32), frame[PRIMARY].to_numpy(np.float32), \
         frame["query_id"].to_numpy()
 
 
 def _diagnose_cell(scores: pd.DataFrame, tau: float) -> dict:
-    from ttp.scaling import diagnose
-    from ttp.scoring import selectors
-    from ttp.utility import PRIMARY
+    from ttp.analysis.scaling import diagnose
+    from ttp.runs.evaluation import selectors
+    from ttp.tasks.utility import PRIMARY
 
     query_ids, users, u = pool_matrix(scores, PRIMARY)
     result = {}

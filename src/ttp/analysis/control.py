@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ttp.scaling import expected_max_normal, within_pool_correlation
+from ttp.analysis.scaling import expected_max_normal, within_pool_correlation
 
 POLICIES = ("uniform", "skip_collapsed", "greedy", "early_stop")
 

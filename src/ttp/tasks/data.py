@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ttp.runs import write_json_atomic
+from ttp.runs.folder import write_json_atomic
 
 
 @dataclass(frozen=True)

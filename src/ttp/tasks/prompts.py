@@ -11,7 +11,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-from ttp.data import ProfileItem, ProfileLayout, Query
+from ttp.tasks.data import ProfileItem, ProfileLayout, Query
 
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import integrate, stats
 
-from ttp.bon import bon_curves, oracle_curves
+from ttp.analysis.bon import bon_curves, oracle_curves
 
 
 @lru_cache(maxsize=None)

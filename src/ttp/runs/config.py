@@ -5,8 +5,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ttp.backends import SamplingParams
-from ttp.prompts import POLICIES
+from ttp.policy import SamplingParams
+from ttp.tasks.prompts import POLICIES
 
 
 @dataclass(frozen=True)

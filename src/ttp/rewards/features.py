@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ttp.data import Query
-from ttp.prompts import retrieve
-from ttp.runs import write_bytes_atomic
+from ttp.tasks.data import Query
+from ttp.tasks.prompts import retrieve
+from ttp.runs.folder import write_bytes_atomic
 
 FEATURES = (
     "sim_profile_max", "sim_profile_mean", "sim_retrieved", "sim_input", "sim_pool",

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from ttp.backends import Completion, SamplingParams, clean_completion
+from ttp.policy import Completion, SamplingParams, clean_completion
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 

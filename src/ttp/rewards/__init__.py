@@ -1,0 +1,1 @@
+"""Reward models: candidate features, the trained models and their selection rules."""
