@@ -4,21 +4,20 @@ One personalized pep-titles prompt; 16 candidates drawn (a) by the backend's sha
 the prompt evaluated once, 16 sequences decoded together, and (b) as 16 independent
 completions that each evaluate the prompt again.  Prints both times and their ratio
 (goal: >= 3x).  Rounds alternate (a) and (b) so machine noise hits both alike."""
-import sys
 import time
-from pathlib import Path
+
+from _data import pep_titles
 
 from ttp.policy import SamplingParams
 from ttp.policy.llama_cpp import LlamaCppBackend
 from ttp.tasks.data import load_task
 from ttp.tasks.prompts import PromptBuilder
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pep-titles"
 N, ROUNDS = 16, 3
 
 
-def main(data=DATA):
-    task = load_task(data)
+def main():
+    task = load_task(pep_titles(__doc__.splitlines()[0]))
     backend = LlamaCppBackend(n_ctx=4096, max_sequences=N)
     prompt = PromptBuilder(task.layout, "personalized")(task.queries[12])
     n_prompt = len(backend.llm.tokenize(prompt.encode(), special=True))
@@ -45,4 +44,4 @@ def main(data=DATA):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main()

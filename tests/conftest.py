@@ -2,14 +2,13 @@ from pathlib import Path
 
 import pytest
 
-PEP_TITLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "pep-titles"
+PEP_TITLES_MINI = Path(__file__).resolve().parent / "data" / "pep-titles-mini"
 
 
 @pytest.fixture(scope="session")
 def pep_titles_dir() -> Path:
-    if not (PEP_TITLES / "questions.json").exists():
-        pytest.fail(f"the pep-titles set is expected at {PEP_TITLES} (the shared/ folder beside the repository)")
-    return PEP_TITLES
+    """The committed pep-titles subset (tests/data/README.md): 12 users, 60 queries."""
+    return PEP_TITLES_MINI
 
 
 @pytest.fixture(scope="session")
