@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from _data import pep_titles
+
 from ttp.tasks.data import load_task
 from ttp.rewards.features import FEATURES, EmbeddingCache, candidate_features
 from ttp.rewards.models import RewardModel
 from ttp.tasks.utility import rouge
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pep-titles"
 QUERIES, M = 100, 16
 
 
@@ -34,12 +35,12 @@ def candidate_table(task):
 def score(table, queries, cache, model):
     t0 = time.perf_counter()
     feats = candidate_features(table, queries, cache)
-    model.predict_dist(feats[list(FEATURES)].to_numpy(np.float32))
+    model.predict(feats, return_std=True)
     return time.perf_counter() - t0, feats
 
 
 def main():
-    task = load_task(DATA)
+    task = load_task(pep_titles(__doc__.splitlines()[0]))
     table = candidate_table(task)
     queries = task.by_id()
     with tempfile.TemporaryDirectory() as tmp:

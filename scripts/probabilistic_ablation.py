@@ -16,16 +16,16 @@ import pandas as pd
 from ttp.analysis.bon import bon_curves, oracle_curves
 from ttp.rewards.features import FEATURES
 from ttp.runs.pipeline import Pipeline
-from ttp.policy.sampling import pool_matrix
-from ttp.rewards.models import RewardConfig, RewardModel, selection_scores
-from ttp.analysis.scaling import within_pool_correlation
+from ttp.analysis.pools import Pools
+from ttp.rewards.models import RewardConfig, RewardModel
+from ttp.rewards.selection import selection_scores
+from ttp.analysis.stats import within_pool_correlation
 from ttp.tasks.utility import PRIMARY
 
 
 def gain_share(frame: pd.DataFrame, scores: np.ndarray) -> float:
-    frame = frame.assign(_s=scores)
-    _, _, u = pool_matrix(frame, PRIMARY)
-    _, _, s = pool_matrix(frame, "_s")
+    pools = Pools.from_frame(frame.assign(_s=scores))
+    u, s = pools[PRIMARY], pools["_s"]
     bon, oracle = bon_curves(s, u).mean(axis=0), oracle_curves(u).mean(axis=0)
     return float((bon[-1] - bon[0]) / (oracle[-1] - oracle[0]))
 
@@ -34,7 +34,7 @@ def main(run: str) -> None:
     pipeline = Pipeline.resume(run, show_progress=False)
     for task, policy in pipeline.cells():
         table = pipeline.features(task, policy)
-        split = pipeline.split(task)
+        split = pipeline.splits[task.name]
         parts = {p: table[table.user.isin(getattr(split, p))] for p in ("train", "validation", "test")}
         print(f"{task.name} / {policy}: {parts['test'].query_id.nunique()} test queries")
         for name, centered, beta in (("raw utility", False, 0.0), ("pool-centered utility", True, 0.0),
@@ -49,11 +49,9 @@ def main(run: str) -> None:
             model.fit(*xyg(parts["train"]), *xyg(parts["validation"]))
             test = parts["test"]
             X, groups = test[list(FEATURES)].to_numpy(np.float32), test["query_id"].to_numpy()
-            mean, sd = model.predict_dist(X)
-            test_m = test.assign(_m=mean, _sd=sd)
-            _, _, pm = pool_matrix(test_m, "_m")
-            _, _, psd = pool_matrix(test_m, "_sd")
-            coupling = float(within_pool_correlation(pm, psd).mean())
+            mean, sd = model.predict(X, return_std=True)
+            test_m = Pools.from_frame(test.assign(_m=mean, _sd=sd))
+            coupling = float(within_pool_correlation(test_m["_m"], test_m["_sd"]).mean())
             shares = {rule: gain_share(test, selection_scores(model, X, groups, rule)) for rule in ("mean", "lcb")}
             print(f"  {name:24s} gain share mean {shares['mean']:.2f}  lcb {shares['lcb']:.2f}  "
                   f"corr(mean, sd) {coupling:+.2f}")

@@ -5,6 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ttp.cli import app
+from ttp.runs.config import ConfigError
 from ttp.runs.folder import RunFolder
 
 runner = CliRunner()
@@ -72,20 +73,18 @@ def test_missing_utilities_and_split_users_give_clear_errors(run_folder, tmp_pat
     split = json.loads(folder.split(TASK).read_text())
     split["test"] = split["test"][1:]
     folder.split(TASK).write_text(json.dumps(split))
-    pipeline = Pipeline.resume(copy)
-    pipeline.utilities()
-    with pytest.raises(ValueError, match="are in no part of"):
-        pipeline.rewards()
+    with pytest.raises(ConfigError, match="are in no part of"):
+        Pipeline.resume(copy)
     assert folder.reward_eval(TASK, "personalized").exists()  # earlier results are kept
 
 
 def test_generate_spends_at_most_the_budget_and_returns_a_candidate(run_folder):
-    from ttp.runs.pipeline import Pipeline
+    from ttp.personalize import Personalizer
 
-    pipeline = Pipeline.resume(run_folder)
-    test_query = json.loads(RunFolder(run_folder).split(TASK).read_text())["test"][0]
-    query = next(q for q in pipeline.tasks[0].queries if q.user == test_query)
-    decision = pipeline.generate(TASK, "personalized", query_id=query.id, budget=5)
+    personalizer = Personalizer.from_run(run_folder, TASK)
+    test_user = json.loads(RunFolder(run_folder).split(TASK).read_text())["test"][0]
+    query = next(q for q in personalizer.task.queries if q.user == test_user)
+    decision = personalizer.generate(query, budget=5)
     assert 1 <= decision.samples <= 5
     assert decision.text in decision.candidates and len(decision.candidates) == decision.samples
     assert decision.stopped_because

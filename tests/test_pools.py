@@ -1,7 +1,9 @@
 import pytest
 
 from ttp.policy import Completion, SamplingParams, clean_completion
-from ttp.policy.sampling import pool_matrix, read_pools, sample_pools, score_utilities
+from ttp.analysis.pools import Pools
+from ttp.policy.sampling import read_pools, sample_pools
+from ttp.tasks.utility import candidate_table
 from ttp.tasks.prompts import PromptBuilder
 
 
@@ -54,13 +56,13 @@ def test_utilities_are_rouge_against_the_gold(pep_task):
     query = pep_task.queries[0]
     pools = [{"query_id": query.id, "texts": [query.gold, "", "completely unrelated words"],
               "logprobs": [-1.0, -2.0, -3.0], "n_tokens": [3, 0, 3]}]
-    frame = score_utilities(pools, pep_task.by_id())
+    frame = candidate_table(pools, pep_task.by_id())
     assert frame.loc[0, "rougeL"] == pytest.approx(1.0)
     assert frame.loc[1, "rougeL"] == 0.0
-    ids, users, u = pool_matrix(frame, "rougeL")
-    assert u.shape == (1, 3) and ids[0] == query.id and users[0] == query.user
+    matrix = Pools.from_frame(frame)
+    assert matrix["rougeL"].shape == (1, 3) and matrix.query_ids[0] == query.id and matrix.users[0] == query.user
     with pytest.raises(KeyError, match="no column 'score:x'"):
-        pool_matrix(frame, "score:x")
+        matrix["score:x"]
 
 
 def test_completions_are_cleaned():

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from ttp.analysis.bon import bon_curves
-from ttp.analysis.scaling import diagnose, expected_max_normal, fit_ceiling, within_pool_correlation
+from ttp.analysis.scaling import diagnose, expected_max_normal, fit_ceiling
+from ttp.analysis.stats import within_pool_correlation
 from ttp.analysis.simulate import SimulationConfig, simulate
 
 
@@ -80,9 +81,9 @@ def test_constant_scores_mean_zero_correlation_and_random_curve():
 def test_correlation_options_agree_on_monotone_relation():
     x = np.random.default_rng(0).random((5, 20))
     for method in ("pearson", "spearman", "normal_scores"):
-        assert np.all(within_pool_correlation(x, x**3, method) > 0.8)
+        assert np.all(within_pool_correlation(x, x**3, method=method) > 0.8)
     with pytest.raises(ValueError, match="correlation must be one of"):
-        within_pool_correlation(x, x, "kendall")
+        within_pool_correlation(x, x, method="kendall")
 
 
 def test_ceiling_fit_recovers_the_generating_form():

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import gammaln
 
+from ttp.analysis.stats import bootstrap_draws, group_index, group_sums
+
 
 def rank_weights(pool_size: int) -> np.ndarray:
     """Matrix ``W[N-1, j-1] = C(j-1, N-1) / C(M, N)`` for ``N, j = 1..M``, rows sum to one."""
@@ -85,8 +87,12 @@ class Curve:
         i = int(n) - 1
         return float(self.mean[i]), float(self.low[i]), float(self.high[i])
 
-    def to_dict(self) -> dict:
+    def to_json(self) -> dict:
         return {k: np.asarray(v).tolist() for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Curve":
+        return cls(*(np.asarray(data[k], dtype=float) for k in ("n", "mean", "low", "high")))
 
 
 def user_bootstrap(
@@ -98,12 +104,10 @@ def user_bootstrap(
 ) -> Curve:
     """Mean over queries of per-query curves, with a percentile band from resampling users."""
     per_query = np.atleast_2d(np.asarray(per_query, dtype=float))
-    user_ids, inverse = np.unique(np.asarray(users), return_inverse=True)
-    sums = np.zeros((len(user_ids), per_query.shape[1]))
-    np.add.at(sums, inverse, per_query)
+    user_ids, inverse = group_index(users)
+    sums = group_sums(per_query, inverse, len(user_ids))
     counts = np.bincount(inverse, minlength=len(user_ids)).astype(float)
-    rng = np.random.default_rng(seed)
-    draws = rng.multinomial(len(user_ids), np.full(len(user_ids), 1 / len(user_ids)), size=n_boot)
+    draws = bootstrap_draws(len(user_ids), n_boot, seed)
     boot = (draws @ sums) / (draws @ counts)[:, None]
     alpha = (1 - level) / 2
     return Curve(

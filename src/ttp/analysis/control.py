@@ -19,13 +19,17 @@ seeded random order, so they are cheap to evaluate and comparable at equal budge
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ttp.analysis.scaling import expected_max_normal, within_pool_correlation
+from ttp.analysis.bon import user_bootstrap
+from ttp.analysis.scaling import expected_max_normal
+from ttp.analysis.stats import collapsed, group_index, within_pool_correlation
 
-POLICIES = ("uniform", "skip_collapsed", "greedy", "early_stop")
+ALLOCATION_POLICIES = ("uniform", "skip_collapsed", "greedy", "early_stop")
+STUDY_BUDGETS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+REFERENCE_BUDGET = 8   # policies are compared by the samples they need to match uniform N = 8
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,20 @@ def calibration(scores: np.ndarray, utilities: np.ndarray) -> float:
     return float(rho_sigma.mean() / spread) if spread > 0 else 0.0
 
 
-def _spread(values: np.ndarray) -> float:
-    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+def _variance(values: np.ndarray) -> float:
+    return float(np.var(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def shrunk_variance(variance, dof, prior_variance, prior_strength: float):
+    """Empirical-Bayes shrinkage: an estimate with ``dof`` degrees of freedom, pulled toward the
+    level above with ``prior_strength`` pseudo-degrees."""
+    return (dof * variance + prior_strength * prior_variance) / (dof + prior_strength)
+
+
+def marginal_gain(kappa: float, spread: float, n: int, e_n: np.ndarray) -> float:
+    """The law's gain of sample ``n + 1``: ``κ · ŝ · (e_{n+1} − e_n)``; none past the table's end.
+    A negative κ (selection hurt on validation) predicts no gain, not a negative one."""
+    return max(kappa, 0.0) * spread * (e_n[n] - e_n[n - 1]) if n < len(e_n) else -np.inf
 
 
 class GainPredictor:
@@ -57,22 +73,17 @@ class GainPredictor:
     def spreads(self, drawn_scores: list[np.ndarray]) -> np.ndarray:
         k = self.config.prior_strength
         df = np.array([len(s) - 1 for s in drawn_scores], dtype=float)
-        var = np.array([_spread(s) ** 2 for s in drawn_scores])
-        _, inverse = np.unique(self.users, return_inverse=True)
+        var = np.array([_variance(s) for s in drawn_scores])
+        _, inverse = group_index(self.users)
         user_df = np.bincount(inverse, weights=df)
         user_var = np.bincount(inverse, weights=df * var) / np.maximum(user_df, 1e-12)
         dataset_var = float((df * var).sum() / max(df.sum(), 1e-12))
         observed = user_df > 0
-        collapsed = observed & (np.sqrt(user_var) <= self.config.collapse_tau *
-                                np.sqrt(np.median(user_var[observed])))
-        user_var = np.where(observed, (user_df * user_var + k * dataset_var) / (user_df + k), dataset_var)
-        query_var = (df * var + k * user_var[inverse]) / (df + k)
-        return np.where(collapsed[inverse], 0.0, np.sqrt(query_var))
-
-    def marginal_gain(self, spread: float, n: int, e_n: np.ndarray) -> float:
-        """The law's gain of sample ``n + 1``: ``κ · ŝ · (e_{n+1} − e_n)``."""
-        # a negative κ (selection hurt on validation) predicts no gain, not a negative one
-        return max(self.kappa, 0.0) * spread * (e_n[n] - e_n[n - 1]) if n < len(e_n) else -np.inf
+        is_collapsed = np.zeros(len(user_df), dtype=bool)
+        is_collapsed[observed] = collapsed(np.sqrt(user_var[observed]), self.config.collapse_tau)[0]
+        user_var = np.where(observed, shrunk_variance(user_var, user_df, dataset_var, k), dataset_var)
+        query_var = shrunk_variance(var, df, user_var[inverse], k)
+        return np.where(is_collapsed[inverse], 0.0, np.sqrt(query_var))
 
 
 def _allocate(policy: str, scores: np.ndarray, users: np.ndarray, orders: np.ndarray, budget: int,
@@ -89,14 +100,13 @@ def _allocate(policy: str, scores: np.ndarray, users: np.ndarray, orders: np.nda
     n = np.ones(q, dtype=int)
     _, first_of_user = np.unique(users, return_index=True)
     n[first_of_user] = min(max(2, min(config.pilot, budget // q)), m)
-    predictor = GainPredictor(users, config, kappa)
     # spreads are frozen after the pilot: re-estimating them from the samples the controller
     # chose to draw would chase lucky draws (measured: worse than uniform on simulated pools)
-    spread = predictor.spreads([scores[i, orders[i, :n[i]]] for i in range(q)])
+    spread = GainPredictor(users, config, kappa).spreads([scores[i, orders[i, :n[i]]] for i in range(q)])
     e_n = expected_max_normal(m)
 
     def gain(i):
-        return predictor.marginal_gain(spread[i], n[i], e_n)
+        return marginal_gain(kappa, spread[i], n[i], e_n)
 
     if policy == "skip_collapsed":
         # collapsed users keep what the pilot spent; the rest share the budget evenly
@@ -108,7 +118,7 @@ def _allocate(policy: str, scores: np.ndarray, users: np.ndarray, orders: np.nda
             while n[i] < m and gain(i) > threshold:
                 n[i] += 1
         return n
-    raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    raise ValueError(f"policy must be one of {ALLOCATION_POLICIES}, got {policy!r}")
 
 
 def _fill(n: np.ndarray, value, budget: int, m: int) -> np.ndarray:
@@ -173,6 +183,95 @@ def _budget_threshold(scores, users, orders, budget, config, kappa) -> float:
 
 
 @dataclass(frozen=True)
+class AllocationCurve:
+    """One policy's utility at each average budget, with a bootstrap band over users."""
+
+    policy: str
+    budgets: tuple[float, ...]
+    samples_per_query: tuple[float, ...]   # what the policy really spent at each budget
+    mean: tuple[float, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    def at(self, budget: float) -> tuple[float, float, float, float] | None:
+        """``(mean, low, high, samples spent)`` at ``budget``; None where it was not measured."""
+        if budget not in self.budgets:
+            return None
+        i = self.budgets.index(budget)
+        return self.mean[i], self.low[i], self.high[i], self.samples_per_query[i]
+
+    def samples_to_reach(self, target: float | None) -> float | None:
+        """Fewest average samples per query at which the curve reaches ``target`` (linear
+        interpolation between measured budgets); None if it never does."""
+        if target is None:
+            return None
+        spent, means = self.samples_per_query, self.mean
+        for i, value in enumerate(means):
+            if value >= target - 1e-12:
+                if i == 0:
+                    return spent[0]
+                frac = (target - means[i - 1]) / (value - means[i - 1])
+                return spent[i - 1] + frac * (spent[i] - spent[i - 1])
+        return None
+
+    def to_json(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "AllocationCurve":
+        return cls(data["policy"], *(tuple(data[k]) for k in ("budgets", "samples_per_query", "mean", "low",
+                                                              "high")))
+
+
+@dataclass(frozen=True)
+class AllocationStudy:
+    """Every allocation policy at equal average budgets on one set of test pools."""
+
+    selector: str
+    kappa: float
+    queries: int
+    curves: dict = field(default_factory=dict)   # policy name -> AllocationCurve
+
+    @property
+    def uniform_reference(self) -> float | None:
+        """Uniform N = 8's utility, the level each policy's sample count is measured against."""
+        point = self.curves["uniform"].at(REFERENCE_BUDGET)
+        return point[0] if point else None
+
+    def samples_to_reach_reference(self, policy: str) -> float | None:
+        return self.curves[policy].samples_to_reach(self.uniform_reference)
+
+    def to_json(self) -> dict:
+        return {"selector": self.selector, "kappa": self.kappa, "queries": self.queries,
+                "reference_budget": REFERENCE_BUDGET, "uniform_reference": self.uniform_reference,
+                "samples_to_reach_reference": {p: self.samples_to_reach_reference(p) for p in self.curves},
+                "curves": {p: c.to_json() for p, c in self.curves.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "AllocationStudy":
+        return cls(data["selector"], data["kappa"], data["queries"],
+                   {p: AllocationCurve.from_json(c) for p, c in data["curves"].items()})
+
+
+def allocation_study(selector: str, validation: tuple[np.ndarray, np.ndarray],
+                     test: tuple[np.ndarray, np.ndarray, np.ndarray], config: ControllerConfig = ControllerConfig(),
+                     n_boot: int = 1000, seed: int = 0) -> AllocationStudy:
+    """Calibrate κ on validation ``(scores, utilities)``, then run every policy on the test
+    ``(scores, utilities, users)`` at each budget of ``STUDY_BUDGETS`` that fits the pools."""
+    kappa = calibration(*validation)
+    scores, utilities, users = test
+    budgets = tuple(b for b in STUDY_BUDGETS if b <= utilities.shape[1])
+    curves = {}
+    for policy in ALLOCATION_POLICIES:
+        rows = [evaluate_policy(policy, scores, utilities, users, b, kappa, config, seed=seed) for b in budgets]
+        bands = [user_bootstrap(r["per_query"][:, None], users, n_boot, seed=seed) for r in rows]
+        curves[policy] = AllocationCurve(policy, budgets, tuple(r["samples_per_query"] for r in rows),
+                                         *(tuple(float(getattr(b, k)[0]) for b in bands)
+                                           for k in ("mean", "low", "high")))
+    return AllocationStudy(selector, kappa, int(len(utilities)), curves)
+
+
+@dataclass(frozen=True)
 class Decision:
     """What the online controller returns for one (user, query)."""
 
@@ -183,6 +282,7 @@ class Decision:
     samples: int
     stopped_because: str
     candidates: list[str]
+    scores: list[float]
 
 
 def choose_online(draw, score, budget: int, kappa: float, dataset_spread: float,
@@ -203,16 +303,17 @@ def choose_online(draw, score, budget: int, kappa: float, dataset_spread: float,
     while True:
         sel, mean, sd = (np.asarray(a, float) for a in score(texts))
         n = len(texts)
-        k = config.prior_strength
-        spread = np.sqrt(((n - 1) * _spread(sel) ** 2 + k * dataset_spread ** 2) / (n - 1 + k))
-        if _spread(sel) <= config.collapse_tau * dataset_spread:
-            reason = "collapsed: scores do not vary"
-            break
         if n >= budget:
             break
-        if kappa * spread * (e_n[n] - e_n[n - 1]) < min_gain:
+        variance = _variance(sel)
+        if n > 1 and np.sqrt(variance) <= config.collapse_tau * dataset_spread:
+            reason = "collapsed: scores do not vary"
+            break
+        spread = np.sqrt(shrunk_variance(variance, n - 1, dataset_spread ** 2, config.prior_strength))
+        if marginal_gain(kappa, spread, n, e_n) < min_gain:
             reason = f"predicted gain of one more sample below {min_gain}"
             break
         texts += draw(min(chunk, budget - n))
     best = int(np.argmax(sel))
-    return Decision(texts[best], float(sel[best]), float(mean[best]), float(sd[best]), len(texts), reason, texts)
+    return Decision(texts[best], float(sel[best]), float(mean[best]), float(sd[best]), len(texts), reason, texts,
+                    sel.tolist())

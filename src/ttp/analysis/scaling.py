@@ -12,6 +12,7 @@ import numpy as np
 from scipy import integrate, stats
 
 from ttp.analysis.bon import bon_curves, oracle_curves
+from ttp.analysis.stats import SPREAD_EPS, collapsed, group_index, group_means, within_pool_correlation
 
 
 @lru_cache(maxsize=None)
@@ -58,31 +59,7 @@ def fit_ceiling(oracle_curve: np.ndarray) -> list[CeilingFit]:
     return sorted(fits, key=lambda f: f.rmse)
 
 
-CORRELATIONS = ("pearson", "spearman", "normal_scores")
-
-
-def _rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    xc = x - x.mean(axis=1, keepdims=True)
-    yc = y - y.mean(axis=1, keepdims=True)
-    denom = np.sqrt((xc**2).sum(axis=1) * (yc**2).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (xc * yc).sum(axis=1) / denom
-    # no spread in either variable means no ranking: correlation is defined as zero
-    return np.where(denom > 1e-12, r, 0.0)
-
-
-def within_pool_correlation(scores: np.ndarray, utilities: np.ndarray, method: str = "pearson"):
-    """Per-query correlation of score and utility across the pool."""
-    if method == "pearson":
-        return _rowwise_pearson(scores, utilities)
-    if method not in CORRELATIONS:
-        raise ValueError(f"correlation must be one of {CORRELATIONS}, got {method!r}")
-    rs = stats.rankdata(scores, axis=1)
-    ru = stats.rankdata(utilities, axis=1)
-    if method == "normal_scores":
-        m = scores.shape[1]
-        rs, ru = stats.norm.ppf(rs / (m + 1)), stats.norm.ppf(ru / (m + 1))
-    return _rowwise_pearson(rs, ru)
+LAWS = ("per_query", "four_quantity", "per_query_oracle_anchored", "four_quantity_oracle_anchored")
 
 
 @dataclass
@@ -111,10 +88,23 @@ class Diagnosis:
     user_score_spread: dict = field(repr=False)
     collapse_threshold: float = 0.0
 
-    def summary(self) -> dict:
-        """Everything but the per-query arrays, as JSON-ready values."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("per_query", "user_score_spread")}
-        return _jsonable(out)
+    @property
+    def collapse_tau(self) -> float:
+        """The collapse threshold as a share of the median user's score spread."""
+        median = float(np.median(list(self.user_score_spread.values())))
+        return self.collapse_threshold / median if median > 0 else 0.0
+
+    def to_json(self) -> dict:
+        """Every field as JSON-ready values (what ``diagnosis.json`` holds per selector)."""
+        return _jsonable(asdict(self))
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Diagnosis":
+        data = dict(data)
+        data["observed"], data["oracle"] = np.asarray(data["observed"]), np.asarray(data["oracle"])
+        data["laws"] = {k: np.asarray(v) for k, v in data["laws"].items()}
+        data["per_query"] = {k: np.asarray(v) for k, v in data["per_query"].items()}
+        return cls(**data)
 
 
 def _jsonable(value):
@@ -168,15 +158,12 @@ def diagnose(
 
     mu_q = utilities.mean(axis=1)
     sigma_q = utilities.std(axis=1)
-    rho_q = within_pool_correlation(scores, utilities, correlation)
-    flat = sigma_q <= 1e-12
-    rho_q = np.where(flat, 0.0, rho_q)
+    rho_q = within_pool_correlation(scores, utilities, method=correlation)
+    flat = sigma_q <= SPREAD_EPS
 
-    score_sd = scores.std(axis=1)
-    user_ids, inverse = np.unique(users, return_inverse=True)
-    spread = np.bincount(inverse, weights=score_sd) / np.bincount(inverse)
-    threshold = collapse_tau * float(np.median(spread))
-    collapsed_user = spread <= threshold
+    user_ids, spread = group_means(scores.std(axis=1), users)
+    _, inverse = group_index(users)
+    collapsed_user, threshold = collapsed(spread, collapse_tau)
     collapsed_q = collapsed_user[inverse]
 
     # flat pools keep rho_q = 0 inside the average, so rho_bar = (1-h) rho_pos - h |rho_neg|
@@ -189,7 +176,7 @@ def diagnose(
 
     # sampling sd of a correlation from M points (Fisher z): if every informative pool had
     # their mean correlation, this share of estimates would still come out negative by chance
-    # (flat pools, with no utility spread, say nothing about the RM) (flat pools say nothing about the RM)
+    # (flat pools, with no utility spread, say nothing about the RM)
     rho_bar = float(rho_active.mean()) if rho_active.size else 0.0
     informative = rho_q[active & ~flat]
     typical = float(informative.mean()) if informative.size else 0.0
@@ -218,8 +205,8 @@ def diagnose(
     oracle_gain_q = oracle_q - mu_q[:, None]
     laws = {
         "per_query": mu_bar + e_n * float(np.mean(rho_q * sigma_q)),
-        "per_query_oracle_anchored": mu_bar + (rho_q[:, None] * oracle_gain_q).mean(axis=0),
         "four_quantity": mu_bar + e_n * sigma_bar * (1 - c) * rho_bar,
+        "per_query_oracle_anchored": mu_bar + (rho_q[:, None] * oracle_gain_q).mean(axis=0),
         "four_quantity_oracle_anchored": mu_bar + (1 - c) * rho_bar * oracle_gain_q.mean(axis=0),
     }
     gain = float(oracle[-1] - oracle[0])
@@ -230,8 +217,7 @@ def diagnose(
         rho_bar_neg=float(neg.mean()) if neg.size else 0.0,
         flat_pool_share=float(flat.mean()),
         zero_utility_share=float((utilities == 0).mean()),
-        rho_sigma_correlation=float(np.corrcoef(rho_q, sigma_q)[0, 1]) if rho_q.std() > 0 and sigma_q.std() > 0
-        else 0.0,
+        rho_sigma_correlation=float(within_pool_correlation(rho_q[None], sigma_q[None])[0]),
         hacked_share_informative=hacked_share_informative,
         hacked_share_expected_by_chance=chance_share,
         collapsed_users=collapsed_list, hacked_queries=hacked_list,

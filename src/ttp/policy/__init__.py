@@ -40,6 +40,10 @@ class Completion:
     n_tokens: int = 0
 
 
+class ContextOverflow(ValueError):
+    """A prompt and its candidates do not fit the engine's context."""
+
+
 class PolicyBackend(Protocol):
     name: str
 

@@ -10,11 +10,35 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from ttp.policy import Completion, SamplingParams, clean_completion
+from ttp.policy import Completion, ContextOverflow, SamplingParams, clean_completion
+
+
+GGML_LOG_ERROR = 3
+# llama.cpp logs this notice at error level at every context it makes, though it is no error
+NOT_AN_ERROR = ("using full-size SWA cache",)
+
+
+def _quiet_llama_logs(llama_cpp) -> None:
+    """Route llama.cpp's own log through a callback that keeps real errors only: its info lines
+    and the SWA-cache notice are noise in a run's output."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is None:
+        @llama_cpp.llama_log_callback
+        def callback(level, text, user_data):
+            line = text.decode("utf-8", errors="replace")
+            if level == GGML_LOG_ERROR and not any(n in line for n in NOT_AN_ERROR):
+                sys.stderr.write(line)
+
+        _LOG_CALLBACK = callback   # ctypes calls it from C: the object must outlive every context
+        llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+
+
+_LOG_CALLBACK = None
 
 
 def default_model_path() -> Path:
@@ -33,6 +57,7 @@ class LlamaCppBackend:
         from llama_cpp import _internals
 
         self._lib = llama_cpp
+        _quiet_llama_logs(llama_cpp)
         path = Path(model_path) if model_path else default_model_path()
         if not path.exists():
             raise FileNotFoundError(f"model file {path} not found; pass a GGUF file path")
@@ -111,8 +136,8 @@ class LlamaCppBackend:
             raise ValueError(f"n = {n} exceeds this backend's max_sequences = {self.max_sequences}")
         tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         if len(tokens) + n * params.max_tokens > self.n_ctx:
-            raise ValueError(f"prompt of {len(tokens)} tokens plus {n} x {params.max_tokens} new tokens "
-                             f"exceeds the context of {self.n_ctx}; shorten the prompt or raise n_ctx")
+            raise ContextOverflow(f"a prompt of {len(tokens)} tokens plus {n} x {params.max_tokens} new tokens "
+                                  f"exceeds the context of {self.n_ctx}; raise --n-ctx or lower --max-tokens")
         rng = np.random.default_rng(params.seed)
         memory = self._lib.llama_get_memory(self._ctx.ctx)
         self._lib.llama_memory_clear(memory, True)

@@ -4,69 +4,115 @@ llama.cpp server, text-generation-inference, hosted endpoints.
 Candidates must be independent draws.  Some servers return identical samples when a request
 with ``n > 1`` carries one seed, and some ignore ``n`` altogether, so a pool is asked for as
 one request with ``n`` and **no** seed, and whatever is missing is topped up by single requests
-that each carry a distinct seed derived from the pool's seed.  Requests run with bounded
-concurrency, a timeout, and retries with exponential backoff on 429, 5xx and dropped
-connections; a server that stays unreachable or answers garbage raises ``BackendError``.
+that each carry a distinct seed derived from the pool's seed.  A server that refuses ``n``
+above its slot count is asked for smaller ``n`` from then on (said once).
+
+Every request has an overall deadline (``request_timeout``), not only a per-read timeout, so a
+server that trickles bytes cannot hold a run.  429, 502, 503, 504 and dropped connections are
+retried with jittered exponential backoff, honouring ``Retry-After``; other answers are
+deterministic and are not retried.  Errors say whether the server was unreachable, too slow,
+or refused the request.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import math
-import time
+import random
+import warnings
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from email.utils import parsedate_to_datetime
 
 import httpx
 
 from ttp.policy import Completion, SamplingParams, clean_completion
 
-RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+RETRYABLE_STATUS = {408, 425, 429, 502, 503, 504}
+MAX_RETRY_AFTER = 60.0
 
 
 class BackendError(RuntimeError):
     """The server could not give a usable answer; finished pools on disk are unaffected."""
 
 
+class _Refused(BackendError):
+    """The server answered the request with a deterministic error."""
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER)
+    except ValueError:
+        pass
+    try:
+        from datetime import datetime, timezone
+
+        return min(max((parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds(), 0.0),
+                   MAX_RETRY_AFTER)
+    except (TypeError, ValueError):
+        return None
+
+
 class OpenAICompatibleBackend:
     def __init__(self, base_url: str, model: str, api_key: str | None = None, max_concurrency: int = 8,
-                 timeout: float = 120.0, retries: int = 4, backoff: float = 0.5, use_n: bool = True):
+                 request_timeout: float = 300.0, connect_timeout: float = 10.0, retries: int = 4,
+                 backoff: float = 0.5, use_n: bool = True, seed: int | None = None):
+        if request_timeout <= 0:
+            raise ValueError(f"request_timeout must be positive, got {request_timeout}")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.retries, self.backoff, self.use_n = retries, backoff, use_n
         self.max_concurrency = max_concurrency
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers,
-                                    limits=httpx.Limits(max_connections=max_concurrency))
+        self.request_timeout, self.connect_timeout = request_timeout, connect_timeout
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.max_n: int | None = None     # learnt when the server refuses a larger n
+        self._jitter = random.Random(seed)
         self.name = f"openai:{self.base_url}:{model}"
 
     def close(self) -> None:
-        self._client.close()
+        """Nothing to release: each pool opens and closes its own connections."""
 
-    def _post(self, body: dict) -> list[dict]:
-        last = "no attempt made"
+    def _wait(self, attempt: int) -> float:
+        return self.backoff * 2 ** (attempt - 1) * self._jitter.uniform(0.5, 1.5)
+
+    async def _post(self, client: httpx.AsyncClient, body: dict) -> list[dict]:
+        url = f"{self.base_url}/v1/completions"
+        last, kind, pause = "no attempt made", "unreachable", 0.0
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+                await asyncio.sleep(pause or self._wait(attempt))
+            pause = 0.0
             try:
-                response = self._client.post("/v1/completions", json=body)
-            except (httpx.TransportError, httpx.TimeoutException) as err:
-                last = f"{type(err).__name__}: {err}"
+                response = await asyncio.wait_for(client.post("/v1/completions", json=body), self.request_timeout)
+            except (asyncio.TimeoutError, httpx.TimeoutException):
+                last, kind = f"no complete answer within {self.request_timeout:g} s", "slow"
+                continue
+            except httpx.ConnectError as err:
+                last, kind = f"cannot connect ({err})", "unreachable"
+                continue
+            except httpx.TransportError as err:
+                last, kind = f"the connection broke ({type(err).__name__}: {err})", "unreachable"
                 continue
             if response.status_code in RETRYABLE_STATUS:
-                last = f"HTTP {response.status_code}: {response.text[:200]}"
+                last, kind = f"HTTP {response.status_code}: {response.text[:200]}", "busy"
+                pause = _retry_after(response) or 0.0
                 continue
             if response.status_code != 200:
-                raise BackendError(f"{self.base_url}/v1/completions refused the request with HTTP "
-                                   f"{response.status_code}: {response.text[:300]}")
+                raise _Refused(f"{url} refused the request with HTTP {response.status_code}: {response.text[:300]}")
             try:
                 choices = response.json()["choices"]
                 return [{"text": str(c["text"]), "logprobs": c.get("logprobs")} for c in choices]
             except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise BackendError(f"{self.base_url}/v1/completions answered something that is not a "
-                                   f"completions response ({type(err).__name__}: {err}); first bytes: "
-                                   f"{response.text[:200]!r}") from None
-        raise BackendError(f"{self.base_url} gave no usable answer after {self.retries + 1} tries; "
-                           f"last error: {last}. Is the server running? Rerun to resume the pools.")
+                raise BackendError(f"{url} answered something that is not a completions response "
+                                   f"({type(err).__name__}: {err}); first bytes: {response.text[:200]!r}") from None
+        advice = {"unreachable": "Is the server running at that address?",
+                  "slow": "The server is up but too slow: raise --request-timeout or lower the load.",
+                  "busy": "The server is overloaded: retry later or lower the concurrency."}[kind]
+        raise BackendError(f"{url} gave no usable answer after {self.retries + 1} tries; last error: {last}. "
+                           f"{advice} Rerun to resume the pools.")
 
     def _body(self, prompt: str, params: SamplingParams, n: int, seed: int | None) -> dict:
         body = {"model": self.model, "prompt": prompt, "n": n, "temperature": params.temperature,
@@ -83,14 +129,41 @@ class OpenAICompatibleBackend:
         return Completion(clean_completion(choice["text"], stop),
                           float(sum(values)) if values else math.nan, len(logprobs))
 
-    def sample(self, prompt: str, params: SamplingParams) -> list[Completion]:
-        choices = self._post(self._body(prompt, params, params.n, None))[: params.n] if self.use_n else []
-        missing = params.n - len(choices)
-        if missing > 0:
-            seeds = [zlib.crc32(f"{params.seed}:{i}".encode()) for i in range(len(choices), params.n)]
-            with ThreadPoolExecutor(self.max_concurrency) as pool:
-                for extra in pool.map(lambda s: self._post(self._body(prompt, params, 1, s)), seeds):
+    async def _batch(self, client, prompt: str, params: SamplingParams) -> list[dict]:
+        """One request with ``n`` (and no seed); a refusal of a large ``n`` halves it, once said."""
+        n = min(params.n, self.max_n or params.n)
+        while True:
+            try:
+                return (await self._post(client, self._body(prompt, params, n, None)))[:n]
+            except _Refused as err:
+                if n == 1:
+                    raise
+                smaller = max(n // 2, 1)
+                if self.max_n is None:
+                    warnings.warn(f"{self.base_url} refused n = {n} ({err}); asking for at most {smaller} "
+                                  f"candidates per request from now on", stacklevel=2)
+                self.max_n, n = smaller, smaller
+
+    async def _sample(self, prompt: str, params: SamplingParams) -> list[Completion]:
+        timeout = httpx.Timeout(self.request_timeout, connect=self.connect_timeout)
+        limits = httpx.Limits(max_connections=self.max_concurrency)
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=limits,
+                                     headers=self.headers) as client:
+            choices = await self._batch(client, prompt, params) if self.use_n else []
+            missing = range(len(choices), params.n)
+            if missing:
+                gate = asyncio.Semaphore(self.max_concurrency)
+
+                async def one(i: int) -> dict:
+                    async with gate:
+                        extra = await self._post(client, self._body(prompt, params, 1,
+                                                                    zlib.crc32(f"{params.seed}:{i}".encode())))
                     if not extra:
                         raise BackendError(f"{self.base_url} returned no choices for a completion request")
-                    choices.append(extra[0])
+                    return extra[0]
+
+                choices += await asyncio.gather(*(one(i) for i in missing))
         return [self._completion(c, params.stop) for c in choices]
+
+    def sample(self, prompt: str, params: SamplingParams) -> list[Completion]:
+        return asyncio.run(self._sample(prompt, params))

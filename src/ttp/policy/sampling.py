@@ -1,24 +1,32 @@
-"""Candidate pools: sample ``M`` candidates per query, resumably, and store them with utilities.
+"""Candidate pools: sample ``M`` candidates per query, resumably, into ``pools.jsonl``.
 
-``pools.jsonl`` gets one line per finished query, flushed and synced before the next query
-starts: a rerun skips finished queries, and a kill loses at most the query in flight.
+The file gets one line per finished query, flushed and synced before the next query starts:
+a rerun skips finished queries, and a kill loses at most the query in flight.  Reading checks
+every line: an unreadable line is skipped with a warning naming its number (its query is
+drawn again), a repeated query keeps its first pool, and a pool of the wrong size stops the
+run.  Before appending, the file is rewritten without the lines it cannot use; every valid
+line stays byte for byte.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import warnings
 import zlib
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 
-from ttp.policy import PolicyBackend, SamplingParams
+from ttp.files import write_bytes_atomic
+from ttp.policy import ContextOverflow, PolicyBackend, SamplingParams
 from ttp.tasks.data import Query
 from ttp.tasks.prompts import PromptBuilder
-from ttp.tasks.utility import METRICS, rouge
+
+
+class PoolFileError(ValueError):
+    """A pool file cannot belong to this run; the message names the file, line and field."""
 
 
 def query_seed(seed: int, query_id: str) -> int:
@@ -26,19 +34,66 @@ def query_seed(seed: int, query_id: str) -> int:
     return zlib.crc32(f"{seed}:{query_id}".encode())
 
 
-def read_pools(path: str | Path) -> list[dict]:
-    """Finished pools; a torn last line (a kill mid-write) is ignored, it will be redrawn."""
+def _parse(line: bytes):
+    """A pool record, or the reason the line is unusable."""
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return f"not a JSON object ({err})"
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if not isinstance(record.get("query_id"), str) or not isinstance(record.get("user"), str):
+        return "field 'query_id' or 'user' is missing or not a string"
+    texts = record.get("texts")
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        return "field 'texts' must be a list of strings"
+    for field in ("logprobs", "n_tokens"):
+        values = record.get(field)
+        if not isinstance(values, list) or len(values) != len(texts) or not all(
+                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
+            return f"field {field!r} must be a list of numbers, one per text"
+    record["logprobs"] = [math.nan if v is None else float(v) for v in record["logprobs"]]
+    return record
+
+
+def _scan(path: Path, n: int | None) -> tuple[list[dict], list[bytes], bool]:
+    """``(records, their raw lines, whether the file needs rewriting)``, warning about each
+    line it drops."""
+    records, lines, dirty, seen = [], [], False, set()
+    data = path.read_bytes()
+    for number, line in enumerate(data.splitlines(keepends=True), 1):
+        if not line.strip():
+            dirty = True
+            continue
+        if not line.endswith(b"\n"):
+            dirty = True     # a kill mid-write: the query is drawn again
+            continue
+        record = _parse(line)
+        if isinstance(record, str):
+            warnings.warn(f"{path}: line {number} skipped, {record}; its query will be sampled again",
+                          stacklevel=3)
+            dirty = True
+            continue
+        if record["query_id"] in seen:
+            warnings.warn(f"{path}: line {number} repeats query {record['query_id']!r}; the first pool is kept",
+                          stacklevel=3)
+            dirty = True
+            continue
+        if n is not None and len(record["texts"]) != n:
+            raise PoolFileError(f"{path}: line {number}: query {record['query_id']!r} has "
+                                f"{len(record['texts'])} candidates, but this run samples n = {n}; the file "
+                                f"belongs to another configuration: move it away or use a new run folder")
+        seen.add(record["query_id"])
+        records.append(record)
+        lines.append(line)
+    return records, lines, dirty
+
+
+def read_pools(path: str | Path, n: int | None = None) -> list[dict]:
+    """The usable pools of ``path``, in file order (none if it does not exist); ``n``, if given,
+    is the pool size every record must have."""
     path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return records
+    return _scan(path, n)[0] if path.exists() else []
 
 
 def _progress() -> Progress:
@@ -62,11 +117,15 @@ def sample_pools(
     ``ttp.policy.ray_executor.RayExecutor``); this process stays the only writer of the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = {r["query_id"] for r in read_pools(path)}
+    done: set[str] = set()
+    if path.exists():
+        records, lines, dirty = _scan(path, params.n)
+        if dirty:
+            write_bytes_atomic(path, b"".join(lines))
+        done = {r["query_id"] for r in records}
     todo = [q for q in queries if q.id not in done]
-    _drop_torn_tail(path)
     with path.open("a", encoding="utf-8") as fh, _progress() as bar:
-        job = bar.add_task(description, total=len(queries), completed=len(done), rate="",
+        job = bar.add_task(description, total=len(queries), completed=len(queries) - len(todo), rate="",
                            visible=show_progress)
         results = executor(todo, prompts, params) if executor else (
             draw_pool(backend, prompts, params, query) for query in todo)
@@ -76,52 +135,19 @@ def sample_pools(
             os.fsync(fh.fileno())
             elapsed = bar.tasks[0].elapsed or 1e-9
             bar.update(job, advance=1, rate=f"{i / elapsed:.2f} queries/s")
-    by_id = {r["query_id"]: r for r in read_pools(path)}
+    by_id = {r["query_id"]: r for r in read_pools(path, params.n)}
     return [by_id[q.id] for q in queries if q.id in by_id]
 
 
 def draw_pool(backend: PolicyBackend, prompts: PromptBuilder, params: SamplingParams, query: Query) -> dict:
     """One query's pool as the record stored in ``pools.jsonl``."""
-    completions = backend.sample(prompts(query), params.with_seed(query_seed(params.seed, query.id)))
+    try:
+        completions = backend.sample(prompts(query), params.with_seed(query_seed(params.seed, query.id)))
+    except ContextOverflow as err:
+        raise ContextOverflow(f"query {query.id!r} (user {query.user!r}): {err}") from None
     return {
         "query_id": query.id, "user": query.user,
         "texts": [c.text for c in completions],
-        "logprobs": [c.logprob for c in completions],
+        "logprobs": [None if math.isnan(c.logprob) else c.logprob for c in completions],
         "n_tokens": [c.n_tokens for c in completions],
     }
-
-
-def _drop_torn_tail(path: Path) -> None:
-    """Cut a half-written last line so appended records start on a line of their own."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
-
-
-def score_utilities(pools: list[dict], queries: dict[str, Query]) -> pd.DataFrame:
-    """One row per candidate: its text, log-probability and ROUGE utilities against the gold."""
-    rows = []
-    for pool in pools:
-        query = queries[pool["query_id"]]
-        utilities = rouge(pool["texts"], query.gold)
-        for j, text in enumerate(pool["texts"]):
-            rows.append({"query_id": query.id, "user": query.user, "candidate": j, "text": text,
-                         "logprob": pool["logprobs"][j], "n_tokens": pool["n_tokens"][j],
-                         **{m: float(utilities[m][j]) for m in METRICS}})
-    return pd.DataFrame(rows)
-
-
-def pool_matrix(candidates: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(query_ids, users, values)``: ``values`` is ``(Q, M)``, one row per query's pool."""
-    if column not in candidates:
-        raise KeyError(f"the candidate table has no column {column!r}; columns: {list(candidates.columns)}")
-    frame = candidates.sort_values(["query_id", "candidate"])
-    sizes = frame.groupby("query_id", sort=True).size()
-    if sizes.nunique() != 1:
-        raise ValueError(f"pools differ in size ({sorted(sizes.unique())}); every query needs M candidates")
-    m = int(sizes.iloc[0])
-    values = frame[column].to_numpy(dtype=float).reshape(-1, m)
-    firsts = frame.iloc[::m]
-    return firsts["query_id"].to_numpy(), firsts["user"].to_numpy(), values

@@ -37,7 +37,7 @@ import pandas as pd
 
 from ttp.tasks.data import Query
 from ttp.tasks.prompts import retrieve
-from ttp.runs.folder import write_bytes_atomic
+from ttp.files import write_bytes_atomic
 
 FEATURES = (
     "sim_profile_max", "sim_profile_mean", "sim_retrieved", "sim_input", "sim_pool",

@@ -1,12 +1,24 @@
-"""Small typed configuration objects for one run, saved as ``config.json`` in the run folder."""
+"""Small typed configuration objects for one run, saved as ``config.json`` in the run folder.
+Every value is checked when the object is built, so a bad option or a hand-edited config file
+stops before any work with a message naming the field."""
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ttp.files import DataFileError, check_name, read_json
 from ttp.policy import SamplingParams
-from ttp.tasks.prompts import POLICIES
+from ttp.policy.registry import BACKENDS
+from ttp.rewards.models import REWARD_MODELS
+from ttp.rewards.selection import Selector
+from ttp.tasks.prompts import PROMPT_STYLES
+
+MAX_POOL_SIZE = 64     # candidates per query; also the largest budget of `ttp generate`
+
+
+class ConfigError(ValueError):
+    """A run configuration is invalid; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -19,52 +31,91 @@ class TaskSpec:
     max_queries_per_user: int | None = None
     max_users: int | None = None
 
+    def __post_init__(self):
+        if self.name is not None:
+            check_name(self.name, "task name")
+        for key in ("max_queries_per_user", "max_users"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{key} must be a whole number of at least 1, got {value!r}")
+
 
 @dataclass(frozen=True)
 class RunConfig:
     tasks: tuple[TaskSpec, ...]
-    policies: tuple[str, ...] = POLICIES
+    policies: tuple[str, ...] = PROMPT_STYLES
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(n=16, max_tokens=24))
     shots: int = 3                                   # retrieved profile items per prompt
     split: tuple[float, float, float] = (0.45, 0.15, 0.4)
     seed: int = 0
-    backend: str = "llama-cpp"                       # llama-cpp | openai
+    backend: str = "llama-cpp"                       # one of ttp.policy.registry.BACKENDS
     model_path: str | None = None                    # llama-cpp: GGUF file (default: embedded Gemma)
+    n_ctx: int = 8192                                # context of the llama-cpp / vllm engine, tokens
     server_url: str | None = None                    # openai: e.g. http://127.0.0.1:8000
     server_model: str | None = None                  # openai: the served model's name
+    request_timeout: float = 300.0                   # openai: overall deadline of one request, seconds
     ray_workers: int = 0                             # > 0: sample with that many Ray actors
     ray_address: str | None = None                   # an existing Ray cluster (default: start one locally)
     reward_models: tuple[str, ...] = ("pointwise", "bradley_terry", "probabilistic", "ensemble")
     lcb_kappa: float = 1.0                           # lcb selection: mean - kappa * sd
-    collapse_tau: float = 0.1
-    controller_selector: str = "probabilistic/mean"  # the RM whose scores drive allocation
+    collapse_tau: float = 0.1                        # collapse threshold, share of the median user's spread
+    controller_selector: str = "probabilistic/mean"  # the selector whose scores drive allocation
     bootstrap: int = 1000
 
     def __post_init__(self):
-        unknown = set(self.policies) - set(POLICIES)
-        if unknown:
-            raise ValueError(f"unknown policies {sorted(unknown)}; choose from {POLICIES}")
         if not self.tasks:
-            raise ValueError("a run needs at least one task")
+            raise ConfigError("a run needs at least one task")
+        unknown = set(self.policies) - set(PROMPT_STYLES)
+        if unknown or not self.policies:
+            raise ConfigError(f"policies must be some of {PROMPT_STYLES}, got {list(self.policies)}")
+        if self.sampling.n > MAX_POOL_SIZE:
+            raise ConfigError(f"pool size {self.sampling.n} is above the maximum of {MAX_POOL_SIZE}")
+        if len(self.split) != 3 or min(self.split) <= 0 or abs(sum(self.split) - 1) > 1e-6:
+            raise ConfigError(f"split must be three positive fractions (train, validation, test) summing "
+                              f"to 1, got {tuple(self.split)}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        bad_models = [m for m in self.reward_models if m not in REWARD_MODELS or m == "constant"]
+        if bad_models:
+            raise ConfigError(f"unknown reward models {bad_models}; choose from "
+                              f"{sorted(set(REWARD_MODELS) - {'constant'})}")
+        selector = Selector.parse(self.controller_selector)
+        if selector.model not in self.reward_models:
+            raise ConfigError(f"controller_selector {self.controller_selector!r} names a reward model this "
+                              f"run does not train ({list(self.reward_models)})")
+        checks = {"shots": self.shots >= 0, "n_ctx": self.n_ctx >= 256, "request_timeout": self.request_timeout > 0,
+                  "ray_workers": self.ray_workers >= 0, "collapse_tau": 0 <= self.collapse_tau < 1,
+                  "bootstrap": self.bootstrap >= 10, "lcb_kappa": self.lcb_kappa >= 0}
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"out of range: {', '.join(f'{k} = {getattr(self, k)!r}' for k in bad)}")
 
     def to_json(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
 
     @classmethod
     def from_json(cls, data: dict) -> "RunConfig":
+        if not isinstance(data, dict):
+            raise ConfigError("expected a JSON object")
         known = {f.name for f in fields(cls)}
         extra = set(data) - known
         if extra:
-            raise ValueError(f"config.json: unknown fields {sorted(extra)}")
+            raise ConfigError(f"unknown fields {sorted(extra)}")
         data = dict(data)
-        data["tasks"] = tuple(TaskSpec(**t) for t in data["tasks"])
-        data["sampling"] = SamplingParams(**{**data.get("sampling", {}),
-                                             "stop": tuple(data.get("sampling", {}).get("stop", ("\n",)))})
-        for key in ("policies", "split", "reward_models"):
-            if key in data:
-                data[key] = tuple(data[key])
-        return cls(**data)
+        try:
+            data["tasks"] = tuple(TaskSpec(**t) for t in data["tasks"])
+            sampling = dict(data.get("sampling", {}))
+            data["sampling"] = SamplingParams(**{**sampling, "stop": tuple(sampling.get("stop", ("\n",)))})
+            for key in ("policies", "split", "reward_models"):
+                if key in data:
+                    data[key] = tuple(data[key])
+            return cls(**data)
+        except (TypeError, KeyError, ValueError) as err:
+            raise ConfigError(f"{type(err).__name__}: {err}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
-        return cls.from_json(json.loads(Path(path).read_text()))
+        try:
+            return cls.from_json(read_json(path))
+        except (ConfigError, DataFileError) as err:
+            raise ConfigError(f"{path}: {err}") from None

@@ -1,7 +1,10 @@
 """The run folder: every stage reads and writes here, atomically, so any stage can be rerun
-or resumed alone.
+or resumed alone.  One process writes to a run at a time: ``RunFolder.lock()`` holds an OS
+file lock for the whole run, and a second writer stops at once, naming the holder.  Task and
+policy names become folders only after ``ttp.files.check_name``, so no name can climb out.
 
     <run>/config.json
+    <run>/.lock, <run>/.lock.holder          the writer's lock and who holds it
     <run>/<task>/split.json
     <run>/<task>/<policy>/pools.jsonl        one line per finished query (append-only)
     <run>/<task>/<policy>/candidates.parquet one row per candidate, with its utilities
@@ -17,44 +20,21 @@ or resumed alone.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
+import socket
+import sys
+import time
 from pathlib import Path
 
-import pandas as pd
+from filelock import FileLock, Timeout
+
+from ttp.files import check_name
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write via a temporary file and a rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: str | Path, obj) -> None:
-    write_bytes_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False).encode("utf-8"))
-
-
-def write_parquet_atomic(path: str | Path, frame: pd.DataFrame) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def read_json(path: str | Path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+class RunInUse(RuntimeError):
+    """Another process is writing to this run folder."""
 
 
 class RunFolder:
@@ -63,11 +43,37 @@ class RunFolder:
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run's writer lock; raise ``RunInUse`` naming the holder if another has it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.root / ".lock")
+        holder = self.root / ".lock.holder"
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            try:
+                who = json.loads(holder.read_text())
+                said = (f"process {who['pid']} on {who['host']} ({who['command']}), "
+                        f"since {who['since']}")
+            except (OSError, ValueError, KeyError):
+                said = "another process"
+            raise RunInUse(f"{self.root} is in use by {said}; wait for it to finish or stop it, "
+                           f"then resume with `ttp resume {self.root}`") from None
+        try:
+            holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                          "command": " ".join(["ttp", *sys.argv[1:]])[:200],
+                                          "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+            yield self
+        finally:
+            holder.unlink(missing_ok=True)
+            lock.release()
+
     def task_dir(self, task: str) -> Path:
-        return self.root / task
+        return self.root / check_name(task, "task name")
 
     def policy_dir(self, task: str, policy: str) -> Path:
-        return self.root / task / policy
+        return self.task_dir(task) / check_name(policy, "policy name")
 
     def split(self, task: str) -> Path:
         return self.task_dir(task) / "split.json"
@@ -88,7 +94,7 @@ class RunFolder:
         return self.task_dir(task) / "embeddings.npz"
 
     def reward_model(self, task: str, policy: str, kind: str) -> Path:
-        return self.policy_dir(task, policy) / "reward_models" / kind
+        return self.policy_dir(task, policy) / "reward_models" / check_name(kind, "reward model name")
 
     def scores(self, task: str, policy: str, part: str = "test") -> Path:
         return self.policy_dir(task, policy) / f"{part}_scores.parquet"
@@ -113,3 +119,7 @@ class RunFolder:
     @property
     def report(self) -> Path:
         return self.root / "report.md"
+
+    @property
+    def report_json(self) -> Path:
+        return self.root / "report.json"

@@ -17,21 +17,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ttp.runs.folder import read_json, write_bytes_atomic, write_json_atomic  # noqa: E402
+from ttp.analysis.bon import Curve  # noqa: E402
 from ttp.analysis.scaling import CEILING_FORMS  # noqa: E402
+from ttp.files import read_json, write_bytes_atomic, write_json_atomic  # noqa: E402
+from ttp.runs.config import RunConfig  # noqa: E402
+from ttp.runs.folder import RunFolder  # noqa: E402
+from ttp.runs.tables import (allocation_table, ceiling_table, diagnosis_table, read_allocation,  # noqa: E402
+                             read_diagnoses, rewards_table)
 from ttp.tasks.utility import PRIMARY  # noqa: E402
 
-LAWS = ("per_query", "four_quantity", "per_query_oracle_anchored", "four_quantity_oracle_anchored")
 
-
-def _ci(values, i: int) -> str:
-    return f"{values['mean'][i]:.3f} [{values['low'][i]:.3f}, {values['high'][i]:.3f}]"
-
-
-def _band(ax, curve: dict, label: str, **style):
-    n = np.asarray(curve["n"])
-    line, = ax.plot(n, curve["mean"], label=label, **style)
-    ax.fill_between(n, curve["low"], curve["high"], color=line.get_color(), alpha=0.15, linewidth=0)
+def _band(ax, curve: Curve, label: str, **style):
+    line, = ax.plot(curve.n, curve.mean, label=label, **style)
+    ax.fill_between(curve.n, curve.low, curve.high, color=line.get_color(), alpha=0.15, linewidth=0)
 
 
 def _save(fig, path) -> str:
@@ -41,139 +39,102 @@ def _save(fig, path) -> str:
     return path.name
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def at_points(m: int) -> list[int]:
-    """The N at which tables report a curve of a pool of size m: 1, 4, 16 and M itself."""
-    return sorted({n for n in (1, 4, 16) if n <= m} | {m})
-
-
-def ceiling_section(pipeline) -> tuple[str, dict]:
-    folder, text, data = pipeline.folder, ["## 1. The oracle ceiling\n"], {}
+def ceiling_section(folder: RunFolder, tasks: list[str], policies) -> tuple[str, dict]:
+    text, data = ["## 1. The oracle ceiling\n"], {}
     text.append(f"Utility: {PRIMARY} F1 against the user's gold output (ROUGE-1 is in the JSON). "
                 "Oracle = pick the best candidate by its true utility; random = pick any. "
                 "Brackets: 95% bootstrap interval over users.\n")
-    for task in pipeline.tasks:
+    for task in tasks:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        rows = []
-        for policy in pipeline.config.policies:
-            curves = read_json(folder.curves(task.name, policy))
-            data[f"{task.name}/{policy}"] = curves
+        for policy in policies:
+            curves = read_json(folder.curves(task, policy))
+            data[f"{task}/{policy}"] = curves
             r = curves[PRIMARY]
-            m = len(r["oracle"]["n"])
-            _band(ax, r["oracle"], f"{policy}: oracle")
-            _band(ax, r["random"], f"{policy}: random", linestyle=":")
+            oracle = Curve.from_json(r["oracle"])
+            _band(ax, oracle, f"{policy}: oracle")
+            _band(ax, Curve.from_json(r["random"]), f"{policy}: random", linestyle=":")
             best = r["ceiling_fits"][0]
-            n = np.arange(1, m + 1)
-            basis = CEILING_FORMS[best["form"]](n)
-            ax.plot(n, best["a"] + best["b"] * basis, color="black", linewidth=0.8, linestyle="--")
-            fits = "; ".join(f"{f['form']}: b={f['b']:.4f}, rmse={f['rmse']:.4f}" for f in r["ceiling_fits"])
-            rows.append([policy, str(r["queries"]), str(r["users"]),
-                         *[_ci(r["oracle"], k - 1) for k in at_points(m)],
-                         *[_ci(r["random"], k - 1) for k in (1, m)], f"**{best['form']}** ({fits})"])
+            ax.plot(oracle.n, best["a"] + best["b"] * CEILING_FORMS[best["form"]](oracle.n.astype(int)),
+                    color="black", linewidth=0.8, linestyle="--")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("N (candidates drawn)")
         ax.set_ylabel(f"expected {PRIMARY} of the pick")
-        ax.set_title(f"{task.name}: perfect selection vs random (dashed: best ceiling fit)")
+        ax.set_title(f"{task}: perfect selection vs random (dashed: best ceiling fit)")
         ax.legend(fontsize=8)
-        name = _save(fig, folder.figures / f"ceiling_{task.name}.png")
-        text.append(f"### {task.name}\n\n![ceiling](figures/{name})\n")
-        text.append(_table(["policy", "queries", "users", *[f"oracle N={k}" for k in at_points(m)],
-                            "random N=1", f"random N={m}", "ceiling fits (best first)"], rows))
+        name = _save(fig, folder.figures / f"ceiling_{task}.png")
+        text.append(f"### {task}\n\n![ceiling](figures/{name})\n")
+        text.append(ceiling_table(folder, task, policies).to_markdown())
     return "\n".join(text), data
 
 
-def rewards_section(pipeline) -> tuple[str, dict]:
-    folder, text, data = pipeline.folder, ["## 2. Reward models on held-out users\n"], {}
+def rewards_section(folder: RunFolder, cells) -> tuple[str, dict]:
+    text, data = ["## 2. Reward models on held-out users\n"], {}
     text.append("Trained on training users' pools, early-stopped on validation users, judged on test "
                 "users. *Gain share* = (BoN(N) − BoN(1)) / (oracle(N) − oracle(1)).\n")
-    for task, policy in pipeline.cells():
-        ev = read_json(folder.reward_eval(task.name, policy))
-        data[f"{task.name}/{policy}"] = ev
-        m = ev["pool_size"]
-        points = at_points(m)
+    for task, policy in cells:
+        ev = read_json(folder.reward_eval(task, policy))
+        data[f"{task}/{policy}"] = ev
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        _band(ax, ev["oracle"], "oracle", color="black")
-        rows = [["oracle", *[_ci(ev["oracle"], k - 1) for k in points], "1", "1"]]
+        _band(ax, Curve.from_json(ev["oracle"]), "oracle", color="black")
         for name, sel in ev["selectors"].items():
-            _band(ax, sel["curve"], name, linestyle=":" if name == "random" else "-")
-            share = sel["oracle_gain_share"].get(str(m), [math.nan] * 3)
-            rows.append([name, *[_ci(sel["curve"], k - 1) for k in points],
-                         f"{share[0]:.2f} [{share[1]:.2f}, {share[2]:.2f}]", f"{sel['mean_spearman']:.3f}"])
+            _band(ax, Curve.from_json(sel["curve"]), name, linestyle=":" if name == "random" else "-")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("N")
         ax.set_ylabel(f"expected {PRIMARY} of the pick")
-        ax.set_title(f"{task.name} / {policy}: Best-of-N by reward model ({ev['queries']} test queries)")
+        ax.set_title(f"{task} / {policy}: Best-of-N by reward model ({ev['queries']} test queries)")
         ax.legend(fontsize=7, ncol=2)
-        name = _save(fig, folder.figures / f"rewards_{task.name}_{policy}.png")
-        text.append(f"### {task.name} / {policy}\n")
+        name = _save(fig, folder.figures / f"rewards_{task}_{policy}.png")
+        text.append(f"### {task} / {policy}\n")
         text.append(f"![rewards](figures/{name})\n")
-        text.append(_table(["selector", *[f"N={k}" for k in points], f"gain share N={m}", "Spearman"], rows))
+        text.append(rewards_table(folder, task, policy).to_markdown())
     return "\n".join(text), data
 
 
-def diagnosis_section(pipeline) -> tuple[str, dict]:
-    folder, text, data = pipeline.folder, ["## 3. Scaling-law diagnosis\n"], {}
+def diagnosis_section(folder: RunFolder, cells, tau: float) -> tuple[str, dict]:
+    text, data = ["## 3. Scaling-law diagnosis\n"], {}
     text.append(
         "Four quantities: μ̄ mean candidate utility, σ̄ mean within-query spread, c collapse rate "
-        f"(users whose score spread is at most τ = {pipeline.config.collapse_tau} of the median "
+        f"(users whose score spread is at most τ = {tau} of the median "
         "user's), ρ̄ mean score–utility correlation over non-collapsed queries; h is the share of "
         "those with ρ_q < 0; among pools whose utilities vary, *by chance* is the share of ρ_q < 0 "
         "that sampling noise alone would give at this pool size if every such pool had their mean "
-        "correlation. corr(ρ_q, σ_q) far from 0 breaks the four-quantity factorization. Law errors: "
+        "correlation. corr(ρ_q, σ_q) far from 0 breaks the four-quantity factorization. *Flat pools*: "
+        "share of queries whose candidates all have the same utility (ρ_q := 0). Law errors: "
         "maximum over N of |law − observed| as a share of the oracle gain at N = M (target: "
         "per-query law ≤ 10%).\n")
-    for task, policy in pipeline.cells():
-        diag = read_json(folder.diagnosis(task.name, policy))
-        data[f"{task.name}/{policy}"] = {k: {kk: vv for kk, vv in v.items()
-                                             if kk not in ("rho_q", "flat_q")}
-                                         for k, v in diag.items()}
-        rows, names = [], [n for n in diag if n != "random"]
-        for name in diag:
-            d = diag[name]
-            err = {law: d["law_errors"][law]["max_share_of_oracle_gain"] for law in LAWS}
-            rows.append([name, f"{d['mu_bar']:.3f}", f"{d['sigma_bar']:.3f}", f"{d['collapse_rate']:.2f}",
-                         f"{d['rho_bar']:.3f}", f"{d['hacked_share']:.2f}",
-                         f"{d['hacked_share_informative']:.2f}", f"{d['hacked_share_expected_by_chance']:.2f}",
-                         f"{d['rho_bar_pos']:.3f}",
-                         f"{d['rho_bar_neg']:.3f}", f"{d['rho_sigma_correlation']:.2f}",
-                         f"{len(d['hacked_queries'])}",
-                         *[f"{err[law]:.1%}" for law in LAWS]])
-        text.append(f"### {task.name} / {policy}\n")
-        text.append(_table(["selector", "μ̄", "σ̄", "c", "ρ̄", "h", "h (pools with spread)", "… by chance", "ρ̄₊", "ρ̄₋",
-                            "corr(ρ_q, σ_q)", "hacked (p<.05)", "per-query law err", "four-quantity err",
-                            "per-query anchored err", "four-quantity anchored err"], rows))
-        text.append(f"![law](figures/{_law_figure(folder, task.name, policy, diag, names)})\n")
-        text.append(f"![failures](figures/{_failure_figure(folder, task.name, policy, diag, names)})\n")
+    for task, policy in cells:
+        diagnoses = read_diagnoses(folder, task, policy)
+        data[f"{task}/{policy}"] = {k: {kk: vv for kk, vv in d.to_json().items() if kk != "per_query"}
+                                    for k, d in diagnoses.items()}
+        names = [n for n in diagnoses if n != "random"]
+        text.append(f"### {task} / {policy}\n")
+        text.append(diagnosis_table(folder, task, policy).to_markdown())
+        text.append(f"![law](figures/{_law_figure(folder, task, policy, diagnoses, names)})\n")
+        text.append(f"![failures](figures/{_failure_figure(folder, task, policy, diagnoses, names)})\n")
         for name in names:
-            d = diag[name]
-            if d["collapsed_users"] or d["hacked_queries"]:
-                collapsed = ", ".join(str(c["user"]) for c in d["collapsed_users"][:8]) or "none"
-                hacked = ", ".join(f"{h['query']} (ρ={h['rho']:.2f})" for h in d["hacked_queries"][:8]) or "none"
+            d = diagnoses[name]
+            if d.collapsed_users or d.hacked_queries:
+                collapsed = ", ".join(str(c["user"]) for c in d.collapsed_users[:8]) or "none"
+                hacked = ", ".join(f"{h['query']} (ρ={h['rho']:.2f})" for h in d.hacked_queries[:8]) or "none"
                 text.append(f"- **{name}**: collapsed users: {collapsed}; most hacked queries: {hacked}\n")
     return "\n".join(text), data
 
 
-def _law_figure(folder, task: str, policy: str, diag: dict, names: list[str]) -> str:
+def _law_figure(folder: RunFolder, task: str, policy: str, diagnoses: dict, names: list[str]) -> str:
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
     for ax, name in zip(axes.ravel(), names):
-        d = diag[name]
-        n = np.arange(1, len(d["observed"]) + 1)
-        ax.plot(n, d["oracle"], color="black", linewidth=1, label="oracle")
-        ax.plot(n, d["observed"], color="tab:blue", linewidth=2, label="observed")
-        ax.plot(n, d["laws"]["per_query"], color="tab:orange", linestyle="--", label="per-query law")
-        ax.plot(n, d["laws"]["four_quantity"], color="tab:green", linestyle=":", label="four-quantity law")
-        ax.plot(n, d["laws"]["per_query_oracle_anchored"], color="tab:red", linestyle="-.",
+        d = diagnoses[name]
+        n = np.arange(1, len(d.observed) + 1)
+        ax.plot(n, d.oracle, color="black", linewidth=1, label="oracle")
+        ax.plot(n, d.observed, color="tab:blue", linewidth=2, label="observed")
+        ax.plot(n, d.laws["per_query"], color="tab:orange", linestyle="--", label="per-query law")
+        ax.plot(n, d.laws["four_quantity"], color="tab:green", linestyle=":", label="four-quantity law")
+        ax.plot(n, d.laws["per_query_oracle_anchored"], color="tab:red", linestyle="-.",
                 label="oracle-anchored law")
         ax.set_xscale("log", base=2)
-        ax.set_title(f"{name}\nρ̄={d['rho_bar']:.2f}, c={d['collapse_rate']:.2f}, h={d['hacked_share']:.2f}",
-                     fontsize=9)
+        ax.set_title(f"{name}\nρ̄={d.rho_bar:.2f}, c={d.collapse_rate:.2f}, h={d.hacked_share:.2f}", fontsize=9)
         ax.set_xlabel("N")
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
@@ -184,96 +145,81 @@ def _law_figure(folder, task: str, policy: str, diag: dict, names: list[str]) ->
     return _save(fig, folder.figures / f"law_{task}_{policy}.png")
 
 
-def _failure_figure(folder, task: str, policy: str, diag: dict, names: list[str]) -> str:
+def _failure_figure(folder: RunFolder, task: str, policy: str, diagnoses: dict, names: list[str]) -> str:
     """Two panels, one row per selector: within-query correlations (hacking) and users'
     score spreads relative to the median user (collapse), each with its threshold."""
     rng = np.random.default_rng(0)
-    fig, (top, bottom) = plt.subplots(1, 2, figsize=(12, 0.55 * len(names) + 1.8), sharey=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.55 * len(names) + 1.8), sharey=True)
     for row, name in enumerate(names):
-        d = diag[name]
-        rho = np.asarray(d["rho_q"])
-        flat = np.asarray(d["flat_q"], dtype=bool)
-        rho = rho[~flat]
-        jitter = row + rng.uniform(-0.25, 0.25, len(rho))
-        top.scatter(rho, jitter, s=8, alpha=0.5, c=np.where(rho < 0, "tab:red", "tab:blue"))
-        top.text(1.02, row, f"{np.mean(rho < 0):.0%} < 0 (chance {d['hacked_share_expected_by_chance']:.0%})",
-                 va="center", fontsize=7, transform=top.get_yaxis_transform())
-        spread = np.asarray(list(d["user_score_spread"].values()))
+        d = diagnoses[name]
+        rho = np.asarray(d.per_query["rho"])[~np.asarray(d.per_query["flat"], dtype=bool)]
+        left.scatter(rho, row + rng.uniform(-0.25, 0.25, len(rho)), s=8, alpha=0.5,
+                     c=np.where(rho < 0, "tab:red", "tab:blue"))
+        left.text(1.02, row, f"{np.mean(rho < 0):.0%} < 0 (chance {d.hacked_share_expected_by_chance:.0%})",
+                  va="center", fontsize=7, transform=left.get_yaxis_transform())
+        spread = np.asarray(list(d.user_score_spread.values()))
         ratio = spread / max(np.median(spread), 1e-12)
-        bottom.scatter(np.maximum(ratio, 1e-3), row + rng.uniform(-0.25, 0.25, len(ratio)), s=12, alpha=0.6,
-                       c=np.where(ratio <= pipeline_tau(d), "tab:red", "tab:gray"))
-        bottom.text(1.02, row, f"{len(d['collapsed_users'])} of {len(spread)} collapsed", va="center",
-                    fontsize=7, transform=bottom.get_yaxis_transform())
-    top.axvline(0, color="red", linewidth=1)
-    top.set_xlim(-1, 1)
-    top.set_yticks(range(len(names)), names, fontsize=8)
-    top.set_xlabel("within-query corr(score, utility); red = hacked (ρ_q < 0)")
-    top.set_title("query-level reward hacking (pools with a utility spread)", fontsize=9)
-    tau = pipeline_tau(diag[names[0]])
-    bottom.axvline(tau, color="red", linewidth=1)
-    bottom.set_xscale("log")
-    bottom.set_xlabel(f"user's score spread / median user's; red = collapsed (≤ τ = {tau:g})")
-    bottom.set_title("user-level collapse", fontsize=9)
+        right.scatter(np.maximum(ratio, 1e-3), row + rng.uniform(-0.25, 0.25, len(ratio)), s=12, alpha=0.6,
+                      c=np.where(ratio <= d.collapse_tau, "tab:red", "tab:gray"))
+        right.text(1.02, row, f"{len(d.collapsed_users)} of {len(spread)} collapsed", va="center",
+                   fontsize=7, transform=right.get_yaxis_transform())
+    left.axvline(0, color="red", linewidth=1)
+    left.set_xlim(-1, 1)
+    left.set_yticks(range(len(names)), names, fontsize=8)
+    left.set_xlabel("within-query corr(score, utility); red = hacked (ρ_q < 0)")
+    left.set_title("query-level reward hacking (pools with a utility spread)", fontsize=9)
+    tau = diagnoses[names[0]].collapse_tau
+    right.axvline(tau, color="red", linewidth=1)
+    right.set_xscale("log")
+    right.set_xlabel(f"user's score spread / median user's; red = collapsed (≤ τ = {tau:g})")
+    right.set_title("user-level collapse", fontsize=9)
     fig.suptitle(f"{task} / {policy}: where each reward model fails", fontsize=10)
     fig.tight_layout()
     fig.subplots_adjust(wspace=0.5)
     return _save(fig, folder.figures / f"failures_{task}_{policy}.png")
 
 
-def pipeline_tau(diagnosis: dict) -> float:
-    """The collapse threshold as a share of the median user's spread."""
-    spread = np.asarray(list(diagnosis["user_score_spread"].values()))
-    median = float(np.median(spread))
-    return diagnosis["collapse_threshold"] / median if median > 0 else 0.0
-
-
-def allocation_section(pipeline) -> tuple[str, dict]:
-    folder, text, data = pipeline.folder, ["## 4. The law as a controller of test-time compute\n"], {}
+def allocation_section(folder: RunFolder, cells) -> tuple[str, dict]:
+    text, data = ["## 4. The law as a controller of test-time compute\n"], {}
     text.append("Every policy spends the same average number of samples per query on the test users' pools "
                 "(drawn without replacement in seeded random orders, 20 repeats). *uniform*: the same N "
                 "everywhere; *skip_collapsed*: users whose pilot scores are flat get nothing beyond "
                 "the pilot, the rest share the budget evenly; *greedy*: each next sample to the query "
                 "with the largest predicted gain κ·ŝ_q·(e_{n+1} − e_n); *early_stop*: sample while that "
                 "gain exceeds a threshold set to meet the budget.\n")
-    for task, policy in pipeline.cells():
-        result = read_json(folder.allocation(task.name, policy))
-        data[f"{task.name}/{policy}"] = result
+    for task, policy in cells:
+        study = read_allocation(folder, task, policy)
+        data[f"{task}/{policy}"] = study.to_json()
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        rows = []
-        for name, c in result["policies"].items():
-            curve = {"n": c["samples_per_query"], "mean": [k["mean"][0] for k in c["curve"]],
-                     "low": [k["low"][0] for k in c["curve"]], "high": [k["high"][0] for k in c["curve"]]}
-            _band(ax, curve, name, marker="o", markersize=3)
-            need = c["samples_to_reach_uniform_8"]
-            rows.append([name, *[f"{m:.4f} [{lo:.4f}, {hi:.4f}]" for m, lo, hi, b in
-                                 zip(curve["mean"], curve["low"], curve["high"], c["budget"]) if b in (2, 4, 8)],
-                         f"{need:.2f}" if need is not None else "not reached"])
+        for name, curve in study.curves.items():
+            _band(ax, Curve(np.asarray(curve.samples_per_query), np.asarray(curve.mean), np.asarray(curve.low),
+                            np.asarray(curve.high)), name, marker="o", markersize=3)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("samples spent per query (average)")
         ax.set_ylabel(f"{PRIMARY} of the pick")
-        ax.set_title(f"{task.name} / {policy}: where should samples go? ({result['selector']})", fontsize=10)
+        ax.set_title(f"{task} / {policy}: where should samples go? ({study.selector})", fontsize=10)
         ax.legend(fontsize=8)
-        name = _save(fig, folder.figures / f"allocation_{task.name}_{policy}.png")
-        text.append(f"### {task.name} / {policy}\n\n![allocation](figures/{name})\n")
-        header = [f"{b} per query" for b in (2, 4, 8) if b in result["policies"]["uniform"]["budget"]]
-        text.append(_table(["policy", *header, "samples to reach uniform N=8"], rows))
+        name = _save(fig, folder.figures / f"allocation_{task}_{policy}.png")
+        text.append(f"### {task} / {policy}\n\n![allocation](figures/{name})\n")
+        text.append(allocation_table(folder, task, policy).to_markdown())
     return "\n".join(text), data
 
 
-def write_report(pipeline) -> str:
+def write_report(folder: RunFolder, config: RunConfig, tasks: list[str]) -> str:
     """Write ``report.md``, the figures and ``report.json``; return the report's path."""
-    cfg = pipeline.config
-    parts = [f"# TTP report: {pipeline.folder.root}\n",
-             f"Tasks: {', '.join(t.name for t in pipeline.tasks)}. Policies: {', '.join(cfg.policies)}. "
-             f"Pool size M = {cfg.sampling.n}, temperature {cfg.sampling.temperature}, top-p "
-             f"{cfg.sampling.top_p}, seed {cfg.seed}, backend {cfg.backend}. User split "
-             f"(train/validation/test) {cfg.split}.\n"]
-    everything = {"config": cfg.to_json()}
-    for key, section in (("ceiling", ceiling_section), ("rewards", rewards_section),
-                         ("diagnosis", diagnosis_section), ("allocation", allocation_section)):
-        text, data = section(pipeline)
+    cells = [(task, policy) for task in tasks for policy in config.policies]
+    parts = [f"# TTP report: {folder.root}\n",
+             f"Tasks: {', '.join(tasks)}. Policies: {', '.join(config.policies)}. "
+             f"Pool size M = {config.sampling.n}, temperature {config.sampling.temperature}, top-p "
+             f"{config.sampling.top_p}, seed {config.seed}, backend {config.backend}. User split "
+             f"(train/validation/test) {config.split}.\n"]
+    everything = {"config": config.to_json()}
+    for key, (text, data) in (("ceiling", ceiling_section(folder, tasks, config.policies)),
+                              ("rewards", rewards_section(folder, cells)),
+                              ("diagnosis", diagnosis_section(folder, cells, config.collapse_tau)),
+                              ("allocation", allocation_section(folder, cells))):
         parts.append(text)
         everything[key] = data
-    write_json_atomic(pipeline.folder.root / "report.json", everything)
-    write_bytes_atomic(pipeline.folder.report, "\n".join(parts).encode("utf-8"))
-    return str(pipeline.folder.report)
+    write_json_atomic(folder.report_json, everything)
+    write_bytes_atomic(folder.report, "\n".join(parts).encode("utf-8"))
+    return str(folder.report)

@@ -9,13 +9,12 @@ are the source it was written from.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ttp.runs.folder import write_json_atomic
+from ttp.files import DataFileError, check_name, read_json, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -77,11 +76,9 @@ class Task:
 
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TaskFormatError(f"{path}: file not found") from None
-    except json.JSONDecodeError as err:
-        raise TaskFormatError(f"{path}: not valid JSON ({err})") from None
+        return read_json(path)
+    except DataFileError as err:
+        raise TaskFormatError(str(err)) from None
 
 
 def _text(value, path: Path, record: str, field: str, allow_number: bool = False) -> str:
@@ -129,6 +126,8 @@ def load_task(directory: str | Path, name: str | None = None, layout: str | None
         rid = _text(rid, o_path, f"golds[{i}]", "id", allow_number=True)
         if "output" not in rec:
             raise TaskFormatError(f"{o_path}: record {rid}: missing field 'output'")
+        if rid in golds:
+            raise TaskFormatError(f"{o_path}: record {rid}: duplicate id (golds[{i}])")
         golds[rid] = _text(rec["output"], o_path, rid, "output")
 
     chosen: ProfileLayout | None = LAYOUTS[layout] if layout else None
@@ -179,7 +178,11 @@ def load_task(directory: str | Path, name: str | None = None, layout: str | None
             raise TaskFormatError(f"{o_path}: no gold output for query id {qid} of {q_path}")
         user = _text(rec["user"], q_path, qid, "user", allow_number=True) if "user" in rec else qid
         queries.append(Query(qid, user, text, tuple(items), golds[qid]))
-    task_name = name or (outputs.get("task") if isinstance(outputs.get("task"), str) else directory.name)
+    task_name = name or (outputs.get("task") if isinstance(outputs.get("task"), str) else directory.resolve().name)
+    try:
+        check_name(task_name, "task name")
+    except ValueError as err:
+        raise TaskFormatError(f"{o_path}: field 'task': {err}") from None
     return Task(task_name, chosen, tuple(queries))
 
 
@@ -208,24 +211,48 @@ class UserSplit:
     validation: tuple[str, ...]
     test: tuple[str, ...]
 
-    def of(self, user: str) -> str:
-        for part in ("train", "validation", "test"):
-            if user in getattr(self, part):
-                return part
-        raise KeyError(f"user {user!r} is in no part of the split")
+
+PARTS = ("train", "validation", "test")
 
 
 def split_users(users, fractions=(0.6, 0.2, 0.2), seed: int = 0) -> UserSplit:
-    """Seeded user-level split: no user's queries appear in two parts."""
+    """Seeded user-level split: no user's queries appear in two parts, and no part is empty."""
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-9 or min(fractions) < 0:
-        raise ValueError(f"fractions must be three non-negative shares summing to 1, got {fractions}")
+        raise ValueError(f"split fractions must be three non-negative shares summing to 1 "
+                         f"(train, validation, test), got {tuple(fractions)}")
     ordered = sorted(set(users))
     rng = np.random.default_rng(seed)
     shuffled = [ordered[i] for i in rng.permutation(len(ordered))]
     n_train = int(round(fractions[0] * len(shuffled)))
     n_val = int(round(fractions[1] * len(shuffled)))
-    return UserSplit(
+    split = UserSplit(
         tuple(sorted(shuffled[:n_train])),
         tuple(sorted(shuffled[n_train:n_train + n_val])),
         tuple(sorted(shuffled[n_train + n_val:])),
     )
+    empty = [part for part in PARTS if not getattr(split, part)]
+    if empty:
+        shown = ", ".join(ordered[:10]) + (", ..." if len(ordered) > 10 else "")
+        raise ValueError(f"the split {tuple(fractions)} of {len(ordered)} users leaves {' and '.join(empty)} "
+                         f"empty (users: {shown}); every part needs a user: use more users or other "
+                         f"fractions (--split TRAIN VALIDATION TEST)")
+    return split
+
+
+def subset(task: Task, max_per_user: int | None, max_users: int | None, seed: int) -> Task:
+    """A seeded subset: at most ``max_users`` users, at most ``max_per_user`` queries each."""
+    for value, option in ((max_per_user, "--max-queries-per-user"), (max_users, "--max-users")):
+        if value is not None and value < 1:
+            raise ValueError(f"{option} must be at least 1, got {value}")
+    rng = np.random.default_rng(seed)
+    users = task.users
+    if max_users is not None and max_users < len(users):
+        users = sorted(rng.choice(users, max_users, replace=False).tolist())
+    keep = []
+    for user in users:
+        queries = [q for q in task.queries if q.user == user]
+        if max_per_user is not None and len(queries) > max_per_user:
+            chosen = set(rng.choice(len(queries), max_per_user, replace=False).tolist())
+            queries = [q for i, q in enumerate(queries) if i in chosen]
+        keep.extend(queries)
+    return Task(task.name, task.layout, tuple(keep))

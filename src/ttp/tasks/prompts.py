@@ -1,6 +1,7 @@
 """Prompts: the user's most relevant profile items (BM25) as few-shot examples, then the query.
 
-The default model is a base (not chat-tuned) model, so prompts are completion-style: the
+Limits: ``SOURCE_CHARS``, ``OUTPUT_CHARS`` and ``QUERY_CHARS`` below.  The default model is a
+base (not chat-tuned) model, so prompts are completion-style: the
 task's instruction, then ``Label: source`` / ``Label: output`` pairs, ending on the output
 label.  The non-personalized policy shows no profile items, so every experiment compares two
 policies on the same queries.
@@ -13,11 +14,13 @@ from dataclasses import dataclass
 
 from ttp.tasks.data import ProfileItem, ProfileLayout, Query
 
-logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
 
-POLICIES = ("personalized", "plain")
-SOURCE_CHARS = 400   # per few-shot example, so k examples fit a small model's context
-QUERY_CHARS = 1500
+PROMPT_STYLES = ("personalized", "plain")
+# every text that enters a prompt is cut to a limit, so k examples fit a small model's context
+# and no single over-long record can make a prompt overflow it
+SOURCE_CHARS = 400   # the source of each few-shot example
+OUTPUT_CHARS = 300   # the user's output in each few-shot example
+QUERY_CHARS = 1500   # the query's own text
 # LaMP inputs open with an instruction ("Generate a title for the following abstract of a
 # paper: <text>"); the prompt shows it once on top and the text in the example format
 INSTRUCTION = re.compile(r"^\s*((?:generate|write|compose|create)\b[^:]{0,150}):\s*(.*)$", re.I | re.S)
@@ -39,6 +42,8 @@ def retrieve(query: Query, k: int) -> list[ProfileItem]:
     # numba in, as `ttp` would through this module.
     import bm25s
 
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
+
     corpus = [f"{it.output} {it.source}" for it in items]
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
@@ -58,15 +63,15 @@ class PromptBuilder:
     k: int = 3
 
     def __post_init__(self):
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.policy not in PROMPT_STYLES:
+            raise ValueError(f"policy must be one of {PROMPT_STYLES}, got {self.policy!r}")
 
     def __call__(self, query: Query) -> str:
         src, out = self.layout.source_label, self.layout.output_label
         instruction, text = split_instruction(query.input)
         header = f"{instruction}.\n\n" if instruction else ""
         shots = "" if self.policy == "plain" else "".join(
-            f"{src}: {it.source[:SOURCE_CHARS].strip()}\n{out}: {it.output.strip()}\n\n"
+            f"{src}: {it.source[:SOURCE_CHARS].strip()}\n{out}: {it.output[:OUTPUT_CHARS].strip()}\n\n"
             for it in retrieve(query, self.k)
         )
         return f"{header}{shots}{src}: {text[:QUERY_CHARS]}\n{out}:"

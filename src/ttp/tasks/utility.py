@@ -23,3 +23,18 @@ def rouge(candidates: list[str], gold: str) -> dict[str, np.ndarray]:
     """F1 of each candidate against one gold output, per metric."""
     scores = [_scorer().score(gold, c) for c in candidates]
     return {m: np.array([s[m].fmeasure for s in scores]) for m in METRICS}
+
+
+def candidate_table(pools: list[dict], queries: dict):
+    """One row per candidate: its query, user, text, log-probability, tokens and utilities."""
+    import pandas as pd
+
+    rows = []
+    for pool in pools:
+        query = queries[pool["query_id"]]
+        utilities = rouge(pool["texts"], query.gold)
+        for j, text in enumerate(pool["texts"]):
+            rows.append({"query_id": query.id, "user": query.user, "candidate": j, "text": text,
+                         "logprob": pool["logprobs"][j], "n_tokens": pool["n_tokens"][j],
+                         **{m: float(utilities[m][j]) for m in METRICS}})
+    return pd.DataFrame(rows)

@@ -1,0 +1,66 @@
+"""Atomic file writes and plain reads: a reader never sees half a file, and a kill mid-write
+leaves the previous version in place.  Every module that writes run data goes through here."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    write_bytes_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False).encode("utf-8"))
+
+
+def write_parquet_atomic(path: str | Path, frame) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+class DataFileError(ValueError):
+    """A data file cannot be read; the message names the file and what to do."""
+
+
+def read_json(path: str | Path):
+    """Parse a JSON file; an unreadable one raises ``DataFileError`` naming the file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataFileError(f"{path}: file not found") from None
+    except UnicodeDecodeError as err:
+        raise DataFileError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise DataFileError(f"{path}: not valid JSON ({err})") from None
+
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_name(name: str, what: str) -> str:
+    """A name that becomes a folder: letters, digits, ``.``, ``_``, ``-``, not starting with a dot,
+    so it can never climb out of the folder it is placed in."""
+    if not isinstance(name, str) or not SAFE_NAME.match(name) or name in (".", ".."):
+        raise ValueError(f"{what} {name!r} cannot name a folder: use 1-100 letters, digits, '.', '_' "
+                         f"or '-', starting with a letter or digit")
+    return name

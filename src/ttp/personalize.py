@@ -1,0 +1,107 @@
+"""Online test-time personalization of one output: sample adaptively with the scaling law as
+the stopping rule, pick with the run's trained reward model.
+
+``Personalizer`` keeps the policy backend, the sentence encoder and the reward model warm, so
+``ttp generate`` and the server pay their start-up once; ``generate(query)`` takes any query
+with its profile, from a task file or from a profile store."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
+from ttp.analysis.control import ControllerConfig, Decision, calibration, choose_online
+from ttp.analysis.pools import Pools
+from ttp.policy import PolicyBackend
+from ttp.policy.registry import make_backend
+from ttp.rewards.features import EmbeddingCache, candidate_features
+from ttp.rewards.models import RewardModel
+from ttp.rewards.selection import Selector, selection_scores
+from ttp.runs.config import MAX_POOL_SIZE, RunConfig
+from ttp.runs.folder import RunFolder
+from ttp.tasks.data import Query, Task, load_task
+from ttp.tasks.prompts import PromptBuilder
+from ttp.tasks.utility import PRIMARY
+
+
+class Personalizer:
+    """``Personalizer(folder, config, task, policy).generate(query, budget)`` -> ``Decision``."""
+
+    def __init__(self, folder: RunFolder, config: RunConfig, task: Task, policy: str = "personalized",
+                 backend: PolicyBackend | None = None):
+        if policy not in config.policies:
+            raise ValueError(f"policy {policy!r} is not in this run; policies: {list(config.policies)}")
+        self.folder, self.config, self.task, self.policy = folder, config, task, policy
+        self.selector = Selector.parse(config.controller_selector)
+        self.controller = ControllerConfig(collapse_tau=config.collapse_tau)
+        self.model = RewardModel.load(folder.reward_model(task.name, policy, self.selector.model))
+        scores_path = folder.scores(task.name, policy, "validation")
+        if not scores_path.exists():
+            raise FileNotFoundError(f"{scores_path} is missing: run the rewards stage first (`ttp rewards`)")
+        validation = Pools.from_frame(pd.read_parquet(scores_path))
+        s = validation[self.selector.column]
+        self.kappa = calibration(s, validation[PRIMARY])
+        self.dataset_spread = float(s.std(axis=1).mean())
+        self.prompts = PromptBuilder(task.layout, policy, config.shots)
+        self.cache = EmbeddingCache(folder.embeddings(task.name))
+        self.backend = backend or make_backend(
+            config.backend, config.model_path, config.server_url, config.server_model,
+            max_sequences=max(config.sampling.n, self.controller.pilot), n_ctx=config.n_ctx,
+            request_timeout=config.request_timeout)
+
+    def query_for(self, user: str, text: str) -> Query:
+        """A new input for a known user of the task, with that user's whole profile."""
+        mine = [q for q in self.task.queries if q.user == user]
+        if not mine:
+            raise KeyError(f"user {user!r} has no queries in task {self.task.name}")
+        if not text or not text.strip():
+            raise ValueError("the input text is empty")
+        profile = {item.id: item for q in mine for item in q.profile}
+        return Query("online", user, text, tuple(profile.values()), gold="")
+
+    def score(self, query: Query, texts: list[str], logprobs, n_tokens):
+        """``(selection score, predicted mean, sd)`` of each candidate of one query."""
+        frame = pd.DataFrame({"query_id": query.id, "user": query.user, "candidate": range(len(texts)),
+                              "text": texts, "logprob": logprobs, "n_tokens": n_tokens})
+        X = candidate_features(frame, {query.id: query}, self.cache, k=self.config.shots)
+        groups = np.zeros(len(texts))
+        if self.model.is_probabilistic:
+            mean, sd = self.model.predict(X, return_std=True)
+        else:
+            mean, sd = self.model.predict(X), np.full(len(texts), np.nan)
+        return (selection_scores(self.model, X, groups, self.selector.rule or "mean", self.config.lcb_kappa),
+                mean, sd)
+
+    def generate(self, query: Query, budget: int = 8, min_gain: float = 1e-3) -> Decision:
+        if not 1 <= budget <= MAX_POOL_SIZE:
+            raise ValueError(f"budget must be between 1 and {MAX_POOL_SIZE} samples, got {budget}")
+        prompt = self.prompts(query)
+        drawn = []
+
+        def draw(k: int) -> list[str]:
+            params = replace(self.config.sampling, n=k, seed=self.config.sampling.seed + len(drawn))
+            drawn.extend(self.backend.sample(prompt, params))
+            return [c.text for c in drawn[-k:]]
+
+        def score(texts: list[str]):
+            return self.score(query, texts, [c.logprob for c in drawn], [c.n_tokens for c in drawn])
+
+        return choose_online(draw, score, budget, self.kappa, self.dataset_spread, self.controller,
+                             min_gain=min_gain)
+
+    @classmethod
+    def from_run(cls, root, task_name: str, policy: str = "personalized",
+                 backend: PolicyBackend | None = None) -> "Personalizer":
+        """The personalizer of one task and policy of a finished run folder."""
+        folder = RunFolder(root)
+        if not folder.config.exists():
+            raise FileNotFoundError(f"{folder.root} is not a run folder (no config.json); start one with `ttp run`")
+        config = RunConfig.load(folder.config)
+        names = []
+        for spec in config.tasks:
+            task = load_task(spec.path, spec.name, spec.layout)
+            if task.name == task_name:
+                return cls(folder, config, task, policy, backend)
+            names.append(task.name)
+        raise KeyError(f"task {task_name!r} is not in this run; tasks: {names}")

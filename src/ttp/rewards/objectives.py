@@ -1,0 +1,73 @@
+"""Training objectives of the reward models, kept apart from the model code and named in one
+registry, ``OBJECTIVES``.  Each takes the network's outputs on every training candidate and
+returns the loss to minimize; ``outputs`` says how many numbers per candidate it needs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Standardized features, utilities and, for pairwise objectives, every within-pool pair
+    (winner, loser) whose utilities differ."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    outputs: int                     # numbers per candidate the network must produce
+    probabilistic: bool              # a (mean, sd) prediction, not a score only
+    pairwise: bool                   # needs the within-pool pairs
+    loss: Callable[..., torch.Tensor]
+
+
+def mean_squared_error(out: torch.Tensor, data: TrainingData, **_) -> torch.Tensor:
+    return ((out[:, 0] - data.y) ** 2).mean()
+
+
+def bradley_terry(out: torch.Tensor, data: TrainingData, **_) -> torch.Tensor:
+    win, lose = data.pairs
+    return nn.functional.softplus(-(out[win, 0] - out[lose, 0])).mean()
+
+
+def gaussian_variance(raw: torch.Tensor, floor: float) -> torch.Tensor:
+    """The variance head's output made positive: softplus plus a floor that keeps the NLL finite."""
+    return nn.functional.softplus(raw) + floor
+
+
+def gaussian_nll(out: torch.Tensor, data: TrainingData, variance_floor: float = 1e-4,
+                 beta: float = 0.0, **_) -> torch.Tensor:
+    """½ log s² + (y − μ)² / (2 s²); with ``beta > 0`` each term is weighted by s^(2β) (β-NLL)."""
+    var = gaussian_variance(out[:, 1], variance_floor)
+    nll = 0.5 * (torch.log(var) + (data.y - out[:, 0]) ** 2 / var)
+    if beta > 0:
+        nll = nll * var.detach() ** beta
+    return nll.mean()
+
+
+OBJECTIVES = {o.name: o for o in (
+    Objective("pointwise", 1, False, False, mean_squared_error),
+    Objective("bradley_terry", 1, False, True, bradley_terry),
+    Objective("probabilistic", 2, True, False, gaussian_nll),
+)}
+
+
+def within_pool_pairs(y: np.ndarray, groups: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ordered pairs (winner, loser) with different utilities inside each pool."""
+    win, lose = [], []
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        a, b = np.meshgrid(idx, idx, indexing="ij")
+        better = y[a] > y[b]
+        win.append(a[better])
+        lose.append(b[better])
+    return torch.as_tensor(np.concatenate(win)), torch.as_tensor(np.concatenate(lose))
