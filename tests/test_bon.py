@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from ttp.analysis.bon import bon_curves, oracle_curves, random_curves, rank_weights, user_bootstrap
+from ttp.analysis.bon import bon_curves, oracle_curves, rank_weights, user_bootstrap
 
 
 def brute_force(scores, utilities, n):
@@ -32,7 +32,6 @@ def test_all_tied_pool_gives_the_random_curve():
     utilities = np.array([[0.1, 0.5, 0.0, 0.9, 0.3]])
     constant = bon_curves(np.full_like(utilities, 2.0), utilities)
     np.testing.assert_allclose(constant[0], utilities.mean(), atol=1e-12)
-    np.testing.assert_allclose(random_curves(utilities), constant)
 
 
 def test_oracle_rises_to_the_pool_maximum():

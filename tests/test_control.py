@@ -54,3 +54,13 @@ def test_greedy_falls_back_to_uniform_when_the_law_predicts_no_gain():
         uniform = evaluate_policy("uniform", test.scores, test.utilities, test.users, 4, kappa, repeats=3)
         greedy = evaluate_policy("greedy", test.scores, test.utilities, test.users, 4, kappa, repeats=3)
         assert greedy["mean"] == pytest.approx(uniform["mean"], abs=0.002)
+
+
+def test_collapse_tau_decides_which_users_get_no_more_samples():
+    from ttp.analysis.control import ControllerConfig, GainPredictor
+
+    test, kappa = _population(collapsed_user_share=0.3)
+    pilot = [row[:4] for row in test.scores]
+    for tau, expected in ((0.1, set(test.collapsed_users.tolist())), (1e-6, set())):
+        spreads = GainPredictor(test.users, ControllerConfig(collapse_tau=tau), kappa).spreads(pilot)
+        assert set(test.users[spreads == 0].tolist()) == expected

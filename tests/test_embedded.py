@@ -6,6 +6,8 @@ import pytest
 from ttp.tasks.data import load_task
 from ttp.tasks.embedded import AUTOMATED_SENDER, MIN_MESSAGES_PER_USER, REPLY_OR_FORWARD, embedded_task_dirs
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def tasks():

@@ -6,6 +6,8 @@ import pytest
 from ttp.policy import SamplingParams
 from ttp.tasks.prompts import PromptBuilder
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def backend():
@@ -33,9 +35,10 @@ def test_same_seed_same_pool_and_greedy_matches_llama_cpp_own_decoding(backend, 
     params = SamplingParams(n=3, max_tokens=12, seed=5)
     assert backend.sample(prompt, params) == backend.sample(prompt, params)
     greedy = backend.sample(prompt, SamplingParams(n=2, max_tokens=12, temperature=0))
-    # same tokens; log-probabilities differ in the last digits between rows of one batch
+    # same tokens; log-probabilities differ by a few percent between rows of one batch, whose
+    # logits come from different kernel paths
     assert greedy[0].text == greedy[1].text
-    assert greedy[0].logprob == pytest.approx(greedy[1].logprob, abs=0.1)
+    assert greedy[0].logprob == pytest.approx(greedy[1].logprob, rel=0.05)
     import llama_cpp
 
     from ttp.policy.llama_cpp import default_model_path
@@ -45,8 +48,19 @@ def test_same_seed_same_pool_and_greedy_matches_llama_cpp_own_decoding(backend, 
     assert greedy[0].text == reference["choices"][0]["text"].strip().strip('"*').strip()
 
 
+def test_an_over_long_profile_item_samples_fine(backend, pep_task):
+    from dataclasses import replace
+
+    query = pep_task.queries[5]
+    huge = replace(query.profile[0], output="token " * 100_000, source="text " * 100_000)
+    prompt = PromptBuilder(pep_task.layout, "personalized", k=len(query.profile))(
+        replace(query, profile=(huge, *query.profile[1:])))
+    pool = backend.sample(prompt, SamplingParams(n=2, max_tokens=8, seed=2))
+    assert len(pool) == 2 and all(c.n_tokens > 0 for c in pool)
+
+
 def test_clear_errors_for_oversized_requests(backend):
     with pytest.raises(ValueError, match="max_sequences"):
         backend.sample("x", SamplingParams(n=9))
-    with pytest.raises(ValueError, match="exceeds the context"):
+    with pytest.raises(ValueError, match="exceeds the context of 4096; raise --n-ctx"):
         backend.sample("word " * 5000, SamplingParams(n=2, max_tokens=8))

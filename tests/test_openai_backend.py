@@ -15,6 +15,8 @@ from ttp.policy.openai_server import BackendError, OpenAICompatibleBackend
 from ttp.policy.sampling import read_pools, sample_pools
 from ttp.tasks.prompts import PromptBuilder
 
+pytestmark = pytest.mark.slow
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -113,6 +115,6 @@ def test_broken_servers_are_reported_not_crashed_on(status, body, message):
 
 
 def test_unreachable_server_fails_fast():
-    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{free_port()}", "m", retries=1, backoff=0.01, timeout=5)
+    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{free_port()}", "m", retries=1, backoff=0.01, request_timeout=5)
     with pytest.raises(BackendError, match="Is the server running"):
         backend.sample("p", SamplingParams(n=1))

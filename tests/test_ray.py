@@ -10,6 +10,8 @@ from ttp.tasks.prompts import PromptBuilder
 
 from ttp.policy.llama_cpp import LlamaCppBackend
 
+pytestmark = pytest.mark.slow
+
 # a factory Ray workers can unpickle: it names only importable code
 small_llama = partial(LlamaCppBackend, n_ctx=2048, max_sequences=2, n_threads=1)
 

@@ -83,3 +83,25 @@ def test_diverging_loss_is_reported():
     X, y, g = planted_pools(n_pools=5, seed=10)
     with pytest.raises(TrainingDiverged, match="loss became"):
         RewardModel(kind="pointwise", lr=1e30, max_epochs=50).fit(X * 1e30, y, g)
+
+
+def test_models_follow_scikit_learn_conventions_and_keep_their_feature_names(tmp_path):
+    import pandas as pd
+
+    X, y, g = planted_pools(n_pools=30, seed=11)
+    frame = pd.DataFrame(X, columns=["signal", "noise", "a", "b"])
+    model = RewardModel(kind="probabilistic", max_epochs=20)
+    assert not hasattr(model, "networks_")                 # nothing fitted before fit
+    assert model.fit(frame, y, g) is model
+    assert model.feature_names_in_ == ["signal", "noise", "a", "b"] and model.n_features_in_ == 4
+    model.save(tmp_path)
+    loaded = RewardModel.load(tmp_path)
+    assert loaded.feature_names_in_ == model.feature_names_in_
+    shuffled = frame[["b", "a", "noise", "signal"]]
+    np.testing.assert_array_equal(loaded.predict(shuffled), model.predict(frame))
+    with pytest.raises(ValueError, match=r"missing feature columns \['signal'\]"):
+        loaded.predict(frame.drop(columns="signal"))
+    with pytest.raises(TypeError, match="scores only"):
+        RewardModel(kind="pointwise", max_epochs=2).fit(X, y, g).predict(X, return_std=True)
+    with pytest.raises(ModelFileError, match="no saved reward model"):
+        RewardModel.load(tmp_path / "empty")

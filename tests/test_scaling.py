@@ -70,12 +70,17 @@ def test_skewed_utilities_law_error_is_measured():
     assert d.law_errors["per_query"]["max_abs"] > gaussian.law_errors["per_query"]["max_abs"]
 
 
-def test_constant_scores_mean_zero_correlation_and_random_curve():
+def test_a_user_with_constant_scores_is_the_one_collapsed():
     rng = np.random.default_rng(0)
     u = rng.random((30, 8))
-    d = diagnose(np.ones_like(u), u, np.arange(30) % 3)
-    np.testing.assert_allclose(d.observed, u.mean())
-    assert np.all(d.per_query["rho"] == 0)
+    users = np.arange(30) % 3
+    scores = u + rng.normal(0, 0.1, u.shape)
+    scores[users == 1] = 0.5
+    d = diagnose(scores, u, users)
+    assert [c["user"] for c in d.collapsed_users] == [1]
+    assert d.collapse_rate == pytest.approx(1 / 3)
+    assert d.rho_bar > 0.8          # the collapsed user's zeros do not drag the others' correlation
+    assert np.all(d.per_query["collapsed"] == (users == 1))
 
 
 def test_correlation_options_agree_on_monotone_relation():

@@ -8,6 +8,8 @@ from typer.testing import CliRunner
 from ttp.policy import SamplingParams
 from ttp.cli import app
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def backend():

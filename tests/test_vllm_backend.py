@@ -12,6 +12,8 @@ from ttp.policy import SamplingParams  # noqa: E402
 from ttp.policy.sampling import read_pools, sample_pools  # noqa: E402
 from ttp.tasks.prompts import PromptBuilder  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):

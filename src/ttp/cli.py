@@ -36,6 +36,13 @@ def render(table: Table) -> None:
     console.print(out)
 
 
+def _within(option: str, value, low, high=None) -> None:
+    """Refuse an option outside [low, high] with a message that names it."""
+    if value is not None and (value < low or (high is not None and value > high)):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise typer.BadParameter(f"{option} must be {bound}, got {value}")
+
+
 def _run_stages(config: RunConfig | None, root: Path, stages) -> None:
     """Run ``stages`` holding the run's writer lock; ``config`` None resumes the saved one."""
     folder = RunFolder(root)
@@ -68,26 +75,33 @@ def prepare() -> None:
 def run(
     task: List[Path] = typer.Option(..., help="task folder(s) in the LaMP layout (questions.json, outputs.json)"),
     out: Path = typer.Option(Path("runs/latest"), help="run folder"),
-    pool_size: int = typer.Option(16, min=1, max=MAX_POOL_SIZE, help="candidates per query (M, the largest N)"),
-    max_queries_per_user: Optional[int] = typer.Option(None, min=1, help="seeded subset: queries per user"),
-    max_users: Optional[int] = typer.Option(None, min=1, help="seeded subset: number of users"),
-    max_tokens: int = typer.Option(24, min=1, max=2048, help="new tokens per candidate"),
-    temperature: float = typer.Option(1.0, min=0.0),
-    top_p: float = typer.Option(0.95, min=0.0, max=1.0),
+    pool_size: int = typer.Option(16, help="candidates per query (M, the largest N)"),
+    max_queries_per_user: Optional[int] = typer.Option(None, help="seeded subset: queries per user"),
+    max_users: Optional[int] = typer.Option(None, help="seeded subset: number of users"),
+    max_tokens: int = typer.Option(24, help="new tokens per candidate"),
+    temperature: float = typer.Option(1.0),
+    top_p: float = typer.Option(0.95),
     seed: int = 0,
     split: Tuple[float, float, float] = typer.Option((0.45, 0.15, 0.4), help="train, validation, test shares of users"),
     model: Optional[Path] = typer.Option(None, help="GGUF file (llama-cpp, transformers) or model folder "
                                          "(transformers, vllm); default: the embedded Gemma 3 270M GGUF"),
-    n_ctx: int = typer.Option(8192, min=256, help="context window of the llama-cpp / vllm engine, tokens"),
+    n_ctx: int = typer.Option(8192, help="context window of the llama-cpp / vllm engine, tokens"),
     backend: str = typer.Option("llama-cpp", help=f"one of {', '.join(BACKENDS)}"),
     server_url: Optional[str] = typer.Option(None, help="openai backend: server address, e.g. http://127.0.0.1:8000"),
     server_model: Optional[str] = typer.Option(None, help="openai backend: the served model's name"),
-    request_timeout: float = typer.Option(300.0, min=1.0, help="openai backend: overall deadline per request, s"),
-    ray_workers: int = typer.Option(0, min=0, help="sample with this many Ray actors (0: in this process)"),
+    request_timeout: float = typer.Option(300.0, help="openai backend: overall deadline per request, s"),
+    ray_workers: int = typer.Option(0, help="sample with this many Ray actors (0: in this process)"),
     ray_address: Optional[str] = typer.Option(None, help="address of a running Ray cluster"),
     stages: List[str] = typer.Option(list(STAGES), help="stages to run, in order"),
 ) -> None:
     """Run the stages on any task; a rerun on the same folder resumes where it stopped."""
+    for option, value, low, high in (("--pool-size", pool_size, 1, MAX_POOL_SIZE),
+                                     ("--max-queries-per-user", max_queries_per_user, 1, None),
+                                     ("--max-users", max_users, 1, None), ("--max-tokens", max_tokens, 1, 2048),
+                                     ("--temperature", temperature, 0.0, None), ("--top-p", top_p, 0.0, 1.0),
+                                     ("--n-ctx", n_ctx, 256, None), ("--request-timeout", request_timeout, 1.0, None),
+                                     ("--ray-workers", ray_workers, 0, None)):
+        _within(option, value, low, high)
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise typer.BadParameter(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
@@ -105,11 +119,14 @@ def run(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="run folder"),
-    pool_size: int = typer.Option(8, min=1, max=MAX_POOL_SIZE, help="candidates per query"),
-    max_users: int = typer.Option(12, min=3, help="users per task"),
-    max_queries_per_user: int = typer.Option(4, min=1, help="queries per user"),
+    pool_size: int = typer.Option(8, help="candidates per query"),
+    max_users: int = typer.Option(12, help="users per task"),
+    max_queries_per_user: int = typer.Option(4, help="queries per user"),
 ) -> None:
     """Everything, end to end, on the two embedded mail tasks with modest sizes."""
+    _within("--pool-size", pool_size, 1, MAX_POOL_SIZE)
+    _within("--max-users", max_users, 3)
+    _within("--max-queries-per-user", max_queries_per_user, 1)
     from ttp.tasks.embedded import embedded_task_dirs
 
     config = RunConfig(
@@ -124,14 +141,16 @@ def demo(
 def generate(
     run_folder: Path = typer.Argument(..., help="a run folder with trained reward models"),
     task: str = typer.Option(..., help="task name in the run"),
-    budget: int = typer.Option(8, min=1, max=MAX_POOL_SIZE, help="most samples to spend"),
+    budget: int = typer.Option(8, help="most samples to spend"),
     query_id: Optional[str] = typer.Option(None, help="a query of the task (its user and profile are used)"),
     user: Optional[str] = typer.Option(None, help="or: a user of the task ..."),
     text: Optional[str] = typer.Option(None, help="... and a new input for that user"),
     policy: str = typer.Option("personalized", help="personalized or plain"),
-    min_gain: float = typer.Option(1e-3, min=0.0, help="stop when one more sample is predicted to gain less"),
+    min_gain: float = typer.Option(1e-3, help="stop when one more sample is predicted to gain less"),
 ) -> None:
     """Personalize one output at test time: sample adaptively, pick with the reward model."""
+    _within("--budget", budget, 1, MAX_POOL_SIZE)
+    _within("--min-gain", min_gain, 0.0)
     from ttp.personalize import Personalizer
 
     personalizer = Personalizer.from_run(run_folder, task, policy)
@@ -203,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as done:
         return done.exit_code
     except click.ClickException as err:
-        err.show()
+        print(f"ttp: error: {' '.join(err.format_message().split())} (see `ttp --help`)", file=sys.stderr)
         return err.exit_code
     except (KeyboardInterrupt, click.exceptions.Abort):
         print("ttp: interrupted; finished work is saved, `ttp resume RUN` continues", file=sys.stderr)

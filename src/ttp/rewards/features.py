@@ -29,6 +29,8 @@ import hashlib
 import io
 import os
 import re
+import warnings
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -64,8 +66,12 @@ class EmbeddingCache:
         self.path = Path(path) if path else None
         self._vectors: dict[str, np.ndarray] = {}
         if self.path and self.path.exists():
-            with np.load(self.path) as data:
-                self._vectors = dict(zip(data["keys"].tolist(), data["vectors"]))
+            try:
+                with np.load(self.path, allow_pickle=False) as data:
+                    self._vectors = dict(zip(data["keys"].tolist(), data["vectors"]))
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+                # a cache is only a cache: recompute rather than stop, and never unpickle
+                warnings.warn(f"{self.path}: unreadable embedding cache ({err}); encoding again")
 
     @staticmethod
     def _key(text: str) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
@@ -241,7 +242,7 @@ class RewardModel:
                 net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
                 net.eval()
                 model.networks_.append(net)
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as err:
             raise ModelFileError(f"{path}: not a reward model this version of ttp can load "
                                  f"({type(err).__name__}: {err}); retrain it (`ttp rewards RUN`)") from None
         return model

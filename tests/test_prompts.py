@@ -1,0 +1,45 @@
+from dataclasses import replace
+
+import pytest
+
+from ttp.tasks.data import ProfileItem
+from ttp.tasks.prompts import OUTPUT_CHARS, QUERY_CHARS, SOURCE_CHARS, PromptBuilder, retrieve, split_instruction
+
+
+def test_retrieval_finds_the_profile_item_about_the_query(pep_task):
+    query = pep_task.queries[0]
+    planted = ProfileItem("planted", "Zebra Quokka Protocol", "zebra quokka marsupial protocol handshake")
+    q = replace(query, input="Generate a title for the following abstract of a paper: the zebra quokka "
+                             "marsupial protocol handshake", profile=(*query.profile, planted))
+    assert retrieve(q, 1) == [planted]
+    assert len(retrieve(q, 3)) == 3 and planted in retrieve(q, 3)
+
+
+def test_personalized_prompt_shows_retrieved_examples_and_plain_shows_none(pep_task):
+    query = pep_task.queries[1]
+    personalized = PromptBuilder(pep_task.layout, "personalized", k=2)(query)
+    plain = PromptBuilder(pep_task.layout, "plain")(query)
+    shown = retrieve(query, 2)
+    assert all(item.output.strip()[:OUTPUT_CHARS] in personalized for item in shown)
+    assert not any(item.output.strip() in plain for item in query.profile)
+    instruction, text = split_instruction(query.input)
+    assert instruction.lower().startswith("generate a title") and text[:50] in plain
+    for prompt in (personalized, plain):
+        assert prompt.startswith(instruction) and prompt.endswith("\nTitle:")
+        assert prompt.count("Title:") == (3 if prompt is personalized else 1)
+
+
+def test_every_text_is_cut_to_its_limit(pep_task):
+    query = pep_task.queries[2]
+    huge = ProfileItem("huge", "T" * 100_000, "S" * 100_000)
+    q = replace(query, input="Generate a title for the following abstract of a paper: " + "w " * 100_000,
+                profile=(huge,))
+    prompt = PromptBuilder(pep_task.layout, "personalized", k=1)(q)
+    assert "T" * OUTPUT_CHARS in prompt and "T" * (OUTPUT_CHARS + 1) not in prompt
+    assert "S" * SOURCE_CHARS in prompt and "S" * (SOURCE_CHARS + 1) not in prompt
+    assert len(prompt) < OUTPUT_CHARS + SOURCE_CHARS + QUERY_CHARS + 200
+
+
+def test_unknown_policy_is_refused(pep_task):
+    with pytest.raises(ValueError, match="policy must be one of"):
+        PromptBuilder(pep_task.layout, "chatty")

@@ -1,0 +1,84 @@
+"""The report and the CLI tables, on a run folder filled from simulated pools with a planted
+collapse (no model needed): both render the same table data, and the numbers are the analysis's."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ttp.analysis.bon import oracle_curves, random_curves, user_bootstrap
+from ttp.analysis.control import allocation_study
+from ttp.analysis.pools import Pools
+from ttp.analysis.scaling import diagnose, fit_ceiling
+from ttp.analysis.simulate import SimulationConfig, simulate
+from ttp.files import write_json_atomic
+from ttp.runs.config import RunConfig, TaskSpec
+from ttp.runs.evaluation import evaluate_selectors
+from ttp.runs.folder import RunFolder
+from ttp.runs.report import write_report
+from ttp.runs.tables import stage_tables
+
+TASK, POLICY = "sim-task", "personalized"
+
+
+def _frame(sim, seed_shift=0):
+    q, m = sim.scores.shape
+    return pd.DataFrame({
+        "query_id": np.repeat([f"q{i:03d}" for i in range(q)], m), "user": np.repeat(sim.users.astype(str), m),
+        "candidate": np.tile(np.arange(m), q), "rougeL": sim.utilities.ravel(), "rouge1": sim.utilities.ravel(),
+        "score:pointwise": sim.scores.ravel(), "score:random": 0.0,
+        "score:probabilistic/mean": sim.scores.ravel()})
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = RunFolder(tmp_path_factory.mktemp("run"))
+    base = dict(n_users=20, queries_per_user=4, pool_size=8, collapsed_user_share=0.2)
+    test = simulate(SimulationConfig(**base, seed=1))
+    val = Pools.from_frame(_frame(simulate(SimulationConfig(**base, seed=2))))
+    pools = Pools.from_frame(_frame(test))
+    curves = {}
+    for metric in ("rougeL", "rouge1"):
+        oracle = user_bootstrap(oracle_curves(pools[metric]), pools.users, 200)
+        curves[metric] = {"oracle": oracle.to_json(), "queries": len(pools), "users": 20,
+                          "random": user_bootstrap(random_curves(pools[metric]), pools.users, 200).to_json(),
+                          "ceiling_fits": [f.__dict__ for f in fit_ceiling(oracle.mean)]}
+    write_json_atomic(folder.curves(TASK, POLICY), curves)
+    write_json_atomic(folder.reward_eval(TASK, POLICY), evaluate_selectors(pools, 200))
+    diagnoses = {name: diagnose(pools[f"score:{name}"], pools["rougeL"], pools.users, pools.query_ids)
+                 for name in ("pointwise", "random", "probabilistic/mean")}
+    write_json_atomic(folder.diagnosis(TASK, POLICY), {k: d.to_json() for k, d in diagnoses.items()})
+    study = allocation_study("probabilistic/mean", (val["score:pointwise"], val["rougeL"]),
+                             (pools["score:pointwise"], pools["rougeL"], pools.users), n_boot=200)
+    write_json_atomic(folder.allocation(TASK, POLICY), study.to_json())
+    config = RunConfig(tasks=(TaskSpec("unused"),), policies=(POLICY,))
+    return folder, config, test, diagnoses, study
+
+
+def test_report_tables_are_the_cli_tables_and_hold_the_analysis_numbers(run):
+    folder, config, test, diagnoses, study = run
+    report = __import__("pathlib").Path(write_report(folder, config, [TASK])).read_text()
+    for stage in ("curves", "rewards", "diagnose", "allocate"):
+        for table in stage_tables(folder, stage, [TASK], [POLICY]):
+            assert table.to_markdown() in report, stage
+    [diagnosis] = stage_tables(folder, "diagnose", [TASK], [POLICY])
+    rows = {row[0]: dict(zip(diagnosis.columns, row)) for row in diagnosis.rows}
+    for name, d in diagnoses.items():
+        assert rows[name]["ρ̄"] == f"{d.rho_bar:.3f}" and rows[name]["c"] == f"{d.collapse_rate:.2f}"
+    assert rows["pointwise"]["collapsed users"] == str(len(test.collapsed_users))
+    [allocation] = stage_tables(folder, "allocate", [TASK], [POLICY])
+    uniform = next(r for r in allocation.rows if r[0] == "uniform")
+    assert uniform[3].startswith(f"{study.curves['uniform'].at(8)[0]:.4f}")
+
+
+def test_report_writes_every_figure_and_a_json_of_everything(run):
+    folder, config, test, _, _ = run
+    write_report(folder, config, [TASK])
+    names = {p.name for p in folder.figures.glob("*.png")}
+    assert names == {f"{kind}_{TASK}_{POLICY}.png" for kind in ("rewards", "law", "failures", "allocation")} | \
+        {f"ceiling_{TASK}.png"}
+    assert all((folder.figures / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names)
+    data = json.loads(folder.report_json.read_text())
+    assert set(data) == {"config", "ceiling", "rewards", "diagnosis", "allocation"}
+    collapsed = {c["user"] for c in data["diagnosis"][f"{TASK}/{POLICY}"]["pointwise"]["collapsed_users"]}
+    assert collapsed == {str(u) for u in test.collapsed_users}
