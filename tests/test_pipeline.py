@@ -93,7 +93,7 @@ def test_generate_spends_at_most_the_budget_and_returns_a_candidate(run_folder):
     personalizer = Personalizer.from_run(run_folder, TASK)
     test_user = json.loads(RunFolder(run_folder).split(TASK).read_text())["test"][0]
     query = next(q for q in personalizer.task.queries if q.user == test_user)
-    decision = personalizer.generate(query, budget=5)
+    decision = personalizer.generate(query, budget=5).decision
     assert 1 <= decision.samples <= 5
     assert decision.text in decision.candidates and len(decision.candidates) == decision.samples
     assert decision.score == max(decision.scores) and len(decision.scores) == decision.samples

@@ -163,7 +163,7 @@ def generate(
         query = personalizer.query_for(user, text)
     else:
         raise typer.BadParameter("give --query-id, or --user and --text")
-    decision = personalizer.generate(query, budget, min_gain)
+    decision = personalizer.generate(query, budget, min_gain).decision
     table = RichTable(title="ttp generate", show_header=False)
     for key, value in (("output", decision.text), ("selection score", f"{decision.score:.4f}"),
                        ("predicted utility", f"{decision.mean:.4f} ± {decision.sd:.4f}"),
@@ -171,6 +171,71 @@ def generate(
                        ("stopped because", decision.stopped_because)):
         table.add_row(key, value)
     console.print(table)
+
+
+@app.command()
+def serve(
+    run_folder: Path = typer.Argument(..., help="a run folder with trained reward models"),
+    task: str = typer.Option(..., help="task name in the run: its reward model and layout are served"),
+    policy: str = typer.Option("personalized", help="the run's policy whose reward model picks"),
+    db: Optional[Path] = typer.Option(None, help="profile store (SQLite); default RUN/profiles.sqlite, "
+                                      "filled from the task on first start"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (loopback by default)"),
+    port: int = typer.Option(8000, help="port to listen on"),
+    model_name: str = typer.Option("ttp", help="the model id clients send"),
+    budget: int = typer.Option(8, help="samples per request when it gives neither best_of nor ttp.budget"),
+    min_gain: float = typer.Option(1e-3, help="stop sampling when one more sample is predicted to gain less"),
+    concurrency: int = typer.Option(1, help="requests sampled at once (1 for the embedded model on a CPU)"),
+    max_queue: int = typer.Option(16, help="requests that may wait; more are answered 503 with Retry-After"),
+    upstream_url: Optional[str] = typer.Option(None, help="sample from this OpenAI-compatible server instead "
+                                               "of the embedded model, e.g. http://gpu-box:8000"),
+    upstream_model: Optional[str] = typer.Option(None, help="the upstream server's model name"),
+    upstream_concurrency: int = typer.Option(8, help="requests in flight to the upstream server"),
+) -> None:
+    """Serve personalized Best-of-N behind an OpenAI-compatible API (completions, chat, models)."""
+    import uvicorn
+
+    from ttp.personalize import Personalizer
+    from ttp.serve.app import ServeConfig, Server, create_app
+    from ttp.serve.store import ProfileStore
+
+    _within("--budget", budget, 1, MAX_POOL_SIZE)
+    _within("--concurrency", concurrency, 1, 64)
+    _within("--max-queue", max_queue, 0, 10_000)
+    _within("--port", port, 1, 65535)
+    backend = None
+    if upstream_url:
+        from ttp.policy.openai_server import OpenAICompatibleBackend
+
+        if not upstream_model:
+            raise typer.BadParameter("--upstream-url needs --upstream-model, the upstream server's model name")
+        backend = OpenAICompatibleBackend(upstream_url, upstream_model, max_concurrency=upstream_concurrency)
+    personalizer = Personalizer.from_run(run_folder, task, policy, backend)
+    store = ProfileStore(db or run_folder / "profiles.sqlite")
+    if store.count_items() == 0:
+        console.print(f"profile store {store.path}: {store.import_task(personalizer.task)} items imported "
+                      f"from {task}")
+    config = ServeConfig(model_name, budget, min_gain, concurrency, max_queue)
+    console.print(f"serving {model_name} ({task} / {policy}, {personalizer.backend.name}) on http://{host}:{port}/v1")
+    uvicorn.run(create_app(Server(personalizer, store, config)), host=host, port=port, log_level="warning")
+
+
+profiles = typer.Typer(help="The profile store of `ttp serve`.", no_args_is_help=True)
+app.add_typer(profiles, name="profiles")
+
+
+@profiles.command("import")
+def profiles_import(
+    task_dir: Path = typer.Argument(..., help="a task folder in the LaMP layout"),
+    db: Path = typer.Option(..., help="the profile store (SQLite) to fill"),
+) -> None:
+    """Load every user's profile items of a LaMP-layout task into the profile store."""
+    from ttp.serve.store import ProfileStore
+    from ttp.tasks.data import load_task
+
+    task = load_task(task_dir)
+    added = ProfileStore(db).import_task(task)
+    console.print(f"{db}: {added} profile items of {len(task.users)} users added from {task.name}")
 
 
 @app.command("export-model")

@@ -6,14 +6,14 @@ the stopping rule, pick with the run's trained reward model.
 with its profile, from a task file or from a profile store."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from ttp.analysis.control import ControllerConfig, Decision, calibration, choose_online
 from ttp.analysis.pools import Pools
-from ttp.policy import PolicyBackend
+from ttp.policy import Completion, PolicyBackend
 from ttp.policy.registry import make_backend
 from ttp.rewards.features import EmbeddingCache, candidate_features
 from ttp.rewards.models import RewardModel
@@ -23,6 +23,19 @@ from ttp.runs.folder import RunFolder
 from ttp.tasks.data import Query, Task, load_task
 from ttp.tasks.prompts import PromptBuilder
 from ttp.tasks.utility import PRIMARY
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One personalized output: the controller's decision and what it cost."""
+
+    decision: Decision
+    completions: list[Completion]      # every sample drawn, in order
+    prompt_tokens: int                 # prompt tokens evaluated, over every call to the backend
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.n_tokens for c in self.completions)
 
 
 class Personalizer:
@@ -47,7 +60,7 @@ class Personalizer:
         self.cache = EmbeddingCache(folder.embeddings(task.name))
         self.backend = backend or make_backend(
             config.backend, config.model_path, config.server_url, config.server_model,
-            max_sequences=max(config.sampling.n, self.controller.pilot), n_ctx=config.n_ctx,
+            max_sequences=MAX_POOL_SIZE, n_ctx=config.n_ctx,
             request_timeout=config.request_timeout)
 
     def query_for(self, user: str, text: str) -> Query:
@@ -73,22 +86,30 @@ class Personalizer:
         return (selection_scores(self.model, X, groups, self.selector.rule or "mean", self.config.lcb_kappa),
                 mean, sd)
 
-    def generate(self, query: Query, budget: int = 8, min_gain: float = 1e-3) -> Decision:
+    def generate(self, query: Query, budget: int = 8, min_gain: float = 1e-3, at_least: int = 1,
+                 sampling=None) -> Generation:
+        """Sample for ``query`` until the stopping rule or ``budget`` says stop (at least
+        ``at_least`` samples), and pick by the reward model.  ``sampling`` overrides the run's
+        ``SamplingParams`` (temperature, top-p, new tokens)."""
         if not 1 <= budget <= MAX_POOL_SIZE:
             raise ValueError(f"budget must be between 1 and {MAX_POOL_SIZE} samples, got {budget}")
         prompt = self.prompts(query)
-        drawn = []
+        sampling = sampling or self.config.sampling
+        count = getattr(self.backend, "count_tokens", None)
+        prompt_tokens = count(prompt) if count else 0
+        drawn, calls = [], []
 
         def draw(k: int) -> list[str]:
-            params = replace(self.config.sampling, n=k, seed=self.config.sampling.seed + len(drawn))
-            drawn.extend(self.backend.sample(prompt, params))
+            calls.append(k)
+            drawn.extend(self.backend.sample(prompt, replace(sampling, n=k, seed=sampling.seed + len(drawn))))
             return [c.text for c in drawn[-k:]]
 
         def score(texts: list[str]):
             return self.score(query, texts, [c.logprob for c in drawn], [c.n_tokens for c in drawn])
 
-        return choose_online(draw, score, budget, self.kappa, self.dataset_spread, self.controller,
-                             min_gain=min_gain)
+        decision = choose_online(draw, score, budget, self.kappa, self.dataset_spread, self.controller,
+                                 min_gain=min_gain, at_least=at_least)
+        return Generation(decision, list(drawn), prompt_tokens * len(calls))
 
     @classmethod
     def from_run(cls, root, task_name: str, policy: str = "personalized",

@@ -287,16 +287,17 @@ class Decision:
 
 def choose_online(draw, score, budget: int, kappa: float, dataset_spread: float,
                   config: ControllerConfig = ControllerConfig(), min_gain: float = 1e-3,
-                  chunk: int = 2) -> Decision:
+                  chunk: int = 2, at_least: int = 1) -> Decision:
     """Spend at most ``budget`` samples on one query, stopping when the law's predicted gain of
     the next sample falls below ``min_gain`` (in utility) or the scores look collapsed.
 
     ``draw(k)`` returns ``k`` new candidate texts; ``score(texts)`` returns arrays
     ``(selection_score, mean, sd)`` for them.  ``dataset_spread`` (the typical within-query
     score spread on validation pools) is the prior the pilot's spread is shrunk toward.
+    ``at_least`` samples are drawn whatever the rule says (a caller returning several picks).
     """
-    if budget < 1:
-        raise ValueError(f"budget must be at least 1 sample, got {budget}")
+    if not 1 <= at_least <= budget:
+        raise ValueError(f"need 1 <= at_least <= budget, got at_least = {at_least}, budget = {budget}")
     e_n = expected_max_normal(max(budget, 2))
     texts = list(draw(min(max(config.pilot, 1), budget)))
     reason = "budget spent"
@@ -305,6 +306,9 @@ def choose_online(draw, score, budget: int, kappa: float, dataset_spread: float,
         n = len(texts)
         if n >= budget:
             break
+        if n < at_least:
+            texts += draw(min(max(chunk, at_least - n), budget - n))
+            continue
         variance = _variance(sel)
         if n > 1 and np.sqrt(variance) <= config.collapse_tau * dataset_spread:
             reason = "collapsed: scores do not vary"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import lru_cache
 from dataclasses import dataclass
 
 from ttp.tasks.data import ProfileItem, ProfileLayout, Query
@@ -32,25 +33,33 @@ def split_instruction(query_input: str) -> tuple[str, str]:
     return (match.group(1).strip(), match.group(2).strip()) if match else ("", query_input.strip())
 
 
-def retrieve(query: Query, k: int) -> list[ProfileItem]:
-    """The ``k`` profile items whose text is most similar to the query input (BM25)."""
-    items = list(query.profile)
-    if len(items) <= k:
-        return items
+@lru_cache(maxsize=512)
+def _index(items: tuple[ProfileItem, ...]):
+    """The BM25 index of one profile, built once per distinct profile: a server retrieving for
+    the same user again reuses it, and a new item makes a new profile, so a new index."""
     # Imported here, not at the top: bm25s imports numba where it is installed, and vLLM's CPU
     # engine fails to start when the main module (re-imported by its spawned processes) pulled
     # numba in, as `ttp` would through this module.
     import bm25s
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
-
-    corpus = [f"{it.output} {it.source}" for it in items]
     retriever = bm25s.BM25()
+    corpus = [f"{it.output} {it.source}" for it in items]
     retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
+    return retriever
+
+
+def retrieve(query: Query, k: int) -> list[ProfileItem]:
+    """The ``k`` profile items whose text is most similar to the query input (BM25)."""
+    items = tuple(query.profile)
+    if len(items) <= k:
+        return list(items)
+    import bm25s
+
     tokens = bm25s.tokenize([query.input], stopwords="en", show_progress=False)
     if not tokens.vocab:
-        return items[:k]
-    ranked, _ = retriever.retrieve(tokens, k=k, show_progress=False)
+        return list(items[:k])
+    ranked, _ = _index(items).retrieve(tokens, k=k, show_progress=False)
     return [items[i] for i in ranked[0]]
 
 

@@ -1,0 +1,1 @@
+"""Serving: personalized Best-of-N behind an OpenAI-compatible HTTP API, with a profile store."""

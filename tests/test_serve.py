@@ -1,0 +1,235 @@
+"""`ttp serve` on a small run folder made here, spoken to with the real `openai` client over
+loopback: personalized and plain requests, n with best_of, streaming, usage, feedback that
+changes retrieval, OpenAI-style errors, overload, and kill -9 during a burst of feedback."""
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+from typer.testing import CliRunner
+
+from ttp.cli import app
+from ttp.serve.store import ProfileStore
+
+pytestmark = pytest.mark.slow
+TASK = "PEP-titles"
+ABSTRACT = "Generate a title for the following abstract of a paper: "
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory, pep_titles_dir):
+    out = tmp_path_factory.mktemp("serve") / "run"
+    result = CliRunner().invoke(app, ["run", "--task", str(pep_titles_dir), "--out", str(out), "--pool-size", "4",
+                                      "--max-users", "8", "--max-queries-per-user", "2", "--max-tokens", "10"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(run_folder, db, *extra):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ttp.cli", "serve", str(run_folder), "--task", TASK, "--db",
+                             str(db), "--port", str(port), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.3)
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stderr.read().decode())
+    proc.kill()
+    raise RuntimeError("ttp serve did not start within 120 s")
+
+
+@pytest.fixture(scope="module")
+def server(run_folder, tmp_path_factory):
+    proc, url = _start(run_folder, tmp_path_factory.mktemp("db") / "profiles.sqlite")
+    yield url, openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def known_user(run_folder):
+    return json.loads((run_folder / TASK / "split.json").read_text())["test"][0]
+
+
+def test_models_and_health(server):
+    url, client = server
+    assert [m.id for m in client.models.list()] == ["ttp"]
+    assert httpx.get(f"{url}/health").json()["status"] == "ok"
+
+
+def test_completion_for_a_known_user_is_personalized(server, known_user):
+    _, client = server
+    r = client.completions.create(model="ttp", prompt=ABSTRACT + "A new syntax for structural pattern matching.",
+                                  user=known_user, max_tokens=10)
+    meta = r.model_extra["ttp"]
+    assert r.id.startswith("cmpl-") and r.object == "text_completion" and r.created > 0 and r.model == "ttp"
+    assert len(r.choices) == 1 and r.choices[0].finish_reason in ("stop", "length")
+    assert meta["personalized"] and meta["user"] == known_user and meta["selector"] == "probabilistic/mean"
+    assert r.choices[0].text == meta["candidates"][max(range(meta["samples"]), key=meta["scores"].__getitem__)]
+    assert meta["chosen"]["sd"] > 0 and len(meta["retrieved_profile_items"]) == 3
+    assert isinstance(meta["collapsed_user"], bool)
+
+
+def test_requests_without_or_with_an_unknown_user_get_the_plain_policy(server):
+    _, client = server
+    for user in (None, "nobody-knows-me"):
+        kwargs = {"user": user} if user else {}
+        r = client.chat.completions.create(model="ttp", messages=[{"role": "user", "content": ABSTRACT + "typing"}],
+                                           max_tokens=8, **kwargs)
+        meta = r.model_extra["ttp"]
+        assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+        assert not meta["personalized"] and "plain policy" in meta["stopped_because"]
+        assert (user is None) or "unknown" in meta["stopped_because"]
+
+
+def test_n_with_best_of_and_usage_counting_every_sample(server, known_user):
+    _, client = server
+    r = client.completions.create(model="ttp", prompt=ABSTRACT + "Deprecate a module of the standard library.",
+                                  user=known_user, n=2, best_of=4, max_tokens=10)
+    meta = r.model_extra["ttp"]
+    assert len(r.choices) == 2 and [c.index for c in r.choices] == [0, 1]
+    assert 2 <= meta["samples"] <= 4 and meta["budget"] == 4
+    assert r.usage.completion_tokens == sum(meta["candidate_tokens"]) and len(meta["candidate_tokens"]) == meta["samples"]
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens and r.usage.prompt_tokens > 0
+    picked = sorted(meta["scores"], reverse=True)[:2]
+    assert [meta["scores"][meta["candidates"].index(c.text)] for c in r.choices] == pytest.approx(picked)
+
+
+def test_budget_through_extra_body_caps_the_samples(server, known_user):
+    _, client = server
+    r = client.completions.create(model="ttp", prompt=ABSTRACT + "A faster interpreter.", user=known_user,
+                                  max_tokens=8, extra_body={"ttp": {"budget": 2}})
+    assert r.model_extra["ttp"]["samples"] <= 2 and r.model_extra["ttp"]["budget"] == 2
+
+
+def test_streaming_reads_back_with_the_client_iterator(server, known_user):
+    _, client = server
+    stream = client.chat.completions.create(model="ttp", messages=[{"role": "user", "content": ABSTRACT + "asyncio"}],
+                                            user=known_user, max_tokens=8, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert len({c.id for c in chunks}) == 1 and all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert text and finish in (["stop"], ["length"])
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+
+
+def test_feedback_changes_what_the_next_request_retrieves(server, known_user):
+    url, client = server
+    question = ABSTRACT + "The zebra quokka marsupial handshake protocol for wombat interpreters."
+
+    def retrieved():
+        r = client.completions.create(model="ttp", prompt=question, user=known_user, max_tokens=6,
+                                      extra_body={"ttp": {"budget": 1}})
+        return r.model_extra["ttp"]["retrieved_profile_items"]
+
+    assert not any(item.startswith("feedback-") for item in retrieved())
+    answer = httpx.post(f"{url}/v1/ttp/feedback", json={"user": known_user, "input": "zebra quokka marsupial "
+                        "handshake wombat protocol", "output": "Zebra Quokka Handshakes", "rating": 1})
+    assert answer.status_code == 200 and answer.headers["x-request-id"]
+    assert any(item.startswith("feedback-") for item in retrieved())
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b"{not json", 400, "not valid JSON"),
+    (json.dumps({"model": "gpt-4", "prompt": "x"}).encode(), 404, "does not exist"),
+    (json.dumps({"model": "ttp", "prompt": "x", "best_of": -3}).encode(), 400, "best_of must be"),
+    (json.dumps({"model": "ttp", "prompt": "x", "best_of": 10**6}).encode(), 400, "best_of must be"),
+    (json.dumps({"model": "ttp", "prompt": "x", "n": 3, "best_of": 2}).encode(), 400, "at least n"),
+    (json.dumps({"model": "ttp", "prompt": ["a", "b"]}).encode(), 400, "prompt must be one string"),
+    (json.dumps({"model": "ttp", "prompt": "word " * 20000}).encode(), 400, "exceed the context"),
+], ids=["malformed JSON", "unknown model", "negative best_of", "huge best_of", "best_of below n",
+        "several prompts", "text over the context"])
+def test_bad_requests_get_openai_style_errors_and_the_server_stays_up(server, body, status, message):
+    url, _ = server
+    r = httpx.post(f"{url}/v1/completions", content=body, headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == status and message in r.json()["error"]["message"]
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"} and r.headers["x-request-id"]
+    assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_the_client_raises_the_matching_errors(server):
+    _, client = server
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-4", prompt="x")
+    with pytest.raises(openai.BadRequestError, match="best_of"):
+        client.completions.create(model="ttp", prompt="x", best_of=-1)
+
+
+def test_metrics_count_requests_samples_and_latency(server):
+    url, _ = server
+    text = httpx.get(f"{url}/metrics").text
+    for name in ("ttp_requests_total", "ttp_samples_drawn_total", "ttp_request_latency_seconds_bucket",
+                 "ttp_queue_depth"):
+        assert name in text
+
+
+def test_overload_answers_503_and_kill_9_keeps_every_acknowledged_feedback(run_folder, tmp_path, known_user):
+    db = tmp_path / "profiles.sqlite"
+    proc, url = _start(run_folder, db, "--max-queue", "0")
+    statuses = []
+
+    def ask():
+        r = httpx.post(f"{url}/v1/completions", json={"model": "ttp", "prompt": ABSTRACT + "x", "user": known_user,
+                                                      "best_of": 8, "max_tokens": 16}, timeout=120)
+        statuses.append((r.status_code, r.headers.get("retry-after")))
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (200, None) in statuses and (503, "2") in statuses
+
+    acknowledged, stop = [], threading.Event()
+
+    def burst():
+        with httpx.Client(timeout=10) as http:
+            for i in range(10_000):
+                if stop.is_set():
+                    return
+                try:
+                    r = http.post(f"{url}/v1/ttp/feedback", json={"user": f"burst-{i % 3}", "input": f"input {i}",
+                                                                  "output": f"output {i}"})
+                except httpx.TransportError:
+                    return
+                if r.status_code == 200:
+                    acknowledged.append((f"burst-{i % 3}", f"input {i}"))
+
+    writer = threading.Thread(target=burst)
+    writer.start()
+    while len(acknowledged) < 30:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stop.set()
+    writer.join()
+    store = ProfileStore(db)
+    assert store._db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    stored = {(user, text) for user in ("burst-0", "burst-1", "burst-2") for text, _, _ in store.feedback(user)}
+    assert set(acknowledged) <= stored
+    restarted, url = _start(run_folder, db)
+    try:
+        assert httpx.get(f"{url}/health").status_code == 200
+    finally:
+        restarted.kill()
+        restarted.wait()
