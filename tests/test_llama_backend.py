@@ -48,6 +48,22 @@ def test_same_seed_same_pool_and_greedy_matches_llama_cpp_own_decoding(backend, 
     assert greedy[0].text == reference["choices"][0]["text"].strip().strip('"*').strip()
 
 
+def test_a_prompt_kept_in_the_cache_gives_the_pools_of_a_fresh_backend(backend, pep_task):
+    from ttp.policy.llama_cpp import LlamaCppBackend
+
+    first, second = (PromptBuilder(pep_task.layout, "personalized")(q) for q in pep_task.queries[6:8])
+    params = SamplingParams(n=3, max_tokens=10, seed=4)
+    backend.sample(first, SamplingParams(n=5, max_tokens=10, seed=1))   # leaves 5 sequences behind
+    cached = [backend.sample(first, params), backend.sample(first, params)]
+    backend.sample(second, params)
+    fresh = LlamaCppBackend(n_ctx=4096, max_sequences=8)
+    try:
+        assert cached[0] == cached[1] == fresh.sample(first, params)
+        assert backend.sample(second, params) == fresh.sample(second, params)
+    finally:
+        fresh.close()
+
+
 def test_an_over_long_profile_item_samples_fine(backend, pep_task):
     from dataclasses import replace
 

@@ -7,12 +7,21 @@ from dataclasses import dataclass
 import numpy as np
 
 
+# how a candidate's utility follows from its latent normal z (all monotone in z, so the score
+# and the utility always form a Gaussian copula with the planted correlation):
+#   gaussian       mu + sigma z
+#   skewed         ROUGE-like: zero below z = -0.3 (38%), a right-skewed spread above
+#   lognormal      right-skewed, no zeros
+#   zero_inflated  zero below z = 0 (half the candidates), linear above
+UTILITIES = ("gaussian", "skewed", "lognormal", "zero_inflated")
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
     n_users: int = 40
     queries_per_user: int = 10
     pool_size: int = 64
-    utility: str = "gaussian"          # "gaussian" or "skewed" (many zero-ROUGE candidates)
+    utility: str = "gaussian"          # one of UTILITIES
     rho_mean: float = 0.5              # typical within-query score-utility correlation
     rho_sd: float = 0.15
     collapsed_user_share: float = 0.0  # users whose RM gives near-constant scores
@@ -52,10 +61,13 @@ def simulate(config: SimulationConfig = SimulationConfig()) -> SimulatedPools:
     if config.utility == "gaussian":
         utilities = mu + sigma * z_u
     elif config.utility == "skewed":
-        # ROUGE-like: a share of zero-overlap candidates, the rest a right-skewed spread
         utilities = np.where(z_u < -0.3, 0.0, mu * np.exp(sigma * 3 * z_u))
+    elif config.utility == "lognormal":
+        utilities = mu * np.exp(6 * sigma * z_u)
+    elif config.utility == "zero_inflated":
+        utilities = np.where(z_u < 0, 0.0, sigma * 2 * z_u)
     else:
-        raise ValueError(f"utility must be 'gaussian' or 'skewed', got {config.utility!r}")
+        raise ValueError(f"utility must be one of {UTILITIES}, got {config.utility!r}")
     # the RM predicts on the utility scale: its spread tracks the pool's utility spread, while
     # its correlation with utility is the planted rho (negative on hacked queries)
     scores = mu + 0.5 * sigma * z_s

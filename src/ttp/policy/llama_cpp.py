@@ -19,6 +19,7 @@ from ttp.policy import Completion, ContextOverflow, SamplingParams, clean_comple
 
 
 GGML_LOG_ERROR = 3
+SHORTLIST_MARGIN = 10.0   # first shortlist of a draw: tokens within e^10 of the most likely one
 # llama.cpp logs this notice at error level at every context it makes, though it is no error
 NOT_AN_ERROR = ("using full-size SWA cache",)
 
@@ -74,6 +75,9 @@ class LlamaCppBackend:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.n_ctx, self.max_sequences, self.n_batch = n_ctx, max_sequences, n_batch
         self.name = f"llama.cpp:{path.name}"
+        self._cached_prompt: list[int] | None = None
+        self._cached_logits: np.ndarray | None = None
+        self._sequences_used = 1
 
     def close(self) -> None:
         if self._batch is not None:
@@ -102,33 +106,35 @@ class LlamaCppBackend:
 
     @staticmethod
     def _draw(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
-              shortlist: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-        """One token per row by temperature and top-p; also each token's log-probability.
-
-        Top-p only needs the most likely tokens in order, so rows are sorted within a
-        shortlist found by ``argpartition`` (the vocabulary has 262k entries); a row whose
-        shortlist holds less than ``top_p`` of the mass falls back to a full sort.
-        """
+              margin: float = SHORTLIST_MARGIN) -> tuple[np.ndarray, np.ndarray]:
+        """One token per row by temperature and top-p; also each token's log-probability at
+        temperature 1.  Exact, and cheap on a 262k-token vocabulary: the nucleus (the most
+        likely tokens whose probability reaches ``top_p``) lies inside every shortlist of the
+        tokens above a score threshold whose mass reaches ``top_p``, so only such a shortlist
+        (tokens within ``margin`` of the best, widened until it holds the mass) is sorted;
+        the normalizers are exact sums over the whole vocabulary."""
         rows = np.arange(len(logits))
         shifted = logits - logits.max(axis=1, keepdims=True)
-        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        log_z = np.log(np.exp(shifted).sum(axis=1, dtype=np.float64))
         if params.temperature == 0:
             tokens = logits.argmax(axis=1)
-            return tokens, log_p[rows, tokens]
-        probs = np.exp(shifted / params.temperature)
-        probs /= probs.sum(axis=1, keepdims=True)
-        k = min(shortlist, logits.shape[1] - 1)
-        top = np.argpartition(-probs, k, axis=1)[:, :k]
+            return tokens, shifted[rows, tokens] - log_z
+        weights = np.exp(shifted / params.temperature)
+        total = weights.sum(axis=1, dtype=np.float64)
         tokens = np.empty(len(logits), dtype=np.int64)
         for r in rows:
-            order = top[r][np.argsort(-probs[r, top[r]])]
-            cumulative = np.cumsum(probs[r, order])
-            if cumulative[-1] < params.top_p:
-                order = np.argsort(-probs[r])
-                cumulative = np.cumsum(probs[r, order])
-            cut = int(np.searchsorted(cumulative, params.top_p)) + 1
+            width = margin * max(params.temperature, 1.0)
+            while True:
+                shortlist = np.flatnonzero(shifted[r] > -width)
+                if weights[r, shortlist].sum(dtype=np.float64) >= params.top_p * total[r] or \
+                        len(shortlist) == logits.shape[1]:
+                    break
+                width *= 2
+            order = shortlist[np.argsort(-weights[r, shortlist], kind="stable")]
+            cumulative = np.cumsum(weights[r, order], dtype=np.float64) / total[r]
+            cut = min(int(np.searchsorted(cumulative, params.top_p)) + 1, len(order))
             tokens[r] = order[np.searchsorted(cumulative[:cut], rng.random() * cumulative[cut - 1])]
-        return tokens, log_p[rows, tokens]
+        return tokens, shifted[rows, tokens] - log_z
 
     def sample(self, prompt: str, params: SamplingParams) -> list[Completion]:
         n = params.n
@@ -140,16 +146,13 @@ class LlamaCppBackend:
                                   f"exceeds the context of {self.n_ctx}; raise --n-ctx or lower --max-tokens")
         rng = np.random.default_rng(params.seed)
         memory = self._lib.llama_get_memory(self._ctx.ctx)
-        self._lib.llama_memory_clear(memory, True)
-        for start in range(0, len(tokens), self.n_batch):
-            chunk = tokens[start:start + self.n_batch]
-            last = start + len(chunk) == len(tokens)
-            self._decode([(t, start + i, 0, last and i == len(chunk) - 1) for i, t in enumerate(chunk)])
+        prompt_logits = self._prompt_cache(memory, tokens)
         for seq in range(1, n):
             self._lib.llama_memory_seq_cp(memory, 0, seq, -1, -1)
+        self._sequences_used = max(self._sequences_used, n)
 
         # every sequence starts from the prompt's last logits
-        logits = np.repeat(self._logit_rows(1).astype(np.float32), n, axis=0)
+        logits = np.repeat(prompt_logits, n, axis=0)
         generated = [[] for _ in range(n)]
         logprob = np.zeros(n)
         live = list(range(n))
@@ -167,9 +170,31 @@ class LlamaCppBackend:
             if not live or step == params.max_tokens - 1:
                 break
             self._decode([(generated[s][-1], len(tokens) + step, s, True) for s in live])
-            logits = self._logit_rows(len(live)).astype(np.float32)
+            logits = self._logit_rows(len(live))
         return [Completion(clean_completion(self._text(g), params.stop), float(logprob[s]), len(g))
                 for s, g in enumerate(generated)]
+
+    def _prompt_cache(self, memory, tokens: list[int]) -> np.ndarray:
+        """Put the prompt in sequence 0 of the KV cache and return its last logits.  The same
+        prompt as the last call's (an online controller drawing a query's candidates in rounds)
+        keeps its cache: only the candidates' tokens are removed, the prompt is not evaluated
+        again."""
+        if tokens == self._cached_prompt:
+            self._lib.llama_memory_seq_rm(memory, 0, len(tokens), -1)
+            for seq in range(1, self._sequences_used):
+                self._lib.llama_memory_seq_rm(memory, seq, -1, -1)
+            return self._cached_logits
+        self._lib.llama_memory_clear(memory, True)
+        self._cached_prompt = None
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start:start + self.n_batch]
+            last = start + len(chunk) == len(tokens)
+            self._decode([(t, start + i, 0, last and i == len(chunk) - 1) for i, t in enumerate(chunk)])
+        self._cached_prompt, self._cached_logits = list(tokens), self._logit_rows(1).copy()
+        return self._cached_logits
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
 
     def _text(self, tokens: list[int]) -> str:
         return self.llm.detokenize(tokens).decode("utf-8", errors="ignore")

@@ -1,0 +1,123 @@
+"""A scaling law for any utility distribution: the Gaussian-copula law (docs/method.md).
+
+The Gaussian law assumes score and utility jointly Gaussian.  Real utilities are not: ROUGE
+is zero-inflated and right-skewed.  The copula law keeps the pool's own utilities, exactly as
+they are, and assumes only that the *ranks* of score and utility are those of a bivariate
+normal with correlation ``r_q`` (a Gaussian copula).  Given a pool's utilities, the expected
+Best-of-N of a reward model with copula correlation ``r`` is
+
+    BoN_q(N; r) = Σ_j w_{N,j} · E[ utility of the candidate at score rank j ]
+
+with the exact rank weights ``w`` of ``ttp.analysis.bon``.  The expectation is taken over the
+copula: latent normals ``Z`` are drawn for the pool (sorted, so the largest goes to the best
+utility), scores ``r·Z + √(1−r²)·ε``, and the utilities read off in score order; it is averaged
+over ``draws`` seeded draws.  The law is exact at both ends: ``r = 1`` gives the oracle curve
+and ``r = 0`` the random curve, whatever the utilities.
+
+``r_q`` is estimated from the pool by the tie-corrected normal-scores correlation: with
+utilities tied (41–46% of ROUGE candidates score 0), each tied block gets the mean of the
+normal scores it spans, ``B``; under the copula ``cov(Z_score, B) = r · var(B)``, so
+``r = cov(a, b) / var(b)`` is not attenuated by ties as a plain rank correlation is.  Normal
+scores of ``M`` points still understate ``r`` a little (by 0.07 at ``M = 8``, 0.013 at 64), so
+the estimate is mapped back through its expectation under the copula, simulated once per pool
+size (``_calibration``).
+"""
+from __future__ import annotations
+
+import numpy as np
+from functools import lru_cache
+
+from scipy import stats
+
+from ttp.analysis.bon import rank_weights
+from ttp.analysis.stats import SPREAD_EPS
+
+EXACT = 1e-9   # |r| below this is r = 0, above 1 - this is r = 1: the law's exact ends
+
+
+def _block_normal_scores(values: np.ndarray) -> np.ndarray:
+    """Each row's normal scores (van der Waerden), averaged within blocks of tied values."""
+    m = values.shape[1]
+    ranks = stats.rankdata(values, axis=1, method="average")
+    lo = stats.rankdata(values, axis=1, method="min")
+    hi = stats.rankdata(values, axis=1, method="max")
+    z = stats.norm.ppf(np.arange(1, m + 1) / (m + 1))
+    cumulative = np.concatenate([[0.0], np.cumsum(z)])
+    block_mean = (cumulative[hi.astype(int)] - cumulative[lo.astype(int) - 1]) / (hi - lo + 1)
+    return np.where(hi > lo, block_mean, stats.norm.ppf(ranks / (m + 1)))
+
+
+def _raw_correlation(scores: np.ndarray, utilities: np.ndarray) -> np.ndarray:
+    a, b = _block_normal_scores(scores), _block_normal_scores(utilities)
+    a, b = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
+    var_b = (b * b).mean(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(var_b > SPREAD_EPS, (a * b).mean(axis=1) / var_b, 0.0)
+
+
+@lru_cache(maxsize=None)
+def _calibration(m: int, pools: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(expected estimate, r)`` on a grid of r in [0, 1): the raw estimator's mean over
+    simulated copula pools of size ``m`` (seeded, so every run maps estimates alike)."""
+    rng = np.random.default_rng(seed)
+    grid = np.linspace(0.0, 0.995, 41)
+    expected = np.empty_like(grid)
+    for i, r in enumerate(grid):
+        x = rng.standard_normal((pools, m))
+        y = r * x + np.sqrt(1 - r**2) * rng.standard_normal((pools, m))
+        expected[i] = _raw_correlation(x, y).mean()
+    return np.append(np.maximum.accumulate(expected), 1.0), np.append(grid, 1.0)
+
+
+def copula_correlation(scores, utilities) -> np.ndarray:
+    """Per-pool copula correlation of score and utility, corrected for ties in the utilities and
+    for the small-pool bias of normal scores; 0 for a pool without spread in either."""
+    scores, utilities = np.asarray(scores, dtype=float), np.asarray(utilities, dtype=float)
+    raw = np.clip(_raw_correlation(scores, utilities), -1.0, 1.0)
+    expected, grid = _calibration(scores.shape[1])
+    r = np.sign(raw) * np.interp(np.abs(raw), expected, grid)
+    informative = (utilities.std(axis=1) > SPREAD_EPS) & (scores.std(axis=1) > SPREAD_EPS)
+    return np.where(informative, r, 0.0)
+
+
+def latent_intervals(utilities) -> tuple[np.ndarray, np.ndarray]:
+    """Each candidate's latent normal as an interval ``(low, high)`` of its CDF position: the
+    dataset-level distribution of within-query standardized utilities (every pool pooled), so a
+    value's latent keeps how far it stands from the rest of its pool.  A value shared by many
+    candidates (a tie, such as ROUGE 0) spans the share of the distribution they hold."""
+    u = np.asarray(utilities, dtype=float)
+    sd = u.std(axis=1, keepdims=True)
+    z = (u - u.mean(axis=1, keepdims=True)) / np.where(sd > SPREAD_EPS, sd, 1.0)
+    flat = np.sort(z.ravel())
+    low = np.searchsorted(flat, z, side="left") / flat.size
+    high = np.searchsorted(flat, z, side="right") / flat.size
+    return low, high
+
+
+def copula_curves(utilities, r, draws: int = 256, seed: int = 0, chunk: int = 64) -> np.ndarray:
+    """Per-query law curves ``(Q, M)`` for ``N = 1..M``: the expected Best-of-N of a reward model
+    whose copula correlation with this pool's utilities is ``r`` (one per query).
+
+    Each candidate's latent normal is drawn within its CDF interval (``latent_intervals``),
+    scores are ``r·latent + √(1−r²)·ε``, and the utilities read off in score order, averaged
+    over ``draws`` seeded draws: the expectation of the observed curve given the pool."""
+    utilities = np.asarray(utilities, dtype=float)
+    r = np.broadcast_to(np.asarray(r, dtype=float), (len(utilities),))
+    q, m = utilities.shape
+    low, high = latent_intervals(utilities)
+    weights = rank_weights(m).T
+    rng = np.random.default_rng(seed)
+    expected = np.empty((q, m))
+    for start in range(0, q, chunk):
+        stop = min(start + chunk, q)
+        u, rr = utilities[start:stop], r[start:stop, None, None]
+        position = low[start:stop, None, :] + rng.random((stop - start, draws, m)) * (high - low)[start:stop, None, :]
+        latent = stats.norm.ppf(np.clip(position, 1e-12, 1 - 1e-12))
+        noise = rng.standard_normal(latent.shape)
+        order = np.argsort(rr * latent + np.sqrt(np.clip(1 - rr**2, 0, 1)) * noise, axis=2)
+        by_score = np.take_along_axis(np.broadcast_to(u[:, None, :], order.shape), order, axis=2)
+        expected[start:stop] = by_score.mean(axis=1)
+    oracle = np.sort(utilities, axis=1)
+    expected = np.where(r[:, None] >= 1 - EXACT, oracle, expected)
+    expected = np.where(np.abs(r)[:, None] <= EXACT, utilities.mean(axis=1, keepdims=True), expected)
+    return expected @ weights
