@@ -61,11 +61,15 @@ def test_report_tables_are_the_cli_tables_and_hold_the_analysis_numbers(run):
     for stage in ("curves", "rewards", "diagnose", "allocate"):
         for table in stage_tables(folder, stage, [TASK], [POLICY]):
             assert table.to_markdown() in report, stage
-    [diagnosis] = stage_tables(folder, "diagnose", [TASK], [POLICY])
+    diagnosis, laws = stage_tables(folder, "diagnose", [TASK], [POLICY])
     rows = {row[0]: dict(zip(diagnosis.columns, row)) for row in diagnosis.rows}
     for name, d in diagnoses.items():
         assert rows[name]["ρ̄"] == f"{d.rho_bar:.3f}" and rows[name]["c"] == f"{d.collapse_rate:.2f}"
     assert rows["pointwise"]["collapsed users"] == str(len(test.collapsed_users))
+    errors = {row[0]: dict(zip(laws.columns, row)) for row in laws.rows}
+    for name, d in diagnoses.items():
+        share = d.law_errors["copula_per_query"]["max_share_of_oracle_gain"]
+        assert errors[name]["copula per query err"] == f"{share:.1%}"
     [allocation] = stage_tables(folder, "allocate", [TASK], [POLICY])
     uniform = next(r for r in allocation.rows if r[0] == "uniform")
     assert uniform[3].startswith(f"{study.curves['uniform'].at(8)[0]:.4f}")

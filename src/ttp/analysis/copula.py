@@ -56,7 +56,7 @@ def _raw_correlation(scores: np.ndarray, utilities: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
-def _calibration(m: int, pools: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _calibration(m: int, pools: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(expected estimate, r)`` on a grid of r in [0, 1): the raw estimator's mean over
     simulated copula pools of size ``m`` (seeded, so every run maps estimates alike)."""
     rng = np.random.default_rng(seed)

@@ -12,6 +12,7 @@ import numpy as np
 from scipy import integrate, stats
 
 from ttp.analysis.bon import bon_curves, oracle_curves
+from ttp.analysis.copula import copula_correlation, copula_curves
 from ttp.analysis.stats import SPREAD_EPS, collapsed, group_index, group_means, within_pool_correlation
 
 
@@ -59,7 +60,8 @@ def fit_ceiling(oracle_curve: np.ndarray) -> list[CeilingFit]:
     return sorted(fits, key=lambda f: f.rmse)
 
 
-LAWS = ("per_query", "four_quantity", "per_query_oracle_anchored", "four_quantity_oracle_anchored")
+LAWS = ("per_query", "four_quantity", "per_query_oracle_anchored", "four_quantity_oracle_anchored",
+        "copula_per_query", "copula_pooled")
 
 
 @dataclass
@@ -84,6 +86,8 @@ class Diagnosis:
     oracle: np.ndarray
     laws: dict
     law_errors: dict
+    law_gaps: dict                   # where the laws part: factorization vs non-Gaussian utilities
+    copula_r_bar: float
     per_query: dict = field(repr=False)
     user_score_spread: dict = field(repr=False)
     collapse_threshold: float = 0.0
@@ -139,7 +143,9 @@ def diagnose(
     correlation: str = "pearson",
     hack_alpha: float = 0.05,
 ) -> Diagnosis:
-    """Explain a reward model's Best-of-N curve by the four-quantity law.
+    """Explain a reward model's Best-of-N curve by the scaling laws: the paper's Gaussian laws
+    (per query, four quantities, oracle-anchored) and the Gaussian-copula laws that keep the
+    pools' own utilities (per query, pooled).
 
     ``scores``/``utilities`` are ``(Q, M)`` pools; ``users`` names each query's user.
     A user is *collapsed* when the mean within-query spread of its scores is at most
@@ -203,13 +209,23 @@ def diagnose(
     mu_bar, sigma_bar = float(mu_q.mean()), float(sigma_q.mean())
     c = float(collapsed_q.mean())
     oracle_gain_q = oracle_q - mu_q[:, None]
+    # the copula laws keep each pool's own utilities; pooled, every non-collapsed query gets the
+    # dataset's mean copula correlation and a collapsed one its random curve
+    r_q = copula_correlation(scores, utilities)
+    r_bar = float(r_q[active].mean()) if active.any() else 0.0
     laws = {
         "per_query": mu_bar + e_n * float(np.mean(rho_q * sigma_q)),
         "four_quantity": mu_bar + e_n * sigma_bar * (1 - c) * rho_bar,
         "per_query_oracle_anchored": mu_bar + (rho_q[:, None] * oracle_gain_q).mean(axis=0),
         "four_quantity_oracle_anchored": mu_bar + (1 - c) * rho_bar * oracle_gain_q.mean(axis=0),
+        "copula_per_query": copula_curves(utilities, r_q).mean(axis=0),
+        "copula_pooled": copula_curves(utilities, np.where(active, r_bar, 0.0)).mean(axis=0),
     }
     gain = float(oracle[-1] - oracle[0])
+    scale = gain if gain > 0 else np.nan
+
+    def gap(a: str, b: str) -> float:
+        return float(np.abs(laws[a] - laws[b]).max() / scale)
     return Diagnosis(
         mu_bar=mu_bar, sigma_bar=sigma_bar, collapse_rate=c, rho_bar=rho_bar,
         hacked_share=hacked_share,
@@ -223,8 +239,12 @@ def diagnose(
         collapsed_users=collapsed_list, hacked_queries=hacked_list,
         observed=observed, oracle=oracle, laws=laws,
         law_errors={k: _curve_errors(v, observed, gain) for k, v in laws.items()},
+        law_gaps={"factorization_gaussian": gap("four_quantity", "per_query"),
+                  "factorization_copula": gap("copula_pooled", "copula_per_query"),
+                  "non_gaussian_utilities": gap("per_query", "copula_per_query")},
+        copula_r_bar=r_bar,
         per_query={"query": query_ids, "user": users, "mu": mu_q, "sigma": sigma_q,
-                   "rho": rho_q, "collapsed": collapsed_q, "flat": flat},
+                   "rho": rho_q, "copula_r": r_q, "collapsed": collapsed_q, "flat": flat},
         user_score_spread=dict(zip(user_ids.tolist(), spread.tolist())),
         collapse_threshold=threshold,
     )

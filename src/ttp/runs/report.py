@@ -22,8 +22,8 @@ from ttp.analysis.scaling import CEILING_FORMS  # noqa: E402
 from ttp.files import read_json, write_bytes_atomic, write_json_atomic  # noqa: E402
 from ttp.runs.config import RunConfig  # noqa: E402
 from ttp.runs.folder import RunFolder  # noqa: E402
-from ttp.runs.tables import (allocation_table, ceiling_table, diagnosis_table, read_allocation,  # noqa: E402
-                             read_diagnoses, rewards_table)
+from ttp.runs.tables import (allocation_table, ceiling_table, diagnosis_table, laws_table,  # noqa: E402
+                             read_allocation, read_diagnoses, rewards_table)
 from ttp.tasks.utility import PRIMARY  # noqa: E402
 
 
@@ -98,7 +98,11 @@ def diagnosis_section(folder: RunFolder, cells, tau: float) -> tuple[str, dict]:
         "user's), ρ̄ mean score–utility correlation over non-collapsed queries; h is the share of "
         "those with ρ_q < 0; among pools whose utilities vary, *by chance* is the share of ρ_q < 0 "
         "that sampling noise alone would give at this pool size if every such pool had their mean "
-        "correlation. corr(ρ_q, σ_q) far from 0 breaks the four-quantity factorization. *Flat pools*: "
+        "correlation. corr(ρ_q, σ_q) far from 0 breaks the four-quantity factorization. The copula laws "
+        "keep each pool's own utilities and assume only a Gaussian copula between score and utility "
+        "(docs/method.md); r̄ is their mean copula correlation. The factorization gaps measure how far the "
+        "pooled laws stand from their per-query forms, the non-Gaussian gap how far the Gaussian per-query "
+        "law stands from the copula one. *Flat pools*: "
         "share of queries whose candidates all have the same utility (ρ_q := 0). Law errors: "
         "maximum over N of |law − observed| as a share of the oracle gain at N = M (target: "
         "per-query law ≤ 10%).\n")
@@ -109,6 +113,7 @@ def diagnosis_section(folder: RunFolder, cells, tau: float) -> tuple[str, dict]:
         names = [n for n in diagnoses if n != "random"]
         text.append(f"### {task} / {policy}\n")
         text.append(diagnosis_table(folder, task, policy).to_markdown())
+        text.append(laws_table(folder, task, policy).to_markdown())
         text.append(f"![law](figures/{_law_figure(folder, task, policy, diagnoses, names)})\n")
         text.append(f"![failures](figures/{_failure_figure(folder, task, policy, diagnoses, names)})\n")
         for name in names:
@@ -133,6 +138,7 @@ def _law_figure(folder: RunFolder, task: str, policy: str, diagnoses: dict, name
         ax.plot(n, d.laws["four_quantity"], color="tab:green", linestyle=":", label="four-quantity law")
         ax.plot(n, d.laws["per_query_oracle_anchored"], color="tab:red", linestyle="-.",
                 label="oracle-anchored law")
+        ax.plot(n, d.laws["copula_per_query"], color="tab:purple", linestyle=(0, (5, 1)), label="copula law")
         ax.set_xscale("log", base=2)
         ax.set_title(f"{name}\nρ̄={d.rho_bar:.2f}, c={d.collapse_rate:.2f}, h={d.hacked_share:.2f}", fontsize=9)
         ax.set_xlabel("N")
