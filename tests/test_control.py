@@ -64,3 +64,53 @@ def test_collapse_tau_decides_which_users_get_no_more_samples():
     for tau, expected in ((0.1, set(test.collapsed_users.tolist())), (1e-6, set())):
         spreads = GainPredictor(test.users, ControllerConfig(collapse_tau=tau), kappa).spreads(pilot)
         assert set(test.users[spreads == 0].tolist()) == expected
+
+
+def test_best_allocation_equals_brute_force():
+    import itertools
+
+    from ttp.analysis.control import best_allocation
+
+    rng = np.random.default_rng(5)
+    curves = np.sort(rng.random((4, 5)), axis=1)
+    curves[2] = curves[2][::-1]          # a hacked query: more samples make the pick worse
+    for budget in (4, 7, 11, 20):
+        best = max((sum(curves[i, n - 1] for i, n in enumerate(ns)), ns)
+                   for ns in itertools.product(range(1, 6), repeat=4) if sum(ns) <= budget)
+        got = best_allocation(curves, budget)
+        assert got.sum() <= budget and curves[np.arange(4), got - 1].sum() == pytest.approx(best[0])
+        assert got[2] == 1
+
+
+def test_expected_improvement_matches_monte_carlo():
+    from ttp.analysis.control import expected_improvement
+
+    x = np.random.default_rng(0).normal(0.3, 0.2, 2_000_000)
+    for best in (0.0, 0.3, 0.7):
+        rise = np.maximum(x - best, 0)
+        assert expected_improvement(best, 0.3, 0.2) == pytest.approx(rise.mean(), abs=4 * rise.std() / np.sqrt(x.size))
+
+
+def test_oracle_bound_is_at_least_every_policy_and_expected_improvement_spends_the_budget():
+    test, kappa = _population(collapsed_user_share=0.3, hacked_query_share=0.1)
+    spread = float(test.scores.std(axis=1).mean())
+    bound = evaluate_policy("oracle_bound", test.scores, test.utilities, test.users, 4, kappa)
+    for policy in ("uniform", "greedy", "expected_improvement"):
+        result = evaluate_policy(policy, test.scores, test.utilities, test.users, 4, kappa, repeats=5,
+                                 spread_prior=spread)
+        assert result["mean"] <= bound["mean"] + 0.002, policy
+        assert result["samples_per_query"] == pytest.approx(4, abs=0.05), policy
+
+
+def test_online_rules_uniform_draws_the_budget_and_expected_improvement_stops_after_a_lucky_draw():
+    from test_online_control import Pool
+
+    from ttp.analysis.control import choose_online
+
+    steady = Pool(np.random.default_rng(0).normal(0, 0.2, 16))
+    assert choose_online(steady.draw, steady.score, 12, 1.0, 0.2, rule="uniform").samples == 12
+    lucky = Pool([0.0, 0.05, 2.0, -0.05] + [0.0] * 12)     # far above anything the rest will bring
+    d = choose_online(lucky.draw, lucky.score, 16, 1.0, 0.2, min_gain=1e-3, rule="expected_improvement")
+    assert d.samples == 4 and d.score == 2.0 and "expected_improvement" in d.stopped_because
+    even = Pool(np.random.default_rng(1).normal(0, 0.2, 16))
+    assert choose_online(even.draw, even.score, 16, 1.0, 0.2, min_gain=1e-3, rule="expected_improvement").samples > 4

@@ -75,3 +75,19 @@ def test_sampling_params_are_validated():
         SamplingParams(top_p=0)
     with pytest.raises(ValueError, match="n must be"):
         SamplingParams(n=0)
+
+
+def test_lamp_convention_is_rouge_score_without_stemming():
+    from rouge_score import rouge_scorer
+
+    from ttp.tasks.utility import rouge
+
+    gold = "Running the interpreters in parallel"
+    candidates = ["run the interpreter in parallel", "Running interpreters", "parallel runs", ""]
+    reference = rouge_scorer.RougeScorer(["rougeL", "rouge1"], use_stemmer=False)
+    lamp, ttp = rouge(candidates, gold, "lamp"), rouge(candidates, gold)
+    for metric in ("rougeL", "rouge1"):
+        assert lamp[metric].tolist() == [reference.score(gold, c)[metric].fmeasure for c in candidates]
+    assert ttp["rouge1"][0] > lamp["rouge1"][0]       # stemming matches run/running, interpreter(s)
+    with pytest.raises(ValueError, match="convention must be one of"):
+        rouge(candidates, gold, "bleu")

@@ -43,3 +43,18 @@ def test_every_text_is_cut_to_its_limit(pep_task):
 def test_unknown_policy_is_refused(pep_task):
     with pytest.raises(ValueError, match="policy must be one of"):
         PromptBuilder(pep_task.layout, "chatty")
+
+
+def test_lamp_retrieval_uses_whitespace_tokens_of_the_text_after_the_instruction(pep_task):
+    query = pep_task.queries[0]
+    # "Generate" and "title" appear only in the instruction: LaMP's retrieval never sees them,
+    # and its whitespace tokens keep case, so "Zebra" does not match "zebra"
+    by_instruction = ProfileItem("instr", "Generate title", "generate a title for the following")
+    by_case = ProfileItem("case", "zebra", "zebra zebra")
+    by_text = ProfileItem("text", "Zebra Handshake", "Zebra Handshake")
+    q = replace(query, input="Generate a title for the following abstract of a paper: Zebra Handshake",
+                profile=(by_instruction, by_case, by_text, *query.profile[:3]))
+    assert retrieve(q, 1, "lamp") == [by_text]
+    assert by_instruction not in retrieve(q, 2, "lamp") and by_case not in retrieve(q, 2, "lamp")
+    prompt = PromptBuilder(pep_task.layout, "personalized", k=1, convention="lamp")(q)
+    assert "Zebra Handshake\n\n" in prompt

@@ -58,6 +58,7 @@ def run(tmp_path_factory):
 def test_report_tables_are_the_cli_tables_and_hold_the_analysis_numbers(run):
     folder, config, test, diagnoses, study = run
     report = __import__("pathlib").Path(write_report(folder, config, [TASK])).read_text()
+    assert "Convention **ttp** (ROUGE with Porter stemming" in report
     for stage in ("curves", "rewards", "diagnose", "allocate"):
         for table in stage_tables(folder, stage, [TASK], [POLICY]):
             assert table.to_markdown() in report, stage

@@ -83,6 +83,9 @@ def run(
     top_p: float = typer.Option(0.95),
     seed: int = 0,
     split: Tuple[float, float, float] = typer.Option((0.45, 0.15, 0.4), help="train, validation, test shares of users"),
+    convention: str = typer.Option("ttp", help="utility and retrieval: ttp (ROUGE with stemming, BM25 over "
+                                   "the input) or lamp (LaMP's: no stemming, BM25 over the text after the "
+                                   "instruction)"),
     model: Optional[Path] = typer.Option(None, help="GGUF file (llama-cpp, transformers) or model folder "
                                          "(transformers, vllm); default: the embedded Gemma 3 270M GGUF"),
     n_ctx: int = typer.Option(8192, help="context window of the llama-cpp / vllm engine, tokens"),
@@ -109,7 +112,7 @@ def run(
         tasks=tuple(TaskSpec(str(t.resolve()), max_queries_per_user=max_queries_per_user, max_users=max_users)
                     for t in task),
         sampling=SamplingParams(n=pool_size, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
-        split=split, seed=seed, model_path=str(model.resolve()) if model else None, n_ctx=n_ctx,
+        split=split, seed=seed, convention=convention, model_path=str(model.resolve()) if model else None, n_ctx=n_ctx,
         backend=backend, server_url=server_url, server_model=server_model, request_timeout=request_timeout,
         ray_workers=ray_workers, ray_address=ray_address,
     )
@@ -147,6 +150,8 @@ def generate(
     text: Optional[str] = typer.Option(None, help="... and a new input for that user"),
     policy: str = typer.Option("personalized", help="personalized or plain"),
     min_gain: float = typer.Option(1e-3, help="stop when one more sample is predicted to gain less"),
+    rule: Optional[str] = typer.Option(None, help="stopping rule: uniform, law or expected_improvement "
+                                       "(default: the one the allocate stage chose on validation users)"),
 ) -> None:
     """Personalize one output at test time: sample adaptively, pick with the reward model."""
     _within("--budget", budget, 1, MAX_POOL_SIZE)
@@ -163,11 +168,11 @@ def generate(
         query = personalizer.query_for(user, text)
     else:
         raise typer.BadParameter("give --query-id, or --user and --text")
-    decision = personalizer.generate(query, budget, min_gain).decision
+    decision = personalizer.generate(query, budget, min_gain, rule=rule).decision
     table = RichTable(title="ttp generate", show_header=False)
     for key, value in (("output", decision.text), ("selection score", f"{decision.score:.4f}"),
                        ("predicted utility", f"{decision.mean:.4f} ± {decision.sd:.4f}"),
-                       ("samples spent", f"{decision.samples} of {budget}"),
+                       ("samples spent", f"{decision.samples} of {budget} ({rule or personalizer.rule} rule)"),
                        ("stopped because", decision.stopped_because)):
         table.add_row(key, value)
     console.print(table)

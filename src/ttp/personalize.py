@@ -11,7 +11,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from ttp.analysis.control import ControllerConfig, Decision, calibration, choose_online
+from ttp.analysis.control import AllocationStudy, ControllerConfig, Decision, calibration, choose_online
+from ttp.files import read_json
 from ttp.analysis.pools import Pools
 from ttp.policy import Completion, PolicyBackend
 from ttp.policy.registry import make_backend
@@ -56,7 +57,10 @@ class Personalizer:
         s = validation[self.selector.column]
         self.kappa = calibration(s, validation[PRIMARY])
         self.dataset_spread = float(s.std(axis=1).mean())
-        self.prompts = PromptBuilder(task.layout, policy, config.shots)
+        # the stopping rule the allocate stage chose on validation users (uniform N if it has not run)
+        allocation = folder.allocation(task.name, policy)
+        self.rule = AllocationStudy.from_json(read_json(allocation)).online_rule if allocation.exists() else "uniform"
+        self.prompts = PromptBuilder(task.layout, policy, config.shots, config.convention)
         self.cache = EmbeddingCache(folder.embeddings(task.name))
         self.backend = backend or make_backend(
             config.backend, config.model_path, config.server_url, config.server_model,
@@ -77,7 +81,8 @@ class Personalizer:
         """``(selection score, predicted mean, sd)`` of each candidate of one query."""
         frame = pd.DataFrame({"query_id": query.id, "user": query.user, "candidate": range(len(texts)),
                               "text": texts, "logprob": logprobs, "n_tokens": n_tokens})
-        X = candidate_features(frame, {query.id: query}, self.cache, k=self.config.shots)
+        X = candidate_features(frame, {query.id: query}, self.cache, k=self.config.shots,
+                               convention=self.config.convention)
         groups = np.zeros(len(texts))
         if self.model.is_probabilistic:
             mean, sd = self.model.predict(X, return_std=True)
@@ -87,10 +92,10 @@ class Personalizer:
                 mean, sd)
 
     def generate(self, query: Query, budget: int = 8, min_gain: float = 1e-3, at_least: int = 1,
-                 sampling=None) -> Generation:
+                 sampling=None, rule: str | None = None) -> Generation:
         """Sample for ``query`` until the stopping rule or ``budget`` says stop (at least
         ``at_least`` samples), and pick by the reward model.  ``sampling`` overrides the run's
-        ``SamplingParams`` (temperature, top-p, new tokens)."""
+        ``SamplingParams`` (temperature, top-p, new tokens); ``rule`` the run's stopping rule."""
         if not 1 <= budget <= MAX_POOL_SIZE:
             raise ValueError(f"budget must be between 1 and {MAX_POOL_SIZE} samples, got {budget}")
         prompt = self.prompts(query)
@@ -108,7 +113,7 @@ class Personalizer:
             return self.score(query, texts, [c.logprob for c in drawn], [c.n_tokens for c in drawn])
 
         decision = choose_online(draw, score, budget, self.kappa, self.dataset_spread, self.controller,
-                                 min_gain=min_gain, at_least=at_least)
+                                 min_gain=min_gain, at_least=at_least, rule=rule or self.rule)
         return Generation(decision, list(drawn), prompt_tokens * len(calls))
 
     @classmethod

@@ -23,11 +23,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ttp.analysis.bon import user_bootstrap
+from scipy import stats
+
+from ttp.analysis.bon import bon_curves, user_bootstrap
 from ttp.analysis.scaling import expected_max_normal
 from ttp.analysis.stats import collapsed, group_index, within_pool_correlation
 
-ALLOCATION_POLICIES = ("uniform", "skip_collapsed", "greedy", "early_stop")
+ALLOCATION_POLICIES = ("uniform", "skip_collapsed", "greedy", "early_stop", "expected_improvement")
+ORACLE_BOUND = "oracle_bound"   # not a policy: the best allocation given every query's true curve
+ONLINE_RULES = ("uniform", "law", "expected_improvement")
 STUDY_BUDGETS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 REFERENCE_BUDGET = 8   # policies are compared by the samples they need to match uniform N = 8
 
@@ -54,6 +58,56 @@ def shrunk_variance(variance, dof, prior_variance, prior_strength: float):
     """Empirical-Bayes shrinkage: an estimate with ``dof`` degrees of freedom, pulled toward the
     level above with ``prior_strength`` pseudo-degrees."""
     return (dof * variance + prior_strength * prior_variance) / (dof + prior_strength)
+
+
+def expected_improvement(best, mean, sd):
+    """``E[(X − best)+]`` for ``X ~ N(mean, sd²)``: how far the next candidate's score is
+    expected to rise above the best so far."""
+    sd = np.maximum(np.asarray(sd, dtype=float), 1e-12)
+    delta = (np.asarray(mean, dtype=float) - best) / sd
+    return sd * (delta * stats.norm.cdf(delta) + stats.norm.pdf(delta))
+
+
+def improvement_gains(scores: np.ndarray, kappa: float, spread_prior: float,
+                      prior_strength: float = ControllerConfig.prior_strength) -> np.ndarray:
+    """``(Q, M)``: the expected utility gain of drawing sample ``n + 1`` after the first ``n``
+    of each row (column ``n − 1``; the last column is −inf).  The next score is taken as normal
+    with the drawn scores' mean and their spread shrunk toward ``spread_prior`` (the typical
+    within-query spread on validation pools); the gain is ``κ`` times its expected rise above
+    the best so far.  Selection is by score, so the expected utility of the pick moves only
+    through that rise."""
+    scores = np.asarray(scores, dtype=float)
+    q, m = scores.shape
+    n = np.arange(1, m + 1, dtype=float)
+    mean = np.cumsum(scores, axis=1) / n
+    variance = np.maximum(np.cumsum(scores**2, axis=1) / n - mean**2, 0) * n / np.maximum(n - 1, 1)
+    spread = np.sqrt(shrunk_variance(variance, n - 1, spread_prior**2, prior_strength))
+    gains = max(kappa, 0.0) * expected_improvement(np.maximum.accumulate(scores, axis=1), mean, spread)
+    gains[:, -1] = -np.inf
+    return gains
+
+
+def best_allocation(curves: np.ndarray, budget: int) -> np.ndarray:
+    """Samples per query maximizing ``Σ curves[q, n_q − 1]`` with ``Σ n_q <= budget`` and
+    ``1 <= n_q <= M`` (exact, by dynamic programming over the budget)."""
+    q, m = curves.shape
+    value = np.full(budget + 1, -np.inf)
+    value[0] = 0.0
+    choice = np.zeros((q, budget + 1), dtype=np.int16)
+    for i in range(q):
+        best = np.full(budget + 1, -np.inf)
+        for n in range(1, m + 1):
+            candidate = np.full(budget + 1, -np.inf)
+            candidate[n:] = value[:-n] + curves[i, n - 1]
+            better = candidate > best
+            best[better], choice[i, better] = candidate[better], n
+        value = best
+    spent = int(np.argmax(value))
+    allocation = np.zeros(q, dtype=int)
+    for i in range(q - 1, -1, -1):
+        allocation[i] = choice[i, spent]
+        spent -= allocation[i]
+    return allocation
 
 
 def marginal_gain(kappa: float, spread: float, n: int, e_n: np.ndarray) -> float:
@@ -87,9 +141,16 @@ class GainPredictor:
 
 
 def _allocate(policy: str, scores: np.ndarray, users: np.ndarray, orders: np.ndarray, budget: int,
-              config: ControllerConfig, kappa: float, threshold: float | None = None) -> np.ndarray:
+              config: ControllerConfig, kappa: float, threshold: float | None = None,
+              spread_prior: float = 0.0) -> np.ndarray:
     """Samples per query under ``policy`` with ``budget`` samples in total."""
     q, m = scores.shape
+    if policy == "expected_improvement":
+        # each query on its own: sample while the next sample's expected gain exceeds the threshold
+        gains = improvement_gains(np.take_along_axis(scores, orders, axis=1), kappa, spread_prior,
+                                  config.prior_strength)
+        below = gains < threshold
+        return np.where(below.any(axis=1), below.argmax(axis=1) + 1, m)
     if policy == "uniform":
         per = np.full(q, budget // q)
         per[: budget % q] += 1
@@ -149,35 +210,43 @@ def _realized(scores, utilities, orders, n) -> np.ndarray:
 
 def evaluate_policy(policy: str, scores: np.ndarray, utilities: np.ndarray, users: np.ndarray,
                     samples_per_query: float, kappa: float, config: ControllerConfig = ControllerConfig(),
-                    repeats: int = 20, seed: int = 0) -> dict:
+                    repeats: int = 20, seed: int = 0, spread_prior: float = 0.0) -> dict:
     """Mean realized utility and samples spent under ``policy`` at an average budget of
-    ``samples_per_query``, averaged over ``repeats`` seeded draw orders of every pool."""
+    ``samples_per_query``, averaged over ``repeats`` seeded draw orders of every pool.
+    ``ORACLE_BOUND`` gives the best allocation knowing every query's true Best-of-N curve
+    (selection still by score): the most any allocation could reach at this budget."""
     scores, utilities, users = np.asarray(scores, float), np.asarray(utilities, float), np.asarray(users)
     q, m = scores.shape
     budget = int(round(samples_per_query * q))
     if not q <= budget <= q * m:
         raise ValueError(f"a budget of {samples_per_query} samples per query must lie in [1, {m}]")
+    if policy == ORACLE_BOUND:
+        curves = bon_curves(scores, utilities)
+        n = best_allocation(curves, budget)
+        per_query = curves[np.arange(q), n - 1]
+        return {"policy": policy, "per_query": per_query, "mean": float(per_query.mean()),
+                "samples_per_query": float(n.sum() / q)}
     rng = np.random.default_rng(seed)
     per_query = np.zeros((repeats, q))
     spent = np.zeros(repeats)
     for r in range(repeats):
         orders = np.argsort(rng.random((q, m)), axis=1)
         threshold = None
-        if policy == "early_stop":
-            threshold = _budget_threshold(scores, users, orders, budget, config, kappa)
-        n = _allocate(policy, scores, users, orders, budget, config, kappa, threshold)
+        if policy in ("early_stop", "expected_improvement"):
+            threshold = _budget_threshold(policy, scores, users, orders, budget, config, kappa, spread_prior)
+        n = _allocate(policy, scores, users, orders, budget, config, kappa, threshold, spread_prior)
         per_query[r] = _realized(scores, utilities, orders, n)
         spent[r] = n.sum() / q
     return {"policy": policy, "per_query": per_query.mean(axis=0), "mean": float(per_query.mean()),
             "samples_per_query": float(spent.mean())}
 
 
-def _budget_threshold(scores, users, orders, budget, config, kappa) -> float:
+def _budget_threshold(policy, scores, users, orders, budget, config, kappa, spread_prior) -> float:
     """The stopping threshold whose total spend matches the budget (bisection on log scale)."""
-    lo, hi = 1e-9, 1.0
-    for _ in range(40):
+    lo, hi = 1e-12, 1.0
+    for _ in range(50):
         mid = np.sqrt(lo * hi)
-        spent = _allocate("early_stop", scores, users, orders, budget, config, kappa, mid).sum()
+        spent = _allocate(policy, scores, users, orders, budget, config, kappa, mid, spread_prior).sum()
         lo, hi = (lo, mid) if spent <= budget else (mid, hi)
     return hi
 
@@ -231,6 +300,8 @@ class AllocationStudy:
     kappa: float
     queries: int
     curves: dict = field(default_factory=dict)   # policy name -> AllocationCurve
+    spread: float = 0.0                          # typical within-query score spread (validation)
+    online_rule: str = "uniform"                 # what `ttp generate` and the server use
 
     @property
     def uniform_reference(self) -> float | None:
@@ -242,7 +313,8 @@ class AllocationStudy:
         return self.curves[policy].samples_to_reach(self.uniform_reference)
 
     def to_json(self) -> dict:
-        return {"selector": self.selector, "kappa": self.kappa, "queries": self.queries,
+        return {"selector": self.selector, "kappa": self.kappa, "queries": self.queries, "spread": self.spread,
+                "online_rule": self.online_rule,
                 "reference_budget": REFERENCE_BUDGET, "uniform_reference": self.uniform_reference,
                 "samples_to_reach_reference": {p: self.samples_to_reach_reference(p) for p in self.curves},
                 "curves": {p: c.to_json() for p, c in self.curves.items()}}
@@ -250,25 +322,41 @@ class AllocationStudy:
     @classmethod
     def from_json(cls, data: dict) -> "AllocationStudy":
         return cls(data["selector"], data["kappa"], data["queries"],
-                   {p: AllocationCurve.from_json(c) for p, c in data["curves"].items()})
+                   {p: AllocationCurve.from_json(c) for p, c in data["curves"].items()},
+                   data.get("spread", 0.0), data.get("online_rule", "uniform"))
 
 
 def allocation_study(selector: str, validation: tuple[np.ndarray, np.ndarray],
                      test: tuple[np.ndarray, np.ndarray, np.ndarray], config: ControllerConfig = ControllerConfig(),
-                     n_boot: int = 1000, seed: int = 0) -> AllocationStudy:
-    """Calibrate κ on validation ``(scores, utilities)``, then run every policy on the test
-    ``(scores, utilities, users)`` at each budget of ``STUDY_BUDGETS`` that fits the pools."""
+                     n_boot: int = 1000, seed: int = 0, validation_users: np.ndarray | None = None) -> AllocationStudy:
+    """Calibrate κ and the typical score spread on validation ``(scores, utilities)``, then run
+    every policy and the oracle bound on the test ``(scores, utilities, users)`` at each budget
+    of ``STUDY_BUDGETS`` that fits the pools.  With ``validation_users``, also choose the online
+    rule: the expected-improvement rule where it reaches uniform N = 8 with fewer samples on the
+    validation pools themselves, else uniform N."""
     kappa = calibration(*validation)
+    spread = float(validation[0].std(axis=1).mean())
     scores, utilities, users = test
     budgets = tuple(b for b in STUDY_BUDGETS if b <= utilities.shape[1])
     curves = {}
-    for policy in ALLOCATION_POLICIES:
-        rows = [evaluate_policy(policy, scores, utilities, users, b, kappa, config, seed=seed) for b in budgets]
+    for policy in (*ALLOCATION_POLICIES, ORACLE_BOUND):
+        rows = [evaluate_policy(policy, scores, utilities, users, b, kappa, config, seed=seed, spread_prior=spread)
+                for b in budgets]
         bands = [user_bootstrap(r["per_query"][:, None], users, n_boot, seed=seed) for r in rows]
         curves[policy] = AllocationCurve(policy, budgets, tuple(r["samples_per_query"] for r in rows),
                                          *(tuple(float(getattr(b, k)[0]) for b in bands)
                                            for k in ("mean", "low", "high")))
-    return AllocationStudy(selector, kappa, int(len(utilities)), curves)
+    online_rule = "uniform"
+    if validation_users is not None and REFERENCE_BUDGET <= utilities.shape[1]:
+        on_validation = {p: AllocationCurve(p, budgets, *zip(*[
+            (r["samples_per_query"], r["mean"], r["mean"], r["mean"]) for r in
+            (evaluate_policy(p, *validation, validation_users, b, kappa, config, seed=seed, spread_prior=spread)
+             for b in budgets)])) for p in ("uniform", "expected_improvement")}
+        target = on_validation["uniform"].at(REFERENCE_BUDGET)[0]
+        need = on_validation["expected_improvement"].samples_to_reach(target)
+        if need is not None and need < REFERENCE_BUDGET:
+            online_rule = "expected_improvement"
+    return AllocationStudy(selector, kappa, int(len(utilities)), curves, spread, online_rule)
 
 
 @dataclass(frozen=True)
@@ -287,35 +375,42 @@ class Decision:
 
 def choose_online(draw, score, budget: int, kappa: float, dataset_spread: float,
                   config: ControllerConfig = ControllerConfig(), min_gain: float = 1e-3,
-                  chunk: int = 2, at_least: int = 1) -> Decision:
-    """Spend at most ``budget`` samples on one query, stopping when the law's predicted gain of
-    the next sample falls below ``min_gain`` (in utility) or the scores look collapsed.
+                  chunk: int = 2, at_least: int = 1, rule: str = "law") -> Decision:
+    """Spend at most ``budget`` samples on one query and pick the best-scored candidate.
 
-    ``draw(k)`` returns ``k`` new candidate texts; ``score(texts)`` returns arrays
-    ``(selection_score, mean, sd)`` for them.  ``dataset_spread`` (the typical within-query
-    score spread on validation pools) is the prior the pilot's spread is shrunk toward.
-    ``at_least`` samples are drawn whatever the rule says (a caller returning several picks).
+    ``rule``: ``uniform`` draws the whole budget; ``law`` stops when the law's predicted gain of
+    the next sample, ``κ·ŝ·(e_{n+1} − e_n)``, falls below ``min_gain`` (in utility) or the scores
+    look collapsed; ``expected_improvement`` stops when ``κ`` times the next score's expected
+    rise above the best so far falls below ``min_gain``.  ``draw(k)`` returns ``k`` new candidate
+    texts; ``score(texts)`` returns arrays ``(selection_score, mean, sd)`` for them.
+    ``dataset_spread`` (the typical within-query score spread on validation pools) is the prior
+    the drawn scores' spread is shrunk toward.  ``at_least`` samples are drawn whatever the rule
+    says (a caller returning several picks).
     """
+    if rule not in ONLINE_RULES:
+        raise ValueError(f"rule must be one of {ONLINE_RULES}, got {rule!r}")
     if not 1 <= at_least <= budget:
         raise ValueError(f"need 1 <= at_least <= budget, got at_least = {at_least}, budget = {budget}")
     e_n = expected_max_normal(max(budget, 2))
-    texts = list(draw(min(max(config.pilot, 1), budget)))
+    first = budget if rule == "uniform" else min(max(config.pilot, at_least, 1), budget)
+    texts = list(draw(first))
     reason = "budget spent"
     while True:
         sel, mean, sd = (np.asarray(a, float) for a in score(texts))
         n = len(texts)
         if n >= budget:
             break
-        if n < at_least:
-            texts += draw(min(max(chunk, at_least - n), budget - n))
-            continue
         variance = _variance(sel)
-        if n > 1 and np.sqrt(variance) <= config.collapse_tau * dataset_spread:
-            reason = "collapsed: scores do not vary"
-            break
         spread = np.sqrt(shrunk_variance(variance, n - 1, dataset_spread ** 2, config.prior_strength))
-        if marginal_gain(kappa, spread, n, e_n) < min_gain:
-            reason = f"predicted gain of one more sample below {min_gain}"
+        if rule == "law":
+            if n > 1 and np.sqrt(variance) <= config.collapse_tau * dataset_spread:
+                reason = "collapsed: scores do not vary"
+                break
+            gain = marginal_gain(kappa, spread, n, e_n)
+        else:
+            gain = max(kappa, 0.0) * float(expected_improvement(sel.max(), sel.mean(), spread))
+        if gain < min_gain:
+            reason = f"predicted gain of one more sample below {min_gain} ({rule})"
             break
         texts += draw(min(chunk, budget - n))
     best = int(np.argmax(sel))

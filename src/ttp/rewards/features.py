@@ -108,7 +108,7 @@ def _copy_rate(words: list[str], source_vocab: set[str]) -> float:
 
 
 def candidate_features(candidates: pd.DataFrame, queries: dict[str, Query], cache: EmbeddingCache,
-                       k: int = 3) -> pd.DataFrame:
+                       k: int = 3, convention: str = "ttp") -> pd.DataFrame:
     """Feature table aligned with ``candidates`` (columns ``FEATURES``)."""
     missing = set(candidates["query_id"]) - set(queries)
     if missing:
@@ -126,7 +126,7 @@ def candidate_features(candidates: pd.DataFrame, queries: dict[str, Query], cach
         cand = cache.encode(pool["text"].tolist())
         outputs = [it.output for it in q.profile]
         prof = cache.encode(outputs)
-        retrieved = cache.encode([it.output for it in retrieve(q, k)])
+        retrieved = cache.encode([it.output for it in retrieve(q, k, convention)])
         inp = cache.encode([q.input])[0]
         centroid = cand.mean(axis=0)
         centroid /= max(np.linalg.norm(centroid), 1e-9)

@@ -13,6 +13,7 @@ from ttp.policy.registry import BACKENDS
 from ttp.rewards.models import REWARD_MODELS
 from ttp.rewards.selection import Selector
 from ttp.tasks.prompts import PROMPT_STYLES
+from ttp.tasks.utility import CONVENTIONS
 
 MAX_POOL_SIZE = 64     # candidates per query; also the largest budget of `ttp generate`
 
@@ -46,6 +47,7 @@ class RunConfig:
     policies: tuple[str, ...] = PROMPT_STYLES
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(n=16, max_tokens=24))
     shots: int = 3                                   # retrieved profile items per prompt
+    convention: str = "ttp"                          # utility and retrieval: ttp or lamp (tasks/utility.py)
     split: tuple[float, float, float] = (0.45, 0.15, 0.4)
     seed: int = 0
     backend: str = "llama-cpp"                       # one of ttp.policy.registry.BACKENDS
@@ -73,6 +75,8 @@ class RunConfig:
         if len(self.split) != 3 or min(self.split) <= 0 or abs(sum(self.split) - 1) > 1e-6:
             raise ConfigError(f"split must be three positive fractions (train, validation, test) summing "
                               f"to 1, got {tuple(self.split)}")
+        if self.convention not in CONVENTIONS:
+            raise ConfigError(f"convention must be one of {CONVENTIONS}, got {self.convention!r}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         bad_models = [m for m in self.reward_models if m not in REWARD_MODELS or m == "constant"]

@@ -96,7 +96,7 @@ class Pipeline:
                     executor = RayExecutor(factory, c.ray_workers, c.ray_address)
                 elif executor is None and self._backend is None:
                     self._backend = factory()
-                sample_pools(list(task.queries), PromptBuilder(task.layout, policy, c.shots), self._backend,
+                sample_pools(list(task.queries), PromptBuilder(task.layout, policy, c.shots, c.convention), self._backend,
                              c.sampling, path, description=f"{task.name} / {policy}",
                              show_progress=self.show_progress, executor=executor)
         finally:
@@ -120,7 +120,7 @@ class Pipeline:
                                    f"{len(wanted)} pools: finish the sampling stage first (`ttp resume`)")
             if path.exists() and pd.read_parquet(path, columns=["query_id"]).query_id.nunique() == len(pools):
                 continue
-            write_parquet_atomic(path, candidate_table(pools, task.by_id()))
+            write_parquet_atomic(path, candidate_table(pools, task.by_id(), self.config.convention))
 
     def curves(self) -> None:
         for task, policy in self.cells():
@@ -144,7 +144,7 @@ class Pipeline:
             if len(cached) == len(frame) and set(FEATURES) <= set(cached.columns):
                 return cached
         feats = candidate_features(frame, task.by_id(), EmbeddingCache(self.folder.embeddings(task.name)),
-                                   k=self.config.shots)
+                                   k=self.config.shots, convention=self.config.convention)
         table = pd.concat([frame, feats], axis=1)
         write_parquet_atomic(path, table)
         return table
@@ -188,7 +188,7 @@ class Pipeline:
             val, test = (self._pools(task, policy, part) for part in ("validation", "test"))
             study = allocation_study(str(selector), (val[selector.column], val[PRIMARY]),
                                      (test[selector.column], test[PRIMARY], test.users), controller,
-                                     self.config.bootstrap, self.config.seed)
+                                     self.config.bootstrap, self.config.seed, validation_users=val.users)
             write_json_atomic(self.folder.allocation(task.name, policy), study.to_json())
 
     def report(self) -> str:

@@ -211,6 +211,13 @@ def allocation_section(folder: RunFolder, cells) -> tuple[str, dict]:
     return "\n".join(text), data
 
 
+CONVENTION_NOTES = {
+    "ttp": "ROUGE with Porter stemming; BM25 over the whole input, stopwords removed",
+    "lamp": "LaMP's: ROUGE without stemming, as Hugging Face evaluate computes it; BM25 over whitespace "
+            "tokens of the text after the instruction",
+}
+
+
 def write_report(folder: RunFolder, config: RunConfig, tasks: list[str]) -> str:
     """Write ``report.md``, the figures and ``report.json``; return the report's path."""
     cells = [(task, policy) for task in tasks for policy in config.policies]
@@ -218,7 +225,8 @@ def write_report(folder: RunFolder, config: RunConfig, tasks: list[str]) -> str:
              f"Tasks: {', '.join(tasks)}. Policies: {', '.join(config.policies)}. "
              f"Pool size M = {config.sampling.n}, temperature {config.sampling.temperature}, top-p "
              f"{config.sampling.top_p}, seed {config.seed}, backend {config.backend}. User split "
-             f"(train/validation/test) {config.split}.\n"]
+             f"(train/validation/test) {config.split}. Convention **{config.convention}** "
+             f"({CONVENTION_NOTES[config.convention]}).\n"]
     everything = {"config": config.to_json()}
     for key, (text, data) in (("ceiling", ceiling_section(folder, tasks, config.policies)),
                               ("rewards", rewards_section(folder, cells)),

@@ -81,7 +81,8 @@ class Server:
 
     def __init__(self, personalizer: Personalizer, store: ProfileStore, config: ServeConfig = ServeConfig()):
         self.personalizer, self.store, self.config = personalizer, store, config
-        self.plain = PromptBuilder(personalizer.task.layout, "plain", personalizer.config.shots)
+        self.plain = PromptBuilder(personalizer.task.layout, "plain", personalizer.config.shots,
+                                   personalizer.config.convention)
         self.gate = asyncio.Semaphore(config.concurrency)
         self.waiting = 0
         diagnosis = personalizer.folder.diagnosis(personalizer.task.name, personalizer.policy)
@@ -115,7 +116,7 @@ class Server:
                                                         sampling=sampling)
                 decision, completions = generation.decision, generation.completions
                 scores, prompt_tokens = np.asarray(decision.scores), generation.prompt_tokens
-                retrieved = [item.id for item in retrieve(query, cfg.shots)]
+                retrieved = [item.id for item in retrieve(query, cfg.shots, cfg.convention)]
                 mean, sd = decision.mean, decision.sd
                 reason = decision.stopped_because
             else:
@@ -138,7 +139,7 @@ class Server:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
             "ttp": {"user": user, "personalized": bool(profile), "budget": budget, "samples": len(completions),
-                    "stopped_because": reason,
+                    "stopped_because": reason, "rule": self.personalizer.rule if profile else "uniform",
                     "selector": str(self.personalizer.selector) if profile else "generic/mean_logprob",
                     "chosen": {"score": float(scores[order[0]]), "mean": mean, "sd": sd},
                     "scores": [float(s) for s in scores], "candidates": [c.text for c in completions],

@@ -34,7 +34,7 @@ def split_instruction(query_input: str) -> tuple[str, str]:
 
 
 @lru_cache(maxsize=512)
-def _index(items: tuple[ProfileItem, ...]):
+def _index(items: tuple[ProfileItem, ...], convention: str):
     """The BM25 index of one profile, built once per distinct profile: a server retrieving for
     the same user again reuses it, and a new item makes a new profile, so a new index."""
     # Imported here, not at the top: bm25s imports numba where it is installed, and vLLM's CPU
@@ -43,23 +43,36 @@ def _index(items: tuple[ProfileItem, ...]):
     import bm25s
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
-    retriever = bm25s.BM25()
     corpus = [f"{it.output} {it.source}" for it in items]
-    retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
+    if convention == "lamp":
+        retriever = bm25s.BM25(method="robertson")   # rank_bm25's BM25Okapi, which LaMP uses
+        retriever.index([text.split() for text in corpus], show_progress=False)
+    else:
+        retriever = bm25s.BM25()
+        retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
     return retriever
 
 
-def retrieve(query: Query, k: int) -> list[ProfileItem]:
-    """The ``k`` profile items whose text is most similar to the query input (BM25)."""
+def retrieve(query: Query, k: int, convention: str = "ttp") -> list[ProfileItem]:
+    """The ``k`` profile items whose text is most similar to the query (BM25).
+
+    ``ttp``: the whole input, lower-cased, English stopwords removed.  ``lamp``: as LaMP's
+    code does, whitespace tokens of the text after the task instruction, against whitespace
+    tokens of each item's output and source."""
     items = tuple(query.profile)
     if len(items) <= k:
         return list(items)
     import bm25s
 
-    tokens = bm25s.tokenize([query.input], stopwords="en", show_progress=False)
-    if not tokens.vocab:
-        return list(items[:k])
-    ranked, _ = _index(items).retrieve(tokens, k=k, show_progress=False)
+    if convention == "lamp":
+        tokens = [split_instruction(query.input)[1].split()]
+        if not tokens[0]:
+            return list(items[:k])
+    else:
+        tokens = bm25s.tokenize([query.input], stopwords="en", show_progress=False)
+        if not tokens.vocab:
+            return list(items[:k])
+    ranked, _ = _index(items, convention).retrieve(tokens, k=k, show_progress=False)
     return [items[i] for i in ranked[0]]
 
 
@@ -70,6 +83,7 @@ class PromptBuilder:
     layout: ProfileLayout
     policy: str = "personalized"
     k: int = 3
+    convention: str = "ttp"
 
     def __post_init__(self):
         if self.policy not in PROMPT_STYLES:
@@ -81,6 +95,6 @@ class PromptBuilder:
         header = f"{instruction}.\n\n" if instruction else ""
         shots = "" if self.policy == "plain" else "".join(
             f"{src}: {it.source[:SOURCE_CHARS].strip()}\n{out}: {it.output[:OUTPUT_CHARS].strip()}\n\n"
-            for it in retrieve(query, self.k)
+            for it in retrieve(query, self.k, self.convention)
         )
         return f"{header}{shots}{src}: {text[:QUERY_CHARS]}\n{out}:"
