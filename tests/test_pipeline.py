@@ -126,3 +126,27 @@ def test_a_second_run_on_the_same_folder_stops_and_leaves_no_duplicates(tmp_path
     for pools in out.glob("*/*/pools.jsonl"):
         ids = [json.loads(line)["query_id"] for line in pools.read_text().splitlines()]
         assert len(ids) == len(set(ids)) == 6
+
+
+def test_imported_scores_are_judged_like_trained_reward_models(run_folder, tmp_path):
+    import pandas as pd
+
+    folder = RunFolder(run_folder)
+    candidates = pd.read_parquet(folder.candidates(TASK, "personalized"))
+    for name, score in (("copy_of_utility", candidates["rougeL"]), ("constant", 0.5)):
+        rows = candidates[["query_id", "candidate"]].assign(score=score)
+        rows.to_json(tmp_path / f"{name}.jsonl", orient="records", lines=True)
+    for name in ("copy_of_utility", "flat"):
+        source = "copy_of_utility" if name == "copy_of_utility" else "constant"
+        result = runner.invoke(app, ["scores", str(run_folder), str(tmp_path / f"{source}.jsonl"), "--task", TASK,
+                                     "--policy", "personalized", "--name", name])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    evaluation = json.loads(folder.reward_eval(TASK, "personalized").read_text())
+    oracle, selectors = evaluation["oracle"]["mean"], evaluation["selectors"]
+    assert selectors["copy_of_utility"]["curve"]["mean"] == pytest.approx(oracle)
+    assert selectors["flat"]["curve"]["mean"] == pytest.approx([oracle[0]] * len(oracle))
+    diagnosis = json.loads(folder.diagnosis(TASK, "personalized").read_text())
+    assert diagnosis["flat"]["collapse_rate"] == 1.0
+    copy = diagnosis["copy_of_utility"]["per_query"]
+    assert all(r == pytest.approx(1.0) for r, flat in zip(copy["rho"], copy["flat"]) if not flat)
+    assert "copy_of_utility" in folder.report.read_text()

@@ -243,6 +243,36 @@ def profiles_import(
     console.print(f"{db}: {added} profile items of {len(task.users)} users added from {task.name}")
 
 
+@app.command()
+def scores(
+    run_folder: Path = typer.Argument(..., help="a run folder whose pools the scores are for"),
+    file: Path = typer.Argument(..., help="Parquet or JSONL: query_id, candidate, score[, sd], one row per candidate"),
+    task: str = typer.Option(..., help="task name in the run"),
+    policy: str = typer.Option("personalized", help="the run's policy whose pools were scored"),
+    name: str = typer.Option(..., help="the selector's name in tables and figures"),
+) -> None:
+    """Bring scores from any other program into a run as a selector, then rerun the stages after
+    sampling (rewards, diagnose, allocate, report) so it is judged like the trained ones."""
+    import pandas as pd
+
+    from ttp.files import write_parquet_atomic
+    from ttp.rewards.external import check_selector_name, read_scores
+
+    folder = RunFolder(run_folder)
+    if not folder.config.exists():
+        raise FileNotFoundError(f"{run_folder} is not a run folder (no config.json); start one with `ttp run`")
+    config = RunConfig.load(folder.config)
+    check_selector_name(name, {"random", "constant", *config.reward_models})
+    with folder.lock():
+        candidates = folder.candidates(task, policy)
+        if not candidates.exists():
+            raise FileNotFoundError(f"{candidates} is missing: the run has no pools of {task} / {policy} yet")
+        table = read_scores(file, pd.read_parquet(candidates, columns=["query_id", "candidate"]))
+        write_parquet_atomic(folder.external_scores(task, policy, name), table)
+    console.print(f"{len(table)} scores of {table.query_id.nunique()} pools stored as selector {name!r}")
+    _run_stages(None, run_folder, ["rewards", "diagnose", "allocate", "report"])
+
+
 @app.command("export-model")
 def export_model(
     target: Path = typer.Argument(..., help="folder to write"),

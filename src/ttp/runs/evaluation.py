@@ -70,7 +70,7 @@ def evaluate_selectors(pools: Pools, n_boot: int = 1000, seed: int = 0, metric: 
         sd_column = f"sd:{selector.model}"
         if sd_column in pools.frame:
             # does the model's uncertainty rise with its own prediction inside a pool?
-            mean = pools[Selector(selector.model, "mean").column]
+            mean = pools[(Selector(selector.model, "mean") if selector.rule else selector).column]
             entry["mean_sd_correlation"] = float(within_pool_correlation(mean, pools[sd_column]).mean())
         result["selectors"][str(selector)] = entry
     return result

@@ -11,6 +11,7 @@ policy names become folders only after ``ttp.files.check_name``, so no name can 
     <run>/<task>/<policy>/curves.json        oracle and random curves, ceiling fits
     <run>/<task>/<policy>/features.parquet   candidates with reward-model features
     <run>/<task>/<policy>/reward_models/<kind>/   trained reward models
+    <run>/<task>/<policy>/external_scores/<name>.parquet  scores imported with `ttp scores`
     <run>/<task>/<policy>/test_scores.parquet     every selector's scores on test users
     <run>/<task>/<policy>/reward_eval.json   Best-of-N of every selector on test users
     <run>/<task>/<policy>/validation_scores.parquet  the same on validation users
@@ -95,6 +96,11 @@ class RunFolder:
 
     def reward_model(self, task: str, policy: str, kind: str) -> Path:
         return self.policy_dir(task, policy) / "reward_models" / check_name(kind, "reward model name")
+
+    def external_scores(self, task: str, policy: str, name: str | None = None) -> Path:
+        """The folder of imported score files, or the file of the one called ``name``."""
+        folder = self.policy_dir(task, policy) / "external_scores"
+        return folder if name is None else folder / f"{check_name(name, 'score name')}.parquet"
 
     def scores(self, task: str, policy: str, part: str = "test") -> Path:
         return self.policy_dir(task, policy) / f"{part}_scores.parquet"

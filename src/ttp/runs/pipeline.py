@@ -167,8 +167,12 @@ class Pipeline:
                     *xyg["train"], *xyg["validation"])
                 models[kind].save(model_dir)
             for part in ("validation", "test"):
-                write_parquet_atomic(self.folder.scores(task.name, policy, part),
-                                     selector_scores(models, parts[part], kappa=self.config.lcb_kappa))
+                scores = selector_scores(models, parts[part], kappa=self.config.lcb_kappa)
+                for path in sorted(self.folder.external_scores(task.name, policy).glob("*.parquet")):
+                    imported = pd.read_parquet(path).rename(columns={"score": f"score:{path.stem}",
+                                                                     "sd": f"sd:{path.stem}"})
+                    scores = scores.merge(imported, on=["query_id", "candidate"], how="left", validate="1:1")
+                write_parquet_atomic(self.folder.scores(task.name, policy, part), scores)
             write_json_atomic(self.folder.reward_eval(task.name, policy),
                               evaluate_selectors(self._pools(task, policy, "test"), self.config.bootstrap,
                                                  self.config.seed))
