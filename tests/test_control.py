@@ -105,7 +105,7 @@ def test_oracle_bound_is_at_least_every_policy_and_expected_improvement_spends_t
 def test_online_rules_uniform_draws_the_budget_and_expected_improvement_stops_after_a_lucky_draw():
     from test_online_control import Pool
 
-    from ttp.analysis.control import choose_online
+    from ttp.analysis.online import choose_online
 
     steady = Pool(np.random.default_rng(0).normal(0, 0.2, 16))
     assert choose_online(steady.draw, steady.score, 12, 1.0, 0.2, rule="uniform").samples == 12

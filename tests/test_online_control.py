@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ttp.analysis.control import choose_online
+from ttp.analysis.online import choose_online
 
 
 class Pool:

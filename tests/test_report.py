@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from ttp.analysis.bon import oracle_curves, random_curves, user_bootstrap
-from ttp.analysis.control import allocation_study
+from ttp.analysis.allocation import allocation_study
 from ttp.analysis.pools import Pools
 from ttp.analysis.scaling import diagnose, fit_ceiling
 from ttp.analysis.simulate import SimulationConfig, simulate

@@ -18,7 +18,7 @@ _EXPORTS = {
     "within_pool_correlation": "ttp.analysis.stats",
     "simulate": "ttp.analysis.simulate", "SimulationConfig": "ttp.analysis.simulate",
     "Pools": "ttp.analysis.pools",
-    "evaluate_policy": "ttp.analysis.control", "allocation_study": "ttp.analysis.control",
+    "evaluate_policy": "ttp.analysis.control", "allocation_study": "ttp.analysis.allocation",
     "RewardModel": "ttp.rewards.models", "RewardConfig": "ttp.rewards.models",
     "Selector": "ttp.rewards.selection", "selection_scores": "ttp.rewards.selection",
     "load_task": "ttp.tasks.data", "split_users": "ttp.tasks.data", "PromptBuilder": "ttp.tasks.prompts",

@@ -11,7 +11,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from ttp.analysis.control import AllocationStudy, ControllerConfig, Decision, calibration, choose_online
+from ttp.analysis.control import ControllerConfig, calibration
+from ttp.analysis.online import Decision, choose_online
 from ttp.files import read_json
 from ttp.analysis.pools import Pools
 from ttp.policy import Completion, PolicyBackend
@@ -59,7 +60,7 @@ class Personalizer:
         self.dataset_spread = float(s.std(axis=1).mean())
         # the stopping rule the allocate stage chose on validation users (uniform N if it has not run)
         allocation = folder.allocation(task.name, policy)
-        self.rule = AllocationStudy.from_json(read_json(allocation)).online_rule if allocation.exists() else "uniform"
+        self.rule = read_json(allocation).get("online_rule", "uniform") if allocation.exists() else "uniform"
         self.prompts = PromptBuilder(task.layout, policy, config.shots, config.convention)
         self.cache = EmbeddingCache(folder.embeddings(task.name))
         self.backend = backend or make_backend(

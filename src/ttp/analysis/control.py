@@ -19,21 +19,17 @@ seeded random order, so they are cheap to evaluate and comparable at equal budge
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-
 from scipy import stats
 
-from ttp.analysis.bon import bon_curves, user_bootstrap
+from ttp.analysis.bon import bon_curves
 from ttp.analysis.scaling import expected_max_normal
 from ttp.analysis.stats import collapsed, group_index, within_pool_correlation
 
 ALLOCATION_POLICIES = ("uniform", "skip_collapsed", "greedy", "early_stop", "expected_improvement")
 ORACLE_BOUND = "oracle_bound"   # not a policy: the best allocation given every query's true curve
-ONLINE_RULES = ("uniform", "law", "expected_improvement")
-STUDY_BUDGETS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-REFERENCE_BUDGET = 8   # policies are compared by the samples they need to match uniform N = 8
 
 
 @dataclass(frozen=True)
@@ -50,7 +46,7 @@ def calibration(scores: np.ndarray, utilities: np.ndarray) -> float:
     return float(rho_sigma.mean() / spread) if spread > 0 else 0.0
 
 
-def _variance(values: np.ndarray) -> float:
+def sample_variance(values: np.ndarray) -> float:
     return float(np.var(values, ddof=1)) if len(values) > 1 else 0.0
 
 
@@ -127,7 +123,7 @@ class GainPredictor:
     def spreads(self, drawn_scores: list[np.ndarray]) -> np.ndarray:
         k = self.config.prior_strength
         df = np.array([len(s) - 1 for s in drawn_scores], dtype=float)
-        var = np.array([_variance(s) for s in drawn_scores])
+        var = np.array([sample_variance(s) for s in drawn_scores])
         _, inverse = group_index(self.users)
         user_df = np.bincount(inverse, weights=df)
         user_var = np.bincount(inverse, weights=df * var) / np.maximum(user_df, 1e-12)
@@ -249,170 +245,3 @@ def _budget_threshold(policy, scores, users, orders, budget, config, kappa, spre
         spent = _allocate(policy, scores, users, orders, budget, config, kappa, mid, spread_prior).sum()
         lo, hi = (lo, mid) if spent <= budget else (mid, hi)
     return hi
-
-
-@dataclass(frozen=True)
-class AllocationCurve:
-    """One policy's utility at each average budget, with a bootstrap band over users."""
-
-    policy: str
-    budgets: tuple[float, ...]
-    samples_per_query: tuple[float, ...]   # what the policy really spent at each budget
-    mean: tuple[float, ...]
-    low: tuple[float, ...]
-    high: tuple[float, ...]
-
-    def at(self, budget: float) -> tuple[float, float, float, float] | None:
-        """``(mean, low, high, samples spent)`` at ``budget``; None where it was not measured."""
-        if budget not in self.budgets:
-            return None
-        i = self.budgets.index(budget)
-        return self.mean[i], self.low[i], self.high[i], self.samples_per_query[i]
-
-    def samples_to_reach(self, target: float | None) -> float | None:
-        """Fewest average samples per query at which the curve reaches ``target`` (linear
-        interpolation between measured budgets); None if it never does."""
-        if target is None:
-            return None
-        spent, means = self.samples_per_query, self.mean
-        for i, value in enumerate(means):
-            if value >= target - 1e-12:
-                if i == 0:
-                    return spent[0]
-                frac = (target - means[i - 1]) / (value - means[i - 1])
-                return spent[i - 1] + frac * (spent[i] - spent[i - 1])
-        return None
-
-    def to_json(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "AllocationCurve":
-        return cls(data["policy"], *(tuple(data[k]) for k in ("budgets", "samples_per_query", "mean", "low",
-                                                              "high")))
-
-
-@dataclass(frozen=True)
-class AllocationStudy:
-    """Every allocation policy at equal average budgets on one set of test pools."""
-
-    selector: str
-    kappa: float
-    queries: int
-    curves: dict = field(default_factory=dict)   # policy name -> AllocationCurve
-    spread: float = 0.0                          # typical within-query score spread (validation)
-    online_rule: str = "uniform"                 # what `ttp generate` and the server use
-
-    @property
-    def uniform_reference(self) -> float | None:
-        """Uniform N = 8's utility, the level each policy's sample count is measured against."""
-        point = self.curves["uniform"].at(REFERENCE_BUDGET)
-        return point[0] if point else None
-
-    def samples_to_reach_reference(self, policy: str) -> float | None:
-        return self.curves[policy].samples_to_reach(self.uniform_reference)
-
-    def to_json(self) -> dict:
-        return {"selector": self.selector, "kappa": self.kappa, "queries": self.queries, "spread": self.spread,
-                "online_rule": self.online_rule,
-                "reference_budget": REFERENCE_BUDGET, "uniform_reference": self.uniform_reference,
-                "samples_to_reach_reference": {p: self.samples_to_reach_reference(p) for p in self.curves},
-                "curves": {p: c.to_json() for p, c in self.curves.items()}}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "AllocationStudy":
-        return cls(data["selector"], data["kappa"], data["queries"],
-                   {p: AllocationCurve.from_json(c) for p, c in data["curves"].items()},
-                   data.get("spread", 0.0), data.get("online_rule", "uniform"))
-
-
-def allocation_study(selector: str, validation: tuple[np.ndarray, np.ndarray],
-                     test: tuple[np.ndarray, np.ndarray, np.ndarray], config: ControllerConfig = ControllerConfig(),
-                     n_boot: int = 1000, seed: int = 0, validation_users: np.ndarray | None = None) -> AllocationStudy:
-    """Calibrate κ and the typical score spread on validation ``(scores, utilities)``, then run
-    every policy and the oracle bound on the test ``(scores, utilities, users)`` at each budget
-    of ``STUDY_BUDGETS`` that fits the pools.  With ``validation_users``, also choose the online
-    rule: the expected-improvement rule where it reaches uniform N = 8 with fewer samples on the
-    validation pools themselves, else uniform N."""
-    kappa = calibration(*validation)
-    spread = float(validation[0].std(axis=1).mean())
-    scores, utilities, users = test
-    budgets = tuple(b for b in STUDY_BUDGETS if b <= utilities.shape[1])
-    curves = {}
-    for policy in (*ALLOCATION_POLICIES, ORACLE_BOUND):
-        rows = [evaluate_policy(policy, scores, utilities, users, b, kappa, config, seed=seed, spread_prior=spread)
-                for b in budgets]
-        bands = [user_bootstrap(r["per_query"][:, None], users, n_boot, seed=seed) for r in rows]
-        curves[policy] = AllocationCurve(policy, budgets, tuple(r["samples_per_query"] for r in rows),
-                                         *(tuple(float(getattr(b, k)[0]) for b in bands)
-                                           for k in ("mean", "low", "high")))
-    online_rule = "uniform"
-    if validation_users is not None and REFERENCE_BUDGET <= utilities.shape[1]:
-        on_validation = {p: AllocationCurve(p, budgets, *zip(*[
-            (r["samples_per_query"], r["mean"], r["mean"], r["mean"]) for r in
-            (evaluate_policy(p, *validation, validation_users, b, kappa, config, seed=seed, spread_prior=spread)
-             for b in budgets)])) for p in ("uniform", "expected_improvement")}
-        target = on_validation["uniform"].at(REFERENCE_BUDGET)[0]
-        need = on_validation["expected_improvement"].samples_to_reach(target)
-        if need is not None and need < REFERENCE_BUDGET:
-            online_rule = "expected_improvement"
-    return AllocationStudy(selector, kappa, int(len(utilities)), curves, spread, online_rule)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What the online controller returns for one (user, query)."""
-
-    text: str
-    score: float
-    mean: float
-    sd: float
-    samples: int
-    stopped_because: str
-    candidates: list[str]
-    scores: list[float]
-
-
-def choose_online(draw, score, budget: int, kappa: float, dataset_spread: float,
-                  config: ControllerConfig = ControllerConfig(), min_gain: float = 1e-3,
-                  chunk: int = 2, at_least: int = 1, rule: str = "law") -> Decision:
-    """Spend at most ``budget`` samples on one query and pick the best-scored candidate.
-
-    ``rule``: ``uniform`` draws the whole budget; ``law`` stops when the law's predicted gain of
-    the next sample, ``κ·ŝ·(e_{n+1} − e_n)``, falls below ``min_gain`` (in utility) or the scores
-    look collapsed; ``expected_improvement`` stops when ``κ`` times the next score's expected
-    rise above the best so far falls below ``min_gain``.  ``draw(k)`` returns ``k`` new candidate
-    texts; ``score(texts)`` returns arrays ``(selection_score, mean, sd)`` for them.
-    ``dataset_spread`` (the typical within-query score spread on validation pools) is the prior
-    the drawn scores' spread is shrunk toward.  ``at_least`` samples are drawn whatever the rule
-    says (a caller returning several picks).
-    """
-    if rule not in ONLINE_RULES:
-        raise ValueError(f"rule must be one of {ONLINE_RULES}, got {rule!r}")
-    if not 1 <= at_least <= budget:
-        raise ValueError(f"need 1 <= at_least <= budget, got at_least = {at_least}, budget = {budget}")
-    e_n = expected_max_normal(max(budget, 2))
-    first = budget if rule == "uniform" else min(max(config.pilot, at_least, 1), budget)
-    texts = list(draw(first))
-    reason = "budget spent"
-    while True:
-        sel, mean, sd = (np.asarray(a, float) for a in score(texts))
-        n = len(texts)
-        if n >= budget:
-            break
-        variance = _variance(sel)
-        spread = np.sqrt(shrunk_variance(variance, n - 1, dataset_spread ** 2, config.prior_strength))
-        if rule == "law":
-            if n > 1 and np.sqrt(variance) <= config.collapse_tau * dataset_spread:
-                reason = "collapsed: scores do not vary"
-                break
-            gain = marginal_gain(kappa, spread, n, e_n)
-        else:
-            gain = max(kappa, 0.0) * float(expected_improvement(sel.max(), sel.mean(), spread))
-        if gain < min_gain:
-            reason = f"predicted gain of one more sample below {min_gain} ({rule})"
-            break
-        texts += draw(min(chunk, budget - n))
-    best = int(np.argmax(sel))
-    return Decision(texts[best], float(sel[best]), float(mean[best]), float(sd[best]), len(texts), reason, texts,
-                    sel.tolist())

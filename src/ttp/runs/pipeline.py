@@ -14,8 +14,9 @@ from functools import partial
 import pandas as pd
 from rich.console import Console
 
+from ttp.analysis.allocation import allocation_study
 from ttp.analysis.bon import oracle_curves, random_curves, user_bootstrap
-from ttp.analysis.control import ControllerConfig, allocation_study
+from ttp.analysis.control import ControllerConfig
 from ttp.analysis.pools import Pools
 from ttp.analysis.scaling import diagnose, fit_ceiling
 from ttp.files import read_json, write_json_atomic, write_parquet_atomic
@@ -70,7 +71,6 @@ class Pipeline:
         return split
 
     def cells(self):
-        """Every (task, policy) pair of this run."""
         return [(task, policy) for task in self.tasks for policy in self.config.policies]
 
     def _pools(self, task: Task, policy: str, part: str) -> Pools:

@@ -1,0 +1,125 @@
+"""The allocation study: every allocation policy and the oracle-informed bound at equal
+average budgets on held-out pools, with bootstrap bands, and the choice of the online rule.
+``allocation_study`` is the entry point; ``AllocationStudy`` is what ``allocation.json`` holds."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ttp.analysis.bon import user_bootstrap
+from ttp.analysis.control import (ALLOCATION_POLICIES, ORACLE_BOUND, ControllerConfig, calibration,
+                                  evaluate_policy)
+
+STUDY_BUDGETS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+REFERENCE_BUDGET = 8   # policies are compared by the samples they need to match uniform N = 8
+
+
+@dataclass(frozen=True)
+class AllocationCurve:
+    """One policy's utility at each average budget, with a bootstrap band over users."""
+
+    policy: str
+    budgets: tuple[float, ...]
+    samples_per_query: tuple[float, ...]   # what the policy really spent at each budget
+    mean: tuple[float, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    def at(self, budget: float) -> tuple[float, float, float, float] | None:
+        """``(mean, low, high, samples spent)`` at ``budget``; None where it was not measured."""
+        if budget not in self.budgets:
+            return None
+        i = self.budgets.index(budget)
+        return self.mean[i], self.low[i], self.high[i], self.samples_per_query[i]
+
+    def samples_to_reach(self, target: float | None) -> float | None:
+        """Fewest average samples per query at which the curve reaches ``target`` (linear
+        interpolation between measured budgets); None if it never does."""
+        if target is None:
+            return None
+        spent, means = self.samples_per_query, self.mean
+        for i, value in enumerate(means):
+            if value >= target - 1e-12:
+                if i == 0:
+                    return spent[0]
+                frac = (target - means[i - 1]) / (value - means[i - 1])
+                return spent[i - 1] + frac * (spent[i] - spent[i - 1])
+        return None
+
+    def to_json(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "AllocationCurve":
+        return cls(data["policy"], *(tuple(data[k]) for k in ("budgets", "samples_per_query", "mean", "low",
+                                                              "high")))
+
+
+@dataclass(frozen=True)
+class AllocationStudy:
+    """Every allocation policy at equal average budgets on one set of test pools."""
+
+    selector: str
+    kappa: float
+    queries: int
+    curves: dict = field(default_factory=dict)   # policy name -> AllocationCurve
+    spread: float = 0.0                          # typical within-query score spread (validation)
+    online_rule: str = "uniform"                 # what `ttp generate` and the server use
+
+    @property
+    def uniform_reference(self) -> float | None:
+        """Uniform N = 8's utility, the level each policy's sample count is measured against."""
+        point = self.curves["uniform"].at(REFERENCE_BUDGET)
+        return point[0] if point else None
+
+    def samples_to_reach_reference(self, policy: str) -> float | None:
+        return self.curves[policy].samples_to_reach(self.uniform_reference)
+
+    def to_json(self) -> dict:
+        return {"selector": self.selector, "kappa": self.kappa, "queries": self.queries, "spread": self.spread,
+                "online_rule": self.online_rule,
+                "reference_budget": REFERENCE_BUDGET, "uniform_reference": self.uniform_reference,
+                "samples_to_reach_reference": {p: self.samples_to_reach_reference(p) for p in self.curves},
+                "curves": {p: c.to_json() for p, c in self.curves.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "AllocationStudy":
+        return cls(data["selector"], data["kappa"], data["queries"],
+                   {p: AllocationCurve.from_json(c) for p, c in data["curves"].items()},
+                   data.get("spread", 0.0), data.get("online_rule", "uniform"))
+
+
+def allocation_study(selector: str, validation: tuple[np.ndarray, np.ndarray],
+                     test: tuple[np.ndarray, np.ndarray, np.ndarray], config: ControllerConfig = ControllerConfig(),
+                     n_boot: int = 1000, seed: int = 0, validation_users: np.ndarray | None = None) -> AllocationStudy:
+    """Calibrate κ and the typical score spread on validation ``(scores, utilities)``, then run
+    every policy and the oracle bound on the test ``(scores, utilities, users)`` at each budget
+    of ``STUDY_BUDGETS`` that fits the pools.  With ``validation_users``, also choose the online
+    rule: the expected-improvement rule where it reaches uniform N = 8 with fewer samples on the
+    validation pools themselves, else uniform N."""
+    kappa = calibration(*validation)
+    spread = float(validation[0].std(axis=1).mean())
+    scores, utilities, users = test
+    budgets = tuple(b for b in STUDY_BUDGETS if b <= utilities.shape[1])
+    curves = {}
+    for policy in (*ALLOCATION_POLICIES, ORACLE_BOUND):
+        rows = [evaluate_policy(policy, scores, utilities, users, b, kappa, config, seed=seed, spread_prior=spread)
+                for b in budgets]
+        bands = [user_bootstrap(r["per_query"][:, None], users, n_boot, seed=seed) for r in rows]
+        curves[policy] = AllocationCurve(policy, budgets, tuple(r["samples_per_query"] for r in rows),
+                                         *(tuple(float(getattr(b, k)[0]) for b in bands)
+                                           for k in ("mean", "low", "high")))
+    online_rule = "uniform"
+    if validation_users is not None and REFERENCE_BUDGET <= utilities.shape[1]:
+        on_validation = {p: AllocationCurve(p, budgets, *zip(*[
+            (r["samples_per_query"], r["mean"], r["mean"], r["mean"]) for r in
+            (evaluate_policy(p, *validation, validation_users, b, kappa, config, seed=seed, spread_prior=spread)
+             for b in budgets)])) for p in ("uniform", "expected_improvement")}
+        target = on_validation["uniform"].at(REFERENCE_BUDGET)[0]
+        need = on_validation["expected_improvement"].samples_to_reach(target)
+        if need is not None and need < REFERENCE_BUDGET:
+            online_rule = "expected_improvement"
+    return AllocationStudy(selector, kappa, int(len(utilities)), curves, spread, online_rule)
+
+
