@@ -17,7 +17,7 @@ N, ROUNDS = 16, 3
 
 def main():
     task = load_task(pep_titles(__doc__.splitlines()[0]))
-    backend = LlamaCppBackend(n_ctx=4096, max_sequences=N)
+    backend = LlamaCppBackend(n_ctx=4096, max_sequences=N, prompt_cache=False)   # each call pays its prompt
     prompt = PromptBuilder(task.layout, "personalized")(task.queries[12])
     n_prompt = backend.count_tokens(prompt)
     params = SamplingParams(n=N, max_tokens=24)

@@ -110,7 +110,7 @@ def main():
     from ttp.policy.llama_cpp import LlamaCppBackend
     from ttp.tasks.prompts import PromptBuilder
 
-    backend = LlamaCppBackend(n_ctx=config.n_ctx, max_sequences=args.budget)
+    backend = LlamaCppBackend(n_ctx=config.n_ctx, max_sequences=args.budget, prompt_cache=False)
     prompts = [PromptBuilder(task.layout, "personalized", config.shots)(q) for q in queries]
     backend.sample(prompts[-1], replace(config.sampling, n=args.budget, seed=99))  # warm-up
     start = time.perf_counter()

@@ -53,7 +53,8 @@ class LlamaCppBackend:
     """``sample(prompt, params)`` draws ``params.n`` candidates with one shared prompt pass."""
 
     def __init__(self, model_path: str | Path | None = None, n_ctx: int = 8192,
-                 max_sequences: int = 64, n_threads: int | None = None, n_batch: int = 512):
+                 max_sequences: int = 64, n_threads: int | None = None, n_batch: int = 512,
+                 prompt_cache: bool = True):
         import llama_cpp
         from llama_cpp import _internals
 
@@ -75,6 +76,7 @@ class LlamaCppBackend:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.n_ctx, self.max_sequences, self.n_batch = n_ctx, max_sequences, n_batch
         self.name = f"llama.cpp:{path.name}"
+        self.prompt_cache = prompt_cache   # off: every call evaluates its prompt (benchmarks)
         self._cached_prompt: list[int] | None = None
         self._cached_logits: np.ndarray | None = None
         self._sequences_used = 1
@@ -179,7 +181,7 @@ class LlamaCppBackend:
         prompt as the last call's (an online controller drawing a query's candidates in rounds)
         keeps its cache: only the candidates' tokens are removed, the prompt is not evaluated
         again."""
-        if tokens == self._cached_prompt:
+        if self.prompt_cache and tokens == self._cached_prompt:
             self._lib.llama_memory_seq_rm(memory, 0, len(tokens), -1)
             for seq in range(1, self._sequences_used):
                 self._lib.llama_memory_seq_rm(memory, seq, -1, -1)
