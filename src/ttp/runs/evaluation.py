@@ -38,8 +38,8 @@ def selectors(pools: Pools) -> list[Selector]:
 
 
 def evaluate_selectors(pools: Pools, n_boot: int = 1000, seed: int = 0, metric: str = PRIMARY) -> dict:
-    """Best-of-N curve with a user-bootstrap band, ROUGE@N, share of oracle gain captured and
-    mean within-pool Spearman, for every selector, next to the oracle."""
+    """Best-of-N curve with a user-bootstrap band, share of oracle gain captured (at N in
+    ``REPORTED_N`` and M) and mean within-pool Spearman, for every selector, next to the oracle."""
     u, users, m = pools[metric], pools.users, pools.size
     oracle_q = oracle_curves(u)
     oracle = user_bootstrap(oracle_q, users, n_boot, seed=seed)
@@ -60,7 +60,6 @@ def evaluate_selectors(pools: Pools, n_boot: int = 1000, seed: int = 0, metric: 
             boot_share = (draws @ sums) / (draws @ oracle_sums)
         entry = {
             "curve": curve.to_json(),
-            "rouge_at": {str(n): curve.at(n) for n in reported},
             "oracle_gain_share": {str(n): [float(share[n - 1]),
                                            float(np.nanquantile(boot_share[:, n - 1], 0.025)),
                                            float(np.nanquantile(boot_share[:, n - 1], 0.975))]
