@@ -1,0 +1,2 @@
+"""Runs: the typed configuration, the run folder, the pipeline that sequences the stages, and
+the report."""

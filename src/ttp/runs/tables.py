@@ -1,0 +1,131 @@
+"""Every table of a run, built once as data from the run folder's files; the CLI renders them
+with rich and the report as Markdown, so the two never drift apart."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ttp.analysis.bon import Curve
+from ttp.analysis.allocation import REFERENCE_BUDGET, AllocationStudy
+from ttp.analysis.scaling import LAWS, Diagnosis
+from ttp.files import read_json
+from ttp.runs.folder import RunFolder
+from ttp.tasks.utility import PRIMARY
+
+ALLOCATION_BUDGETS = (2, 4, 8)
+LAW_GAPS = ("factorization_gaussian", "factorization_copula", "non_gaussian_utilities")
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+
+    def to_markdown(self) -> str:
+        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        return "\n".join(lines) + "\n"
+
+
+def at_points(m: int) -> list[int]:
+    """The N at which tables report a curve of a pool of size m: 1, 4, 16 and M itself."""
+    return sorted({n for n in (1, 4, 16) if n <= m} | {m})
+
+
+def _ci(curve: Curve, n: int) -> str:
+    mean, low, high = curve.at(n)
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _share(values) -> str:
+    return "-" if values is None else f"{values[0]:.2f} [{values[1]:.2f}, {values[2]:.2f}]"
+
+
+def ceiling_table(folder: RunFolder, task: str, policies, metric: str = PRIMARY) -> Table:
+    rows, m = [], None
+    for policy in policies:
+        r = read_json(folder.curves(task, policy))[metric]
+        oracle, rand = Curve.from_json(r["oracle"]), Curve.from_json(r["random"])
+        m = len(oracle.n)
+        fits = "; ".join(f"{f['form']}: b={f['b']:.4f}, rmse={f['rmse']:.4f}" for f in r["ceiling_fits"])
+        rows.append([policy, str(r["queries"]), str(r["users"]), *[_ci(oracle, n) for n in at_points(m)],
+                     _ci(rand, 1), _ci(rand, m), f"**{r['ceiling_fits'][0]['form']}** ({fits})"])
+    return Table(f"{task}: Best-of-N {metric} of oracle and random selection (95% CI over users)",
+                 ["policy", "queries", "users", *[f"oracle N={n}" for n in at_points(m)], "random N=1",
+                  f"random N={m}", "ceiling fits (best first)"], rows)
+
+
+def rewards_table(folder: RunFolder, task: str, policy: str) -> Table:
+    ev = read_json(folder.reward_eval(task, policy))
+    m = ev["pool_size"]
+    points = at_points(m)
+    oracle = Curve.from_json(ev["oracle"])
+    rows = [["oracle", *[_ci(oracle, n) for n in points], "1", "1", "-"]]
+    for name, sel in ev["selectors"].items():
+        curve = Curve.from_json(sel["curve"])
+        rows.append([name, *[_ci(curve, n) for n in points], _share(sel["oracle_gain_share"].get(str(m))),
+                     f"{sel['mean_spearman']:.3f}",
+                     f"{sel['mean_sd_correlation']:.2f}" if "mean_sd_correlation" in sel else "-"])
+    return Table(f"{task} / {policy}: {ev['metric']} of Best-of-N on {ev['queries']} test queries "
+                 f"({ev['users']} held-out users), 95% CI over users",
+                 ["selector", *[f"N={n}" for n in points], f"gain share N={m}", "Spearman", "corr(mean, sd)"], rows)
+
+
+def read_diagnoses(folder: RunFolder, task: str, policy: str) -> dict[str, Diagnosis]:
+    return {name: Diagnosis.from_json(d) for name, d in read_json(folder.diagnosis(task, policy)).items()}
+
+
+def diagnosis_table(folder: RunFolder, task: str, policy: str) -> Table:
+    rows = []
+    for name, d in read_diagnoses(folder, task, policy).items():
+        rows.append([name, *[f"{v:.3f}" for v in (d.mu_bar, d.sigma_bar)], f"{d.collapse_rate:.2f}",
+                     f"{d.rho_bar:.3f}", f"{d.hacked_share:.2f}", f"{d.hacked_share_informative:.2f}",
+                     f"{d.hacked_share_expected_by_chance:.2f}", f"{d.rho_bar_pos:.3f}", f"{d.rho_bar_neg:.3f}",
+                     f"{d.rho_sigma_correlation:.2f}", f"{d.flat_pool_share:.2f}", f"{d.zero_utility_share:.2f}",
+                     str(len(d.collapsed_users)), str(len(d.hacked_queries))])
+    return Table(f"{task} / {policy}: the four quantities and the failure modes",
+                 ["selector", "μ̄", "σ̄", "c", "ρ̄", "h", "h (pools with spread)", "h by chance", "ρ̄₊", "ρ̄₋",
+                  "corr(ρ_q, σ_q)", "flat pools", "U=0 share", "collapsed users", "hacked (p<.05)"], rows)
+
+
+def laws_table(folder: RunFolder, task: str, policy: str) -> Table:
+    rows = []
+    for name, d in read_diagnoses(folder, task, policy).items():
+        rows.append([name, f"{d.copula_r_bar:.3f}",
+                     *[f"{d.law_errors[law]['max_share_of_oracle_gain']:.1%}" for law in LAWS],
+                     *[f"{d.law_gaps[k]:.1%}" for k in LAW_GAPS]])
+    return Table(f"{task} / {policy}: each law's max error over N, as a share of the oracle gain at N = M; "
+                 f"where the laws part (gaps between their curves, same scale)",
+                 ["selector", "copula r̄", *[f"{law.replace('_', ' ')} err" for law in LAWS],
+                  "factorization gap (Gaussian)", "factorization gap (copula)", "non-Gaussian gap"], rows)
+
+
+def read_allocation(folder: RunFolder, task: str, policy: str) -> AllocationStudy:
+    return AllocationStudy.from_json(read_json(folder.allocation(task, policy)))
+
+
+def allocation_table(folder: RunFolder, task: str, policy: str) -> Table:
+    study = read_allocation(folder, task, policy)
+    rows = []
+    for name, curve in study.curves.items():
+        cells = []
+        for budget in ALLOCATION_BUDGETS:
+            point = curve.at(budget)
+            cells.append("-" if point is None else
+                         f"{point[0]:.4f} [{point[1]:.4f}, {point[2]:.4f}] ({point[3]:.2f})")
+        need = study.samples_to_reach_reference(name)
+        rows.append([name, *cells, "not reached" if need is None or math.isnan(need) else f"{need:.2f}"])
+    return Table(f"{task} / {policy}: {PRIMARY} on {study.queries} test queries at equal average budgets "
+                 f"(samples really spent), samples chosen by {study.selector} (κ = {study.kappa:.3f})",
+                 ["allocation", *[f"{b} per query" for b in ALLOCATION_BUDGETS],
+                  f"samples to reach uniform N={REFERENCE_BUDGET}"], rows)
+
+
+def stage_tables(folder: RunFolder, stage: str, tasks: list[str], policies: list[str]) -> list[Table]:
+    """The tables a stage's results fill (none for stages that only write data)."""
+    if stage == "curves":
+        return [ceiling_table(folder, task, policies) for task in tasks]
+    builders = {"rewards": [rewards_table], "diagnose": [diagnosis_table, laws_table],
+                "allocate": [allocation_table]}.get(stage, [])
+    return [build(folder, task, policy) for task in tasks for policy in policies for build in builders]
