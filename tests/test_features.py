@@ -48,3 +48,13 @@ def test_unknown_query_is_named(table, pep_task):
     _, frame = table
     with pytest.raises(KeyError, match="not in the task"):
         candidate_features(frame.assign(query_id="nope"), pep_task.by_id(), EmbeddingCache())
+
+
+def test_a_cache_that_does_not_persist_reads_the_file_and_never_writes_it(tmp_path):
+    path = tmp_path / "embeddings.npz"
+    EmbeddingCache(path).encode(["kept"])
+    before = path.read_bytes()
+    reader = EmbeddingCache(path, persist=False)
+    reader.encode(["kept", "new text"])
+    assert path.read_bytes() == before
+    assert EmbeddingCache(path, persist=False)._vectors.keys() == EmbeddingCache(path)._vectors.keys()

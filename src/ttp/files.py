@@ -2,6 +2,7 @@
 leaves the previous version in place.  Every module that writes run data goes through here."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -30,8 +31,6 @@ def write_json_atomic(path: str | Path, obj) -> None:
 
 
 def write_parquet_atomic(path: str | Path, frame) -> None:
-    import io
-
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     write_bytes_atomic(path, buffer.getvalue())

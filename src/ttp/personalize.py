@@ -62,7 +62,7 @@ class Personalizer:
         allocation = folder.allocation(task.name, policy)
         self.rule = read_json(allocation).get("online_rule", "uniform") if allocation.exists() else "uniform"
         self.prompts = PromptBuilder(task.layout, policy, config.shots, config.convention)
-        self.cache = EmbeddingCache(folder.embeddings(task.name))
+        self.cache = EmbeddingCache(folder.embeddings(task.name), persist=False)
         self.backend = backend or make_backend(
             config.backend, config.model_path, config.server_url, config.server_model,
             max_sequences=MAX_POOL_SIZE, n_ctx=config.n_ctx,

@@ -24,9 +24,7 @@ def group_means(values, groups) -> tuple[np.ndarray, np.ndarray]:
     counts = np.bincount(inverse, minlength=len(ids)).astype(float)
     if values.ndim == 1:
         return ids, np.bincount(inverse, weights=values, minlength=len(ids)) / counts
-    sums = np.zeros((len(ids), values.shape[1]))
-    np.add.at(sums, inverse, values)
-    return ids, sums / counts[:, None]
+    return ids, group_sums(values, inverse, len(ids)) / counts[:, None]
 
 
 def group_sums(values, inverse: np.ndarray, n_groups: int) -> np.ndarray:

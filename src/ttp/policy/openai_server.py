@@ -21,6 +21,7 @@ import math
 import random
 import warnings
 import zlib
+from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
 import httpx
@@ -48,8 +49,6 @@ def _retry_after(response: httpx.Response) -> float | None:
     except ValueError:
         pass
     try:
-        from datetime import datetime, timezone
-
         return min(max((parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds(), 0.0),
                    MAX_RETRY_AFTER)
     except (TypeError, ValueError):

@@ -60,10 +60,13 @@ def _encoder():
 
 
 class EmbeddingCache:
-    """Unit-norm sentence embeddings keyed by text hash, persisted as one ``.npz`` file."""
+    """Unit-norm sentence embeddings keyed by text hash, persisted as one ``.npz`` file.
+    ``persist=False`` reads the file but never writes it (a server: the run's cache stays as the
+    run left it, and no request pays for rewriting it)."""
 
-    def __init__(self, path: str | Path | None = None):
+    def __init__(self, path: str | Path | None = None, persist: bool = True):
         self.path = Path(path) if path else None
+        self.persist = persist
         self._vectors: dict[str, np.ndarray] = {}
         if self.path and self.path.exists():
             try:
@@ -88,7 +91,7 @@ class EmbeddingCache:
         return np.stack([self._vectors[k] for k in keys]) if keys else np.zeros((0, 384))
 
     def save(self) -> None:
-        if self.path is None:
+        if self.path is None or not self.persist:
             return
         buffer = io.BytesIO()
         np.savez(buffer, keys=np.array(list(self._vectors)), vectors=np.stack(list(self._vectors.values())))

@@ -104,8 +104,9 @@ class Server:
         sampling = replace(cfg.sampling, max_tokens=request["max_tokens"], temperature=request["temperature"],
                            top_p=request["top_p"], seed=request["seed"])
         count = getattr(self.personalizer.backend, "count_tokens", None)
-        if count and count(text) + sampling.max_tokens > cfg.n_ctx:
-            raise APIError(400, f"the input of {count(text)} tokens and {sampling.max_tokens} new tokens exceed "
+        input_tokens = count(text) if count else 0
+        if input_tokens + sampling.max_tokens > cfg.n_ctx:
+            raise APIError(400, f"the input of {input_tokens} tokens and {sampling.max_tokens} new tokens exceed "
                                 f"the context of {cfg.n_ctx} tokens; shorten the input", "prompt",
                            "context_length_exceeded")
         profile = self.store.profile(user) if user else ()
