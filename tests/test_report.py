@@ -70,7 +70,7 @@ def test_report_tables_are_the_cli_tables_and_hold_the_analysis_numbers(run):
     errors = {row[0]: dict(zip(laws.columns, row)) for row in laws.rows}
     for name, d in diagnoses.items():
         share = d.law_errors["copula_per_query"]["max_share_of_oracle_gain"]
-        assert errors[name]["copula per query err"] == f"{share:.1%}"
+        assert errors[name]["copula per-query"] == f"{share:.1%}"
     [allocation] = stage_tables(folder, "allocate", [TASK], [POLICY])
     uniform = next(r for r in allocation.rows if r[0] == "uniform")
     assert uniform[3].startswith(f"{study.curves['uniform'].at(8)[0]:.4f}")
