@@ -80,3 +80,35 @@ def test_clear_errors_for_oversized_requests(backend):
         backend.sample("x", SamplingParams(n=9))
     with pytest.raises(ValueError, match="exceeds the context of 4096; raise --n-ctx"):
         backend.sample("word " * 5000, SamplingParams(n=2, max_tokens=8))
+
+
+def test_teacher_forced_scores_equal_llama_cpp_own_log_probabilities(backend, pep_task):
+    import llama_cpp
+    import numpy as np
+
+    from ttp.policy.llama_cpp import default_model_path
+
+    prompt = PromptBuilder(pep_task.layout, "personalized")(pep_task.queries[0])
+    continuations = [" A Title About Hashing\n", " Deprecate modules\n", "\n"]
+    scored = backend.score(prompt, continuations)
+    reference = llama_cpp.Llama(str(default_model_path()), n_ctx=2048, logits_all=True, verbose=False)
+    prompt_tokens = reference.tokenize(prompt.encode(), add_bos=True, special=True)
+    for text, (logprob, n_tokens) in zip(continuations, scored):
+        tokens = reference.tokenize(text.encode(), add_bos=False, special=False)
+        reference.reset()
+        reference.eval(prompt_tokens + tokens)
+        logits = np.array(reference.scores[len(prompt_tokens) - 1:len(prompt_tokens) + len(tokens) - 1], dtype=float)
+        log_z = logits.max(1) + np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1))
+        own = float((logits[np.arange(len(tokens)), tokens] - log_z).sum())
+        assert n_tokens == len(tokens)
+        # one batched decode of every continuation against llama.cpp's own single-sequence pass:
+        # the same tokens, numerics a percent or two apart (as for sampled log-probabilities)
+        assert logprob == pytest.approx(own, rel=0.02)
+
+
+def test_pmi_is_exactly_zero_when_both_prompts_are_the_same(backend, pep_task):
+    prompt = PromptBuilder(pep_task.layout, "plain")(pep_task.queries[2])
+    texts = [" First title\n", " Second, longer candidate title\n"]
+    fresh = backend.score(prompt, texts)                 # evaluates the prompt
+    cached = backend.score(prompt, texts)                # reuses it from the cache
+    assert [a[0] - b[0] for a, b in zip(fresh, cached)] == [0.0, 0.0]

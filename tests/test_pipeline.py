@@ -150,3 +150,29 @@ def test_imported_scores_are_judged_like_trained_reward_models(run_folder, tmp_p
     copy = diagnosis["copy_of_utility"]["per_query"]
     assert all(r == pytest.approx(1.0) for r, flat in zip(copy["rho"], copy["flat"]) if not flat)
     assert "copy_of_utility" in folder.report.read_text()
+
+
+def test_zero_shot_scorers_are_judged_on_held_out_users(run_folder):
+    result = runner.invoke(app, ["zero-shot", str(run_folder)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    evaluation = json.loads(RunFolder(run_folder).reward_eval(TASK, "plain").read_text())
+    for name in ("likelihood", "pmi", "profile_similarity"):
+        share = evaluation["selectors"][name]["oracle_gain_share"][str(evaluation["pool_size"])][0]
+        assert -1.5 <= share <= 1.0
+    diagnosis = json.loads(RunFolder(run_folder).diagnosis(TASK, "plain").read_text())
+    assert {"likelihood", "pmi", "profile_similarity"} <= set(diagnosis)
+    # the stored likelihood is the backend's teacher-forced mean log-probability of the candidate
+    import pandas as pd
+
+    from ttp.policy.llama_cpp import LlamaCppBackend
+    from ttp.tasks.data import load_task
+    from ttp.tasks.prompts import PromptBuilder
+
+    folder = RunFolder(run_folder)
+    stored = pd.read_parquet(folder.external_scores(TASK, "plain", "likelihood")).iloc[0]
+    text = pd.read_parquet(folder.candidates(TASK, "plain")).set_index(["query_id", "candidate"]).loc[
+        (stored.query_id, stored.candidate), "text"]
+    task = load_task(json.loads(folder.config.read_text())["tasks"][0]["path"])
+    [(logprob, n_tokens)] = LlamaCppBackend(n_ctx=4096, max_sequences=2).score(
+        PromptBuilder(task.layout, "personalized")(task.by_id()[stored.query_id]), [f" {text}\n"])
+    assert stored.score == pytest.approx(logprob / n_tokens, rel=0.02)

@@ -273,6 +273,43 @@ def scores(
     _run_stages(None, run_folder, ["rewards", "diagnose", "allocate", "report"])
 
 
+@app.command("zero-shot")
+def zero_shot(
+    run_folder: Path = typer.Argument(..., help="a run folder with pools and utilities"),
+) -> None:
+    """Score the held-out users' pools with the zero-shot scorers (likelihood, pmi,
+    profile_similarity) on the run's own model, then rerun rewards, diagnose, allocate and report
+    so they are judged like the trained reward models."""
+    from rich.progress import Progress
+
+    from ttp.files import write_parquet_atomic
+    from ttp.policy.registry import make_backend
+    from ttp.rewards.features import EmbeddingCache
+    from ttp.rewards.zero_shot import ZERO_SHOT, zero_shot_scores
+
+    folder = RunFolder(run_folder)
+    if not folder.config.exists():
+        raise FileNotFoundError(f"{run_folder} is not a run folder (no config.json); start one with `ttp run`")
+    with folder.lock():
+        pipeline = Pipeline.resume(run_folder)
+        c = pipeline.config
+        backend = make_backend(c.backend, c.model_path, c.server_url, c.server_model, max_sequences=c.sampling.n,
+                               n_ctx=c.n_ctx, request_timeout=c.request_timeout)
+        for task, policy in pipeline.cells():
+            split = pipeline.splits[task.name]
+            frame = pipeline.candidates(task, policy)
+            held_out = frame[frame["user"].isin(split.validation + split.test)]
+            with Progress(console=console) as bar:
+                job = bar.add_task(f"zero-shot {task.name} / {policy}", total=held_out.query_id.nunique())
+                table = zero_shot_scores(held_out, task.by_id(), task.layout, backend,
+                                         EmbeddingCache(folder.embeddings(task.name)), c.shots, c.convention,
+                                         progress=lambda: bar.advance(job))
+            for name in ZERO_SHOT:
+                write_parquet_atomic(folder.external_scores(task.name, policy, name),
+                                     table[["query_id", "candidate", name]].rename(columns={name: "score"}))
+    _run_stages(None, run_folder, ["rewards", "diagnose", "allocate", "report"])
+
+
 @app.command("export-model")
 def export_model(
     target: Path = typer.Argument(..., help="folder to write"),

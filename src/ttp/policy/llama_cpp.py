@@ -195,6 +195,51 @@ class LlamaCppBackend:
         self._cached_prompt, self._cached_logits = list(tokens), self._logit_rows(1).copy()
         return self._cached_logits
 
+    def score(self, prompt: str, continuations: list[str]) -> list[tuple[float, int]]:
+        """Teacher-forced ``(sum of token log-probabilities, tokens)`` of each continuation after
+        ``prompt``, at temperature 1.  The prompt is evaluated once (or taken from the cache) and
+        shared by every continuation, which are decoded together, as sampling does."""
+        if len(continuations) > self.max_sequences:
+            raise ValueError(f"{len(continuations)} continuations exceed max_sequences = {self.max_sequences}")
+        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        pieces = [self.llm.tokenize(c.encode("utf-8"), add_bos=False, special=False) for c in continuations]
+        longest = max((len(p) for p in pieces), default=0)
+        if len(tokens) + sum(len(p) for p in pieces) > self.n_ctx or longest > self.n_batch:
+            raise ContextOverflow(f"a prompt of {len(tokens)} tokens and continuations of {sum(map(len, pieces))} "
+                                  f"tokens exceed the context of {self.n_ctx}; raise --n-ctx")
+        memory = self._lib.llama_get_memory(self._ctx.ctx)
+        first = self._prompt_cache(memory, tokens)[0]
+        first_lp = first - (first.max() + np.log(np.exp(first - first.max()).sum()))
+        for seq in range(1, len(pieces)):
+            self._lib.llama_memory_seq_cp(memory, 0, seq, -1, -1)
+        self._sequences_used = max(self._sequences_used, len(pieces))
+        scores = [(float(first_lp[p[0]]) if p else 0.0, len(p)) for p in pieces]
+        batch: list[tuple[int, list[int]]] = []
+
+        def flush():
+            entries = [(t, len(tokens) + i, seq, i < len(piece) - 1) for seq, piece in batch
+                       for i, t in enumerate(piece)]
+            self._decode(entries)
+            rows = self._logit_rows(sum(len(piece) - 1 for _, piece in batch)).astype(np.float64)
+            log_z = rows.max(axis=1) + np.log(np.exp(rows - rows.max(axis=1, keepdims=True)).sum(axis=1))
+            row = 0
+            for seq, piece in batch:
+                nxt = len(piece) - 1
+                total = float((rows[np.arange(row, row + nxt), piece[1:]] - log_z[row:row + nxt]).sum())
+                scores[seq] = (scores[seq][0] + total, len(piece))
+                row += nxt
+            batch.clear()
+
+        for seq, piece in enumerate(pieces):
+            if not piece:
+                continue
+            if batch and sum(len(p) for _, p in batch) + len(piece) > self.n_batch:
+                flush()
+            batch.append((seq, piece))
+        if batch:
+            flush()
+        return scores
+
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
 
