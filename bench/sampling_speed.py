@@ -1,8 +1,11 @@
 """Sampling cost on the embedded model, side by side in one run, on one personalized pep-titles
 prompt: (a) one candidate, (b) a pool of 16 by the backend's shared path (the prompt evaluated
 once, 16 sequences decoded together), (c) 16 independent completions that each evaluate the
-prompt again.  Prints each time, the pool's cost in candidates (b / a, goal: <= 1.5) and the
-shared path's speed-up (c / b, goal: >= 3).  Rounds alternate so machine noise hits all alike."""
+prompt again, (d) teacher-forced scoring of the pool's 16 candidates under the same prompt (the
+zero-shot scorers' work).  Prints each time, the pool's cost in candidates (b / a, goal:
+<= 1.5), the shared path's speed-up (c / b, goal: >= 3) and scoring against sampling (d / b,
+goal: <= 2).  Rounds alternate so machine noise hits all alike; every call evaluates its
+prompt, as a new query's does."""
 import time
 
 from _data import pep_titles
@@ -22,7 +25,7 @@ def main():
     n_prompt = backend.count_tokens(prompt)
     params = SamplingParams(n=N, max_tokens=24)
     backend.sample(prompt, params.with_seed(99))  # warm-up
-    one = shared = independent = 0.0
+    one = shared = independent = scoring = 0.0
     tokens_one = tokens_shared = tokens_independent = 0
     for r in range(ROUNDS):
         t0 = time.perf_counter()
@@ -33,6 +36,9 @@ def main():
         shared += time.perf_counter() - t0
         tokens_shared += sum(c.n_tokens for c in pool)
         t0 = time.perf_counter()
+        backend.score(prompt, [f" {c.text}\n" for c in pool])
+        scoring += time.perf_counter() - t0
+        t0 = time.perf_counter()
         for i in range(N):
             tokens_independent += backend.sample(prompt, SamplingParams(n=1, max_tokens=24, seed=1000 * r + i))[
                 0].n_tokens
@@ -42,7 +48,9 @@ def main():
     print(f"pool of {N}, shared prompt:      {shared / ROUNDS:7.2f} s ({tokens_shared / ROUNDS:.0f} new tokens)")
     print(f"{N} independent completions:    {independent / ROUNDS:7.2f} s "
           f"({tokens_independent / ROUNDS:.0f} new tokens)")
+    print(f"scoring the pool's {N} candidates:  {scoring / ROUNDS:7.2f} s")
     print(f"pool / one candidate: {shared / one:.2f}x (goal <= 1.5)")
+    print(f"scoring / sampling a pool: {scoring / shared:.2f}x (goal <= 2)")
     print(f"shared-prompt speed-up over independent completions: {independent / shared:.1f}x (goal >= 3)")
 
 
