@@ -220,12 +220,14 @@ class LlamaCppBackend:
             entries = [(t, len(tokens) + i, seq, i < len(piece) - 1) for seq, piece in batch
                        for i, t in enumerate(piece)]
             self._decode(entries)
-            rows = self._logit_rows(sum(len(piece) - 1 for _, piece in batch)).astype(np.float64)
-            log_z = rows.max(axis=1) + np.log(np.exp(rows - rows.max(axis=1, keepdims=True)).sum(axis=1))
+            rows = self._logit_rows(sum(len(piece) - 1 for _, piece in batch))
+            top = rows.max(axis=1)
+            log_z = top + np.log(np.exp(rows - top[:, None]).sum(axis=1, dtype=np.float64))
             row = 0
             for seq, piece in batch:
                 nxt = len(piece) - 1
-                total = float((rows[np.arange(row, row + nxt), piece[1:]] - log_z[row:row + nxt]).sum())
+                picked = rows[np.arange(row, row + nxt), piece[1:]].astype(np.float64)
+                total = float((picked - log_z[row:row + nxt]).sum())
                 scores[seq] = (scores[seq][0] + total, len(piece))
                 row += nxt
             batch.clear()
