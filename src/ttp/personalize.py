@@ -13,8 +13,8 @@ import pandas as pd
 
 from ttp.analysis.control import ControllerConfig, calibration
 from ttp.analysis.online import Decision, choose_online
-from ttp.files import read_json
 from ttp.analysis.pools import Pools
+from ttp.files import read_json
 from ttp.policy import Completion, PolicyBackend
 from ttp.policy.registry import make_backend
 from ttp.rewards.features import EmbeddingCache, candidate_features
@@ -33,11 +33,7 @@ class Generation:
 
     decision: Decision
     completions: list[Completion]      # every sample drawn, in order
-    prompt_tokens: int                 # prompt tokens evaluated, over every call to the backend
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(c.n_tokens for c in self.completions)
+    prompt_tokens: int                 # the prompt's tokens (0 where the backend cannot count them)
 
 
 class Personalizer:
@@ -103,10 +99,9 @@ class Personalizer:
         sampling = sampling or self.config.sampling
         count = getattr(self.backend, "count_tokens", None)
         prompt_tokens = count(prompt) if count else 0
-        drawn, calls = [], []
+        drawn = []
 
         def draw(k: int) -> list[str]:
-            calls.append(k)
             drawn.extend(self.backend.sample(prompt, replace(sampling, n=k, seed=sampling.seed + len(drawn))))
             return [c.text for c in drawn[-k:]]
 
@@ -115,7 +110,7 @@ class Personalizer:
 
         decision = choose_online(draw, score, budget, self.kappa, self.dataset_spread, self.controller,
                                  min_gain=min_gain, at_least=at_least, rule=rule or self.rule)
-        return Generation(decision, list(drawn), prompt_tokens * len(calls))
+        return Generation(decision, list(drawn), prompt_tokens)
 
     @classmethod
     def from_run(cls, root, task_name: str, policy: str = "personalized",

@@ -147,11 +147,7 @@ class LlamaCppBackend:
             raise ContextOverflow(f"a prompt of {len(tokens)} tokens plus {n} x {params.max_tokens} new tokens "
                                   f"exceeds the context of {self.n_ctx}; raise --n-ctx or lower --max-tokens")
         rng = np.random.default_rng(params.seed)
-        memory = self._lib.llama_get_memory(self._ctx.ctx)
-        prompt_logits = self._prompt_cache(memory, tokens)
-        for seq in range(1, n):
-            self._lib.llama_memory_seq_cp(memory, 0, seq, -1, -1)
-        self._sequences_used = max(self._sequences_used, n)
+        prompt_logits = self._prompt_in_sequences(tokens, n)
 
         # every sequence starts from the prompt's last logits
         logits = np.repeat(prompt_logits, n, axis=0)
@@ -176,11 +172,19 @@ class LlamaCppBackend:
         return [Completion(clean_completion(self._text(g), params.stop), float(logprob[s]), len(g))
                 for s, g in enumerate(generated)]
 
+    def _prompt_in_sequences(self, tokens: list[int], n: int) -> np.ndarray:
+        """Put the prompt in sequences ``0..n-1`` of the KV cache (shared cells) and return its
+        last logits.  The same prompt as the last call's (an online controller drawing a query's
+        candidates in rounds) keeps its cache: only the candidates' tokens are removed, the
+        prompt is not evaluated again."""
+        memory = self._lib.llama_get_memory(self._ctx.ctx)
+        logits = self._prompt_cache(memory, tokens)
+        for seq in range(1, n):
+            self._lib.llama_memory_seq_cp(memory, 0, seq, -1, -1)
+        self._sequences_used = max(self._sequences_used, n)
+        return logits
+
     def _prompt_cache(self, memory, tokens: list[int]) -> np.ndarray:
-        """Put the prompt in sequence 0 of the KV cache and return its last logits.  The same
-        prompt as the last call's (an online controller drawing a query's candidates in rounds)
-        keeps its cache: only the candidates' tokens are removed, the prompt is not evaluated
-        again."""
         if self.prompt_cache and tokens == self._cached_prompt:
             self._lib.llama_memory_seq_rm(memory, 0, len(tokens), -1)
             for seq in range(1, self._sequences_used):
@@ -207,12 +211,8 @@ class LlamaCppBackend:
         if len(tokens) + sum(len(p) for p in pieces) > self.n_ctx or longest > self.n_batch:
             raise ContextOverflow(f"a prompt of {len(tokens)} tokens and continuations of {sum(map(len, pieces))} "
                                   f"tokens exceed the context of {self.n_ctx}; raise --n-ctx")
-        memory = self._lib.llama_get_memory(self._ctx.ctx)
-        first = self._prompt_cache(memory, tokens)[0]
+        first = self._prompt_in_sequences(tokens, len(pieces))[0]
         first_lp = first - (first.max() + np.log(np.exp(first - first.max()).sum()))
-        for seq in range(1, len(pieces)):
-            self._lib.llama_memory_seq_cp(memory, 0, seq, -1, -1)
-        self._sequences_used = max(self._sequences_used, len(pieces))
         scores = [(float(first_lp[p[0]]) if p else 0.0, len(p)) for p in pieces]
         batch: list[tuple[int, list[int]]] = []
 
