@@ -112,3 +112,48 @@ def test_pmi_is_exactly_zero_when_both_prompts_are_the_same(backend, pep_task):
     fresh = backend.score(prompt, texts)                 # evaluates the prompt
     cached = backend.score(prompt, texts)                # reuses it from the cache
     assert [a[0] - b[0] for a, b in zip(fresh, cached)] == [0.0, 0.0]
+
+
+def test_hidden_states_are_the_final_states_of_a_single_pass(backend, pep_task):
+    import llama_cpp
+    import numpy as np
+
+    from ttp.policy.llama_cpp import default_model_path
+
+    prompt = PromptBuilder(pep_task.layout, "personalized")(pep_task.queries[1])
+    continuations = [" A Title About Hashing\n", " Deprecate modules\n"]
+    states = backend.hidden_states(prompt, continuations)
+    assert states.shape == (2, backend.n_embd)
+    reference = llama_cpp.Llama(str(default_model_path()), n_ctx=2048, embedding=True, pooling_type=0,
+                                verbose=False)
+    for text, state in zip(continuations, states):
+        own = np.array(reference.embed(prompt + text, normalize=False, truncate=False))[-1]
+        # the last token's state of llama.cpp's own pass over prompt + continuation; batched and
+        # single-sequence kernels differ by a few percent, as for log-probabilities
+        cosine = float(own @ state / np.linalg.norm(own) / np.linalg.norm(state))
+        assert cosine > 0.99
+    # embeddings mode is switched off again: scoring still gives log-probabilities
+    assert backend.score(prompt, continuations)[0][0] < 0
+    assert not np.allclose(states[0], states[1], rtol=0.05)
+
+
+def test_judge_is_the_log_odds_of_yes_against_no(backend, pep_task):
+    import llama_cpp
+    import numpy as np
+
+    from ttp.policy.llama_cpp import default_model_path
+    from ttp.rewards.zero_shot import judge_answers, judge_prompt
+
+    query = pep_task.queries[4]
+    prompt = judge_prompt(query, pep_task.layout)
+    yes, no = judge_answers(pep_task.layout, "Deprecate modules")
+    [(lp_yes, _)], [(lp_no, _)] = backend.score(prompt, [yes]), backend.score(prompt, [no])
+    reference = llama_cpp.Llama(str(default_model_path()), n_ctx=2048, logits_all=True, verbose=False)
+    context = reference.tokenize((prompt + yes[:-len(" yes")]).encode(), add_bos=True, special=False)
+    reference.eval(context)
+    logits = np.array(reference.scores[len(context) - 1], dtype=float)
+    token_yes, token_no = (reference.tokenize(t.encode(), add_bos=False, special=False) for t in (" yes", " no"))
+    assert len(token_yes) == len(token_no) == 1
+    # the two answers share every token but the last, so their difference is one logit gap;
+    # batched kernels move each logit by a few hundredths
+    assert lp_yes - lp_no == pytest.approx(logits[token_yes[0]] - logits[token_no[0]], abs=0.2)

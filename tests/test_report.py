@@ -62,7 +62,7 @@ def test_report_tables_are_the_cli_tables_and_hold_the_analysis_numbers(run):
     for stage in ("curves", "rewards", "diagnose", "allocate"):
         for table in stage_tables(folder, stage, [TASK], [POLICY]):
             assert table.to_markdown() in report, stage
-    diagnosis, laws = stage_tables(folder, "diagnose", [TASK], [POLICY])
+    diagnosis, laws, comparison = stage_tables(folder, "diagnose", [TASK], [POLICY])
     rows = {row[0]: dict(zip(diagnosis.columns, row)) for row in diagnosis.rows}
     for name, d in diagnoses.items():
         assert rows[name]["ρ̄"] == f"{d.rho_bar:.3f}" and rows[name]["c"] == f"{d.collapse_rate:.2f}"
@@ -71,6 +71,16 @@ def test_report_tables_are_the_cli_tables_and_hold_the_analysis_numbers(run):
     for name, d in diagnoses.items():
         share = d.law_errors["copula_per_query"]["max_share_of_oracle_gain"]
         assert errors[name]["copula per-query"] == f"{share:.1%}"
+    # one row per selector, named by family, head and rule, with the same numbers
+    evaluation = json.loads(folder.reward_eval(TASK, POLICY).read_text())["selectors"]
+    by_selector = {(r[0], r[1], r[2]): dict(zip(comparison.columns, r)) for r in comparison.rows}
+    assert set(by_selector) == {("baseline", "random", "-"), ("features", "pointwise", "-"),
+                                ("features", "probabilistic", "mean")}
+    prob = by_selector[("features", "probabilistic", "mean")]
+    low_high = evaluation["probabilistic/mean"]["oracle_gain_share"]["4"]
+    assert prob["gain share N=4"] == f"{low_high[0]:.2f} [{low_high[1]:.2f}, {low_high[2]:.2f}]"
+    assert by_selector[("features", "pointwise", "-")]["collapsed users"] == str(len(test.collapsed_users))
+    assert prob["law err copula"] == errors["probabilistic/mean"]["copula per-query"]
     [allocation] = stage_tables(folder, "allocate", [TASK], [POLICY])
     uniform = next(r for r in allocation.rows if r[0] == "uniform")
     assert uniform[3].startswith(f"{study.curves['uniform'].at(8)[0]:.4f}")

@@ -43,8 +43,9 @@ def _within(option: str, value, low, high=None) -> None:
         raise typer.BadParameter(f"{option} must be {bound}, got {value}")
 
 
-def _run_stages(config: RunConfig | None, root: Path, stages) -> None:
-    """Run ``stages`` holding the run's writer lock; ``config`` None resumes the saved one."""
+def _run_stages(config: RunConfig | None, root: Path, stages) -> list[str]:
+    """Run ``stages`` holding the run's writer lock; ``config`` None resumes the saved one.
+    Returns the run's task names."""
     folder = RunFolder(root)
     if config is None and not folder.config.exists():
         raise FileNotFoundError(f"{root} is not a run folder (no config.json); start one with `ttp run`")
@@ -58,6 +59,7 @@ def _run_stages(config: RunConfig | None, root: Path, stages) -> None:
                 render(table)
             if stage == "report":
                 console.print(f"report: {result}")
+    return tasks
 
 
 @app.command()
@@ -95,6 +97,8 @@ def run(
     request_timeout: float = typer.Option(300.0, help="openai backend: overall deadline per request, s"),
     ray_workers: int = typer.Option(0, help="sample with this many Ray actors (0: in this process)"),
     ray_address: Optional[str] = typer.Option(None, help="address of a running Ray cluster"),
+    family: List[str] = typer.Option(["features"], help="reward-model families to train (repeatable): "
+                                     "features, hidden_state, cross_encoder"),
     stages: List[str] = typer.Option(list(STAGES), help="stages to run, in order"),
 ) -> None:
     """Run the stages on any task; a rerun on the same folder resumes where it stopped."""
@@ -114,9 +118,18 @@ def run(
         sampling=SamplingParams(n=pool_size, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
         split=split, seed=seed, convention=convention, model_path=str(model.resolve()) if model else None, n_ctx=n_ctx,
         backend=backend, server_url=server_url, server_model=server_model, request_timeout=request_timeout,
-        ray_workers=ray_workers, ray_address=ray_address,
+        ray_workers=ray_workers, ray_address=ray_address, families=_families(family),
     )
     _run_stages(config, out, stages)
+
+
+def _families(names) -> tuple[str, ...]:
+    from ttp.rewards.families import check_families
+
+    try:
+        return check_families(tuple(dict.fromkeys(["features", *names])))
+    except ValueError as err:
+        raise typer.BadParameter(f"--family: {err}") from None
 
 
 @app.command()
@@ -276,8 +289,10 @@ def scores(
 @app.command("zero-shot")
 def zero_shot(
     run_folder: Path = typer.Argument(..., help="a run folder with pools and utilities"),
+    scorer: Optional[List[str]] = typer.Option(None, help="a scorer to compute (repeatable; default: every "
+                                                          "one the run does not have yet)"),
 ) -> None:
-    """Score the held-out users' pools with the zero-shot scorers (likelihood, pmi,
+    """Score the held-out users' pools with the zero-shot scorers (likelihood, pmi, judge,
     profile_similarity) on the run's own model, then rerun rewards, diagnose, allocate and report
     so they are judged like the trained reward models."""
     from rich.progress import Progress
@@ -287,27 +302,64 @@ def zero_shot(
     from ttp.rewards.features import EmbeddingCache
     from ttp.rewards.zero_shot import ZERO_SHOT, zero_shot_scores
 
+    for name in scorer or ():
+        if name not in ZERO_SHOT:
+            raise typer.BadParameter(f"--scorer {name!r}: choose from {', '.join(ZERO_SHOT)}")
     folder = RunFolder(run_folder)
     if not folder.config.exists():
         raise FileNotFoundError(f"{run_folder} is not a run folder (no config.json); start one with `ttp run`")
     with folder.lock():
         pipeline = Pipeline.resume(run_folder)
         c = pipeline.config
-        backend = make_backend(c.backend, c.model_path, c.server_url, c.server_model, max_sequences=c.sampling.n,
-                               n_ctx=c.n_ctx, request_timeout=c.request_timeout)
+        backend = None
         for task, policy in pipeline.cells():
+            wanted = tuple(scorer or [n for n in ZERO_SHOT
+                                      if not folder.external_scores(task.name, policy, n).exists()])
+            if not wanted:
+                continue
+            backend = backend or make_backend(c.backend, c.model_path, c.server_url, c.server_model,
+                                              max_sequences=c.sampling.n, n_ctx=c.n_ctx,
+                                              request_timeout=c.request_timeout)
             split = pipeline.splits[task.name]
             frame = pipeline.candidates(task, policy)
             held_out = frame[frame["user"].isin(split.validation + split.test)]
             with Progress(console=console) as bar:
-                job = bar.add_task(f"zero-shot {task.name} / {policy}", total=held_out.query_id.nunique())
+                job = bar.add_task(f"{', '.join(wanted)} on {task.name} / {policy}", total=held_out.query_id.nunique())
                 table = zero_shot_scores(held_out, task.by_id(), task.layout, backend,
                                          EmbeddingCache(folder.embeddings(task.name)), c.shots, c.convention,
-                                         progress=lambda: bar.advance(job))
-            for name in ZERO_SHOT:
+                                         wanted, progress=lambda: bar.advance(job))
+            for name in wanted:
                 write_parquet_atomic(folder.external_scores(task.name, policy, name),
                                      table[["query_id", "candidate", name]].rename(columns={name: "score"}))
     _run_stages(None, run_folder, ["rewards", "diagnose", "allocate", "report"])
+
+
+@app.command()
+def compare(
+    run_folder: Path = typer.Argument(..., help="a run folder with pools and utilities"),
+    family: List[str] = typer.Option(["hidden_state", "cross_encoder"], help="families to add (repeatable)"),
+) -> None:
+    """Train the reward-model families on the run's training users (each with the pointwise,
+    Bradley-Terry and probabilistic heads), judge every family x head x rule on the same held-out
+    users, and print the comparison.  Trained models and hidden states stay in the run folder, so
+    a rerun only scores."""
+    from dataclasses import replace
+
+    from ttp.files import write_json_atomic
+    from ttp.runs.tables import comparison_table
+
+    folder = RunFolder(run_folder)
+    if not folder.config.exists():
+        raise FileNotFoundError(f"{run_folder} is not a run folder (no config.json); start one with `ttp run`")
+    with folder.lock():
+        config = RunConfig.load(folder.config)
+        config = replace(config, families=_families([*config.families, *family]))
+        write_json_atomic(folder.config, config.to_json())
+    tasks = _run_stages(None, run_folder, ["rewards", "diagnose", "allocate", "report"])
+    console.rule("[bold]families compared")
+    for task in tasks:
+        for policy in config.policies:
+            render(comparison_table(folder, task, policy))
 
 
 @app.command("export-model")

@@ -74,6 +74,7 @@ class LlamaCppBackend:
         self._batch = llama_cpp.llama_batch_init(max(n_batch, max_sequences), 0, 1)
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self.n_embd = llama_cpp.llama_model_n_embd(self.llm._model.model)
         self.n_ctx, self.max_sequences, self.n_batch = n_ctx, max_sequences, n_batch
         self.name = f"llama.cpp:{path.name}"
         self.prompt_cache = prompt_cache   # off: every call evaluates its prompt (benchmarks)
@@ -199,10 +200,9 @@ class LlamaCppBackend:
         self._cached_prompt, self._cached_logits = list(tokens), self._logit_rows(1).copy()
         return self._cached_logits
 
-    def score(self, prompt: str, continuations: list[str]) -> list[tuple[float, int]]:
-        """Teacher-forced ``(sum of token log-probabilities, tokens)`` of each continuation after
-        ``prompt``, at temperature 1.  The prompt is evaluated once (or taken from the cache) and
-        shared by every continuation, which are decoded together, as sampling does."""
+    def _forced(self, prompt: str, continuations: list[str]) -> tuple[list[int], list[list[int]]]:
+        """Tokens of the prompt and of each continuation, checked against the context and put in
+        sequences ``0..len(continuations)-1`` of the KV cache."""
         if len(continuations) > self.max_sequences:
             raise ValueError(f"{len(continuations)} continuations exceed max_sequences = {self.max_sequences}")
         tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
@@ -211,15 +211,32 @@ class LlamaCppBackend:
         if len(tokens) + sum(len(p) for p in pieces) > self.n_ctx or longest > self.n_batch:
             raise ContextOverflow(f"a prompt of {len(tokens)} tokens and continuations of {sum(map(len, pieces))} "
                                   f"tokens exceed the context of {self.n_ctx}; raise --n-ctx")
+        return tokens, pieces
+
+    def _batches(self, pieces: list[list[int]]):
+        """The non-empty continuations as ``(sequence, tokens)`` groups that fit one decode."""
+        batch: list[tuple[int, list[int]]] = []
+        for seq, piece in enumerate(pieces):
+            if not piece:
+                continue
+            if batch and sum(len(p) for _, p in batch) + len(piece) > self.n_batch:
+                yield batch
+                batch = []
+            batch.append((seq, piece))
+        if batch:
+            yield batch
+
+    def score(self, prompt: str, continuations: list[str]) -> list[tuple[float, int]]:
+        """Teacher-forced ``(sum of token log-probabilities, tokens)`` of each continuation after
+        ``prompt``, at temperature 1.  The prompt is evaluated once (or taken from the cache) and
+        shared by every continuation, which are decoded together, as sampling does."""
+        tokens, pieces = self._forced(prompt, continuations)
         first = self._prompt_in_sequences(tokens, len(pieces))[0]
         first_lp = first - (first.max() + np.log(np.exp(first - first.max()).sum()))
         scores = [(float(first_lp[p[0]]) if p else 0.0, len(p)) for p in pieces]
-        batch: list[tuple[int, list[int]]] = []
-
-        def flush():
-            entries = [(t, len(tokens) + i, seq, i < len(piece) - 1) for seq, piece in batch
-                       for i, t in enumerate(piece)]
-            self._decode(entries)
+        for batch in self._batches(pieces):
+            self._decode([(t, len(tokens) + i, seq, i < len(piece) - 1) for seq, piece in batch
+                          for i, t in enumerate(piece)])
             rows = self._logit_rows(sum(len(piece) - 1 for _, piece in batch))
             top = rows.max(axis=1)
             log_z = top + np.log(np.exp(rows - top[:, None]).sum(axis=1, dtype=np.float64))
@@ -230,17 +247,38 @@ class LlamaCppBackend:
                 total = float((picked - log_z[row:row + nxt]).sum())
                 scores[seq] = (scores[seq][0] + total, len(piece))
                 row += nxt
-            batch.clear()
-
-        for seq, piece in enumerate(pieces):
-            if not piece:
-                continue
-            if batch and sum(len(p) for _, p in batch) + len(piece) > self.n_batch:
-                flush()
-            batch.append((seq, piece))
-        if batch:
-            flush()
         return scores
+
+    def hidden_states(self, prompt: str, continuations: list[str]) -> np.ndarray:
+        """The final layer's state (after the output norm, llama.cpp's ``result_norm``) at the last
+        token of prompt + each continuation: one row of ``n_embd`` floats per continuation.  The
+        prompt's KV cache is shared as in ``score``."""
+        tokens, pieces = self._forced(prompt, continuations)
+        if not all(pieces):
+            raise ValueError("hidden_states needs non-empty continuations (a candidate and its end of line)")
+        self._prompt_in_sequences(tokens, len(pieces))
+        states = np.zeros((len(pieces), self.n_embd), dtype=np.float32)
+        ctx = self._ctx.ctx
+        self._lib.llama_set_embeddings(ctx, True)
+        try:
+            for batch in self._batches(pieces):
+                # embeddings mode outputs every token anyway (llama.cpp overrides, and says so)
+                self._decode([(t, len(tokens) + i, seq, True) for seq, piece in batch for i, t in enumerate(piece)])
+                position = -1
+                for seq, piece in batch:
+                    position += len(piece)
+                    states[seq] = self._state_row(position)
+        finally:
+            self._lib.llama_set_embeddings(ctx, False)
+        return states
+
+    def _state_row(self, position: int) -> np.ndarray:
+        """The state of the token at ``position`` in the last decode's batch (with embeddings on,
+        llama.cpp outputs every token of the batch)."""
+        ptr = self._lib.llama_get_embeddings_ith(self._ctx.ctx, position)
+        if not ptr:
+            raise RuntimeError(f"{self.name} gives no per-token states (the model pools its embeddings)")
+        return np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).copy()
 
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))

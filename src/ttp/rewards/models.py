@@ -199,7 +199,8 @@ class RewardModel:
         var = gaussian_variance(torch.as_tensor(out[0, :, 1]), self.config.variance_floor).numpy()
         return mean, np.sqrt(var)
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, inputs: dict | None = None) -> None:
+        """Write the model; ``inputs`` describes what it reads (family, layer, prompt), for the record."""
         path = Path(path)
         tensors = {"feature_mean": torch.as_tensor(self.feature_mean_),
                    "feature_scale": torch.as_tensor(self.feature_scale_)}
@@ -209,7 +210,7 @@ class RewardModel:
         write_json_atomic(path / SETTINGS, {"format": FORMAT, "config": asdict(self.config),
                                             "members": len(self.networks_),
                                             "n_features_in": int(self.n_features_in_),
-                                            "feature_names": self.feature_names_in_})
+                                            "feature_names": self.feature_names_in_, "inputs": inputs or {}})
 
     @staticmethod
     def is_saved(path: str | Path) -> bool:
@@ -235,6 +236,7 @@ class RewardModel:
             model.feature_scale_ = tensors["feature_scale"].numpy()
             model.n_features_in_ = int(settings["n_features_in"])
             model.feature_names_in_ = settings["feature_names"]
+            model.inputs_ = settings.get("inputs", {})
             model.networks_ = []
             for i in range(int(settings["members"])):
                 net = _mlp(model.n_features_in_, model.config.hidden, model.objective.outputs)

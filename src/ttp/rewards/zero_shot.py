@@ -3,13 +3,18 @@
 * ``likelihood``: the mean token log-probability of the candidate under the personalized prompt;
 * ``pmi``: log p(candidate | personalized prompt) − log p(candidate | plain prompt), how much the
   user's examples raise the candidate;
+* ``judge``: log p(" yes") − log p(" no") when the model, shown the user's examples, the query
+  and the candidate, is asked whether this user would have written it;
 * ``profile_similarity``: the candidate's mean sentence-embedding similarity to the user's past
   outputs.
 
 A candidate is scored as the model would have produced it: a space, its text, and the newline
-that ends it.  Teacher forcing shares each prompt's KV cache across the pool
-(``LlamaCppBackend.score``).  The scores are stored beside imported ones
-(``RunFolder.external_scores``), so every later stage judges them like the trained RMs."""
+that ends it.  Teacher forcing shares each prompt's KV cache across the pool (``score`` of the
+backend: the embedded llama.cpp model, or a server's echoed log-probabilities).  The judge's
+two answers are scored as two continuations of the same judge prompt, which differ in their
+last token only, so the difference of their sums is the log-odds of that token.  The scores
+are stored beside imported ones (``RunFolder.external_scores``), so every later stage judges
+them like the trained RMs."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,36 +22,63 @@ import pandas as pd
 
 from ttp.rewards.features import EmbeddingCache, candidate_features
 from ttp.tasks.data import ProfileLayout, Query
-from ttp.tasks.prompts import PromptBuilder
+from ttp.tasks.prompts import OUTPUT_CHARS, QUERY_CHARS, PromptBuilder, retrieve, split_instruction
 
-ZERO_SHOT = ("likelihood", "pmi", "profile_similarity")
+ZERO_SHOT = ("likelihood", "pmi", "judge", "profile_similarity")
+
+
+def judge_prompt(query: Query, layout: ProfileLayout, k: int = 3, convention: str = "ttp") -> str:
+    """The question put to the model: this user's own outputs, the new query, then the candidate."""
+    out, src = layout.output_label.lower(), layout.source_label.lower()
+    examples = "".join(f"- {it.output[:OUTPUT_CHARS].strip()}\n" for it in retrieve(query, k, convention))
+    _, text = split_instruction(query.input)
+    return (f"Here are {out}s that one user wrote:\n{examples}\n"
+            f"The user's next {src}: {text[:QUERY_CHARS]}\n\nA proposed {out}:")
+
+
+def judge_answers(layout: ProfileLayout, candidate: str) -> tuple[str, str]:
+    """The two continuations of the judge prompt whose log-probabilities the judge compares."""
+    question = f" {candidate}\nWould this user have written this {layout.output_label.lower()}? Answer yes or no.\nAnswer:"
+    return question + " yes", question + " no"
 
 
 def zero_shot_scores(candidates: pd.DataFrame, queries: dict[str, Query], layout: ProfileLayout, backend,
                      cache: EmbeddingCache, shots: int = 3, convention: str = "ttp",
-                     progress=None) -> pd.DataFrame:
-    """``query_id, candidate`` and one column per scorer of ``ZERO_SHOT`` for every candidate."""
-    if not hasattr(backend, "score"):
-        raise TypeError(f"the {backend.name} backend cannot score a given text; zero-shot scorers need one "
-                        f"that can (the embedded llama-cpp backend)")
+                     scorers: tuple[str, ...] = ZERO_SHOT, progress=None) -> pd.DataFrame:
+    """``query_id, candidate`` and one column per scorer in ``scorers`` for every candidate."""
+    unknown = sorted(set(scorers) - set(ZERO_SHOT))
+    if unknown:
+        raise ValueError(f"unknown zero-shot scorers {unknown}; choose from {ZERO_SHOT}")
+    if set(scorers) - {"profile_similarity"} and not hasattr(backend, "score"):
+        raise TypeError(f"the {backend.name} backend cannot score a given text; the likelihood, pmi and judge "
+                        f"scorers need one that can (llama-cpp, or a server that echoes log-probabilities)")
     personalized = PromptBuilder(layout, "personalized", shots, convention)
     plain = PromptBuilder(layout, "plain", shots, convention)
-    similarity = candidate_features(candidates, queries, cache, k=shots, convention=convention)["sim_profile_mean"]
+    if "profile_similarity" in scorers:
+        similarity = candidate_features(candidates, queries, cache, k=shots, convention=convention)["sim_profile_mean"]
     blocks = []
     for query_id, pool in candidates.groupby("query_id", sort=False):
         query = queries[query_id]
         texts = [f" {t}\n" for t in pool["text"]]
-        with_profile = backend.score(personalized(query), texts)
-        without = backend.score(plain(query), texts)
-        blocks.append(pd.DataFrame({
-            "query_id": query_id, "candidate": pool["candidate"].to_numpy(),
-            "likelihood": [lp / max(n, 1) for lp, n in with_profile],
-            "pmi": [a[0] - b[0] for a, b in zip(with_profile, without)],
-            "profile_similarity": similarity.loc[pool.index].to_numpy(),
-        }))
+        block = {"query_id": query_id, "candidate": pool["candidate"].to_numpy()}
+        if {"likelihood", "pmi"} & set(scorers):
+            with_profile = backend.score(personalized(query), texts)
+            block["likelihood"] = [lp / max(n, 1) for lp, n in with_profile]
+        if "pmi" in scorers:
+            without = backend.score(plain(query), texts)
+            block["pmi"] = [a[0] - b[0] for a, b in zip(with_profile, without)]
+        if "judge" in scorers:
+            prompt = judge_prompt(query, layout, shots, convention)
+            answers = [judge_answers(layout, t) for t in pool["text"]]
+            yes = backend.score(prompt, [a for a, _ in answers])
+            no = backend.score(prompt, [b for _, b in answers])
+            block["judge"] = [a[0] - b[0] for a, b in zip(yes, no)]
+        if "profile_similarity" in scorers:
+            block["profile_similarity"] = similarity.loc[pool.index].to_numpy()
+        blocks.append(pd.DataFrame(block)[["query_id", "candidate", *scorers]])
         if progress:
             progress()
     table = pd.concat(blocks, ignore_index=True)
-    if not np.isfinite(table[list(ZERO_SHOT)].to_numpy()).all():
+    if not np.isfinite(table[list(scorers)].to_numpy()).all():
         raise ValueError("a zero-shot score came out non-finite; check the pools' texts")
     return table

@@ -10,6 +10,7 @@ from pathlib import Path
 from ttp.files import DataFileError, check_name, read_json
 from ttp.policy import SamplingParams
 from ttp.policy.registry import BACKENDS
+from ttp.rewards.families import check_families
 from ttp.rewards.models import REWARD_MODELS
 from ttp.rewards.selection import Selector
 from ttp.tasks.prompts import PROMPT_STYLES
@@ -59,6 +60,7 @@ class RunConfig:
     ray_workers: int = 0                             # > 0: sample with that many Ray actors
     ray_address: str | None = None                   # an existing Ray cluster (default: start one locally)
     reward_models: tuple[str, ...] = ("pointwise", "bradley_terry", "probabilistic", "ensemble")
+    families: tuple[str, ...] = ("features",)       # what the reward models read (rewards/families.py)
     lcb_kappa: float = 1.0                           # lcb selection: mean - kappa * sd
     collapse_tau: float = 0.1                        # collapse threshold, share of the median user's spread
     controller_selector: str = "probabilistic/mean"  # the selector whose scores drive allocation
@@ -83,6 +85,10 @@ class RunConfig:
         if bad_models:
             raise ConfigError(f"unknown reward models {bad_models}; choose from "
                               f"{sorted(set(REWARD_MODELS) - {'constant'})}")
+        try:
+            check_families(self.families)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         selector = Selector.parse(self.controller_selector)
         if selector.model not in self.reward_models:
             raise ConfigError(f"controller_selector {self.controller_selector!r} names a reward model this "
@@ -110,7 +116,7 @@ class RunConfig:
             data["tasks"] = tuple(TaskSpec(**t) for t in data["tasks"])
             sampling = dict(data.get("sampling", {}))
             data["sampling"] = SamplingParams(**{**sampling, "stop": tuple(sampling.get("stop", ("\n",)))})
-            for key in ("policies", "split", "reward_models"):
+            for key in ("policies", "split", "reward_models", "families"):
                 if key in data:
                     data[key] = tuple(data[key])
             return cls(**data)

@@ -12,20 +12,18 @@ from ttp.analysis.bon import bon_curves, oracle_curves, user_bootstrap
 from ttp.analysis.pools import Pools
 from ttp.analysis.stats import bootstrap_draws, group_index, group_sums, within_pool_correlation
 from ttp.rewards.features import FEATURES
-from ttp.rewards.models import RewardModel
 from ttp.rewards.selection import Selector, selection_scores, selectors_of
 from ttp.tasks.utility import PRIMARY
 
 REPORTED_N = (1, 2, 4, 8, 16, 32)
 
 
-def selector_scores(models: dict[str, RewardModel], candidates: pd.DataFrame, kappa: float = 1.0) -> pd.DataFrame:
+def selector_scores(models: dict, candidates: pd.DataFrame, kappa: float = 1.0) -> pd.DataFrame:
     """The candidates (features dropped) with a score column per selector and an sd column per
-    probabilistic model."""
-    X = candidates[list(FEATURES)]
+    probabilistic model; ``models`` maps each name to ``(model, its inputs for these candidates)``."""
     groups = candidates["query_id"].to_numpy()
     out = candidates.drop(columns=list(FEATURES)).copy()
-    for name, model in models.items():
+    for name, (model, X) in models.items():
         if model.is_probabilistic:
             out[f"sd:{name}"] = model.predict(X, return_std=True)[1]
         for selector in selectors_of(name, model):

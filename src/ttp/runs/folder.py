@@ -10,6 +10,7 @@ policy names become folders only after ``ttp.files.check_name``, so no name can 
     <run>/<task>/<policy>/candidates.parquet one row per candidate, with its utilities
     <run>/<task>/<policy>/curves.json        oracle and random curves, ceiling fits
     <run>/<task>/<policy>/features.parquet   candidates with reward-model features
+    <run>/<task>/<policy>/hidden_states.npz  the policy model's states of each candidate
     <run>/<task>/<policy>/reward_models/<kind>/   trained reward models
     <run>/<task>/<policy>/external_scores/<name>.parquet  scores imported with `ttp scores`
     <run>/<task>/<policy>/test_scores.parquet     every selector's scores on test users
@@ -90,6 +91,9 @@ class RunFolder:
 
     def features(self, task: str, policy: str) -> Path:
         return self.policy_dir(task, policy) / "features.parquet"
+
+    def hidden_states(self, task: str, policy: str) -> Path:
+        return self.policy_dir(task, policy) / "hidden_states.npz"
 
     def embeddings(self, task: str) -> Path:
         return self.task_dir(task) / "embeddings.npz"

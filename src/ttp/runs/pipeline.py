@@ -13,6 +13,7 @@ from functools import partial
 
 import pandas as pd
 from rich.console import Console
+from rich.progress import Progress
 
 from ttp.analysis.allocation import allocation_study
 from ttp.analysis.bon import oracle_curves, random_curves, user_bootstrap
@@ -23,7 +24,9 @@ from ttp.files import read_json, write_json_atomic, write_parquet_atomic
 from ttp.policy.registry import make_backend
 from ttp.policy.sampling import read_pools, sample_pools
 from ttp.rewards.features import FEATURES, EmbeddingCache, candidate_features
-from ttp.rewards.models import RewardConfig, RewardModel
+from ttp.rewards.cross_encoder import PAIR_TEMPLATE, CrossEncoderConfig, encode, pair_texts
+from ttp.rewards.families import heads, is_saved, load_model, model_name, new_model
+from ttp.rewards.hidden_states import LAYER, POOLING, hidden_state_matrix
 from ttp.rewards.selection import Selector
 from ttp.runs.config import ConfigError, RunConfig
 from ttp.runs.evaluation import evaluate_selectors, selector_scores, selectors
@@ -79,10 +82,19 @@ class Pipeline:
             raise FileNotFoundError(f"{path} is missing: run the rewards stage first (`ttp rewards`)")
         return Pools.from_frame(pd.read_parquet(path))
 
+    def _factory(self):
+        c = self.config
+        return partial(make_backend, c.backend, c.model_path, c.server_url, c.server_model,
+                       max_sequences=c.sampling.n, n_ctx=c.n_ctx, request_timeout=c.request_timeout)
+
+    def backend(self):
+        """The policy backend, made on first use and kept for the run."""
+        if self._backend is None:
+            self._backend = self._factory()()
+        return self._backend
+
     def sample(self) -> None:
         c = self.config
-        factory = partial(make_backend, c.backend, c.model_path, c.server_url, c.server_model,
-                          max_sequences=c.sampling.n, n_ctx=c.n_ctx, request_timeout=c.request_timeout)
         executor = None
         try:
             for task, policy in self.cells():
@@ -93,12 +105,11 @@ class Pipeline:
                 if c.ray_workers > 0 and executor is None:
                     from ttp.policy.ray_executor import RayExecutor
 
-                    executor = RayExecutor(factory, c.ray_workers, c.ray_address)
-                elif executor is None and self._backend is None:
-                    self._backend = factory()
-                sample_pools(list(task.queries), PromptBuilder(task.layout, policy, c.shots, c.convention), self._backend,
-                             c.sampling, path, description=f"{task.name} / {policy}",
-                             show_progress=self.show_progress, executor=executor)
+                    executor = RayExecutor(self._factory(), c.ray_workers, c.ray_address)
+                sample_pools(list(task.queries), PromptBuilder(task.layout, policy, c.shots, c.convention),
+                             None if executor else self.backend(), c.sampling, path,
+                             description=f"{task.name} / {policy}", show_progress=self.show_progress,
+                             executor=executor)
         finally:
             if executor is not None:
                 executor.shutdown()
@@ -149,25 +160,50 @@ class Pipeline:
         write_parquet_atomic(path, table)
         return table
 
+    def family_inputs(self, task: Task, policy: str, family: str, table: pd.DataFrame):
+        """What the ``family``'s reward models read, one row per row of ``table``, and a note of
+        it saved beside each model."""
+        c = self.config
+        if family == "features":
+            return table[list(FEATURES)], {"family": family}
+        if family == "cross_encoder":
+            pairs = pair_texts(table, task.by_id(), c.shots, c.convention)
+            with console.status(f"encoding {len(pairs)} candidates for the cross-encoder ({task.name} / {policy})"):
+                return encode(pairs, CrossEncoderConfig()), {"family": family, "text": PAIR_TEMPLATE,
+                                                             "shots": c.shots, "convention": c.convention}
+        with Progress(console=console, disable=not self.show_progress) as bar:
+            job = bar.add_task(f"hidden states {task.name} / {policy}", total=table.query_id.nunique())
+            states = hidden_state_matrix(table, task.by_id(), task.layout, self.backend(),
+                                         self.folder.hidden_states(task.name, policy), c.shots, c.convention,
+                                         progress=lambda: bar.advance(job))
+        return (pd.DataFrame(states, columns=[f"h{i}" for i in range(states.shape[1])], index=table.index),
+                {"family": family, "policy_model": self.backend().name, "layer": LAYER, "pooling": POOLING,
+                 "prompt": "personalized", "shots": c.shots, "convention": c.convention})
+
     def rewards(self) -> None:
         for task, policy in self.cells():
             table = self.features(task, policy)
             split = self.splits[task.name]
-            parts = {p: table[table["user"].isin(getattr(split, p))] for p in PARTS}
-            xyg = {p: (f[list(FEATURES)], f[PRIMARY].to_numpy(), f["query_id"].to_numpy())
-                   for p, f in parts.items()}
+            rows = {p: table["user"].isin(getattr(split, p)).to_numpy() for p in PARTS}
+            y, groups = table[PRIMARY].to_numpy(), table["query_id"].to_numpy()
             models = {}
-            for kind in ("constant", *self.config.reward_models):
-                model_dir = self.folder.reward_model(task.name, policy, kind)
-                if RewardModel.is_saved(model_dir):
-                    models[kind] = RewardModel.load(model_dir)
-                    continue
-                console.print(f"training {kind} reward model on {task.name} / {policy}")
-                models[kind] = RewardModel(RewardConfig(kind=kind, seed=self.config.seed)).fit(
-                    *xyg["train"], *xyg["validation"])
-                models[kind].save(model_dir)
+            for family in self.config.families:
+                X, inputs = self.family_inputs(task, policy, family, table)
+                for head in heads(family, self.config.reward_models):
+                    name = model_name(family, head)
+                    model_dir = self.folder.reward_model(task.name, policy, name)
+                    if is_saved(family, model_dir):
+                        model = load_model(family, model_dir)
+                    else:
+                        console.print(f"training {name} reward model on {task.name} / {policy}")
+                        train, val = rows["train"], rows["validation"]
+                        model = new_model(family, head, self.config.seed).fit(
+                            X[train], y[train], groups[train], X[val], y[val], groups[val])
+                        model.save(model_dir, inputs)
+                    models[name] = (model, X)
             for part in ("validation", "test"):
-                scores = selector_scores(models, parts[part], kappa=self.config.lcb_kappa)
+                scores = selector_scores({n: (m, X[rows[part]]) for n, (m, X) in models.items()},
+                                         table[rows[part]], kappa=self.config.lcb_kappa)
                 for path in sorted(self.folder.external_scores(task.name, policy).glob("*.parquet")):
                     imported = pd.read_parquet(path).rename(columns={"score": f"score:{path.stem}",
                                                                      "sd": f"sd:{path.stem}"})

@@ -22,8 +22,8 @@ from ttp.analysis.scaling import CEILING_FORMS  # noqa: E402
 from ttp.files import read_json, write_bytes_atomic, write_json_atomic  # noqa: E402
 from ttp.runs.config import RunConfig  # noqa: E402
 from ttp.runs.folder import RunFolder  # noqa: E402
-from ttp.runs.tables import (allocation_table, ceiling_table, diagnosis_table, laws_table,  # noqa: E402
-                             read_allocation, read_diagnoses, rewards_table)
+from ttp.runs.tables import (allocation_table, ceiling_table, comparison_table, diagnosis_table,  # noqa: E402
+                             laws_table, read_allocation, read_diagnoses, rewards_table)
 from ttp.tasks.utility import PRIMARY  # noqa: E402
 
 
@@ -114,6 +114,9 @@ def diagnosis_section(folder: RunFolder, cells, tau: float) -> tuple[str, dict]:
         text.append(f"### {task} / {policy}\n")
         text.append(diagnosis_table(folder, task, policy).to_markdown())
         text.append(laws_table(folder, task, policy).to_markdown())
+        text.append("Every reward-model family side by side (rewards/families.py): h is shown against "
+                    "the share expected by chance, the laws' error is the per-query one.\n")
+        text.append(comparison_table(folder, task, policy).to_markdown())
         text.append(f"![law](figures/{_law_figure(folder, task, policy, diagnoses, names)})\n")
         text.append(f"![failures](figures/{_failure_figure(folder, task, policy, diagnoses, names)})\n")
         for name in names:

