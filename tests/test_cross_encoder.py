@@ -37,7 +37,7 @@ def best_of_n_share(scores, utility, pool_size=8, n=4):
 
 @pytest.mark.parametrize("kind", ["pointwise", "bradley_terry", "probabilistic"])
 def test_learns_the_signature_word_and_its_best_of_n_rises(kind, tmp_path):
-    config = CrossEncoderConfig(kind=kind, tuned_layers=1, max_length=48, max_epochs=3, lr=5e-4)
+    config = CrossEncoderConfig(kind=kind, max_length=32, max_epochs=5, pools_per_batch=2)
     train, val, test = planted(40, 0), planted(12, 1), planted(15, 2)
     model = CrossEncoderRewardModel(config).fit(*train, *val)
     scores = model.predict(test[0])

@@ -118,3 +118,43 @@ def test_unreachable_server_fails_fast():
     backend = OpenAICompatibleBackend(f"http://127.0.0.1:{free_port()}", "m", retries=1, backoff=0.01, request_timeout=5)
     with pytest.raises(BackendError, match="Is the server running"):
         backend.sample("p", SamplingParams(n=1))
+
+
+def test_scores_from_echoed_log_probabilities_match_the_embedded_model(pep_task):
+    from ttp.policy.llama_cpp import LlamaCppBackend, default_model_path
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
+                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+                             "--logits_all", "true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        remote = OpenAICompatibleBackend(f"http://127.0.0.1:{port}", "gemma", max_concurrency=1)
+        prompt = PromptBuilder(pep_task.layout, "personalized")(pep_task.queries[0])
+        texts = [" A Title About Hashing\n", " Deprecate modules\n"]
+        local = LlamaCppBackend(n_ctx=4096, max_sequences=2)
+        for (lp, n), (own, own_n) in zip(remote.score(prompt, texts), local.score(prompt, texts)):
+            assert n == own_n and lp == pytest.approx(own, rel=0.03)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_server_without_prompt_log_probabilities_gets_a_clear_error():
+    # a completions answer that ignores echo and logprobs, as some servers give
+    body = b'{"choices": [{"text": " yes", "index": 0, "finish_reason": "length"}]}'
+    handler = type("Handler", (_Broken,), {"status": 200, "body": body})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        backend = OpenAICompatibleBackend(f"http://127.0.0.1:{httpd.server_address[1]}", "m", retries=0)
+        with pytest.raises(BackendError, match="does not return the prompt's log-probabilities"):
+            backend.score("Title:", [" A title\n"])
+    finally:
+        httpd.shutdown()

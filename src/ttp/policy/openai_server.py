@@ -166,3 +166,40 @@ class OpenAICompatibleBackend:
 
     def sample(self, prompt: str, params: SamplingParams) -> list[Completion]:
         return asyncio.run(self._sample(prompt, params))
+
+    def _echoed(self, choice: dict, prompt: str, text: str) -> tuple[float, int]:
+        """The continuation's share of an echoed prompt's log-probabilities: the tokens whose
+        text starts inside it (the one token generated after it lies beyond its end)."""
+        logprobs = choice.get("logprobs") or {}
+        values, offsets = logprobs.get("token_logprobs"), logprobs.get("text_offset")
+        if not values or not offsets or len(values) != len(offsets):
+            raise BackendError(f"{self.base_url} does not return the prompt's log-probabilities (completions with "
+                               f"echo and logprobs); the likelihood, pmi and judge scorers need a server that "
+                               f"does, such as vLLM or the llama.cpp server started with --logits_all true")
+        start, end = len(prompt), len(prompt) + len(text)
+        picked = [v for v, o in zip(values, offsets) if start <= o < end]
+        if any(v is None for v in picked):
+            raise BackendError(f"{self.base_url} returned no log-probability for some echoed tokens")
+        return float(sum(picked)), len(picked)
+
+    async def _score(self, prompt: str, continuations: list[str]) -> list[tuple[float, int]]:
+        timeout = httpx.Timeout(self.request_timeout, connect=self.connect_timeout)
+        limits = httpx.Limits(max_connections=self.max_concurrency)
+        gate = asyncio.Semaphore(self.max_concurrency)
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=limits,
+                                     headers=self.headers) as client:
+            async def one(text: str) -> tuple[float, int]:
+                # max_tokens 1, not 0: some servers read 0 as "until the context is full"
+                body = {"model": self.model, "prompt": prompt + text, "max_tokens": 1, "temperature": 0,
+                        "echo": True, "logprobs": 1}
+                async with gate:
+                    [choice] = (await self._post(client, body))[:1]
+                return self._echoed(choice, prompt, text)
+
+            return list(await asyncio.gather(*(one(t) for t in continuations)))
+
+    def score(self, prompt: str, continuations: list[str]) -> list[tuple[float, int]]:
+        """Teacher-forced ``(sum of token log-probabilities, tokens)`` of each continuation after
+        ``prompt``, from the server's echoed prompt log-probabilities (one request per
+        continuation; a server with prefix caching shares the prompt's work)."""
+        return asyncio.run(self._score(prompt, continuations))

@@ -45,7 +45,7 @@ class CrossEncoderConfig:
     kind: str = "pointwise"      # an objective of OBJECTIVES
     tuned_layers: int = 2        # top transformer layers trained; the rest stay as packaged
     max_length: int = 96         # tokens of the pair
-    lr: float = 2e-4
+    lr: float = 3e-4
     weight_decay: float = 1e-4
     max_epochs: int = 4
     patience: int = 1            # epochs without a better validation ρ̄
