@@ -2,8 +2,14 @@
 # The pep-titles experiment of docs/results.md: 296 queries (a seeded subset of at most 6 per
 # user, 52 users; the user split leaves 120 test queries), pools of M = 16, both policies.
 # Prints oracle/random ROUGE-L at N = 1, 4, 16, every reward model and selection rule on the
-# test users, and each one's four quantities and law errors.  Resumes if interrupted.
+# test users, and each one's four quantities and law errors; then the zero-shot scorers and the
+# comparison of reward-model families.  Resumes if interrupted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data/pep-titles}"
 .venv/bin/ttp run --task "$DATA" --out runs/pep-titles --pool-size 16 --max-queries-per-user 6
+# the zero-shot scorers (likelihood, pmi, judge, profile_similarity) on the held-out pools
+.venv/bin/ttp zero-shot runs/pep-titles
+# every reward-model family (hand features, the policy's hidden states, the MiniLM cross-encoder)
+# with each head and rule, on the same held-out users: one comparison table per policy
+.venv/bin/ttp compare runs/pep-titles

@@ -176,3 +176,37 @@ def test_zero_shot_scorers_are_judged_on_held_out_users(run_folder):
     [(logprob, n_tokens)] = LlamaCppBackend(n_ctx=4096, max_sequences=2).score(
         PromptBuilder(task.layout, "personalized")(task.by_id()[stored.query_id]), [f" {text}\n"])
     assert stored.score == pytest.approx(logprob / n_tokens, rel=0.02)
+
+
+def test_compare_trains_every_family_and_prints_one_table(run_folder):
+    import numpy as np
+
+    from ttp.rewards.cross_encoder import CrossEncoderRewardModel
+    from ttp.rewards.models import RewardModel
+
+    result = runner.invoke(app, ["compare", str(run_folder)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    folder = RunFolder(run_folder)
+    assert json.loads(folder.config.read_text())["families"] == ["features", "hidden_state", "cross_encoder"]
+    assert "families compared" in result.output
+    evaluation = json.loads(folder.reward_eval(TASK, "personalized").read_text())["selectors"]
+    for name in ("hidden_state.pointwise", "hidden_state.bradley_terry", "hidden_state.probabilistic/lcb",
+                 "cross_encoder.pointwise", "cross_encoder.bradley_terry", "cross_encoder.probabilistic/p_improve"):
+        assert name in evaluation, name
+    # the hidden-state model records what it reads, and reads 640 states per candidate
+    hidden = RewardModel.load(folder.reward_model(TASK, "personalized", "hidden_state.pointwise"))
+    assert hidden.n_features_in_ == 640 and hidden.inputs_["layer"].startswith("result_norm")
+    with np.load(folder.hidden_states(TASK, "personalized"), allow_pickle=False) as cache:
+        assert cache["states"].shape[1] == 640
+    encoder = CrossEncoderRewardModel.load(folder.reward_model(TASK, "plain", "cross_encoder.probabilistic"))
+    assert encoder.is_probabilistic and (folder.reward_model(TASK, "plain", "cross_encoder.probabilistic")
+                                         / "tokenizer.json").exists()
+    assert "| hidden_state | probabilistic | lcb |" in folder.report.read_text()
+    # a rerun loads every model and reuses the cached states: the scores do not move
+    before = folder.scores(TASK, "plain").read_bytes()
+    result = runner.invoke(app, ["compare", str(run_folder)])
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(pd.read_parquet(folder.scores(TASK, "plain")),
+                                  pd.read_parquet(__import__("io").BytesIO(before)))

@@ -118,12 +118,14 @@ class LlamaCppBackend:
         the normalizers are exact sums over the whole vocabulary."""
         rows = np.arange(len(logits))
         shifted = logits - logits.max(axis=1, keepdims=True)
-        log_z = np.log(np.exp(shifted).sum(axis=1, dtype=np.float64))
+        unit = np.exp(shifted)   # one pass over the vocabulary serves both normalizers at temperature 1
+        unit_total = unit.sum(axis=1, dtype=np.float64)
+        log_z = np.log(unit_total)
         if params.temperature == 0:
             tokens = logits.argmax(axis=1)
             return tokens, shifted[rows, tokens] - log_z
-        weights = np.exp(shifted / params.temperature)
-        total = weights.sum(axis=1, dtype=np.float64)
+        weights = unit if params.temperature == 1 else np.exp(shifted / params.temperature)
+        total = unit_total if params.temperature == 1 else weights.sum(axis=1, dtype=np.float64)
         tokens = np.empty(len(logits), dtype=np.int64)
         for r in rows:
             width = margin * max(params.temperature, 1.0)
