@@ -22,7 +22,7 @@ N, ROUNDS = 16, 3
 
 def main():
     task = load_task(pep_titles(__doc__.splitlines()[0]))
-    backend = LlamaCppBackend(n_ctx=4096, max_sequences=N, prompt_cache=False)   # each call pays its prompt
+    backend = LlamaCppBackend(n_ctx=8192, max_sequences=64, prompt_cache=False)   # each call pays its prompt
     prompt = PromptBuilder(task.layout, "personalized")(task.queries[12])
     n_prompt = backend.count_tokens(prompt)
     params = SamplingParams(n=N, max_tokens=24)
@@ -70,6 +70,27 @@ def main():
           f"llama.cpp's decode alone: {decode_shared / decode_one:.2f}x")
     print(f"scoring / sampling a pool: {scoring / shared:.2f}x (goal <= 2)")
     print(f"shared-prompt speed-up over independent completions: {independent / shared:.1f}x (goal >= 3)")
+    backend._decode = decode
+    step_times = decode_step_times(backend, prompt)
+    print("one decode step of k sequences (what batching requests together could save): " + ", ".join(
+        f"k={k}: {t * 1000:.0f} ms ({t * 1000 / k:.1f} ms per sequence)" for k, t in step_times.items()))
+
+
+def decode_step_times(backend, prompt, ks=(1, 4, 16, 32, 64), steps=5) -> dict[int, float]:
+    """Seconds of one llama_decode that extends k sequences by one token each, after the prompt.
+    If a step of 64 costs 4x a step of 16, decoding several requests' pools together saves
+    nothing on this machine: the step is compute-bound already."""
+    tokens = backend.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+    out = {}
+    for k in ks:
+        if k > backend.max_sequences:
+            continue
+        backend._prompt_in_sequences(tokens, k)
+        start = time.perf_counter()
+        for step in range(steps):
+            backend._decode([(tokens[-1], len(tokens) + step, s, True) for s in range(k)])
+        out[k] = (time.perf_counter() - start) / steps
+    return out
 
 
 if __name__ == "__main__":

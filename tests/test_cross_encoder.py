@@ -53,7 +53,7 @@ def test_learns_the_signature_word_and_its_best_of_n_rises(kind, tmp_path):
             loaded.predict(test[0], return_std=True)
 
 
-def test_the_candidate_is_never_cut_and_the_context_is(pep_task):
+def test_the_context_is_cut_before_the_candidate(pep_task):
     query = pep_task.queries[0]
     frame = pd.DataFrame({"query_id": [query.id], "text": ["A title " * 3]})
     [(candidate, context)] = pair_texts(frame, pep_task.by_id())
@@ -61,6 +61,9 @@ def test_the_candidate_is_never_cut_and_the_context_is(pep_task):
     config = CrossEncoderConfig(max_length=32, tuned_layers=1)
     encoding = encode([(candidate, context * 20)], config)
     assert encoding.states.shape == (1, 32, 384) and int(encoding.mask.sum()) == 32
+    # a runaway candidate longer than the whole budget is cut too, instead of failing the run
+    runaway = encode([("x1 " * 200, "short context")], config)
+    assert runaway.states.shape == (1, 32, 384)
 
 
 def test_a_model_tuned_on_other_base_weights_is_refused(tmp_path):

@@ -156,11 +156,18 @@ def test_zero_shot_scorers_are_judged_on_held_out_users(run_folder):
     result = runner.invoke(app, ["zero-shot", str(run_folder)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     evaluation = json.loads(RunFolder(run_folder).reward_eval(TASK, "plain").read_text())
-    for name in ("likelihood", "pmi", "profile_similarity"):
+    for name in ("likelihood", "pmi", "judge", "profile_similarity"):
         share = evaluation["selectors"][name]["oracle_gain_share"][str(evaluation["pool_size"])][0]
         assert -1.5 <= share <= 1.0
     diagnosis = json.loads(RunFolder(run_folder).diagnosis(TASK, "plain").read_text())
-    assert {"likelihood", "pmi", "profile_similarity"} <= set(diagnosis)
+    assert {"likelihood", "pmi", "judge", "profile_similarity"} <= set(diagnosis)
+    # a second call computes nothing new: every scorer's file is there already
+    stored = RunFolder(run_folder).external_scores(TASK, "plain", "judge")
+    written = stored.stat().st_mtime_ns
+    again = runner.invoke(app, ["zero-shot", str(run_folder)])
+    assert again.exit_code == 0 and stored.stat().st_mtime_ns == written
+    bad = runner.invoke(app, ["zero-shot", str(run_folder), "--scorer", "vibes"])
+    assert bad.exit_code != 0 and "choose from likelihood, pmi, judge, profile_similarity" in bad.output
     # the stored likelihood is the backend's teacher-forced mean log-probability of the candidate
     import pandas as pd
 

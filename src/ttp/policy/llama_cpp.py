@@ -251,6 +251,27 @@ class LlamaCppBackend:
                 row += nxt
         return scores
 
+    def next_token_logprobs(self, prompt: str, continuations: list[str], tokens: list[str]) -> np.ndarray:
+        """``(continuations, tokens)``: the log-probability of each of ``tokens`` (texts of one
+        token each) right after prompt + each continuation.  Only the last position of each
+        continuation gets logits, which is what makes a yes/no question over a pool cheap."""
+        ids = [self.llm.tokenize(t.encode("utf-8"), add_bos=False, special=False) for t in tokens]
+        if any(len(i) != 1 for i in ids):
+            raise ValueError(f"each of {tokens} must be one token of {self.name}")
+        prompt_tokens, pieces = self._forced(prompt, continuations)
+        if not all(pieces):
+            raise ValueError("next_token_logprobs needs non-empty continuations")
+        self._prompt_in_sequences(prompt_tokens, len(pieces))
+        out = np.zeros((len(pieces), len(ids)))
+        for batch in self._batches(pieces):
+            self._decode([(t, len(prompt_tokens) + i, seq, i == len(piece) - 1) for seq, piece in batch
+                          for i, t in enumerate(piece)])
+            rows = self._logit_rows(len(batch)).astype(np.float64)
+            top = rows.max(axis=1, keepdims=True)
+            log_z = top + np.log(np.exp(rows - top).sum(axis=1, keepdims=True))
+            out[[seq for seq, _ in batch]] = rows[:, [i[0] for i in ids]] - log_z
+        return out
+
     def hidden_states(self, prompt: str, continuations: list[str]) -> np.ndarray:
         """The final layer's state (after the output norm, llama.cpp's ``result_norm``) at the last
         token of prompt + each continuation: one row of ``n_embd`` floats per continuation.  The

