@@ -480,3 +480,20 @@ def test_errors_are_one_line_unless_debug_is_asked(tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
     with pytest.raises(FileNotFoundError):
         main(["resume", str(tmp_path), "--debug"])
+
+
+def test_compare_refuses_hidden_states_a_server_cannot_give_before_changing_the_run(tmp_path, capsys,
+                                                                                     pep_titles_dir):
+    from ttp.runs.config import TaskSpec
+
+    folder = RunFolder(tmp_path / "run")
+    config = RunConfig(tasks=(TaskSpec(str(pep_titles_dir)),), backend="openai",
+                       server_url="http://127.0.0.1:9", server_model="m")
+    folder.root.mkdir()
+    folder.config.write_text(json.dumps(config.to_json()))
+    before = folder.config.read_bytes()
+    assert main(["compare", str(folder.root), "--family", "hidden_state"]) == 2
+    assert "only the llama-cpp backend" in capsys.readouterr().err
+    assert folder.config.read_bytes() == before
+    assert main(["run", "--task", str(pep_titles_dir), "--family", "vibes", "--out", str(tmp_path / "x")]) == 2
+    assert "families must include 'features'" in capsys.readouterr().err

@@ -353,6 +353,9 @@ def compare(
         raise FileNotFoundError(f"{run_folder} is not a run folder (no config.json); start one with `ttp run`")
     with folder.lock():
         config = RunConfig.load(folder.config)
+        if "hidden_state" in family and config.backend != "llama-cpp":
+            raise typer.BadParameter(f"--family hidden_state reads the policy model's hidden states, which only the "
+                                     f"llama-cpp backend gives (this run uses {config.backend}); leave it out")
         config = replace(config, families=_families([*config.families, *family]))
         write_json_atomic(folder.config, config.to_json())
     tasks = _run_stages(None, run_folder, ["rewards", "diagnose", "allocate", "report"])
@@ -400,6 +403,13 @@ def _one_line(err: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _is_usage_error(err: BaseException) -> bool:
+    """A bad command line (an option out of range, an unknown command): click's own exception,
+    or the one of the click that typer vendors (typer >= 0.20), which is not a subclass of it."""
+    return isinstance(err, click.ClickException) or (
+        isinstance(err, typer.TyperException) and hasattr(err, "format_message") and hasattr(err, "exit_code"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """The console entry point: runs the app and turns any error into one line on stderr."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -410,13 +420,13 @@ def main(argv: list[str] | None = None) -> int:
         app(args=args, prog_name="ttp", standalone_mode=False)
     except click.exceptions.Exit as done:
         return done.exit_code
-    except click.ClickException as err:
-        print(f"ttp: error: {' '.join(err.format_message().split())} (see `ttp --help`)", file=sys.stderr)
-        return err.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, click.exceptions.Abort, typer.Abort):
         print("ttp: interrupted; finished work is saved, `ttp resume RUN` continues", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the boundary of the program: every error becomes one line
+        if _is_usage_error(err):
+            print(f"ttp: error: {' '.join(err.format_message().split())} (see `ttp --help`)", file=sys.stderr)
+            return err.exit_code
         if debug:
             raise
         print(f"ttp: error: {_one_line(err)} (--debug shows the traceback)", file=sys.stderr)
