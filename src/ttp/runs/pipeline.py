@@ -186,23 +186,29 @@ class Pipeline:
             split = self.splits[task.name]
             rows = {p: table["user"].isin(getattr(split, p)).to_numpy() for p in PARTS}
             y, groups = table[PRIMARY].to_numpy(), table["query_id"].to_numpy()
+            held_out = rows["validation"] | rows["test"]
             models = {}
             for family in self.config.families:
-                X, inputs = self.family_inputs(task, policy, family, table)
-                for head in heads(family, self.config.reward_models):
-                    name = model_name(family, head)
-                    model_dir = self.folder.reward_model(task.name, policy, name)
+                dirs = {model_name(family, h): (h, self.folder.reward_model(task.name, policy, model_name(family, h)))
+                        for h in heads(family, self.config.reward_models)}
+                # the training users' inputs are built only while some model still has to learn
+                wanted = held_out | rows["train"] if any(not is_saved(family, d) for _, d in dirs.values()) \
+                    else held_out
+                X, inputs = self.family_inputs(task, policy, family, table[wanted])
+                subset_rows = {p: r[wanted] for p, r in rows.items()}
+                yw, gw = y[wanted], groups[wanted]
+                for name, (head, model_dir) in dirs.items():
                     if is_saved(family, model_dir):
                         model = load_model(family, model_dir)
                     else:
                         console.print(f"training {name} reward model on {task.name} / {policy}")
-                        train, val = rows["train"], rows["validation"]
+                        train, val = subset_rows["train"], subset_rows["validation"]
                         model = new_model(family, head, self.config.seed).fit(
-                            X[train], y[train], groups[train], X[val], y[val], groups[val])
+                            X[train], yw[train], gw[train], X[val], yw[val], gw[val])
                         model.save(model_dir, inputs)
-                    models[name] = (model, X)
+                    models[name] = (model, X, subset_rows)
             for part in ("validation", "test"):
-                scores = selector_scores({n: (m, X[rows[part]]) for n, (m, X) in models.items()},
+                scores = selector_scores({n: (m, X[r[part]]) for n, (m, X, r) in models.items()},
                                          table[rows[part]], kappa=self.config.lcb_kappa)
                 for path in sorted(self.folder.external_scores(task.name, policy).glob("*.parquet")):
                     imported = pd.read_parquet(path).rename(columns={"score": f"score:{path.stem}",
