@@ -71,6 +71,7 @@ def test_report_tables_are_the_cli_tables_and_hold_the_analysis_numbers(run):
     for name, d in diagnoses.items():
         share = d.law_errors["copula_per_query"]["max_share_of_oracle_gain"]
         assert errors[name]["copula per-query"] == f"{share:.1%}"
+        assert errors[name]["copula err / SE"] == f"{d.error_in_se('copula_per_query'):.1f}"
     # one row per selector, named by family, head and rule, with the same numbers
     evaluation = json.loads(folder.reward_eval(TASK, POLICY).read_text())["selectors"]
     by_selector = {(r[0], r[1], r[2]): dict(zip(comparison.columns, r)) for r in comparison.rows}

@@ -9,10 +9,13 @@ Best-of-N of a reward model with copula correlation ``r`` is
     BoN_q(N; r) = Σ_j w_{N,j} · E[ utility of the candidate at score rank j ]
 
 with the exact rank weights ``w`` of ``ttp.analysis.bon``.  The expectation is taken over the
-copula: latent normals ``Z`` are drawn for the pool (sorted, so the largest goes to the best
-utility), scores ``r·Z + √(1−r²)·ε``, and the utilities read off in score order; it is averaged
-over ``draws`` seeded draws.  The law is exact at both ends: ``r = 1`` gives the oracle curve
-and ``r = 0`` the random curve, whatever the utilities.
+copula: latent normals ``Z`` are drawn for the pool, one in each rank slot of the standard
+normal (so the largest goes to the best utility), scores ``r·Z + √(1−r²)·ε``, and the utilities
+read off in score order; it is averaged over ``draws`` seeded draws.  Latents and ``r_q`` both
+live in rank space: how far a large utility stands from the rest of its pool enters through
+the value read off, not through its latent (docs/method.md says why).  The law is exact at
+both ends: ``r = 1`` gives the oracle curve and ``r = 0`` the random curve, whatever the
+utilities.
 
 ``r_q`` is estimated from the pool by the tie-corrected normal-scores correlation: with
 utilities tied (41–46% of ROUGE candidates score 0), each tied block gets the mean of the
@@ -82,15 +85,14 @@ def copula_correlation(scores, utilities) -> np.ndarray:
 
 def latent_intervals(utilities) -> tuple[np.ndarray, np.ndarray]:
     """Each candidate's latent normal as an interval ``(low, high)`` of its CDF position: the
-    dataset-level distribution of within-query standardized utilities (every pool pooled), so a
-    value's latent keeps how far it stands from the rest of its pool.  A value shared by many
-    candidates (a tie, such as ROUGE 0) spans the share of the distribution they hold."""
+    slot its utility's rank holds in the pool, ``[(k − 1)/M, k/M)`` for rank ``k``, so the pool's
+    latents are a stratified sample of the standard normal in utility order (the normal scores
+    that ``r_q`` is measured on).  A value shared by several candidates (a tie, such as ROUGE 0)
+    spans the slots of its block."""
     u = np.asarray(utilities, dtype=float)
-    sd = u.std(axis=1, keepdims=True)
-    z = (u - u.mean(axis=1, keepdims=True)) / np.where(sd > SPREAD_EPS, sd, 1.0)
-    flat = np.sort(z.ravel())
-    low = np.searchsorted(flat, z, side="left") / flat.size
-    high = np.searchsorted(flat, z, side="right") / flat.size
+    m = u.shape[1]
+    low = (stats.rankdata(u, axis=1, method="min") - 1) / m
+    high = stats.rankdata(u, axis=1, method="max") / m
     return low, high
 
 

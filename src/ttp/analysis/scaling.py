@@ -91,6 +91,7 @@ class Diagnosis:
     per_query: dict = field(repr=False)
     user_score_spread: dict = field(repr=False)
     collapse_threshold: float = 0.0
+    observed_se: np.ndarray | None = None   # standard error over queries of the observed gain over μ_q
 
     @property
     def collapse_tau(self) -> float:
@@ -108,7 +109,18 @@ class Diagnosis:
         data["observed"], data["oracle"] = np.asarray(data["observed"]), np.asarray(data["oracle"])
         data["laws"] = {k: np.asarray(v) for k, v in data["laws"].items()}
         data["per_query"] = {k: np.asarray(v) for k, v in data["per_query"].items()}
+        if data.get("observed_se") is not None:
+            data["observed_se"] = np.asarray(data["observed_se"])
         return cls(**data)
+
+    def error_in_se(self, law: str) -> float | None:
+        """A law's largest error over N >= 2 in standard errors of the observed curve at that N.
+        Every law is given the pools' own mean utilities (and so is exact at N = 1); what is
+        left to chance is each query's gain over its mean, so that is what the error is
+        measured against."""
+        if self.observed_se is None or len(self.observed) < 2:
+            return None
+        return float((np.abs(self.laws[law] - self.observed) / np.maximum(self.observed_se, 1e-12))[1:].max())
 
 
 def _jsonable(value):
@@ -202,7 +214,8 @@ def diagnose(
         for i in np.flatnonzero(collapsed_user)
     ]
 
-    observed = bon_curves(scores, utilities).mean(axis=0)
+    observed_q = bon_curves(scores, utilities)
+    observed = observed_q.mean(axis=0)
     oracle_q = oracle_curves(utilities)
     oracle = oracle_q.mean(axis=0)
     e_n = expected_max_normal(m)
@@ -247,4 +260,5 @@ def diagnose(
                    "rho": rho_q, "copula_r": r_q, "collapsed": collapsed_q, "flat": flat},
         user_score_spread=dict(zip(user_ids.tolist(), spread.tolist())),
         collapse_threshold=threshold,
+        observed_se=(observed_q - mu_q[:, None]).std(axis=0, ddof=1) / np.sqrt(q) if q > 1 else None,
     )

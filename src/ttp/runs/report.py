@@ -137,6 +137,9 @@ def _law_figure(folder: RunFolder, task: str, policy: str, diagnoses: dict, name
         n = np.arange(1, len(d.observed) + 1)
         ax.plot(n, d.oracle, color="black", linewidth=1, label="oracle")
         ax.plot(n, d.observed, color="tab:blue", linewidth=2, label="observed")
+        if d.observed_se is not None:
+            ax.fill_between(n, d.observed - 2 * d.observed_se, d.observed + 2 * d.observed_se, color="tab:blue",
+                            alpha=0.15, linewidth=0, label="observed ± 2 SE")
         ax.plot(n, d.laws["per_query"], color="tab:orange", linestyle="--", label="per-query law")
         ax.plot(n, d.laws["four_quantity"], color="tab:green", linestyle=":", label="four-quantity law")
         ax.plot(n, d.laws["per_query_oracle_anchored"], color="tab:red", linestyle="-.",
@@ -150,7 +153,7 @@ def _law_figure(folder: RunFolder, task: str, policy: str, diagnoses: dict, name
     axes[0, 0].set_ylabel(f"{PRIMARY} of the pick")
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"{task} / {policy}: does the law predict each reward model's Best-of-N curve?")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))   # keep the panel titles clear of it
     return _save(fig, folder.figures / f"law_{task}_{policy}.png")
 
 
