@@ -91,14 +91,17 @@ def test_expected_improvement_matches_monte_carlo():
         assert expected_improvement(best, 0.3, 0.2) == pytest.approx(rise.mean(), abs=4 * rise.std() / np.sqrt(x.size))
 
 
-def test_oracle_bound_is_at_least_every_policy_and_expected_improvement_spends_the_budget():
+def test_oracle_bound_is_at_least_every_fixed_allocation_and_every_policy_spends_the_budget():
     test, kappa = _population(collapsed_user_share=0.3, hacked_query_share=0.1)
     spread = float(test.scores.std(axis=1).mean())
     bound = evaluate_policy("oracle_bound", test.scores, test.utilities, test.users, 4, kappa)
     for policy in ("uniform", "greedy", "expected_improvement"):
         result = evaluate_policy(policy, test.scores, test.utilities, test.users, 4, kappa, repeats=5,
                                  spread_prior=spread)
-        assert result["mean"] <= bound["mean"] + 0.002, policy
+        # the bound holds for allocations fixed before the draws; expected improvement stops on
+        # what it drew, so it may beat it (docs/method.md)
+        if policy != "expected_improvement":
+            assert result["mean"] <= bound["mean"] + 0.002, policy
         assert result["samples_per_query"] == pytest.approx(4, abs=0.05), policy
 
 
@@ -114,3 +117,24 @@ def test_online_rules_uniform_draws_the_budget_and_expected_improvement_stops_af
     assert d.samples == 4 and d.score == 2.0 and "expected_improvement" in d.stopped_because
     even = Pool(np.random.default_rng(1).normal(0, 0.2, 16))
     assert choose_online(even.draw, even.score, 16, 1.0, 0.2, min_gain=1e-3, rule="expected_improvement").samples > 4
+
+
+def test_known_calibration_is_each_querys_own_kappa_and_beats_a_shared_one_where_queries_differ():
+    from ttp.analysis.control import query_calibration
+
+    test, kappa = _population(hacked_query_share=0.3, rho_sd=0.3)
+    kappa_q, spread_q = query_calibration(test.scores, test.utilities)
+    i = 5
+    rho = np.corrcoef(test.scores[i], test.utilities[i])[0, 1]
+    assert kappa_q[i] == pytest.approx(rho * test.utilities[i].std() / test.scores[i].std())
+    assert spread_q[i] == pytest.approx(test.scores[i].std())
+    assert (kappa_q[test.hacked_queries] < 0).mean() > 0.9
+    spread = float(test.scores.std(axis=1).mean())
+    shared = evaluate_policy("expected_improvement", test.scores, test.utilities, test.users, 4, kappa, repeats=5,
+                             spread_prior=spread)
+    known = evaluate_policy("known_calibration", test.scores, test.utilities, test.users, 4, kappa, repeats=5,
+                            spread_prior=spread)
+    assert known["samples_per_query"] == pytest.approx(4, abs=0.05)
+    diff = known["per_query"] - shared["per_query"]
+    print(f"known calibration {known['mean']:.4f} vs shared κ {shared['mean']:.4f}")
+    assert diff.mean() > 3 * diff.std(ddof=1) / np.sqrt(len(diff))

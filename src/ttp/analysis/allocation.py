@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ttp.analysis.bon import user_bootstrap
-from ttp.analysis.control import (ALLOCATION_POLICIES, ORACLE_BOUND, ControllerConfig, calibration,
+from ttp.analysis.control import (ALLOCATION_POLICIES, REFERENCES, ControllerConfig, calibration,
                                   evaluate_policy)
 
 STUDY_BUDGETS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
@@ -103,7 +103,7 @@ def allocation_study(selector: str, validation: tuple[np.ndarray, np.ndarray],
     scores, utilities, users = test
     budgets = tuple(b for b in STUDY_BUDGETS if b <= utilities.shape[1])
     curves = {}
-    for policy in (*ALLOCATION_POLICIES, ORACLE_BOUND):
+    for policy in (*ALLOCATION_POLICIES, *REFERENCES):
         rows = [evaluate_policy(policy, scores, utilities, users, b, kappa, config, seed=seed, spread_prior=spread)
                 for b in budgets]
         bands = [user_bootstrap(r["per_query"][:, None], users, n_boot, seed=seed) for r in rows]

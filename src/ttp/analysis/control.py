@@ -29,7 +29,10 @@ from ttp.analysis.scaling import expected_max_normal
 from ttp.analysis.stats import collapsed, group_index, within_pool_correlation
 
 ALLOCATION_POLICIES = ("uniform", "skip_collapsed", "greedy", "early_stop", "expected_improvement")
-ORACLE_BOUND = "oracle_bound"   # not a policy: the best allocation given every query's true curve
+# not policies, references that know each query's full pool:
+KNOWN_CALIBRATION = "known_calibration"   # expected improvement told each query's true κ_q and spread
+ORACLE_BOUND = "oracle_bound"             # the best allocation given every query's true curve
+REFERENCES = (KNOWN_CALIBRATION, ORACLE_BOUND)
 
 
 @dataclass(frozen=True)
@@ -64,23 +67,37 @@ def expected_improvement(best, mean, sd):
     return sd * (delta * stats.norm.cdf(delta) + stats.norm.pdf(delta))
 
 
-def improvement_gains(scores: np.ndarray, kappa: float, spread_prior: float,
-                      prior_strength: float = ControllerConfig.prior_strength) -> np.ndarray:
+def improvement_gains(scores: np.ndarray, kappa, spread_prior: float,
+                      prior_strength: float = ControllerConfig.prior_strength,
+                      known_spread: np.ndarray | None = None) -> np.ndarray:
     """``(Q, M)``: the expected utility gain of drawing sample ``n + 1`` after the first ``n``
     of each row (column ``n − 1``; the last column is −inf).  The next score is taken as normal
     with the drawn scores' mean and their spread shrunk toward ``spread_prior`` (the typical
     within-query spread on validation pools); the gain is ``κ`` times its expected rise above
     the best so far.  Selection is by score, so the expected utility of the pick moves only
-    through that rise."""
+    through that rise.  ``kappa`` is one calibration or one per row; ``known_spread`` (one per
+    row) replaces the estimated spread (the known-calibration reference)."""
     scores = np.asarray(scores, dtype=float)
     q, m = scores.shape
     n = np.arange(1, m + 1, dtype=float)
     mean = np.cumsum(scores, axis=1) / n
-    variance = np.maximum(np.cumsum(scores**2, axis=1) / n - mean**2, 0) * n / np.maximum(n - 1, 1)
-    spread = np.sqrt(shrunk_variance(variance, n - 1, spread_prior**2, prior_strength))
-    gains = max(kappa, 0.0) * expected_improvement(np.maximum.accumulate(scores, axis=1), mean, spread)
+    if known_spread is None:
+        variance = np.maximum(np.cumsum(scores**2, axis=1) / n - mean**2, 0) * n / np.maximum(n - 1, 1)
+        spread = np.sqrt(shrunk_variance(variance, n - 1, spread_prior**2, prior_strength))
+    else:
+        spread = np.asarray(known_spread, dtype=float)[:, None]
+    kappa = np.maximum(np.broadcast_to(np.asarray(kappa, dtype=float), (q,)), 0.0)[:, None]
+    gains = kappa * expected_improvement(np.maximum.accumulate(scores, axis=1), mean, spread)
     gains[:, -1] = -np.inf
     return gains
+
+
+def query_calibration(scores: np.ndarray, utilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's own ``(κ_q, score spread)`` from its full pool: utility gain per unit of
+    score spread, ``ρ_q σ_q / sd_q(score)``, as ``calibration`` computes for a whole set."""
+    spread = scores.std(axis=1)
+    rho_sigma = within_pool_correlation(scores, utilities) * utilities.std(axis=1)
+    return np.where(spread > 0, rho_sigma / np.maximum(spread, 1e-12), 0.0), spread
 
 
 def best_allocation(curves: np.ndarray, budget: int) -> np.ndarray:
@@ -137,14 +154,14 @@ class GainPredictor:
 
 
 def _allocate(policy: str, scores: np.ndarray, users: np.ndarray, orders: np.ndarray, budget: int,
-              config: ControllerConfig, kappa: float, threshold: float | None = None,
-              spread_prior: float = 0.0) -> np.ndarray:
+              config: ControllerConfig, kappa, threshold: float | None = None,
+              spread_prior: float = 0.0, known_spread: np.ndarray | None = None) -> np.ndarray:
     """Samples per query under ``policy`` with ``budget`` samples in total."""
     q, m = scores.shape
-    if policy == "expected_improvement":
+    if policy in ("expected_improvement", KNOWN_CALIBRATION):
         # each query on its own: sample while the next sample's expected gain exceeds the threshold
         gains = improvement_gains(np.take_along_axis(scores, orders, axis=1), kappa, spread_prior,
-                                  config.prior_strength)
+                                  config.prior_strength, known_spread)
         below = gains < threshold
         return np.where(below.any(axis=1), below.argmax(axis=1) + 1, m)
     if policy == "uniform":
@@ -175,7 +192,7 @@ def _allocate(policy: str, scores: np.ndarray, users: np.ndarray, orders: np.nda
             while n[i] < m and gain(i) > threshold:
                 n[i] += 1
         return n
-    raise ValueError(f"policy must be one of {ALLOCATION_POLICIES}, got {policy!r}")
+    raise ValueError(f"policy must be one of {ALLOCATION_POLICIES + REFERENCES}, got {policy!r}")
 
 
 def _fill(n: np.ndarray, value, budget: int, m: int) -> np.ndarray:
@@ -210,7 +227,10 @@ def evaluate_policy(policy: str, scores: np.ndarray, utilities: np.ndarray, user
     """Mean realized utility and samples spent under ``policy`` at an average budget of
     ``samples_per_query``, averaged over ``repeats`` seeded draw orders of every pool.
     ``ORACLE_BOUND`` gives the best allocation knowing every query's true Best-of-N curve
-    (selection still by score): the most any allocation could reach at this budget."""
+    (selection still by score): the most any allocation could reach at this budget.
+    ``KNOWN_CALIBRATION`` is the expected-improvement rule told each query's own κ_q and score
+    spread (``query_calibration`` on its full pool): what that rule could reach if the draws
+    revealed how this query's scores translate into utility."""
     scores, utilities, users = np.asarray(scores, float), np.asarray(utilities, float), np.asarray(users)
     q, m = scores.shape
     budget = int(round(samples_per_query * q))
@@ -222,26 +242,30 @@ def evaluate_policy(policy: str, scores: np.ndarray, utilities: np.ndarray, user
         per_query = curves[np.arange(q), n - 1]
         return {"policy": policy, "per_query": per_query, "mean": float(per_query.mean()),
                 "samples_per_query": float(n.sum() / q)}
+    known_spread = None
+    if policy == KNOWN_CALIBRATION:
+        kappa, known_spread = query_calibration(scores, utilities)
     rng = np.random.default_rng(seed)
     per_query = np.zeros((repeats, q))
     spent = np.zeros(repeats)
     for r in range(repeats):
         orders = np.argsort(rng.random((q, m)), axis=1)
         threshold = None
-        if policy in ("early_stop", "expected_improvement"):
-            threshold = _budget_threshold(policy, scores, users, orders, budget, config, kappa, spread_prior)
-        n = _allocate(policy, scores, users, orders, budget, config, kappa, threshold, spread_prior)
+        if policy in ("early_stop", "expected_improvement", KNOWN_CALIBRATION):
+            threshold = _budget_threshold(policy, scores, users, orders, budget, config, kappa, spread_prior,
+                                          known_spread)
+        n = _allocate(policy, scores, users, orders, budget, config, kappa, threshold, spread_prior, known_spread)
         per_query[r] = _realized(scores, utilities, orders, n)
         spent[r] = n.sum() / q
     return {"policy": policy, "per_query": per_query.mean(axis=0), "mean": float(per_query.mean()),
             "samples_per_query": float(spent.mean())}
 
 
-def _budget_threshold(policy, scores, users, orders, budget, config, kappa, spread_prior) -> float:
+def _budget_threshold(policy, scores, users, orders, budget, config, kappa, spread_prior, known_spread) -> float:
     """The stopping threshold whose total spend matches the budget (bisection on log scale)."""
     lo, hi = 1e-12, 1.0
     for _ in range(50):
         mid = np.sqrt(lo * hi)
-        spent = _allocate(policy, scores, users, orders, budget, config, kappa, mid, spread_prior).sum()
+        spent = _allocate(policy, scores, users, orders, budget, config, kappa, mid, spread_prior, known_spread).sum()
         lo, hi = (lo, mid) if spent <= budget else (mid, hi)
     return hi

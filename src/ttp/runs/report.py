@@ -17,7 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ttp.analysis.allocation import REFERENCE_BUDGET  # noqa: E402
 from ttp.analysis.bon import Curve  # noqa: E402
+from ttp.analysis.control import REFERENCES  # noqa: E402
 from ttp.analysis.scaling import CEILING_FORMS  # noqa: E402
 from ttp.files import read_json, write_bytes_atomic, write_json_atomic  # noqa: E402
 from ttp.runs.config import RunConfig  # noqa: E402
@@ -198,14 +200,21 @@ def allocation_section(folder: RunFolder, cells) -> tuple[str, dict]:
                 "everywhere; *skip_collapsed*: users whose pilot scores are flat get nothing beyond "
                 "the pilot, the rest share the budget evenly; *greedy*: each next sample to the query "
                 "with the largest predicted gain κ·ŝ_q·(e_{n+1} − e_n); *early_stop*: sample while that "
-                "gain exceeds a threshold set to meet the budget.\n")
+                "gain exceeds a threshold set to meet the budget; *expected_improvement*: sample while κ times "
+                "the next score's expected rise above the best so far exceeds a threshold set to meet the "
+                "budget (the online rule). Two references know each query's full pool: *known_calibration* "
+                "is expected improvement told each query's own κ_q and score spread, *oracle_bound* the best "
+                "allocation given every query's true Best-of-N curve.\n")
     for task, policy in cells:
         study = read_allocation(folder, task, policy)
         data[f"{task}/{policy}"] = study.to_json()
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for name, curve in study.curves.items():
-            _band(ax, Curve(np.asarray(curve.samples_per_query), np.asarray(curve.mean), np.asarray(curve.low),
-                            np.asarray(curve.high)), name, marker="o", markersize=3)
+            if name in REFERENCES:   # they know the full pools: a line to aim at, not a result with a band
+                ax.plot(curve.samples_per_query, curve.mean, linestyle="--", marker="o", markersize=3, label=name)
+            else:
+                _band(ax, Curve(np.asarray(curve.samples_per_query), np.asarray(curve.mean), np.asarray(curve.low),
+                                np.asarray(curve.high)), name, marker="o", markersize=3)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("samples spent per query (average)")
         ax.set_ylabel(f"{PRIMARY} of the pick")
@@ -214,6 +223,9 @@ def allocation_section(folder: RunFolder, cells) -> tuple[str, dict]:
         name = _save(fig, folder.figures / f"allocation_{task}_{policy}.png")
         text.append(f"### {task} / {policy}\n\n![allocation](figures/{name})\n")
         text.append(allocation_table(folder, task, policy).to_markdown())
+        text.append(f"\n`ttp generate` and `ttp serve` draw with the **{study.online_rule}** rule here (expected "
+                    f"improvement where it reaches uniform N = {REFERENCE_BUDGET} with fewer samples on the "
+                    f"validation users, else uniform N).\n")
     return "\n".join(text), data
 
 
