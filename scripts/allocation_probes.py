@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ttp.analysis.allocation import STUDY_BUDGETS, AllocationCurve
-from ttp.analysis.control import ControllerConfig, calibration, evaluate_policy
+from ttp.analysis.control import ControllerConfig, evaluate_policy, validation_calibration
 from ttp.analysis.pools import Pools
 from ttp.analysis.stats import within_pool_correlation
 from ttp.runs.evaluation import Selector
@@ -53,8 +53,7 @@ def observables(frame: pd.DataFrame, selector: Selector) -> pd.DataFrame:
 
 
 def samples_to_match_uniform(val: Pools, test: Pools, column: str, config: ControllerConfig) -> float | None:
-    kappa = calibration(val[column], val[PRIMARY])
-    spread = float(val[column].std(axis=1).mean())
+    kappa, spread = validation_calibration(val[column], val[PRIMARY])
     budgets = tuple(b for b in STUDY_BUDGETS if b <= test[PRIMARY].shape[1])
     rows = [evaluate_policy("expected_improvement", test[column], test[PRIMARY], test.users, b, kappa, config,
                             spread_prior=spread) for b in budgets]

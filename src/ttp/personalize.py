@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from ttp.analysis.control import ControllerConfig, calibration
+from ttp.analysis.control import ControllerConfig, validation_calibration
 from ttp.analysis.online import Decision, choose_online
 from ttp.analysis.pools import Pools
 from ttp.files import read_json
@@ -19,7 +19,7 @@ from ttp.policy import Completion, PolicyBackend
 from ttp.policy.registry import make_backend
 from ttp.rewards.features import EmbeddingCache, candidate_features
 from ttp.rewards.models import RewardModel
-from ttp.rewards.selection import Selector, selection_scores
+from ttp.rewards.selection import Selector, rule_scores
 from ttp.runs.config import MAX_POOL_SIZE, RunConfig
 from ttp.runs.folder import RunFolder
 from ttp.tasks.data import Query, Task, load_task
@@ -51,9 +51,8 @@ class Personalizer:
         if not scores_path.exists():
             raise FileNotFoundError(f"{scores_path} is missing: run the rewards stage first (`ttp rewards`)")
         validation = Pools.from_frame(pd.read_parquet(scores_path))
-        s = validation[self.selector.column]
-        self.kappa = calibration(s, validation[PRIMARY])
-        self.dataset_spread = float(s.std(axis=1).mean())
+        self.kappa, self.dataset_spread = validation_calibration(validation[self.selector.column],
+                                                                 validation[PRIMARY])
         # the stopping rule the allocate stage chose on validation users (uniform N if it has not run)
         allocation = folder.allocation(task.name, policy)
         self.rule = read_json(allocation).get("online_rule", "uniform") if allocation.exists() else "uniform"
@@ -80,13 +79,13 @@ class Personalizer:
                               "text": texts, "logprob": logprobs, "n_tokens": n_tokens})
         X = candidate_features(frame, {query.id: query}, self.cache, k=self.config.shots,
                                convention=self.config.convention)
-        groups = np.zeros(len(texts))
         if self.model.is_probabilistic:
             mean, sd = self.model.predict(X, return_std=True)
         else:
             mean, sd = self.model.predict(X), np.full(len(texts), np.nan)
-        return (selection_scores(self.model, X, groups, self.selector.rule or "mean", self.config.lcb_kappa),
-                mean, sd)
+        # one prediction serves every rule: the rules only transform (mean, sd)
+        rule = self.selector.rule or "mean"
+        return rule_scores(mean, sd, np.zeros(len(texts)), rule, self.config.lcb_kappa), mean, sd
 
     def generate(self, query: Query, budget: int = 8, min_gain: float = 1e-3, at_least: int = 1,
                  sampling=None, rule: str | None = None) -> Generation:

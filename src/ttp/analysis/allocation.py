@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ttp.analysis.bon import user_bootstrap
-from ttp.analysis.control import (ALLOCATION_POLICIES, REFERENCES, ControllerConfig, calibration,
+from ttp.analysis.control import (ALLOCATION_POLICIES, REFERENCES, ControllerConfig, validation_calibration,
                                   evaluate_policy)
 
 STUDY_BUDGETS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
@@ -98,8 +98,7 @@ def allocation_study(selector: str, validation: tuple[np.ndarray, np.ndarray],
     of ``STUDY_BUDGETS`` that fits the pools.  With ``validation_users``, also choose the online
     rule: the expected-improvement rule where it reaches uniform N = 8 with fewer samples on the
     validation pools themselves, else uniform N."""
-    kappa = calibration(*validation)
-    spread = float(validation[0].std(axis=1).mean())
+    kappa, spread = validation_calibration(*validation)
     scores, utilities, users = test
     budgets = tuple(b for b in STUDY_BUDGETS if b <= utilities.shape[1])
     curves = {}

@@ -49,6 +49,12 @@ def calibration(scores: np.ndarray, utilities: np.ndarray) -> float:
     return float(rho_sigma.mean() / spread) if spread > 0 else 0.0
 
 
+def validation_calibration(scores: np.ndarray, utilities: np.ndarray) -> tuple[float, float]:
+    """What the online rules take from validation pools: ``κ`` (``calibration``) and the typical
+    within-query score spread that a query's drawn spread is shrunk toward."""
+    return calibration(scores, utilities), float(scores.std(axis=1).mean())
+
+
 def sample_variance(values: np.ndarray) -> float:
     return float(np.var(values, ddof=1)) if len(values) > 1 else 0.0
 

@@ -62,7 +62,13 @@ def selection_scores(model: RewardModel, X, groups, rule: str = "mean", kappa: f
         return model.predict(X)
     if not model.is_probabilistic:
         raise ValueError(f"rule {rule!r} needs a probabilistic reward model, not {model.config.kind}")
-    mean, sd = model.predict(X, return_std=True)
+    return rule_scores(*model.predict(X, return_std=True), groups, rule, kappa)
+
+
+def rule_scores(mean: np.ndarray, sd: np.ndarray, groups, rule: str, kappa: float = 1.0) -> np.ndarray:
+    """``rule`` applied to predictions already made: a predicted ``mean`` and ``sd`` per candidate."""
+    if rule == "mean":
+        return mean
     if rule == "lcb":
         return mean - kappa * sd
     _, inverse = group_index(groups)
