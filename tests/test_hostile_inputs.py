@@ -239,6 +239,27 @@ def test_damaged_pool_files_resume_to_complete_duplicate_free_pools(pep_task, tm
     assert backend.calls <= 1                                    # only the damaged pool is drawn again
 
 
+def test_a_damaged_pool_line_is_warned_about_once_when_a_run_resumes(pep_titles_dir, tmp_path):
+    from ttp.runs.config import TaskSpec
+    from ttp.runs.pipeline import Pipeline
+
+    config = RunConfig(tasks=(TaskSpec(str(pep_titles_dir)),), policies=("plain",),
+                       sampling=SamplingParams(n=3))
+    pipeline = Pipeline(config, tmp_path / "run", show_progress=False)
+    pipeline._backend = Replay()
+    pipeline.sample()
+    [(task, policy)] = pipeline.cells()
+    path = pipeline.folder.pools(task.name, policy)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:2] + [b"{garbage\n"] + lines[3:]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipeline.sample()
+    said = [str(w.message) for w in caught]
+    assert len(said) == 1 and "line 3 skipped" in said[0], said
+    assert len(read_pools(path)) == len(task.queries)
+
+
 def test_a_pool_of_another_size_is_an_error_and_the_file_is_kept(pep_task, tmp_path):
     path = tmp_path / "pools.jsonl"
     queries, _ = _valid_file(pep_task, path, n=3)

@@ -56,9 +56,9 @@ def _parse(line: bytes):
     return record
 
 
-def _scan(path: Path, n: int | None) -> tuple[list[dict], list[bytes], bool]:
-    """``(records, their raw lines, whether the file needs rewriting)``, warning about each
-    line it drops."""
+def _scan(path: Path, n: int | None, warn: bool = True) -> tuple[list[dict], list[bytes], bool]:
+    """``(records, their raw lines, whether the file needs rewriting)``, warning (with
+    ``warn``) about each line it drops."""
     records, lines, dirty, seen = [], [], False, set()
     data = path.read_bytes()
     for number, line in enumerate(data.splitlines(keepends=True), 1):
@@ -70,13 +70,15 @@ def _scan(path: Path, n: int | None) -> tuple[list[dict], list[bytes], bool]:
             continue
         record = _parse(line)
         if isinstance(record, str):
-            warnings.warn(f"{path}: line {number} skipped, {record}; its query will be sampled again",
-                          stacklevel=3)
+            if warn:
+                warnings.warn(f"{path}: line {number} skipped, {record}; its query will be sampled again",
+                              stacklevel=3)
             dirty = True
             continue
         if record["query_id"] in seen:
-            warnings.warn(f"{path}: line {number} repeats query {record['query_id']!r}; the first pool is kept",
-                          stacklevel=3)
+            if warn:
+                warnings.warn(f"{path}: line {number} repeats query {record['query_id']!r}; the first pool is "
+                              f"kept", stacklevel=3)
             dirty = True
             continue
         if n is not None and len(record["texts"]) != n:
@@ -89,11 +91,12 @@ def _scan(path: Path, n: int | None) -> tuple[list[dict], list[bytes], bool]:
     return records, lines, dirty
 
 
-def read_pools(path: str | Path, n: int | None = None) -> list[dict]:
+def read_pools(path: str | Path, n: int | None = None, warn: bool = True) -> list[dict]:
     """The usable pools of ``path``, in file order (none if it does not exist); ``n``, if given,
-    is the pool size every record must have."""
+    is the pool size every record must have.  ``warn=False`` reads without warning about the
+    lines it drops (for a look before ``sample_pools``, which warns about them itself)."""
     path = Path(path)
-    return _scan(path, n)[0] if path.exists() else []
+    return _scan(path, n, warn)[0] if path.exists() else []
 
 
 def _progress() -> Progress:

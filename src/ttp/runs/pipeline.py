@@ -99,7 +99,7 @@ class Pipeline:
         try:
             for task, policy in self.cells():
                 path = self.folder.pools(task.name, policy)
-                done = {r["query_id"] for r in read_pools(path, c.sampling.n)}
+                done = {r["query_id"] for r in read_pools(path, c.sampling.n, warn=False)}
                 if all(q.id in done for q in task.queries):
                     continue
                 if c.ray_workers > 0 and executor is None:
