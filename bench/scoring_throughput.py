@@ -63,7 +63,7 @@ def main():
         # the hidden-state pass itself is the cost; a fresh cache file each time measures it
         def hidden(path=[0]):
             path[0] += 1
-            return hidden_state_matrix(table, queries, task.layout, backend, Path(tmp) / f"h{path[0]}.npz")
+            return hidden_state_matrix(table, queries, task.layout, lambda: backend, Path(tmp) / f"h{path[0]}.npz")
 
         states = hidden()
         mlp = RewardModel(kind="probabilistic", hidden=64, max_epochs=3).fit(states, y, groups)

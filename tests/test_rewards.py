@@ -105,3 +105,31 @@ def test_models_follow_scikit_learn_conventions_and_keep_their_feature_names(tmp
         RewardModel(kind="pointwise", max_epochs=2).fit(X, y, g).predict(X, return_std=True)
     with pytest.raises(ModelFileError, match="no saved reward model"):
         RewardModel.load(tmp_path / "empty")
+
+
+def test_hidden_states_come_from_the_cache_without_loading_the_model_once_it_is_complete(pep_task, tmp_path):
+    import pandas as pd
+
+    from ttp.rewards.hidden_states import hidden_state_matrix
+
+    class States:
+        name = "fake"
+
+        def hidden_states(self, prompt, continuations):
+            return [np.full(4, float(len(c))) for c in continuations]
+
+    loads = []
+
+    def get_backend():
+        loads.append(1)
+        return States()
+
+    queries = list(pep_task.queries[:3])
+    table = pd.DataFrame({"query_id": [q.id for q in queries for _ in range(2)], "candidate": [0, 1] * 3,
+                          "text": ["a", "bb"] * 3})
+    path = tmp_path / "hidden_states.npz"
+    first = hidden_state_matrix(table, {q.id: q for q in queries}, pep_task.layout, get_backend, path)
+    assert loads and first[:, 0].tolist() == [3.0, 4.0] * 3      # " a\n", " bb\n"
+    loads.clear()
+    again = hidden_state_matrix(table, {q.id: q for q in queries}, pep_task.layout, get_backend, path)
+    assert not loads and np.array_equal(first, again)

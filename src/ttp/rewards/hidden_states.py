@@ -15,11 +15,13 @@ import io
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from ttp.files import write_bytes_atomic
+from ttp.policy import PolicyBackend
 from ttp.tasks.data import ProfileLayout, Query
 from ttp.tasks.prompts import PromptBuilder
 
@@ -47,12 +49,12 @@ def _save(path: Path, states: dict[tuple[str, int], np.ndarray]) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def hidden_state_matrix(candidates: pd.DataFrame, queries: dict[str, Query], layout: ProfileLayout, backend,
-                        path: str | Path, shots: int = 3, convention: str = "ttp", progress=None) -> np.ndarray:
-    """One row of states per row of ``candidates``, from the cache at ``path`` or the backend."""
-    if not hasattr(backend, "hidden_states"):
-        raise TypeError(f"the {backend.name} backend gives no hidden states; the hidden_state reward model "
-                        f"needs the embedded llama-cpp backend")
+def hidden_state_matrix(candidates: pd.DataFrame, queries: dict[str, Query], layout: ProfileLayout,
+                        get_backend: Callable[[], PolicyBackend], path: str | Path, shots: int = 3,
+                        convention: str = "ttp", progress=None) -> np.ndarray:
+    """One row of states per row of ``candidates``, from the cache at ``path`` or the backend
+    that ``get_backend()`` returns (called only if a pool is missing from the cache, so a
+    complete cache loads no model)."""
     path = Path(path)
     states = _load(path)
     prompt = PromptBuilder(layout, "personalized", shots, convention)
@@ -61,6 +63,10 @@ def hidden_state_matrix(candidates: pd.DataFrame, queries: dict[str, Query], lay
         keys = [(query_id, int(c)) for c in pool["candidate"]]
         if all(k in states for k in keys):
             continue
+        backend = get_backend()
+        if not hasattr(backend, "hidden_states"):
+            raise TypeError(f"the {backend.name} backend gives no hidden states; the hidden_state reward model "
+                            f"needs the embedded llama-cpp backend")
         rows = backend.hidden_states(prompt(queries[query_id]), [f" {t}\n" for t in pool["text"]])
         states.update(zip(keys, rows))
         new += 1

@@ -21,6 +21,7 @@ from ttp.analysis.control import ControllerConfig
 from ttp.analysis.pools import Pools
 from ttp.analysis.scaling import diagnose, fit_ceiling
 from ttp.files import read_json, write_json_atomic, write_parquet_atomic
+from ttp.policy.llama_cpp import model_label
 from ttp.policy.registry import make_backend
 from ttp.policy.sampling import read_pools, sample_pools
 from ttp.rewards.features import FEATURES, EmbeddingCache, candidate_features
@@ -173,11 +174,11 @@ class Pipeline:
                                                              "shots": c.shots, "convention": c.convention}
         with Progress(console=console, disable=not self.show_progress) as bar:
             job = bar.add_task(f"hidden states {task.name} / {policy}", total=table.query_id.nunique())
-            states = hidden_state_matrix(table, task.by_id(), task.layout, self.backend(),
+            states = hidden_state_matrix(table, task.by_id(), task.layout, self.backend,
                                          self.folder.hidden_states(task.name, policy), c.shots, c.convention,
                                          progress=lambda: bar.advance(job))
         return (pd.DataFrame(states, columns=[f"h{i}" for i in range(states.shape[1])], index=table.index),
-                {"family": family, "policy_model": self.backend().name, "layer": LAYER, "pooling": POOLING,
+                {"family": family, "policy_model": model_label(c.model_path), "layer": LAYER, "pooling": POOLING,
                  "prompt": "personalized", "shots": c.shots, "convention": c.convention})
 
     def rewards(self) -> None:
