@@ -3,7 +3,7 @@
 # user, 52 users; the user split leaves 120 test queries), pools of M = 16, both policies.
 # Prints oracle/random ROUGE-L at N = 1, 4, 16, every reward model and selection rule on the
 # test users, and each one's four quantities and law errors; then the zero-shot scorers and the
-# comparison of reward-model families.  Resumes if interrupted.
+# comparison of reward-model families, and the allocation probes.  Resumes if interrupted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data/pep-titles}"
@@ -13,3 +13,5 @@ DATA="${1:-../shared/data/pep-titles}"
 # every reward-model family (hand features, the policy's hidden states, the MiniLM cross-encoder)
 # with each head and rule, on the same held-out users: one comparison table per policy
 .venv/bin/ttp compare runs/pep-titles
+# what the online stopping rule could learn of each query's calibration from its draws
+.venv/bin/python scripts/allocation_probes.py runs/pep-titles
