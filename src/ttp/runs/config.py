@@ -91,8 +91,9 @@ class RunConfig:
             raise ConfigError(str(err)) from None
         selector = Selector.parse(self.controller_selector)
         if selector.model not in self.reward_models:
-            raise ConfigError(f"controller_selector {self.controller_selector!r} names a reward model this "
-                              f"run does not train ({list(self.reward_models)})")
+            raise ConfigError(f"controller_selector {self.controller_selector!r} names no features-family reward "
+                              f"model of this run; the controller and the server select with one of "
+                              f"{list(self.reward_models)}")
         checks = {"shots": self.shots >= 0, "n_ctx": self.n_ctx >= 256, "request_timeout": self.request_timeout > 0,
                   "ray_workers": self.ray_workers >= 0, "collapse_tau": 0 <= self.collapse_tau < 1,
                   "bootstrap": self.bootstrap >= 10, "lcb_kappa": self.lcb_kappa >= 0}
