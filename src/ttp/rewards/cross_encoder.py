@@ -30,7 +30,7 @@ from torch import nn
 from ttp.analysis.stats import within_pool_correlation
 from ttp.files import read_json, write_bytes_atomic, write_json_atomic
 from ttp.rewards import minilm
-from ttp.rewards.models import WEIGHTS, SETTINGS, ModelFileError, TrainingDiverged
+from ttp.rewards.models import WEIGHTS, SETTINGS, ModelFileError, RewardModel, TrainingDiverged
 from ttp.rewards.objectives import OBJECTIVES, TrainingData, gaussian_variance, within_pool_pairs
 from ttp.tasks.data import Query
 from ttp.tasks.prompts import QUERY_CHARS, retrieve, split_instruction
@@ -241,9 +241,7 @@ class CrossEncoderRewardModel:
                                             "base": BASE, "base_sha256": self.base_sha256_,
                                             "validation_rho": self.validation_rho_, "inputs": inputs or {}})
 
-    @staticmethod
-    def is_saved(path: str | Path) -> bool:
-        return (Path(path) / WEIGHTS).exists() and (Path(path) / SETTINGS).exists()
+    is_saved = staticmethod(RewardModel.is_saved)   # the same two files mark a saved model
 
     @classmethod
     def load(cls, path: str | Path) -> "CrossEncoderRewardModel":
