@@ -169,7 +169,7 @@ CONFIG_CASES = [
     ("config negative pool", json.dumps({**good_config, "sampling": {"n": -3}}), r"n must be at least 1"),
     ("config bad backend", json.dumps({**good_config, "backend": "os.system"}), r"backend must be one of"),
     ("config bad selector", json.dumps({**good_config, "controller_selector": "oracle/mean"}),
-     r"names no features-family reward model of this run"),
+     r"names a reward model this run does not train"),
 ]
 
 

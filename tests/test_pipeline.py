@@ -217,3 +217,24 @@ def test_compare_trains_every_family_and_prints_one_table(run_folder):
 
     pd.testing.assert_frame_equal(pd.read_parquet(folder.scores(TASK, "plain")),
                                   pd.read_parquet(__import__("io").BytesIO(before)))
+    # the trained families can pick at test time: the personalizer reads what each model reads
+    from ttp.personalize import Personalizer
+    from ttp.rewards.cross_encoder import pair_texts
+
+    test_user = json.loads(folder.split(TASK).read_text())["test"][0]
+    for selector in ("cross_encoder.probabilistic/mean", "hidden_state.pointwise"):
+        personalizer = Personalizer.from_run(run_folder, TASK, selector=selector)
+        query = next(q for q in personalizer.task.queries if q.user == test_user)
+        decision = personalizer.generate(query, budget=3, rule="uniform").decision
+        frame = pd.DataFrame({"query_id": query.id, "text": decision.candidates})
+        if selector.startswith("cross_encoder"):
+            expected = personalizer.model.predict(pair_texts(frame, {query.id: query}))
+        else:
+            states = personalizer.backend.hidden_states(personalizer.state_prompts(query),
+                                                        [f" {t}\n" for t in decision.candidates])
+            expected = personalizer.model.predict(np.stack(states))
+        np.testing.assert_allclose(decision.scores, expected, rtol=1e-4, atol=1e-5)
+        assert decision.score == max(decision.scores)
+    result = runner.invoke(app, ["generate", str(run_folder), "--task", TASK, "--user", query.user,
+                                 "--text", query.input, "--budget", "2", "--selector", "vibes/mean"])
+    assert result.exit_code != 0 and "names a reward model this run does not train" in str(result.exception)

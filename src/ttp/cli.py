@@ -153,6 +153,10 @@ def demo(
     _run_stages(config, out, STAGES)
 
 
+SELECTOR_HELP = ("the reward model and rule that pick, e.g. ensemble/mean or cross_encoder.probabilistic/mean "
+                 "(default: the run's controller_selector)")
+
+
 @app.command()
 def generate(
     run_folder: Path = typer.Argument(..., help="a run folder with trained reward models"),
@@ -165,13 +169,14 @@ def generate(
     min_gain: float = typer.Option(1e-3, help="stop when one more sample is predicted to gain less"),
     rule: Optional[str] = typer.Option(None, help="stopping rule: uniform, law or expected_improvement "
                                        "(default: the one the allocate stage chose on validation users)"),
+    selector: Optional[str] = typer.Option(None, help=SELECTOR_HELP),
 ) -> None:
     """Personalize one output at test time: sample adaptively, pick with the reward model."""
     _within("--budget", budget, 1, MAX_POOL_SIZE)
     _within("--min-gain", min_gain, 0.0)
     from ttp.personalize import Personalizer
 
-    personalizer = Personalizer.from_run(run_folder, task, policy)
+    personalizer = Personalizer.from_run(run_folder, task, policy, selector=selector)
     if query_id is not None:
         queries = personalizer.task.by_id()
         if query_id not in queries:
@@ -209,6 +214,7 @@ def serve(
                                                "of the embedded model, e.g. http://gpu-box:8000"),
     upstream_model: Optional[str] = typer.Option(None, help="the upstream server's model name"),
     upstream_concurrency: int = typer.Option(8, help="requests in flight to the upstream server"),
+    selector: Optional[str] = typer.Option(None, help=SELECTOR_HELP),
 ) -> None:
     """Serve personalized Best-of-N behind an OpenAI-compatible API (completions, chat, models)."""
     import uvicorn
@@ -228,7 +234,7 @@ def serve(
         if not upstream_model:
             raise typer.BadParameter("--upstream-url needs --upstream-model, the upstream server's model name")
         backend = OpenAICompatibleBackend(upstream_url, upstream_model, max_concurrency=upstream_concurrency)
-    personalizer = Personalizer.from_run(run_folder, task, policy, backend)
+    personalizer = Personalizer.from_run(run_folder, task, policy, backend, selector=selector)
     store = ProfileStore(db or run_folder / "profiles.sqlite")
     if store.count_items() == 0:
         console.print(f"profile store {store.path}: {store.import_task(personalizer.task)} items imported "

@@ -1,5 +1,5 @@
-"""Online test-time personalization of one output: sample adaptively with the scaling law as
-the stopping rule, pick with the run's trained reward model.
+"""Online test-time personalization of one output: sample adaptively with the run's stopping
+rule, pick with the run's trained reward model (of any family: ``controller_selector``).
 
 ``Personalizer`` keeps the policy backend, the sentence encoder and the reward model warm, so
 ``ttp generate`` and the server pay their start-up once; ``generate(query)`` takes any query
@@ -17,8 +17,10 @@ from ttp.analysis.pools import Pools
 from ttp.files import read_json
 from ttp.policy import Completion, PolicyBackend
 from ttp.policy.registry import make_backend
+from ttp.rewards.cross_encoder import pair_texts
+from ttp.rewards.families import family_of, load_model
 from ttp.rewards.features import EmbeddingCache, candidate_features
-from ttp.rewards.models import RewardModel
+from ttp.rewards.hidden_states import pool_states
 from ttp.rewards.selection import Selector, rule_scores
 from ttp.runs.config import MAX_POOL_SIZE, RunConfig
 from ttp.runs.folder import RunFolder
@@ -45,8 +47,9 @@ class Personalizer:
             raise ValueError(f"policy {policy!r} is not in this run; policies: {list(config.policies)}")
         self.folder, self.config, self.task, self.policy = folder, config, task, policy
         self.selector = Selector.parse(config.controller_selector)
+        self.family = family_of(self.selector.model)
         self.controller = ControllerConfig(collapse_tau=config.collapse_tau)
-        self.model = RewardModel.load(folder.reward_model(task.name, policy, self.selector.model))
+        self.model = load_model(self.family, folder.reward_model(task.name, policy, self.selector.model))
         scores_path = folder.scores(task.name, policy, "validation")
         if not scores_path.exists():
             raise FileNotFoundError(f"{scores_path} is missing: run the rewards stage first (`ttp rewards`)")
@@ -57,6 +60,8 @@ class Personalizer:
         allocation = folder.allocation(task.name, policy)
         self.rule = read_json(allocation).get("online_rule", "uniform") if allocation.exists() else "uniform"
         self.prompts = PromptBuilder(task.layout, policy, config.shots, config.convention)
+        # the hidden-state family reads the personalized prompt whatever the policy (as it was trained)
+        self.state_prompts = PromptBuilder(task.layout, "personalized", config.shots, config.convention)
         self.cache = EmbeddingCache(folder.embeddings(task.name), persist=False)
         self.backend = backend or make_backend(
             config.backend, config.model_path, config.server_url, config.server_model,
@@ -77,8 +82,7 @@ class Personalizer:
         """``(selection score, predicted mean, sd)`` of each candidate of one query."""
         frame = pd.DataFrame({"query_id": query.id, "user": query.user, "candidate": range(len(texts)),
                               "text": texts, "logprob": logprobs, "n_tokens": n_tokens})
-        X = candidate_features(frame, {query.id: query}, self.cache, k=self.config.shots,
-                               convention=self.config.convention)
+        X = self._inputs(query, frame)
         if self.model.is_probabilistic:
             mean, sd = self.model.predict(X, return_std=True)
         else:
@@ -86,6 +90,15 @@ class Personalizer:
         # one prediction serves every rule: the rules only transform (mean, sd)
         rule = self.selector.rule or "mean"
         return rule_scores(mean, sd, np.zeros(len(texts)), rule, self.config.lcb_kappa), mean, sd
+
+    def _inputs(self, query: Query, frame: pd.DataFrame):
+        """What the selecting model reads, by its family (``ttp.rewards.families``)."""
+        shots, convention = self.config.shots, self.config.convention
+        if self.family == "cross_encoder":
+            return pair_texts(frame, {query.id: query}, shots, convention)
+        if self.family == "hidden_state":
+            return pool_states(self.backend, self.state_prompts(query), frame["text"])
+        return candidate_features(frame, {query.id: query}, self.cache, k=shots, convention=convention)
 
     def generate(self, query: Query, budget: int = 8, min_gain: float = 1e-3, at_least: int = 1,
                  sampling=None, rule: str | None = None) -> Generation:
@@ -113,12 +126,15 @@ class Personalizer:
 
     @classmethod
     def from_run(cls, root, task_name: str, policy: str = "personalized",
-                 backend: PolicyBackend | None = None) -> "Personalizer":
-        """The personalizer of one task and policy of a finished run folder."""
+                 backend: PolicyBackend | None = None, selector: str | None = None) -> "Personalizer":
+        """The personalizer of one task and policy of a finished run folder; ``selector`` picks
+        with another of the run's trained reward models than its ``controller_selector``."""
         folder = RunFolder(root)
         if not folder.config.exists():
             raise FileNotFoundError(f"{folder.root} is not a run folder (no config.json); start one with `ttp run`")
         config = RunConfig.load(folder.config)
+        if selector is not None:
+            config = replace(config, controller_selector=selector)
         names = []
         for spec in config.tasks:
             task = load_task(spec.path, spec.name, spec.layout)

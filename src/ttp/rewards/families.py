@@ -41,6 +41,11 @@ def model_name(family: str, head: str) -> str:
     return head if family == "features" else f"{family}.{head}"
 
 
+def trained_models(families, feature_models: tuple[str, ...]) -> list[str]:
+    """The names of every model a run with these families trains (the constant baseline aside)."""
+    return [model_name(f, h) for f in families for h in heads(f, feature_models) if h != "constant"]
+
+
 def family_of(model: str) -> str:
     """The family of a selector's model; ``baseline`` for random selection, ``zero-shot`` and
     ``external`` for scores not trained here."""

@@ -49,6 +49,14 @@ def _save(path: Path, states: dict[tuple[str, int], np.ndarray]) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
+def pool_states(backend: PolicyBackend, prompt: str, texts) -> np.ndarray:
+    """The states of one pool's candidates after ``prompt`` (the personalized prompt)."""
+    if not hasattr(backend, "hidden_states"):
+        raise TypeError(f"the {backend.name} backend gives no hidden states; the hidden_state reward model "
+                        f"needs the embedded llama-cpp backend")
+    return np.stack(backend.hidden_states(prompt, [f" {t}\n" for t in texts]))
+
+
 def hidden_state_matrix(candidates: pd.DataFrame, queries: dict[str, Query], layout: ProfileLayout,
                         get_backend: Callable[[], PolicyBackend], path: str | Path, shots: int = 3,
                         convention: str = "ttp", progress=None) -> np.ndarray:
@@ -63,12 +71,7 @@ def hidden_state_matrix(candidates: pd.DataFrame, queries: dict[str, Query], lay
         keys = [(query_id, int(c)) for c in pool["candidate"]]
         if all(k in states for k in keys):
             continue
-        backend = get_backend()
-        if not hasattr(backend, "hidden_states"):
-            raise TypeError(f"the {backend.name} backend gives no hidden states; the hidden_state reward model "
-                            f"needs the embedded llama-cpp backend")
-        rows = backend.hidden_states(prompt(queries[query_id]), [f" {t}\n" for t in pool["text"]])
-        states.update(zip(keys, rows))
+        states.update(zip(keys, pool_states(get_backend(), prompt(queries[query_id]), pool["text"])))
         new += 1
         if new % SAVE_EVERY == 0:
             _save(path, states)

@@ -10,7 +10,7 @@ from pathlib import Path
 from ttp.files import DataFileError, check_name, read_json
 from ttp.policy import SamplingParams
 from ttp.policy.registry import BACKENDS
-from ttp.rewards.families import check_families
+from ttp.rewards.families import check_families, trained_models
 from ttp.rewards.models import REWARD_MODELS
 from ttp.rewards.selection import Selector
 from ttp.tasks.prompts import PROMPT_STYLES
@@ -90,10 +90,10 @@ class RunConfig:
         except ValueError as err:
             raise ConfigError(str(err)) from None
         selector = Selector.parse(self.controller_selector)
-        if selector.model not in self.reward_models:
-            raise ConfigError(f"controller_selector {self.controller_selector!r} names no features-family reward "
-                              f"model of this run; the controller and the server select with one of "
-                              f"{list(self.reward_models)}")
+        trained = trained_models(self.families, self.reward_models)
+        if selector.model not in trained:
+            raise ConfigError(f"controller_selector {self.controller_selector!r} names a reward model this "
+                              f"run does not train; the controller and the server select with one of {trained}")
         checks = {"shots": self.shots >= 0, "n_ctx": self.n_ctx >= 256, "request_timeout": self.request_timeout > 0,
                   "ray_workers": self.ray_workers >= 0, "collapse_tau": 0 <= self.collapse_tau < 1,
                   "bootstrap": self.bootstrap >= 10, "lcb_kappa": self.lcb_kappa >= 0}
