@@ -42,11 +42,15 @@ class ControllerConfig:
     collapse_tau: float = 0.1    # a user whose spread is <= tau x the median user's is collapsed
 
 
+def _gain_and_spread(scores: np.ndarray, utilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pool: the utility gain slope ``ρ_q σ_q`` and the score spread ``sd_q(score)``."""
+    return within_pool_correlation(scores, utilities) * utilities.std(axis=1), scores.std(axis=1)
+
+
 def calibration(scores: np.ndarray, utilities: np.ndarray) -> float:
     """κ: utility gain per unit of score spread, fitted on validation pools."""
-    rho_sigma = within_pool_correlation(scores, utilities) * utilities.std(axis=1)
-    spread = scores.std(axis=1).mean()
-    return float(rho_sigma.mean() / spread) if spread > 0 else 0.0
+    rho_sigma, spread = _gain_and_spread(scores, utilities)
+    return float(rho_sigma.mean() / spread.mean()) if spread.mean() > 0 else 0.0
 
 
 def validation_calibration(scores: np.ndarray, utilities: np.ndarray) -> tuple[float, float]:
@@ -101,8 +105,7 @@ def improvement_gains(scores: np.ndarray, kappa, spread_prior: float,
 def query_calibration(scores: np.ndarray, utilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each query's own ``(κ_q, score spread)`` from its full pool: utility gain per unit of
     score spread, ``ρ_q σ_q / sd_q(score)``, as ``calibration`` computes for a whole set."""
-    spread = scores.std(axis=1)
-    rho_sigma = within_pool_correlation(scores, utilities) * utilities.std(axis=1)
+    rho_sigma, spread = _gain_and_spread(scores, utilities)
     return np.where(spread > 0, rho_sigma / np.maximum(spread, 1e-12), 0.0), spread
 
 
