@@ -238,3 +238,6 @@ def test_compare_trains_every_family_and_prints_one_table(run_folder):
     result = runner.invoke(app, ["generate", str(run_folder), "--task", TASK, "--user", query.user,
                                  "--text", query.input, "--budget", "2", "--selector", "vibes/mean"])
     assert result.exit_code != 0 and "names a reward model this run does not train" in str(result.exception)
+    for selector in ("pointwise/lcb", "cross_encoder.probabilistic"):   # a rule the model lacks, a rule missing
+        with pytest.raises(ValueError, match="is not one of this run's"):
+            Personalizer.from_run(run_folder, TASK, selector=selector)

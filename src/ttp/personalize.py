@@ -18,11 +18,12 @@ from ttp.files import read_json
 from ttp.policy import Completion, PolicyBackend
 from ttp.policy.registry import make_backend
 from ttp.rewards.cross_encoder import pair_texts
-from ttp.rewards.families import family_of, load_model
+from ttp.rewards.families import FAMILIES, family_of, load_model
 from ttp.rewards.features import EmbeddingCache, candidate_features
 from ttp.rewards.hidden_states import pool_states
 from ttp.rewards.selection import Selector, rule_scores
 from ttp.runs.config import MAX_POOL_SIZE, RunConfig
+from ttp.runs.evaluation import selectors
 from ttp.runs.folder import RunFolder
 from ttp.tasks.data import Query, Task, load_task
 from ttp.tasks.prompts import PromptBuilder
@@ -54,6 +55,10 @@ class Personalizer:
         if not scores_path.exists():
             raise FileNotFoundError(f"{scores_path} is missing: run the rewards stage first (`ttp rewards`)")
         validation = Pools.from_frame(pd.read_parquet(scores_path))
+        trained = [str(s) for s in selectors(validation) if family_of(s.model) in FAMILIES]
+        if str(self.selector) not in trained:
+            # a rule the model does not offer (pointwise/lcb), or a probabilistic model without one
+            raise ValueError(f"selector {str(self.selector)!r} is not one of this run's: choose one of {trained}")
         self.kappa, self.dataset_spread = validation_calibration(validation[self.selector.column],
                                                                  validation[PRIMARY])
         # the stopping rule the allocate stage chose on validation users (uniform N if it has not run)
