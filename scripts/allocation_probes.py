@@ -10,7 +10,11 @@ For each task and policy, on the validation and the test users:
    over them, the policy's mean token log-probability and the candidates' mean pairwise word
    overlap;
 2. the samples per query the expected-improvement rule needs to match uniform N = 8 with more
-   or less shrinkage of its score spread, and with other selectors.
+   or less shrinkage of its score spread, and with other selectors;
+3. whether a model of κ_q can be learned with more queries than the validation users have: the
+   selector's reward model (features family) is cross-fitted over five folds of the training and
+   validation users, which gives out-of-fold scores for all their queries; a ridge regression of
+   κ_q on what the first four draws show is fitted there and used by the rule on the test users.
 """
 import sys
 
@@ -18,9 +22,12 @@ import numpy as np
 import pandas as pd
 
 from ttp.analysis.allocation import STUDY_BUDGETS, AllocationCurve
-from ttp.analysis.control import ControllerConfig, evaluate_policy, validation_calibration
+from ttp.analysis.control import (ControllerConfig, evaluate_policy, improvement_gains, query_calibration,
+                                  validation_calibration)
 from ttp.analysis.pools import Pools
 from ttp.analysis.stats import within_pool_correlation
+from ttp.rewards.families import family_of, new_model
+from ttp.rewards.features import FEATURES
 from ttp.runs.evaluation import Selector
 from ttp.runs.pipeline import Pipeline
 from ttp.tasks.utility import PRIMARY
@@ -28,6 +35,9 @@ from ttp.tasks.utility import PRIMARY
 FIRST = 4
 PRIOR_STRENGTHS = (2.0, 8.0, 32.0, 1000.0)
 SELECTORS = ("probabilistic/mean", "pointwise", "bradley_terry", "ensemble/mean")
+FOLDS = 5
+DRAWN = ("sim_input", "sim_pool", "sim_profile_max", "logprob_per_token")   # features of the drawn candidates
+RIDGE = 10.0
 
 
 def _word_overlap(texts: list[str]) -> float:
@@ -86,6 +96,121 @@ def main(run: str) -> None:
             if column in frames["test"]:
                 need = samples_to_match_uniform(pools["validation"], pools["test"], column, ControllerConfig())
                 print(f"    selector {name:22s}: " + (f"{need:.2f}" if need else "not reached"))
+
+        if family_of(selector.model) == "features":
+            crossfitted_calibration(pipeline, task, policy, selector, frames["test"], pools)
+
+
+def crossfitted_scores(table: pd.DataFrame, head: str, seed: int) -> pd.DataFrame:
+    """``table`` (features of the training and validation users' candidates) with out-of-fold
+    ``score`` and ``sd`` columns: each fold of users scored by a model trained on the others."""
+    users = np.array(sorted(table.user.unique()))
+    fold = dict(zip(users, np.random.default_rng(seed).permutation(len(users)) % FOLDS))
+    folds = table.user.map(fold).to_numpy()
+    X, y, groups = table[list(FEATURES)].to_numpy(float), table[PRIMARY].to_numpy(), table.query_id.to_numpy()
+    mean, sd = np.zeros(len(table)), np.zeros(len(table))
+    for k in range(FOLDS):
+        model = new_model("features", head, seed).fit(X[folds != k], y[folds != k], groups[folds != k])
+        out = model.predict(X[folds == k], return_std=True) if model.is_probabilistic else \
+            (model.predict(X[folds == k]), np.zeros((folds == k).sum()))
+        mean[folds == k], sd[folds == k] = out
+    return table.assign(score=mean, sd=sd)
+
+
+def _drawn_features(pool_arrays: dict, order: np.ndarray) -> np.ndarray:
+    """Per query, what the first ``FIRST`` draws of ``order`` show: score spread, mean and max
+    score, mean predicted sd, and the drawn candidates' mean of each ``DRAWN`` feature."""
+    drawn = {k: np.take_along_axis(v, order[:, :FIRST], axis=1) for k, v in pool_arrays.items()}
+    s = drawn["score"]
+    return np.column_stack([s.std(axis=1), s.mean(axis=1), s.max(axis=1), drawn["sd"].mean(axis=1),
+                            *(drawn[c].mean(axis=1) for c in DRAWN)])
+
+
+def _as_arrays(frame: pd.DataFrame, score: str, sd: str) -> tuple[dict, np.ndarray, np.ndarray]:
+    """``({name: (Q, M)}, utilities, users)`` of a frame of complete pools."""
+    frame = frame.sort_values(["query_id", "candidate"])
+    q = frame.query_id.nunique()
+    grid = lambda column: frame[column].to_numpy(float).reshape(q, -1)  # noqa: E731
+    arrays = {"score": grid(score), "sd": grid(sd) if sd in frame else np.zeros((q, len(frame) // q)),
+              **{c: grid(c) for c in DRAWN}}
+    return arrays, grid(PRIMARY), frame.groupby("query_id", sort=True).user.first().to_numpy()
+
+
+def _samples_with_kappa(arrays, utilities, users, kappa_of, spread, repeats: int = 20, seed: int = 0):
+    """Samples per query the expected-improvement rule needs to match uniform N = 8 when its κ
+    for a query comes from ``kappa_of(order)`` (one per query; the first ``FIRST`` draws are
+    always taken)."""
+    scores = arrays["score"]
+    q, m = scores.shape
+    budgets = tuple(b for b in STUDY_BUDGETS if FIRST <= b <= m)
+    spent, means = [], []
+    for budget in budgets:
+        rng = np.random.default_rng(seed)
+        realized, used = [], []
+        for _ in range(repeats):
+            order = np.argsort(rng.random((q, m)), axis=1)
+            gains = improvement_gains(np.take_along_axis(scores, order, axis=1), kappa_of(order), spread)
+            gains[:, :FIRST - 1] = np.inf
+            lo, hi = 1e-12, 10.0
+            for _ in range(60):   # the threshold that spends the budget
+                mid = np.sqrt(lo * hi)
+                below = gains < mid
+                n = np.where(below.any(axis=1), below.argmax(axis=1) + 1, m)
+                lo, hi = (lo, mid) if n.sum() <= budget * q else (mid, hi)
+            below = gains < hi
+            n = np.where(below.any(axis=1), below.argmax(axis=1) + 1, m)
+            picks = [order[i, :k][np.argmax(scores[i, order[i, :k]])] for i, k in enumerate(n)]
+            realized.append(utilities[np.arange(q), picks].mean())
+            used.append(n.mean())
+        spent.append(float(np.mean(used)))
+        means.append(float(np.mean(realized)))
+    uniform = evaluate_policy("uniform", scores, utilities, users, 8, 1.0)["mean"]
+    return AllocationCurve("learned", budgets, tuple(spent), tuple(means), (), ()).samples_to_reach(uniform)
+
+
+def crossfitted_calibration(pipeline: Pipeline, task, policy: str, selector: Selector, test: pd.DataFrame,
+                            pools: dict) -> None:
+    features = pd.read_parquet(pipeline.folder.features(task.name, policy))
+    fit_users = [*pipeline.splits[task.name].train, *pipeline.splits[task.name].validation]
+    oof = crossfitted_scores(features[features.user.isin(fit_users)], selector.model.split("/")[0],
+                             pipeline.config.seed)
+    fit_arrays, fit_utilities, _ = _as_arrays(oof, "score", "sd")
+    test = test.merge(features[["query_id", "candidate", *DRAWN]], on=["query_id", "candidate"], validate="1:1")
+    test_arrays, test_utilities, test_users = _as_arrays(test, selector.column, f"sd:{selector.model.split('/')[0]}")
+    fit_kappa, _ = query_calibration(fit_arrays["score"], fit_utilities)
+    test_kappa, _ = query_calibration(test_arrays["score"], test_utilities)
+    rng = np.random.default_rng(pipeline.config.seed)
+    X = np.vstack([_drawn_features(fit_arrays, np.argsort(rng.random(fit_utilities.shape), axis=1))
+                   for _ in range(30)])
+    y = np.tile(fit_kappa, 30)
+    center, scale = X.mean(axis=0), X.std(axis=0) + 1e-12
+    design = np.column_stack([np.ones(len(X)), (X - center) / scale])
+    beta = np.linalg.solve(design.T @ design + RIDGE * 30 * np.eye(design.shape[1]), design.T @ y)
+
+    def predicted_kappa(order):
+        z = (_drawn_features(test_arrays, order) - center) / scale
+        return np.maximum(np.column_stack([np.ones(len(z)), z]) @ beta, 0.0)
+
+    names = ("score spread", "mean score", "max score", "predicted sd", *DRAWN)
+    probe_order = np.argsort(np.random.default_rng(1).random(test_utilities.shape), axis=1)
+    fit_features = _drawn_features(fit_arrays, np.argsort(np.random.default_rng(1).random(fit_utilities.shape),
+                                                          axis=1))
+    test_features = _drawn_features(test_arrays, probe_order)
+    print(f"  cross-fitted ({FOLDS} folds of {len(fit_users)} users, {len(fit_kappa)} out-of-fold queries): "
+          f"correlation of the first {FIRST} draws with κ_q, out-of-fold | test")
+    print("    " + ", ".join(f"{n} {np.corrcoef(fit_features[:, i], fit_kappa)[0, 1]:+.2f}|"
+                             f"{np.corrcoef(test_features[:, i], test_kappa)[0, 1]:+.2f}"
+                             for i, n in enumerate(names)))
+    kappa, spread = validation_calibration(pools["validation"][selector.column], pools["validation"][PRIMARY])
+    learned = predicted_kappa(probe_order)
+    print(f"    ridge model of κ_q: correlation with the test queries' κ_q {np.corrcoef(learned, test_kappa)[0, 1]:+.2f}; "
+          f"samples to match uniform N = 8 (first {FIRST} always drawn): global κ "
+          f"{_format(_samples_with_kappa(test_arrays, test_utilities, test_users, lambda o: kappa, spread))}, "
+          f"learned κ_q {_format(_samples_with_kappa(test_arrays, test_utilities, test_users, predicted_kappa, spread))}")
+
+
+def _format(samples: float | None) -> str:
+    return f"{samples:.2f}" if samples is not None else "not reached"
 
 
 if __name__ == "__main__":
