@@ -3,7 +3,7 @@
 # user, 52 users; the user split leaves 120 test queries), pools of M = 16, both policies.
 # Prints oracle/random ROUGE-L at N = 1, 4, 16, every reward model and selection rule on the
 # test users, and each one's four quantities and law errors; then the zero-shot scorers and the
-# comparison of reward-model families, and the allocation probes.  Resumes if interrupted.
+# comparison of reward-model families, the allocation probes and the copula-shape probe.  Resumes if interrupted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data/pep-titles}"
@@ -15,3 +15,5 @@ DATA="${1:-../shared/data/pep-titles}"
 .venv/bin/ttp compare runs/pep-titles
 # what the online stopping rule could learn of each query's calibration from its draws
 .venv/bin/python scripts/allocation_probes.py runs/pep-titles
+# the copula law with other copula shapes, and which one the pools' likelihood prefers
+.venv/bin/python scripts/copula_families.py runs/pep-titles

@@ -92,6 +92,7 @@ class Diagnosis:
     user_score_spread: dict = field(repr=False)
     collapse_threshold: float = 0.0
     observed_se: np.ndarray | None = None   # standard error over queries of the observed gain over μ_q
+    law_se: dict | None = None              # per law: standard error over queries of observed − law
 
     @property
     def collapse_tau(self) -> float:
@@ -111,16 +112,18 @@ class Diagnosis:
         data["per_query"] = {k: np.asarray(v) for k, v in data["per_query"].items()}
         if data.get("observed_se") is not None:
             data["observed_se"] = np.asarray(data["observed_se"])
+        if data.get("law_se") is not None:
+            data["law_se"] = {k: np.asarray(v) for k, v in data["law_se"].items()}
         return cls(**data)
 
     def error_in_se(self, law: str) -> float | None:
-        """A law's largest error over N >= 2 in standard errors of the observed curve at that N.
-        Every law is given the pools' own mean utilities (and so is exact at N = 1); what is
-        left to chance is each query's gain over its mean, so that is what the error is
-        measured against."""
-        if self.observed_se is None or len(self.observed) < 2:
+        """A law's largest error over N >= 2 in standard errors of its residual at that N: the
+        spread over queries of ``BoN_q(N) − law_q(N)``, over √Q.  If the law were each query's
+        expected curve given what it measures, its error would be chance of this size; so an
+        error of a few of these is a misfit, whatever the observed curve's own spread."""
+        if self.law_se is None or len(self.observed) < 2:
             return None
-        return float((np.abs(self.laws[law] - self.observed) / np.maximum(self.observed_se, 1e-12))[1:].max())
+        return float((np.abs(self.laws[law] - self.observed) / np.maximum(self.law_se[law], 1e-12))[1:].max())
 
 
 def _jsonable(value):
@@ -226,14 +229,18 @@ def diagnose(
     # dataset's mean copula correlation and a collapsed one its random curve
     r_q = copula_correlation(scores, utilities)
     r_bar = float(r_q[active].mean()) if active.any() else 0.0
-    laws = {
-        "per_query": mu_bar + e_n * float(np.mean(rho_q * sigma_q)),
-        "four_quantity": mu_bar + e_n * sigma_bar * (1 - c) * rho_bar,
-        "per_query_oracle_anchored": mu_bar + (rho_q[:, None] * oracle_gain_q).mean(axis=0),
-        "four_quantity_oracle_anchored": mu_bar + (1 - c) * rho_bar * oracle_gain_q.mean(axis=0),
-        "copula_per_query": copula_curves(utilities, r_q).mean(axis=0),
-        "copula_pooled": copula_curves(utilities, np.where(active, r_bar, 0.0)).mean(axis=0),
+    # each law per query (its mean over queries is the law's curve), so that its error can be
+    # measured against the chance left once it has had its say (``law_se``)
+    laws_q = {
+        "per_query": mu_q[:, None] + e_n * (rho_q * sigma_q)[:, None],
+        "four_quantity": mu_q[:, None] + e_n * sigma_bar * (1 - c) * rho_bar,
+        "per_query_oracle_anchored": mu_q[:, None] + rho_q[:, None] * oracle_gain_q,
+        "four_quantity_oracle_anchored": mu_q[:, None] + (1 - c) * rho_bar * oracle_gain_q,
+        "copula_per_query": copula_curves(utilities, r_q),
+        "copula_pooled": copula_curves(utilities, np.where(active, r_bar, 0.0)),
     }
+    laws = {k: v.mean(axis=0) for k, v in laws_q.items()}
+    law_se = {k: (observed_q - v).std(axis=0, ddof=1) / np.sqrt(q) for k, v in laws_q.items()} if q > 1 else None
     gain = float(oracle[-1] - oracle[0])
     scale = gain if gain > 0 else np.nan
 
@@ -261,4 +268,5 @@ def diagnose(
         user_score_spread=dict(zip(user_ids.tolist(), spread.tolist())),
         collapse_threshold=threshold,
         observed_se=(observed_q - mu_q[:, None]).std(axis=0, ddof=1) / np.sqrt(q) if q > 1 else None,
+        law_se=law_se,
     )

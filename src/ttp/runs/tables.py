@@ -103,14 +103,14 @@ def laws_table(folder: RunFolder, task: str, policy: str) -> Table:
         gain = float(d.oracle[-1] - d.oracle[0])
         rows.append([name, f"{d.copula_r_bar:.3f}",
                      *[f"{d.law_errors[law]['max_share_of_oracle_gain']:.1%}" for law in LAWS],
-                     f"{d.observed_se.max() / gain:.1%}" if in_se is not None and gain > 0 else "-",
+                     f"{d.law_se['copula_per_query'].max() / gain:.1%}" if in_se is not None and gain > 0 else "-",
                      f"{in_se:.1f}" if in_se is not None else "-",
                      *[f"{d.law_gaps[k]:.1%}" for k in LAW_GAPS]])
     return Table(f"{task} / {policy}: each law's max error over N, as a share of the oracle gain at N = M; "
-                 f"the observed curve's standard error over queries (largest over N, same scale) and the copula "
-                 f"per-query law's worst error in those standard errors; "
+                 f"the copula per-query law's standard error (of observed − law over queries, largest over N, "
+                 f"same scale) and its worst error in those standard errors; "
                  f"where the laws part (gaps between their curves, same scale)",
-                 ["selector", "copula r̄", *[LAW_LABELS[law] for law in LAWS], "observed SE",
+                 ["selector", "copula r̄", *[LAW_LABELS[law] for law in LAWS], "copula SE",
                   "copula err / SE", *LAW_GAPS.values()], rows)
 
 
