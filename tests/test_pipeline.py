@@ -241,3 +241,22 @@ def test_compare_trains_every_family_and_prints_one_table(run_folder):
     for selector in ("pointwise/lcb", "cross_encoder.probabilistic"):   # a rule the model lacks, a rule missing
         with pytest.raises(ValueError, match="is not one of this run's"):
             Personalizer.from_run(run_folder, TASK, selector=selector)
+    # the stopping rule belongs to the selector that picks: the allocate stage's choice for the
+    # selector it studied, the same choice made on validation users for any other
+    from ttp.analysis.allocation import choose_online_rule
+    from ttp.analysis.pools import Pools
+    from ttp.tasks.utility import PRIMARY
+
+    allocation = folder.allocation(TASK, "personalized")
+    study = allocation.read_text()
+    allocation.write_text(json.dumps({**json.loads(study), "online_rule": "law"}))   # never chosen by choose_online_rule
+    try:
+        assert Personalizer.from_run(run_folder, TASK, backend=personalizer.backend).rule == "law"
+        other = Personalizer.from_run(run_folder, TASK, backend=personalizer.backend,
+                                      selector="cross_encoder.probabilistic/mean")
+        validation = Pools.from_frame(pd.read_parquet(folder.scores(TASK, "personalized", "validation")))
+        assert other.rule == choose_online_rule(validation[other.selector.column], validation[PRIMARY],
+                                                validation.users, other.kappa, other.dataset_spread,
+                                                other.controller, other.config.seed) != "law"
+    finally:
+        allocation.write_text(study)

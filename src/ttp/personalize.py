@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+from ttp.analysis.allocation import choose_online_rule
 from ttp.analysis.control import ControllerConfig, validation_calibration
 from ttp.analysis.online import Decision, choose_online
 from ttp.analysis.pools import Pools
@@ -61,9 +62,7 @@ class Personalizer:
             raise ValueError(f"selector {str(self.selector)!r} is not one of this run's: choose one of {trained}")
         self.kappa, self.dataset_spread = validation_calibration(validation[self.selector.column],
                                                                  validation[PRIMARY])
-        # the stopping rule the allocate stage chose on validation users (uniform N if it has not run)
-        allocation = folder.allocation(task.name, policy)
-        self.rule = read_json(allocation).get("online_rule", "uniform") if allocation.exists() else "uniform"
+        self.rule = self._stopping_rule(validation)
         self.prompts = PromptBuilder(task.layout, policy, config.shots, config.convention)
         # the hidden-state family reads the personalized prompt whatever the policy (as it was trained)
         self.state_prompts = PromptBuilder(task.layout, "personalized", config.shots, config.convention)
@@ -72,6 +71,19 @@ class Personalizer:
             config.backend, config.model_path, config.server_url, config.server_model,
             max_sequences=MAX_POOL_SIZE, n_ctx=config.n_ctx,
             request_timeout=config.request_timeout)
+
+    def _stopping_rule(self, validation: Pools) -> str:
+        """The stopping rule the allocate stage chose on validation users for this selector
+        (uniform N if it has not run); for another selector than the one it studied, chosen the
+        same way on that selector's validation scores."""
+        allocation = self.folder.allocation(self.task.name, self.policy)
+        if not allocation.exists():
+            return "uniform"
+        study = read_json(allocation)
+        if study.get("selector") == str(self.selector):
+            return study.get("online_rule", "uniform")
+        return choose_online_rule(validation[self.selector.column], validation[PRIMARY], validation.users,
+                                  self.kappa, self.dataset_spread, self.controller, self.config.seed)
 
     def query_for(self, user: str, text: str) -> Query:
         """A new input for a known user of the task, with that user's whole profile."""

@@ -90,6 +90,21 @@ class AllocationStudy:
                    data.get("spread", 0.0), data.get("online_rule", "uniform"))
 
 
+def choose_online_rule(scores: np.ndarray, utilities: np.ndarray, users: np.ndarray, kappa: float, spread: float,
+                       config: ControllerConfig = ControllerConfig(), seed: int = 0) -> str:
+    """The online rule for ``ttp generate`` and the server, chosen on validation pools: the
+    expected-improvement rule where it reaches uniform N = 8 with fewer samples, else uniform N."""
+    budgets = tuple(b for b in STUDY_BUDGETS if b <= utilities.shape[1])
+    if REFERENCE_BUDGET not in budgets:
+        return "uniform"
+    curves = {p: AllocationCurve(p, budgets, *zip(*[
+        (r["samples_per_query"], r["mean"], r["mean"], r["mean"]) for r in
+        (evaluate_policy(p, scores, utilities, users, b, kappa, config, seed=seed, spread_prior=spread)
+         for b in budgets)])) for p in ("uniform", "expected_improvement")}
+    need = curves["expected_improvement"].samples_to_reach(curves["uniform"].at(REFERENCE_BUDGET)[0])
+    return "expected_improvement" if need is not None and need < REFERENCE_BUDGET else "uniform"
+
+
 def allocation_study(selector: str, validation: tuple[np.ndarray, np.ndarray],
                      test: tuple[np.ndarray, np.ndarray, np.ndarray], config: ControllerConfig = ControllerConfig(),
                      n_boot: int = 1000, seed: int = 0, validation_users: np.ndarray | None = None) -> AllocationStudy:
@@ -110,15 +125,8 @@ def allocation_study(selector: str, validation: tuple[np.ndarray, np.ndarray],
                                          *(tuple(float(getattr(b, k)[0]) for b in bands)
                                            for k in ("mean", "low", "high")))
     online_rule = "uniform"
-    if validation_users is not None and REFERENCE_BUDGET <= utilities.shape[1]:
-        on_validation = {p: AllocationCurve(p, budgets, *zip(*[
-            (r["samples_per_query"], r["mean"], r["mean"], r["mean"]) for r in
-            (evaluate_policy(p, *validation, validation_users, b, kappa, config, seed=seed, spread_prior=spread)
-             for b in budgets)])) for p in ("uniform", "expected_improvement")}
-        target = on_validation["uniform"].at(REFERENCE_BUDGET)[0]
-        need = on_validation["expected_improvement"].samples_to_reach(target)
-        if need is not None and need < REFERENCE_BUDGET:
-            online_rule = "expected_improvement"
+    if validation_users is not None:
+        online_rule = choose_online_rule(*validation, validation_users, kappa, spread, config, seed)
     return AllocationStudy(selector, kappa, int(len(utilities)), curves, spread, online_rule)
 
 
