@@ -10,7 +10,7 @@ For each task and policy, on the validation and the test users:
    over them, the policy's mean token log-probability and the candidates' mean pairwise word
    overlap;
 2. the samples per query the expected-improvement rule needs to match uniform N = 8 with more
-   or less shrinkage of its score spread, and with other selectors;
+   or less shrinkage of its score spread, without its collapse check, and with other selectors;
 3. whether a model of κ_q can be learned with more queries than the validation users have: the
    selector's reward model (features family) is cross-fitted over five folds of the training and
    validation users, which gives out-of-fold scores for all their queries; a ridge regression of
@@ -91,6 +91,9 @@ def main(run: str) -> None:
             need = samples_to_match_uniform(pools["validation"], pools["test"], selector.column,
                                             ControllerConfig(prior_strength=strength))
             print(f"    spread shrinkage {strength:6.0f} pseudo-samples: {need:.2f}" if need else "    not reached")
+        need = samples_to_match_uniform(pools["validation"], pools["test"], selector.column,
+                                        ControllerConfig(collapse_tau=0.0))
+        print(f"    without the collapse check: {need:.2f}" if need else "    without the collapse check: not reached")
         for name in SELECTORS:
             column = Selector.parse(name).column
             if column in frames["test"]:

@@ -138,3 +138,22 @@ def test_known_calibration_is_each_querys_own_kappa_and_beats_a_shared_one_where
     diff = known["per_query"] - shared["per_query"]
     print(f"known calibration {known['mean']:.4f} vs shared κ {shared['mean']:.4f}")
     assert diff.mean() > 3 * diff.std(ddof=1) / np.sqrt(len(diff))
+
+
+def test_expected_improvement_stops_on_collapsed_users_and_is_chosen_where_it_saves_samples():
+    from ttp.analysis.allocation import choose_online_rule
+    from ttp.analysis.control import ControllerConfig, improvement_gains, validation_calibration
+
+    # half the users' reward model is collapsed: their queries are worth one sample, not eight
+    sim = simulate(SimulationConfig(n_users=20, queries_per_user=4, pool_size=16, collapsed_user_share=0.5, seed=2))
+    kappa, spread = validation_calibration(sim.scores, sim.utilities)
+    gains = improvement_gains(sim.scores, kappa, spread)
+    collapsed = np.isin(sim.users, sim.collapsed_users)
+    pilot = ControllerConfig.pilot
+    assert (gains[collapsed, pilot - 1:-1] == 0).all() and (gains[~collapsed, pilot - 1:-1] > 0).mean() > 0.9
+    assert choose_online_rule(sim.scores, sim.utilities, sim.users, kappa, spread) == "expected_improvement"
+    # the collapse check is what makes the difference
+    assert choose_online_rule(sim.scores, sim.utilities, sim.users, kappa, spread,
+                              ControllerConfig(collapse_tau=0.0)) == "uniform"
+    # pools too small for the reference budget of 8 keep uniform N
+    assert choose_online_rule(sim.scores[:, :4], sim.utilities[:, :4], sim.users, kappa, spread) == "uniform"

@@ -19,9 +19,10 @@ class Pool:
         return s, s, np.full(len(s), 0.1)
 
 
-def test_collapsed_scores_stop_after_the_pilot():
+@pytest.mark.parametrize("rule", ["law", "expected_improvement"])
+def test_collapsed_scores_stop_after_the_pilot(rule):
     pool = Pool([0.5] * 16)
-    d = choose_online(pool.draw, pool.score, budget=16, kappa=1.0, dataset_spread=0.1)
+    d = choose_online(pool.draw, pool.score, budget=16, kappa=1.0, dataset_spread=0.1, min_gain=1e-9, rule=rule)
     assert d.samples == 4 and "collapsed" in d.stopped_because
 
 

@@ -33,9 +33,10 @@ def choose_online(draw, score, budget: int, kappa: float, dataset_spread: float,
     """Spend at most ``budget`` samples on one query and pick the best-scored candidate.
 
     ``rule``: ``uniform`` draws the whole budget; ``law`` stops when the law's predicted gain of
-    the next sample, ``κ·ŝ·(e_{n+1} − e_n)``, falls below ``min_gain`` (in utility) or the scores
-    look collapsed; ``expected_improvement`` stops when ``κ`` times the next score's expected
-    rise above the best so far falls below ``min_gain``.  ``draw(k)`` returns ``k`` new candidate
+    the next sample, ``κ·ŝ·(e_{n+1} − e_n)``, falls below ``min_gain`` (in utility);
+    ``expected_improvement`` stops when ``κ`` times the next score's expected rise above the best
+    so far falls below ``min_gain``.  Both stop when the pilot's scores look collapsed (their
+    spread at most ``collapse_tau`` times the typical one).  ``draw(k)`` returns ``k`` new candidate
     texts; ``score(texts)`` returns arrays ``(selection_score, mean, sd)`` for them.
     ``dataset_spread`` (the typical within-query score spread on validation pools) is the prior
     the drawn scores' spread is shrunk toward.  ``at_least`` samples are drawn whatever the rule
@@ -56,10 +57,10 @@ def choose_online(draw, score, budget: int, kappa: float, dataset_spread: float,
             break
         variance = sample_variance(sel)
         spread = np.sqrt(shrunk_variance(variance, n - 1, dataset_spread ** 2, config.prior_strength))
+        if n >= config.pilot and np.sqrt(variance) <= config.collapse_tau * dataset_spread:
+            reason = "collapsed: scores do not vary"
+            break
         if rule == "law":
-            if n > 1 and np.sqrt(variance) <= config.collapse_tau * dataset_spread:
-                reason = "collapsed: scores do not vary"
-                break
             gain = marginal_gain(kappa, spread, n, e_n)
         else:
             gain = max(kappa, 0.0) * float(expected_improvement(sel.max(), sel.mean(), spread))
