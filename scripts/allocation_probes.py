@@ -4,6 +4,8 @@ stored pools of an existing run (docs/results.md, "The law as a controller").
     python scripts/allocation_probes.py runs/pep-titles
 
 For each task and policy, on the validation and the test users:
+0. whether κ_q is a property of the query or the luck of its pool: the correlation of κ_q
+   computed on the first and on the second half of each pool's candidates;
 1. how well what the draws show predicts the query's gain slope ρ_q σ_q (the utility that one
    unit of score spread buys, which the known-calibration reference is told): Pearson
    correlations with the spread of the first four scores, the reward model's mean predicted sd
@@ -82,6 +84,12 @@ def main(run: str) -> None:
               f"(first {FIRST} draws, {pipeline.config.controller_selector})")
         selector = Selector.parse(pipeline.config.controller_selector)
         for part, frame in frames.items():
+            pool = Pools.from_frame(frame)
+            half = pool[PRIMARY].shape[1] // 2
+            first, _ = query_calibration(pool[selector.column][:, :half], pool[PRIMARY][:, :half])
+            second, _ = query_calibration(pool[selector.column][:, half:], pool[PRIMARY][:, half:])
+            print(f"  {part:10s} κ_q of the two halves of each pool ({half} candidates each) correlate "
+                  f"{np.corrcoef(first, second)[0, 1]:+.2f}")
             table = observables(frame, selector)
             corr = table.corr()["slope"].drop("slope")
             print(f"  {part:10s} ({len(table)} queries): " + ", ".join(f"{k} {v:+.2f}" for k, v in corr.items()))
