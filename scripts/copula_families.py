@@ -21,7 +21,7 @@ import pandas as pd
 from scipy import stats
 
 from ttp.analysis.bon import bon_curves, oracle_curves, rank_weights
-from ttp.analysis.copula import _raw_correlation, latent_intervals
+from ttp.analysis.copula import normal_scores_regression, latent_intervals
 from ttp.analysis.pools import Pools
 from ttp.analysis.stats import SPREAD_EPS
 from ttp.runs.evaluation import selectors
@@ -66,13 +66,13 @@ def _expected_statistic(family: str, m: int, pools: int = 2000) -> np.ndarray:
     for theta in GRIDS[family]:
         u = rng.random((pools, m))
         v = np.clip(conditional_draw(family, theta, u, rng.random((pools, m))), 1e-12, 1 - 1e-12)
-        expected.append(_raw_correlation(v, u).mean())
+        expected.append(normal_scores_regression(v, u).mean())
     return np.maximum.accumulate(np.array(expected))
 
 
 def parameters(family: str, scores: np.ndarray, utilities: np.ndarray) -> np.ndarray:
     """Per pool, the family's parameter (signed: negative flips the score axis)."""
-    raw = np.clip(_raw_correlation(scores, utilities), -1, 1)
+    raw = np.clip(normal_scores_regression(scores, utilities), -1, 1)
     theta = np.interp(np.abs(raw), _expected_statistic(family, scores.shape[1]), GRIDS[family])
     informative = (utilities.std(axis=1) > SPREAD_EPS) & (scores.std(axis=1) > SPREAD_EPS)
     return np.sign(raw) * np.where(informative, theta, 0.0)

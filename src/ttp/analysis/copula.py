@@ -50,7 +50,9 @@ def _block_normal_scores(values: np.ndarray) -> np.ndarray:
     return np.where(hi > lo, block_mean, stats.norm.ppf(ranks / (m + 1)))
 
 
-def _raw_correlation(scores: np.ndarray, utilities: np.ndarray) -> np.ndarray:
+def normal_scores_regression(scores: np.ndarray, utilities: np.ndarray) -> np.ndarray:
+    """Per pool, ``cov(a, B) / var(B)`` of the scores' and the utilities' tie-averaged normal
+    scores: the statistic ``copula_correlation`` maps to ``r`` (0 without utility spread)."""
     a, b = _block_normal_scores(scores), _block_normal_scores(utilities)
     a, b = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
     var_b = (b * b).mean(axis=1)
@@ -68,7 +70,7 @@ def _calibration(m: int, pools: int = 2000, seed: int = 0) -> tuple[np.ndarray, 
     for i, r in enumerate(grid):
         x = rng.standard_normal((pools, m))
         y = r * x + np.sqrt(1 - r**2) * rng.standard_normal((pools, m))
-        expected[i] = _raw_correlation(x, y).mean()
+        expected[i] = normal_scores_regression(x, y).mean()
     return np.append(np.maximum.accumulate(expected), 1.0), np.append(grid, 1.0)
 
 
@@ -76,7 +78,7 @@ def copula_correlation(scores, utilities) -> np.ndarray:
     """Per-pool copula correlation of score and utility, corrected for ties in the utilities and
     for the small-pool bias of normal scores; 0 for a pool without spread in either."""
     scores, utilities = np.asarray(scores, dtype=float), np.asarray(utilities, dtype=float)
-    raw = np.clip(_raw_correlation(scores, utilities), -1.0, 1.0)
+    raw = np.clip(normal_scores_regression(scores, utilities), -1.0, 1.0)
     expected, grid = _calibration(scores.shape[1])
     r = np.sign(raw) * np.interp(np.abs(raw), expected, grid)
     informative = (utilities.std(axis=1) > SPREAD_EPS) & (scores.std(axis=1) > SPREAD_EPS)
