@@ -77,19 +77,22 @@ def expected_improvement(best, mean, sd):
     return sd * (delta * stats.norm.cdf(delta) + stats.norm.pdf(delta))
 
 
-def improvement_gains(scores: np.ndarray, kappa, spread_prior: float,
-                      prior_strength: float = ControllerConfig.prior_strength,
-                      known_spread: np.ndarray | None = None,
-                      collapse_tau: float = ControllerConfig.collapse_tau,
-                      pilot: int = ControllerConfig.pilot) -> np.ndarray:
+def pilot_looks_collapsed(n, sd, typical_spread: float, config: ControllerConfig):
+    """After ``n`` draws with score spread ``sd``: at least the pilot drawn, and a spread of at
+    most ``collapse_tau`` times the typical one (the reward model cannot tell this query's
+    candidates apart)."""
+    return (np.asarray(n) >= config.pilot) & (np.asarray(sd) <= config.collapse_tau * typical_spread)
+
+
+def improvement_gains(scores: np.ndarray, kappa, spread_prior: float, config: ControllerConfig = ControllerConfig(),
+                      known_spread: np.ndarray | None = None) -> np.ndarray:
     """``(Q, M)``: the expected utility gain of drawing sample ``n + 1`` after the first ``n``
     of each row (column ``n − 1``; the last column is −inf).  The next score is taken as normal
     with the drawn scores' mean and their spread shrunk toward ``spread_prior`` (the typical
     within-query spread on validation pools); the gain is ``κ`` times its expected rise above
-    the best so far.  Selection is by score, so the expected utility of the pick moves only
-    through that rise.  Once ``pilot`` scores are drawn, a spread of at most ``collapse_tau``
-    times the typical one looks collapsed (the reward model cannot tell this query's candidates
-    apart): no gain.
+    the best so far (shrunk with ``config.prior_strength`` pseudo-degrees).  Selection is by
+    score, so the expected utility of the pick moves only through that rise.  A query whose
+    pilot looks collapsed (``pilot_looks_collapsed``) gains nothing.
     ``kappa`` is one calibration or one per row; ``known_spread`` (one per row) replaces the
     estimated spread (the known-calibration reference)."""
     scores = np.asarray(scores, dtype=float)
@@ -98,13 +101,13 @@ def improvement_gains(scores: np.ndarray, kappa, spread_prior: float,
     mean = np.cumsum(scores, axis=1) / n
     variance = np.maximum(np.cumsum(scores**2, axis=1) / n - mean**2, 0) * n / np.maximum(n - 1, 1)
     if known_spread is None:
-        spread = np.sqrt(shrunk_variance(variance, n - 1, spread_prior**2, prior_strength))
+        spread = np.sqrt(shrunk_variance(variance, n - 1, spread_prior**2, config.prior_strength))
     else:
         spread = np.asarray(known_spread, dtype=float)[:, None]
     kappa = np.maximum(np.broadcast_to(np.asarray(kappa, dtype=float), (q,)), 0.0)[:, None]
     gains = kappa * expected_improvement(np.maximum.accumulate(scores, axis=1), mean, spread)
     if known_spread is None:
-        gains[(n >= pilot) & (np.sqrt(variance) <= collapse_tau * spread_prior)] = 0.0
+        gains[pilot_looks_collapsed(n, np.sqrt(variance), spread_prior, config)] = 0.0
     gains[:, -1] = -np.inf
     return gains
 
@@ -176,8 +179,8 @@ def _allocate(policy: str, scores: np.ndarray, users: np.ndarray, orders: np.nda
     q, m = scores.shape
     if policy in ("expected_improvement", KNOWN_CALIBRATION):
         # each query on its own: sample while the next sample's expected gain exceeds the threshold
-        gains = improvement_gains(np.take_along_axis(scores, orders, axis=1), kappa, spread_prior,
-                                  config.prior_strength, known_spread, config.collapse_tau, config.pilot)
+        gains = improvement_gains(np.take_along_axis(scores, orders, axis=1), kappa, spread_prior, config,
+                                  known_spread)
         below = gains < threshold
         return np.where(below.any(axis=1), below.argmax(axis=1) + 1, m)
     if policy == "uniform":

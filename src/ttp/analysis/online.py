@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ttp.analysis.control import (ControllerConfig, expected_improvement, marginal_gain, sample_variance,
-                                  shrunk_variance)
+from ttp.analysis.control import (ControllerConfig, expected_improvement, marginal_gain, pilot_looks_collapsed,
+                                  sample_variance, shrunk_variance)
 from ttp.analysis.scaling import expected_max_normal
 
 ONLINE_RULES = ("uniform", "law", "expected_improvement")
@@ -57,7 +57,7 @@ def choose_online(draw, score, budget: int, kappa: float, dataset_spread: float,
             break
         variance = sample_variance(sel)
         spread = np.sqrt(shrunk_variance(variance, n - 1, dataset_spread ** 2, config.prior_strength))
-        if n >= config.pilot and np.sqrt(variance) <= config.collapse_tau * dataset_spread:
+        if pilot_looks_collapsed(n, np.sqrt(variance), dataset_spread, config):
             reason = "collapsed: scores do not vary"
             break
         if rule == "law":
