@@ -5,14 +5,17 @@ stored pools of an existing run (docs/results.md, "The law as a controller").
 
 For each task and policy, on the validation and the test users:
 0. whether κ_q is a property of the query or the luck of its pool: the correlation of κ_q
-   computed on the first and on the second half of each pool's candidates;
+   computed on the first and on the second half of each pool's candidates; and whether it is a
+   property of the user (which a calibration on the user's own history could find): the share
+   of its variance between users;
 1. how well what the draws show predicts the query's gain slope ρ_q σ_q (the utility that one
    unit of score spread buys, which the known-calibration reference is told): Pearson
    correlations with the spread of the first four scores, the reward model's mean predicted sd
    over them, the policy's mean token log-probability and the candidates' mean pairwise word
    overlap;
 2. the samples per query the expected-improvement rule needs to match uniform N = 8 with more
-   or less shrinkage of its score spread, without its collapse check, and with other selectors;
+   or less shrinkage of its score spread, told each query's own κ_q, without its collapse
+   check, and with other selectors;
 3. whether a model of κ_q can be learned with more queries than the validation users have: the
    selector's reward model (features family) is cross-fitted over five folds of the training and
    validation users, which gives out-of-fold scores for all their queries; a ridge regression of
@@ -64,8 +67,23 @@ def observables(frame: pd.DataFrame, selector: Selector) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def samples_to_match_uniform(val: Pools, test: Pools, column: str, config: ControllerConfig) -> float | None:
+def intraclass_correlation(values: np.ndarray, users: np.ndarray) -> float:
+    """The share of the values' variance that lies between users (one-way ANOVA estimate)."""
+    frame = pd.DataFrame({"value": values, "user": users})
+    groups = frame.groupby("user").value
+    size = groups.size().mean()
+    between = (groups.size() * (groups.mean() - frame.value.mean()) ** 2).sum() / (groups.ngroups - 1)
+    within = ((frame.value - groups.transform("mean")) ** 2).sum() / (len(frame) - groups.ngroups)
+    return float((between - within) / (between + (size - 1) * within))
+
+
+def samples_to_match_uniform(val: Pools, test: Pools, column: str, config: ControllerConfig,
+                             told_kappa: bool = False) -> float | None:
+    """Samples per query expected improvement needs to match uniform N = 8 on the test pools;
+    ``told_kappa`` gives it each test query's own κ_q in place of the validation κ."""
     kappa, spread = validation_calibration(val[column], val[PRIMARY])
+    if told_kappa:
+        kappa = query_calibration(test[column], test[PRIMARY])[0]
     budgets = tuple(b for b in STUDY_BUDGETS if b <= test[PRIMARY].shape[1])
     rows = [evaluate_policy("expected_improvement", test[column], test[PRIMARY], test.users, b, kappa, config,
                             spread_prior=spread) for b in budgets]
@@ -89,7 +107,8 @@ def main(run: str) -> None:
             first, _ = query_calibration(pool[selector.column][:, :half], pool[PRIMARY][:, :half])
             second, _ = query_calibration(pool[selector.column][:, half:], pool[PRIMARY][:, half:])
             print(f"  {part:10s} κ_q of the two halves of each pool ({half} candidates each) correlate "
-                  f"{np.corrcoef(first, second)[0, 1]:+.2f}")
+                  f"{np.corrcoef(first, second)[0, 1]:+.2f}; share of κ_q's variance between users "
+                  f"{intraclass_correlation(query_calibration(pool[selector.column], pool[PRIMARY])[0], pool.users):+.2f}")
             table = observables(frame, selector)
             corr = table.corr()["slope"].drop("slope")
             print(f"  {part:10s} ({len(table)} queries): " + ", ".join(f"{k} {v:+.2f}" for k, v in corr.items()))
@@ -99,6 +118,9 @@ def main(run: str) -> None:
             need = samples_to_match_uniform(pools["validation"], pools["test"], selector.column,
                                             ControllerConfig(prior_strength=strength))
             print(f"    spread shrinkage {strength:6.0f} pseudo-samples: {need:.2f}" if need else "    not reached")
+        need = samples_to_match_uniform(pools["validation"], pools["test"], selector.column, ControllerConfig(),
+                                        told_kappa=True)
+        print(f"    told each query's own κ_q, its score spread still estimated from the draws: {_format(need)}")
         need = samples_to_match_uniform(pools["validation"], pools["test"], selector.column,
                                         ControllerConfig(collapse_tau=0.0))
         print(f"    without the collapse check: {need:.2f}" if need else "    without the collapse check: not reached")

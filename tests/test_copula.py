@@ -4,7 +4,7 @@ import pytest
 
 from ttp.analysis.bon import bon_curves, oracle_curves, random_curves
 from ttp.analysis.copula import copula_correlation, copula_curves
-from ttp.analysis.scaling import diagnose
+from ttp.analysis.scaling import LAW_TOLERANCE, chance_error_exceeds, diagnose
 from ttp.analysis.simulate import SimulationConfig, simulate
 from ttp.analysis.stats import within_pool_correlation
 
@@ -67,3 +67,32 @@ def test_a_reward_model_that_misses_only_the_best_candidate_is_flagged_as_a_misf
     misses = diagnose(scores, sim.utilities, sim.users).error_in_se("copula_per_query")
     print(f"copula law's worst error {fits:.1f} SE, {misses:.1f} SE when the best candidate is scored last")
     assert misses > 8 and misses > 5 * fits
+
+
+def test_chance_error_exceeds_matches_how_often_an_exact_law_misses_a_tolerance():
+    # residuals of a law that is exact for every query: mean zero, correlated across N as real
+    # Best-of-N residuals are; 400 datasets of 120 queries, each estimating the chance from its own
+    rng = np.random.default_rng(0)
+    queries, n_max, datasets, tolerance = 120, 16, 400, 0.05
+    scale = np.linspace(0.05, 0.4, n_max)
+    covariance = 0.8 ** np.abs(np.subtract.outer(np.arange(n_max), np.arange(n_max))) * np.outer(scale, scale)
+    residuals = rng.multivariate_normal(np.zeros(n_max), covariance, size=(datasets, queries))
+    missed = (np.abs(residuals.mean(axis=1)[:, 1:]) > tolerance).any(axis=1).mean()
+    estimated = np.mean([chance_error_exceeds(r, tolerance, draws=1000) for r in residuals])
+    print(f"an exact law misses {tolerance} in {missed:.3f} of datasets; estimated {estimated:.3f}")
+    assert 0.2 < missed < 0.5
+    assert estimated == pytest.approx(missed, abs=3 * np.sqrt(missed * (1 - missed) / datasets))
+    assert chance_error_exceeds(residuals[0], 10.0) == 0.0 and chance_error_exceeds(residuals[0], 0.0) == 1.0
+
+
+def test_diagnosis_says_how_likely_an_exact_law_misses_the_tolerance_on_its_own_pools():
+    sim = simulate(SimulationConfig(n_users=12, queries_per_user=10, pool_size=16, utility="zero_inflated", seed=2))
+    d = diagnose(sim.scores, sim.utilities, sim.users)
+    residual = bon_curves(sim.scores, sim.utilities) - copula_curves(sim.utilities,
+                                                                     copula_correlation(sim.scores, sim.utilities))
+    chance = chance_error_exceeds(residual, LAW_TOLERANCE * (d.oracle[-1] - d.oracle[0]))
+    assert d.chance_beyond_tolerance["copula_per_query"] == pytest.approx(chance)
+    assert 0 < chance < 1
+    # more queries, smaller standard errors: an exact law is less likely to miss by chance
+    more = simulate(SimulationConfig(n_users=48, queries_per_user=10, pool_size=16, utility="zero_inflated", seed=2))
+    assert diagnose(more.scores, more.utilities, more.users).chance_beyond_tolerance["copula_per_query"] < chance

@@ -28,7 +28,7 @@ console = Console(width=200)
 
 
 def render(table: Table) -> None:
-    out = RichTable(title=table.title)
+    out = RichTable(title=table.title, caption=table.caption or None)
     for column in table.columns:
         out.add_column(column, no_wrap=True)
     for row in table.rows:

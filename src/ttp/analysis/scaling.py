@@ -60,6 +60,22 @@ def fit_ceiling(oracle_curve: np.ndarray) -> list[CeilingFit]:
     return sorted(fits, key=lambda f: f.rmse)
 
 
+LAW_TOLERANCE = 0.05   # issue 14's target: the copula per-query law within 5% of the oracle gain
+
+
+def chance_error_exceeds(residuals: np.ndarray, tolerance: float, draws: int = 4000, seed: int = 0) -> float:
+    """How often a law exact for every query would still show a mean error above ``tolerance``
+    at some N >= 2: ``residuals`` are ``BoN_q(N) − law_q(N)``, ``(Q, M)``; their mean over
+    queries is drawn as normal with mean zero and their covariance over ``Q`` (seeded)."""
+    residuals = np.asarray(residuals, dtype=float)[:, 1:]
+    if len(residuals) < 2 or residuals.shape[1] == 0:
+        return 0.0
+    covariance = np.atleast_2d(np.cov(residuals, rowvar=False)) / len(residuals)
+    means = np.random.default_rng(seed).multivariate_normal(np.zeros(len(covariance)), covariance, size=draws,
+                                                            method="eigh")
+    return float((np.abs(means) > tolerance).any(axis=1).mean())
+
+
 LAWS = ("per_query", "four_quantity", "per_query_oracle_anchored", "four_quantity_oracle_anchored",
         "copula_per_query", "copula_pooled")
 
@@ -93,6 +109,7 @@ class Diagnosis:
     collapse_threshold: float = 0.0
     observed_se: np.ndarray | None = None   # standard error over queries of the observed gain over μ_q
     law_se: dict | None = None              # per law: standard error over queries of observed − law
+    chance_beyond_tolerance: dict | None = None   # per law: how often an exact law would miss LAW_TOLERANCE
 
     @property
     def collapse_tau(self) -> float:
@@ -269,4 +286,6 @@ def diagnose(
         collapse_threshold=threshold,
         observed_se=(observed_q - mu_q[:, None]).std(axis=0, ddof=1) / np.sqrt(q) if q > 1 else None,
         law_se=law_se,
+        chance_beyond_tolerance={k: chance_error_exceeds(observed_q - v, LAW_TOLERANCE * gain)
+                                 for k, v in laws_q.items()} if q > 1 and gain > 0 else None,
     )

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from ttp.analysis.allocation import REFERENCE_BUDGET  # noqa: E402
 from ttp.analysis.bon import Curve  # noqa: E402
 from ttp.analysis.control import REFERENCES  # noqa: E402
-from ttp.analysis.scaling import CEILING_FORMS  # noqa: E402
+from ttp.analysis.scaling import CEILING_FORMS, LAW_TOLERANCE  # noqa: E402
 from ttp.files import read_json, write_bytes_atomic, write_json_atomic  # noqa: E402
 from ttp.runs.config import RunConfig  # noqa: E402
 from ttp.runs.folder import RunFolder  # noqa: E402
@@ -106,8 +106,8 @@ def diagnosis_section(folder: RunFolder, cells, tau: float) -> tuple[str, dict]:
         "pooled laws stand from their per-query forms, the non-Gaussian gap how far the Gaussian per-query "
         "law stands from the copula one. *Flat pools*: "
         "share of queries whose candidates all have the same utility (ρ_q := 0). Law errors: "
-        "maximum over N of |law − observed| as a share of the oracle gain at N = M (target: "
-        "per-query law ≤ 10%).\n")
+        "maximum over N of |law − observed| as a share of the oracle gain at N = M (target: copula "
+        f"per-query law ≤ {LAW_TOLERANCE:.0%}).\n")
     for task, policy in cells:
         diagnoses = read_diagnoses(folder, task, policy)
         data[f"{task}/{policy}"] = {k: {kk: vv for kk, vv in d.to_json().items() if kk != "per_query"}

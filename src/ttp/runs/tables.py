@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ttp.analysis.bon import Curve
 from ttp.analysis.allocation import REFERENCE_BUDGET, AllocationStudy
-from ttp.analysis.scaling import LAWS, Diagnosis
+from ttp.analysis.scaling import LAW_TOLERANCE, LAWS, Diagnosis
 from ttp.files import read_json
 from ttp.rewards.families import FAMILIES, family_of
 from ttp.rewards.selection import Selector
@@ -28,11 +28,12 @@ class Table:
     title: str
     columns: list[str]
     rows: list[list[str]]
+    caption: str = ""   # a line under the table: what its rows add up to
 
     def to_markdown(self) -> str:
         lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
         lines += ["| " + " | ".join(r) + " |" for r in self.rows]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + (f"\n{self.caption}\n" if self.caption else "")
 
 
 def at_points(m: int) -> list[int]:
@@ -97,21 +98,31 @@ def diagnosis_table(folder: RunFolder, task: str, policy: str) -> Table:
 
 
 def laws_table(folder: RunFolder, task: str, policy: str) -> Table:
-    rows = []
+    rows, selectors, within, expected_misses = [], 0, 0, 0.0
     for name, d in read_diagnoses(folder, task, policy).items():
         in_se = d.error_in_se("copula_per_query")
+        chance = (d.chance_beyond_tolerance or {}).get("copula_per_query")
         gain = float(d.oracle[-1] - d.oracle[0])
         rows.append([name, f"{d.copula_r_bar:.3f}",
                      *[f"{d.law_errors[law]['max_share_of_oracle_gain']:.1%}" for law in LAWS],
                      f"{d.law_se['copula_per_query'].max() / gain:.1%}" if in_se is not None and gain > 0 else "-",
                      f"{in_se:.1f}" if in_se is not None else "-",
+                     f"{chance:.2f}" if chance is not None else "-",
                      *[f"{d.law_gaps[k]:.1%}" for k in LAW_GAPS]])
+        if name != "random":
+            selectors += 1
+            within += d.law_errors["copula_per_query"]["max_share_of_oracle_gain"] <= LAW_TOLERANCE
+            expected_misses += chance or 0.0
     return Table(f"{task} / {policy}: each law's max error over N, as a share of the oracle gain at N = M; "
                  f"the copula per-query law's standard error (of observed − law over queries, largest over N, "
-                 f"same scale) and its worst error in those standard errors; "
+                 f"same scale), its worst error in those standard errors, and how likely a law exact for every "
+                 f"query would still err by more than {LAW_TOLERANCE:.0%} at this number of queries; "
                  f"where the laws part (gaps between their curves, same scale)",
                  ["selector", "copula r̄", *[LAW_LABELS[law] for law in LAWS], "copula SE",
-                  "copula err / SE", *LAW_GAPS.values()], rows)
+                  "copula err / SE", f"exact law > {LAW_TOLERANCE:.0%}", *LAW_GAPS.values()], rows,
+                 f"The copula per-query law is within {LAW_TOLERANCE:.0%} for {within} of {selectors} selectors; "
+                 f"a law exact for every query would miss {LAW_TOLERANCE:.0%} for {expected_misses:.1f} of them "
+                 f"on average, by chance alone at this number of queries.")
 
 
 PEER_SHARE = 0.23   # the closest peer: off-the-shelf RMs capture at most 23% of the oracle headroom
