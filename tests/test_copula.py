@@ -77,12 +77,17 @@ def test_chance_error_exceeds_matches_how_often_an_exact_law_misses_a_tolerance(
     scale = np.linspace(0.05, 0.4, n_max)
     covariance = 0.8 ** np.abs(np.subtract.outer(np.arange(n_max), np.arange(n_max))) * np.outer(scale, scale)
     residuals = rng.multivariate_normal(np.zeros(n_max), covariance, size=(datasets, queries))
-    missed = (np.abs(residuals.mean(axis=1)[:, 1:]) > tolerance).any(axis=1).mean()
+    missed = (np.abs(residuals.mean(axis=1)) > tolerance).any(axis=1).mean()
     estimated = np.mean([chance_error_exceeds(r, tolerance, draws=1000) for r in residuals])
     print(f"an exact law misses {tolerance} in {missed:.3f} of datasets; estimated {estimated:.3f}")
     assert 0.2 < missed < 0.5
     assert estimated == pytest.approx(missed, abs=3 * np.sqrt(missed * (1 - missed) / datasets))
     assert chance_error_exceeds(residuals[0], 10.0) == 0.0 and chance_error_exceeds(residuals[0], 0.0) == 1.0
+    # two selectors side by side: the same residuals count once, independent ones compound
+    one = chance_error_exceeds(residuals[0], tolerance)
+    assert chance_error_exceeds(np.hstack([residuals[0], residuals[0]]), tolerance) == pytest.approx(one, abs=0.02)
+    both = chance_error_exceeds(np.hstack([residuals[0], residuals[1]]), tolerance)
+    assert both == pytest.approx(1 - (1 - one) * (1 - chance_error_exceeds(residuals[1], tolerance)), abs=0.04)
 
 
 def test_diagnosis_says_how_likely_an_exact_law_misses_the_tolerance_on_its_own_pools():
@@ -90,7 +95,8 @@ def test_diagnosis_says_how_likely_an_exact_law_misses_the_tolerance_on_its_own_
     d = diagnose(sim.scores, sim.utilities, sim.users)
     residual = bon_curves(sim.scores, sim.utilities) - copula_curves(sim.utilities,
                                                                      copula_correlation(sim.scores, sim.utilities))
-    chance = chance_error_exceeds(residual, LAW_TOLERANCE * (d.oracle[-1] - d.oracle[0]))
+    np.testing.assert_allclose(d.per_query["copula_residual"], residual)
+    chance = chance_error_exceeds(residual[:, 1:], LAW_TOLERANCE * (d.oracle[-1] - d.oracle[0]))
     assert d.chance_beyond_tolerance["copula_per_query"] == pytest.approx(chance)
     assert 0 < chance < 1
     # more queries, smaller standard errors: an exact law is less likely to miss by chance

@@ -76,8 +76,9 @@ def test_report_tables_are_the_cli_tables_and_hold_the_analysis_numbers(run):
     fitted = [d for n, d in diagnoses.items() if n != "random"]
     within = sum(d.law_errors["copula_per_query"]["max_share_of_oracle_gain"] <= 0.05 for d in fitted)
     misses = sum(d.chance_beyond_tolerance["copula_per_query"] for d in fitted)
-    assert laws.caption.startswith(f"The copula per-query law is within 5% for {within} of {len(fitted)} selectors; "
-                                   f"a law exact for every query would miss 5% for {misses:.1f} of them")
+    assert laws.caption.startswith(f"The copula per-query law is within 5% for {within} of {len(fitted)} selectors. "
+                                   f"A law exact for every query would miss 5% for {misses:.1f} of them")
+    assert laws.caption in report
     # one row per selector, named by family, head and rule, with the same numbers
     evaluation = json.loads(folder.reward_eval(TASK, POLICY).read_text())["selectors"]
     by_selector = {(r[0], r[1], r[2]): dict(zip(comparison.columns, r)) for r in comparison.rows}

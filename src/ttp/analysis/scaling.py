@@ -64,10 +64,11 @@ LAW_TOLERANCE = 0.05   # issue 14's target: the copula per-query law within 5% o
 
 
 def chance_error_exceeds(residuals: np.ndarray, tolerance: float, draws: int = 4000, seed: int = 0) -> float:
-    """How often a law exact for every query would still show a mean error above ``tolerance``
-    at some N >= 2: ``residuals`` are ``BoN_q(N) − law_q(N)``, ``(Q, M)``; their mean over
-    queries is drawn as normal with mean zero and their covariance over ``Q`` (seeded)."""
-    residuals = np.asarray(residuals, dtype=float)[:, 1:]
+    """How often laws exact for every query would still show a mean error above ``tolerance`` in
+    one column at least: ``residuals`` are ``BoN_q(N) − law_q(N)``, one row per query and one
+    column per point checked (N, or (selector, N) pairs side by side); their mean over queries
+    is drawn as normal with mean zero and their covariance over ``Q`` (seeded)."""
+    residuals = np.asarray(residuals, dtype=float)
     if len(residuals) < 2 or residuals.shape[1] == 0:
         return 0.0
     covariance = np.atleast_2d(np.cov(residuals, rowvar=False)) / len(residuals)
@@ -109,7 +110,7 @@ class Diagnosis:
     collapse_threshold: float = 0.0
     observed_se: np.ndarray | None = None   # standard error over queries of the observed gain over μ_q
     law_se: dict | None = None              # per law: standard error over queries of observed − law
-    chance_beyond_tolerance: dict | None = None   # per law: how often an exact law would miss LAW_TOLERANCE
+    chance_beyond_tolerance: dict | None = None   # per law: how often an exact law would miss LAW_TOLERANCE at N >= 2
 
     @property
     def collapse_tau(self) -> float:
@@ -281,11 +282,12 @@ def diagnose(
                   "non_gaussian_utilities": gap("per_query", "copula_per_query")},
         copula_r_bar=r_bar,
         per_query={"query": query_ids, "user": users, "mu": mu_q, "sigma": sigma_q,
-                   "rho": rho_q, "copula_r": r_q, "collapsed": collapsed_q, "flat": flat},
+                   "rho": rho_q, "copula_r": r_q, "collapsed": collapsed_q, "flat": flat,
+                   "copula_residual": observed_q - laws_q["copula_per_query"]},
         user_score_spread=dict(zip(user_ids.tolist(), spread.tolist())),
         collapse_threshold=threshold,
         observed_se=(observed_q - mu_q[:, None]).std(axis=0, ddof=1) / np.sqrt(q) if q > 1 else None,
         law_se=law_se,
-        chance_beyond_tolerance={k: chance_error_exceeds(observed_q - v, LAW_TOLERANCE * gain)
+        chance_beyond_tolerance={k: chance_error_exceeds((observed_q - v)[:, 1:], LAW_TOLERANCE * gain)
                                  for k, v in laws_q.items()} if q > 1 and gain > 0 else None,
     )
