@@ -14,8 +14,8 @@ For each task and policy, on the validation and the test users:
    over them, the policy's mean token log-probability and the candidates' mean pairwise word
    overlap;
 2. the samples per query the expected-improvement rule needs to match uniform N = 8 with more
-   or less shrinkage of its score spread, told each query's own κ_q, without its collapse
-   check, and with other selectors;
+   or less shrinkage of its score spread, told each query's own κ_q, in chunks of 2, without
+   its collapse check, and with other selectors;
 3. whether a model of κ_q can be learned with more queries than the validation users have: the
    selector's reward model (features family) is cross-fitted over five folds of the training and
    validation users, which gives out-of-fold scores for all their queries; a ridge regression of
@@ -121,6 +121,8 @@ def main(run: str) -> None:
         need = samples_to_match_uniform(pools["validation"], pools["test"], selector.column, ControllerConfig(),
                                         told_kappa=True)
         print(f"    told each query's own κ_q, its score spread still estimated from the draws: {_format(need)}")
+        need = samples_to_match_uniform(pools["validation"], pools["test"], selector.column, ControllerConfig(chunk=2))
+        print(f"    drawing 2 at a time (a batch), stopping only after each pair: {_format(need)}")
         need = samples_to_match_uniform(pools["validation"], pools["test"], selector.column,
                                         ControllerConfig(collapse_tau=0.0))
         print(f"    without the collapse check: {need:.2f}" if need else "    without the collapse check: not reached")

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -130,11 +132,11 @@ def test_known_calibration_is_each_querys_own_kappa_and_beats_a_shared_one_where
     assert spread_q[i] == pytest.approx(test.scores[i].std())
     assert (kappa_q[test.hacked_queries] < 0).mean() > 0.9
     spread = float(test.scores.std(axis=1).mean())
-    shared = evaluate_policy("expected_improvement", test.scores, test.utilities, test.users, 4, kappa, repeats=5,
+    shared = evaluate_policy("expected_improvement", test.scores, test.utilities, test.users, 6, kappa, repeats=5,
                              spread_prior=spread)
-    known = evaluate_policy("known_calibration", test.scores, test.utilities, test.users, 4, kappa, repeats=5,
+    known = evaluate_policy("known_calibration", test.scores, test.utilities, test.users, 6, kappa, repeats=5,
                             spread_prior=spread)
-    assert known["samples_per_query"] == pytest.approx(4, abs=0.05)
+    assert known["samples_per_query"] == pytest.approx(6, abs=0.05)
     diff = known["per_query"] - shared["per_query"]
     print(f"known calibration {known['mean']:.4f} vs shared κ {shared['mean']:.4f}")
     assert diff.mean() > 3 * diff.std(ddof=1) / np.sqrt(len(diff))
@@ -157,3 +159,31 @@ def test_expected_improvement_stops_on_collapsed_users_and_is_chosen_where_it_sa
                               ControllerConfig(collapse_tau=0.0)) == "uniform"
     # pools too small for the reference budget of 8 keep uniform N
     assert choose_online_rule(sim.scores[:, :4], sim.utilities[:, :4], sim.users, kappa, spread) == "uniform"
+
+
+def test_the_study_evaluates_the_online_rule_as_ttp_generate_runs_it():
+    """At one threshold and draw order, the study's expected-improvement allocation draws exactly
+    what ``choose_online`` draws, chunk by chunk, stopping at the same point."""
+    from test_online_control import Pool
+
+    from ttp.analysis.control import ControllerConfig, _allocate, stopping_points
+    from ttp.analysis.online import choose_online
+
+    np.testing.assert_array_equal(np.flatnonzero(stopping_points(7, 2)) + 1, [2, 4, 6, 7])
+    np.testing.assert_array_equal(np.flatnonzero(stopping_points(5, 1)) + 1, [1, 2, 3, 4, 5])
+    test, kappa = _population()
+    scores, users = test.scores[:60], test.users[:60]
+    q, m = scores.shape
+    orders = np.argsort(np.random.default_rng(3).random((q, m)), axis=1)
+    spread = float(scores.std(axis=1).mean())
+    spreads_of_samples = []
+    for threshold, config in itertools.product((1e-4, 1e-3, 3e-3, 2e-2), (ControllerConfig(), ControllerConfig(chunk=3))):
+        study = _allocate("expected_improvement", scores, users, orders, 8 * q, config, kappa, threshold, spread)
+        online = []
+        for i in range(q):
+            pool = Pool(scores[i, orders[i]])
+            online.append(choose_online(pool.draw, pool.score, m, kappa, spread, config, min_gain=threshold,
+                                        rule="expected_improvement").samples)
+        np.testing.assert_array_equal(study, online)
+        spreads_of_samples.append(len(set(study)))
+    assert max(spreads_of_samples) > 3   # some threshold stops queries at several different points

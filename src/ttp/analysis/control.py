@@ -37,7 +37,8 @@ REFERENCES = (KNOWN_CALIBRATION, ORACLE_BOUND)
 
 @dataclass(frozen=True)
 class ControllerConfig:
-    pilot: int = 4               # samples of each user's pilot query (the others start from 1)
+    pilot: int = 4               # draws before the collapse check looks (law rules: one query per user)
+    chunk: int = 1               # expected improvement draws this many at a time (one batch), then may stop
     prior_strength: float = 8.0  # pseudo-degrees of freedom behind the user's and dataset's spread
     collapse_tau: float = 0.1    # a user whose spread is <= tau x the median user's is collapsed
 
@@ -112,6 +113,13 @@ def improvement_gains(scores: np.ndarray, kappa, spread_prior: float, config: Co
     return gains
 
 
+def stopping_points(m: int, chunk: int) -> np.ndarray:
+    """``(M,)``: after which numbers of draws (column ``n − 1``) the expected-improvement rule
+    may stop: after each chunk, and at the whole pool."""
+    n = np.arange(1, m + 1)
+    return (n % max(chunk, 1) == 0) | (n == m)
+
+
 def query_calibration(scores: np.ndarray, utilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each query's own ``(κ_q, score spread)`` from its full pool: utility gain per unit of
     score spread, ``ρ_q σ_q / sd_q(score)``, as ``calibration`` computes for a whole set."""
@@ -178,10 +186,11 @@ def _allocate(policy: str, scores: np.ndarray, users: np.ndarray, orders: np.nda
     """Samples per query under ``policy`` with ``budget`` samples in total."""
     q, m = scores.shape
     if policy in ("expected_improvement", KNOWN_CALIBRATION):
-        # each query on its own: sample while the next sample's expected gain exceeds the threshold
+        # each query on its own: sample while the next sample's expected gain exceeds the threshold,
+        # looking only where the online rule looks (after each chunk)
         gains = improvement_gains(np.take_along_axis(scores, orders, axis=1), kappa, spread_prior, config,
                                   known_spread)
-        below = gains < threshold
+        below = (gains < threshold) & stopping_points(m, config.chunk)
         return np.where(below.any(axis=1), below.argmax(axis=1) + 1, m)
     if policy == "uniform":
         per = np.full(q, budget // q)

@@ -29,7 +29,7 @@ class Decision:
 
 def choose_online(draw, score, budget: int, kappa: float, dataset_spread: float,
                   config: ControllerConfig = ControllerConfig(), min_gain: float = 1e-3,
-                  chunk: int = 2, at_least: int = 1, rule: str = "law") -> Decision:
+                  at_least: int = 1, rule: str = "law") -> Decision:
     """Spend at most ``budget`` samples on one query and pick the best-scored candidate.
 
     ``rule``: ``uniform`` draws the whole budget; ``law`` stops when the law's predicted gain of
@@ -39,7 +39,9 @@ def choose_online(draw, score, budget: int, kappa: float, dataset_spread: float,
     spread at most ``collapse_tau`` times the typical one).  ``draw(k)`` returns ``k`` new candidate
     texts; ``score(texts)`` returns arrays ``(selection_score, mean, sd)`` for them.
     ``dataset_spread`` (the typical within-query score spread on validation pools) is the prior
-    the drawn scores' spread is shrunk toward.  ``at_least`` samples are drawn whatever the rule
+    the drawn scores' spread is shrunk toward.  The law rule first looks after ``config.pilot``
+    draws, expected improvement after ``config.chunk``; both then after each ``config.chunk``
+    more, as the allocation study does (``control.stopping_points``).  ``at_least`` samples are drawn whatever the rule
     says (a caller returning several picks).
     """
     if rule not in ONLINE_RULES:
@@ -47,7 +49,9 @@ def choose_online(draw, score, budget: int, kappa: float, dataset_spread: float,
     if not 1 <= at_least <= budget:
         raise ValueError(f"need 1 <= at_least <= budget, got at_least = {at_least}, budget = {budget}")
     e_n = expected_max_normal(max(budget, 2))
-    first = budget if rule == "uniform" else min(max(config.pilot, at_least, 1), budget)
+    # the law needs the pilot's spread; expected improvement may stop after any chunk
+    first = {"uniform": budget, "law": config.pilot}.get(rule, config.chunk)
+    first = min(max(first, at_least, 1), budget)
     texts = list(draw(first))
     reason = "budget spent"
     while True:
@@ -67,7 +71,7 @@ def choose_online(draw, score, budget: int, kappa: float, dataset_spread: float,
         if gain < min_gain:
             reason = f"predicted gain of one more sample below {min_gain} ({rule})"
             break
-        texts += draw(min(chunk, budget - n))
+        texts += draw(min(config.chunk, budget - n))
     best = int(np.argmax(sel))
     return Decision(texts[best], float(sel[best]), float(mean[best]), float(sd[best]), len(texts), reason, texts,
                     sel.tolist())
