@@ -106,9 +106,10 @@ def main(run: str) -> None:
             half = pool[PRIMARY].shape[1] // 2
             first, _ = query_calibration(pool[selector.column][:, :half], pool[PRIMARY][:, :half])
             second, _ = query_calibration(pool[selector.column][:, half:], pool[PRIMARY][:, half:])
+            kappa_q, _ = query_calibration(pool[selector.column], pool[PRIMARY])
             print(f"  {part:10s} κ_q of the two halves of each pool ({half} candidates each) correlate "
                   f"{np.corrcoef(first, second)[0, 1]:+.2f}; share of κ_q's variance between users "
-                  f"{intraclass_correlation(query_calibration(pool[selector.column], pool[PRIMARY])[0], pool.users):+.2f}")
+                  f"{intraclass_correlation(kappa_q, pool.users):+.2f}")
             table = observables(frame, selector)
             corr = table.corr()["slope"].drop("slope")
             print(f"  {part:10s} ({len(table)} queries): " + ", ".join(f"{k} {v:+.2f}" for k, v in corr.items()))

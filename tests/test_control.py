@@ -177,7 +177,8 @@ def test_the_study_evaluates_the_online_rule_as_ttp_generate_runs_it():
     orders = np.argsort(np.random.default_rng(3).random((q, m)), axis=1)
     spread = float(scores.std(axis=1).mean())
     spreads_of_samples = []
-    for threshold, config in itertools.product((1e-4, 1e-3, 3e-3, 2e-2), (ControllerConfig(), ControllerConfig(chunk=3))):
+    configs = (ControllerConfig(), ControllerConfig(chunk=3))
+    for threshold, config in itertools.product((1e-4, 1e-3, 3e-3, 2e-2), configs):
         study = _allocate("expected_improvement", scores, users, orders, 8 * q, config, kappa, threshold, spread)
         online = []
         for i in range(q):

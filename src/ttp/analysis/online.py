@@ -41,8 +41,8 @@ def choose_online(draw, score, budget: int, kappa: float, dataset_spread: float,
     ``dataset_spread`` (the typical within-query score spread on validation pools) is the prior
     the drawn scores' spread is shrunk toward.  The law rule first looks after ``config.pilot``
     draws, expected improvement after ``config.chunk``; both then after each ``config.chunk``
-    more, as the allocation study does (``control.stopping_points``).  ``at_least`` samples are drawn whatever the rule
-    says (a caller returning several picks).
+    more, as the allocation study does (``control.stopping_points``).  ``at_least`` samples are
+    drawn whatever the rule says (a caller returning several picks).
     """
     if rule not in ONLINE_RULES:
         raise ValueError(f"rule must be one of {ONLINE_RULES}, got {rule!r}")

@@ -128,9 +128,9 @@ def _tolerance_caption(diagnoses: list[Diagnosis]) -> str:
     shared pools count once)."""
     within = sum(d.law_errors["copula_per_query"]["max_share_of_oracle_gain"] <= LAW_TOLERANCE for d in diagnoses)
     text = f"The copula per-query law is within {LAW_TOLERANCE:.0%} for {within} of {len(diagnoses)} selectors."
-    if not diagnoses or any("copula_residual" not in d.per_query for d in diagnoses):
+    gain = float(diagnoses[0].oracle[-1] - diagnoses[0].oracle[0]) if diagnoses else 0.0
+    if gain <= 0 or any("copula_residual" not in d.per_query for d in diagnoses):
         return text
-    gain = float(diagnoses[0].oracle[-1] - diagnoses[0].oracle[0])
     residuals = np.hstack([np.asarray(d.per_query["copula_residual"], dtype=float)[:, 1:] for d in diagnoses])
     every = 1 - chance_error_exceeds(residuals, LAW_TOLERANCE * gain)
     misses = sum((d.chance_beyond_tolerance or {}).get("copula_per_query", 0.0) for d in diagnoses)
