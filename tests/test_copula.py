@@ -97,7 +97,7 @@ def test_diagnosis_says_how_likely_an_exact_law_misses_the_tolerance_on_its_own_
     d = diagnose(sim.scores, sim.utilities, sim.users)
     residual = bon_curves(sim.scores, sim.utilities) - copula_curves(sim.utilities,
                                                                      copula_correlation(sim.scores, sim.utilities))
-    np.testing.assert_allclose(d.per_query["copula_residual"], residual)
+    np.testing.assert_allclose(d.per_query["residual:copula_per_query"], residual, atol=1e-6)
     chance = chance_error_exceeds(residual[:, 1:], LAW_TOLERANCE * (d.oracle[-1] - d.oracle[0]))
     assert d.chance_beyond_tolerance["copula_per_query"] == pytest.approx(chance)
     assert 0 < chance < 1

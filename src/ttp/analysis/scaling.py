@@ -89,6 +89,7 @@ def chance_error_exceeds(residuals: np.ndarray, tolerance: float, draws: int = 4
 
 LAWS = ("per_query", "four_quantity", "per_query_oracle_anchored", "four_quantity_oracle_anchored",
         "copula_per_query", "copula_pooled")
+PER_QUERY_LAWS = ("per_query", "copula_per_query")   # whose residuals Diagnosis.per_query keeps, per query
 
 
 @dataclass
@@ -293,7 +294,8 @@ def diagnose(
         copula_r_bar=r_bar,
         per_query={"query": query_ids, "user": users, "mu": mu_q, "sigma": sigma_q,
                    "rho": rho_q, "copula_r": r_q, "collapsed": collapsed_q, "flat": flat,
-                   "copula_residual": observed_q - laws_q["copula_per_query"]},
+                   # rounded: they feed covariances, and diagnosis.json holds Q x M of them per law
+                   **{f"residual:{law}": np.round(observed_q - laws_q[law], 6) for law in PER_QUERY_LAWS}},
         user_score_spread=dict(zip(user_ids.tolist(), spread.tolist())),
         collapse_threshold=threshold,
         observed_se=(observed_q - mu_q[:, None]).std(axis=0, ddof=1) / np.sqrt(q) if q > 1 else None,

@@ -9,7 +9,7 @@ import numpy as np
 
 from ttp.analysis.bon import Curve
 from ttp.analysis.allocation import REFERENCE_BUDGET, AllocationStudy
-from ttp.analysis.scaling import LAW_TOLERANCE, LAWS, Diagnosis, chance_misses
+from ttp.analysis.scaling import LAW_TOLERANCE, LAWS, PER_QUERY_LAWS, Diagnosis, chance_misses
 from ttp.files import read_json
 from ttp.rewards.families import FAMILIES, family_of
 from ttp.rewards.selection import Selector
@@ -123,21 +123,22 @@ def laws_table(folder: RunFolder, task: str, policy: str) -> Table:
 
 
 def _tolerance_caption(diagnoses: list[Diagnosis]) -> str:
-    """How many selectors the copula per-query law fits within the target, against how many a law
-    exact for every query would miss by chance (the selectors drawn jointly: they share pools)."""
-    missed = sum(d.law_errors["copula_per_query"]["max_share_of_oracle_gain"] > LAW_TOLERANCE for d in diagnoses)
-    text = (f"The copula per-query law is within {LAW_TOLERANCE:.0%} for {len(diagnoses) - missed} of "
-            f"{len(diagnoses)} selectors.")
+    """How many selectors each per-query law fits within the target, against how many a law exact
+    for every query would miss by chance (the selectors drawn jointly: they share pools)."""
     gain = float(diagnoses[0].oracle[-1] - diagnoses[0].oracle[0]) if diagnoses else 0.0
-    if gain <= 0 or any("copula_residual" not in d.per_query for d in diagnoses):
-        return text
-    counts = chance_misses([np.asarray(d.per_query["copula_residual"], dtype=float)[:, 1:] for d in diagnoses],
-                           LAW_TOLERANCE * gain)
-    as_many = (counts >= missed).mean()
-    return (text + f" A law exact for every query would miss {LAW_TOLERANCE:.0%} for {counts.mean():.1f} of them on "
-            f"average by chance alone at this number of queries, be within it for all {len(diagnoses)} with "
-            f"probability {(counts == 0).mean():.2f}, and miss it for {missed} or more with probability "
-            + (f"{as_many:.3f}." if as_many > 0 else f"below {1 / len(counts):.4f} (none of {len(counts)} draws)."))
+    parts = []
+    for law in PER_QUERY_LAWS:
+        missed = sum(d.law_errors[law]["max_share_of_oracle_gain"] > LAW_TOLERANCE for d in diagnoses)
+        part = f"the {LAW_LABELS[law]} law is within {LAW_TOLERANCE:.0%} for {len(diagnoses) - missed} of {len(diagnoses)}"
+        if gain > 0 and all(f"residual:{law}" in d.per_query for d in diagnoses):
+            counts = chance_misses([np.asarray(d.per_query[f"residual:{law}"], dtype=float)[:, 1:]
+                                    for d in diagnoses], LAW_TOLERANCE * gain)
+            as_many = (counts >= missed).mean()
+            part += (f" (were it exact for every query, it would miss for {counts.mean():.1f} on average by chance, "
+                     f"be within for all with probability {(counts == 0).mean():.2f}, and miss for {missed} or more "
+                     f"with probability " + (f"{as_many:.3f})" if as_many > 0 else f"below {1 / len(counts):.4f})"))
+        parts.append(part)
+    return f"Selectors: {'; '.join(parts)}." if diagnoses else ""
 
 
 PEER_SHARE = 0.23   # the closest peer: off-the-shelf RMs capture at most 23% of the oracle headroom
