@@ -129,7 +129,8 @@ def _tolerance_caption(diagnoses: list[Diagnosis]) -> str:
     parts = []
     for law in PER_QUERY_LAWS:
         missed = sum(d.law_errors[law]["max_share_of_oracle_gain"] > LAW_TOLERANCE for d in diagnoses)
-        part = f"the {LAW_LABELS[law]} law is within {LAW_TOLERANCE:.0%} for {len(diagnoses) - missed} of {len(diagnoses)}"
+        part = (f"the {LAW_LABELS[law]} law is within {LAW_TOLERANCE:.0%} for {len(diagnoses) - missed} of "
+                f"{len(diagnoses)}")
         if gain > 0 and all(f"residual:{law}" in d.per_query for d in diagnoses):
             counts = chance_misses([np.asarray(d.per_query[f"residual:{law}"], dtype=float)[:, 1:]
                                     for d in diagnoses], LAW_TOLERANCE * gain)
