@@ -269,7 +269,8 @@ def diagnose(
         "copula_pooled": copula_curves(utilities, np.where(active, r_bar, 0.0)),
     }
     laws = {k: v.mean(axis=0) for k, v in laws_q.items()}
-    law_se = {k: (observed_q - v).std(axis=0, ddof=1) / np.sqrt(q) for k, v in laws_q.items()} if q > 1 else None
+    residuals_q = {k: observed_q - v for k, v in laws_q.items()}
+    law_se = {k: r.std(axis=0, ddof=1) / np.sqrt(q) for k, r in residuals_q.items()} if q > 1 else None
     gain = float(oracle[-1] - oracle[0])
     scale = gain if gain > 0 else np.nan
 
@@ -295,11 +296,11 @@ def diagnose(
         per_query={"query": query_ids, "user": users, "mu": mu_q, "sigma": sigma_q,
                    "rho": rho_q, "copula_r": r_q, "collapsed": collapsed_q, "flat": flat,
                    # rounded: they feed covariances, and diagnosis.json holds Q x M of them per law
-                   **{f"residual:{law}": np.round(observed_q - laws_q[law], 6) for law in PER_QUERY_LAWS}},
+                   **{f"residual:{law}": np.round(residuals_q[law], 6) for law in PER_QUERY_LAWS}},
         user_score_spread=dict(zip(user_ids.tolist(), spread.tolist())),
         collapse_threshold=threshold,
         observed_se=(observed_q - mu_q[:, None]).std(axis=0, ddof=1) / np.sqrt(q) if q > 1 else None,
         law_se=law_se,
-        chance_beyond_tolerance={k: chance_error_exceeds((observed_q - v)[:, 1:], LAW_TOLERANCE * gain)
-                                 for k, v in laws_q.items()} if q > 1 and gain > 0 else None,
+        chance_beyond_tolerance={k: chance_error_exceeds(r[:, 1:], LAW_TOLERANCE * gain)
+                                 for k, r in residuals_q.items()} if q > 1 and gain > 0 else None,
     )
