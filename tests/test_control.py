@@ -188,3 +188,36 @@ def test_the_study_evaluates_the_online_rule_as_ttp_generate_runs_it():
         np.testing.assert_array_equal(study, online)
         spreads_of_samples.append(len(set(study)))
     assert max(spreads_of_samples) > 3   # some threshold stops queries at several different points
+
+
+def test_the_band_of_samples_to_reach_uniform_is_a_paired_user_bootstrap():
+    from ttp.analysis.allocation import REFERENCE_BUDGET, samples_to_reach, samples_to_reach_bands
+    from ttp.analysis.stats import bootstrap_draws
+
+    test, kappa = _population(collapsed_user_share=0.3)
+    spread = float(test.scores.std(axis=1).mean())
+    budgets = (4, 6, 8, 12)
+    per_query = {}
+    for policy in ("uniform", "expected_improvement"):
+        rows = [evaluate_policy(policy, test.scores, test.utilities, test.users, b, kappa, repeats=3,
+                                spread_prior=spread) for b in budgets]
+        per_query[policy] = tuple(np.array([r[k] for r in rows]) for k in ("per_query", "spent_per_query"))
+        assert [r["samples_per_query"] for r in rows] == pytest.approx(per_query[policy][1].mean(axis=1))
+    bands = samples_to_reach_bands(per_query, budgets, test.users, n_boot=200, seed=4)
+    # brute force: build each resample's data set, its users repeated as drawn, and measure it
+    user_ids = np.unique(test.users)
+    needs = []
+    for counts in bootstrap_draws(len(user_ids), 200, 4):
+        rows = np.concatenate([np.flatnonzero(test.users == u).repeat(c) for u, c in zip(user_ids, counts)])
+        utility, spent = per_query["expected_improvement"]
+        reference = per_query["uniform"][0][budgets.index(REFERENCE_BUDGET), rows].mean()
+        need = samples_to_reach(spent[:, rows].mean(axis=1), utility[:, rows].mean(axis=1), reference)
+        needs.append(np.inf if need is None else need)
+    assert bands["expected_improvement"] == pytest.approx(tuple(np.quantile(needs, [0.025, 0.975], method="inverted_cdf")))
+    # four times the users, measured alike, narrow the band about twice
+    quadrupled = {p: tuple(np.tile(a, 4) for a in arrays) for p, arrays in per_query.items()}
+    more_users = np.concatenate([test.users + k * (test.users.max() + 1) for k in range(4)])
+    low, high = bands["expected_improvement"]
+    wide_low, wide_high = samples_to_reach_bands(quadrupled, budgets, more_users, n_boot=200, seed=4)["expected_improvement"]
+    print(f"band {low:.2f}-{high:.2f}; with four times the users {wide_low:.2f}-{wide_high:.2f}")
+    assert 0.35 < (wide_high - wide_low) / (high - low) < 0.7

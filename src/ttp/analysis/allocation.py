@@ -1,18 +1,55 @@
 """The allocation study: every allocation policy and the oracle-informed bound at equal
-average budgets on held-out pools, with bootstrap bands, and the choice of the online rule.
+average budgets on held-out pools, with bootstrap bands (of each utility, and of the samples a
+policy needs to reach uniform N = 8), and the choice of the online rule.
 ``allocation_study`` is the entry point; ``AllocationStudy`` is what ``allocation.json`` holds."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ttp.analysis.bon import user_bootstrap
+from ttp.analysis.stats import bootstrap_draws, group_index
 from ttp.analysis.control import (ALLOCATION_POLICIES, REFERENCES, ControllerConfig, validation_calibration,
                                   evaluate_policy)
 
 STUDY_BUDGETS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 REFERENCE_BUDGET = 8   # policies are compared by the samples they need to match uniform N = 8
+
+
+def samples_to_reach(spent, means, target: float) -> float | None:
+    """Fewest average samples per query at which a curve of ``means`` at ``spent`` samples
+    reaches ``target`` (linear interpolation between measured budgets); None if it never does."""
+    for i, value in enumerate(means):
+        if value >= target - 1e-12:
+            if i == 0:
+                return float(spent[0])
+            frac = (target - means[i - 1]) / (value - means[i - 1])
+            return float(spent[i - 1] + frac * (spent[i] - spent[i - 1]))
+    return None
+
+
+def samples_to_reach_bands(per_query: dict, budgets: tuple[float, ...], users: np.ndarray, n_boot: int = 1000,
+                           level: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile band, over resampled users, of the samples each policy needs to reach uniform
+    N = 8.  ``per_query`` maps a policy to ``(utility, spent)``, each ``(budgets, queries)``.
+    Each resample recomputes every policy's utility and spend and the uniform reference on the
+    same users, so the band is of the paired comparison; ``inf`` where a resample's curve never
+    reaches the reference."""
+    user_ids, inverse = group_index(users)
+    copies = bootstrap_draws(len(user_ids), n_boot, seed)[:, inverse]   # (n_boot, queries)
+    total = copies.sum(axis=1, keepdims=True)
+    curves = {p: (copies @ u.T / total, copies @ s.T / total) for p, (u, s) in per_query.items()}
+    reference = curves["uniform"][0][:, budgets.index(REFERENCE_BUDGET)]
+    alpha = round((1 - level) / 2, 12)   # so that 1000 resamples at 95% cut at the 25th, not the 26th
+    bands = {}
+    for policy, (means, spent) in curves.items():
+        needs = [samples_to_reach(spent[k], means[k], reference[k]) for k in range(n_boot)]
+        needs = np.array([np.inf if need is None else need for need in needs])
+        # order statistics, not interpolation, since some resamples may never reach (inf)
+        bands[policy] = tuple(float(v) for v in np.quantile(needs, [alpha, 1 - alpha], method="inverted_cdf"))
+    return bands
 
 
 @dataclass(frozen=True)
@@ -34,18 +71,7 @@ class AllocationCurve:
         return self.mean[i], self.low[i], self.high[i], self.samples_per_query[i]
 
     def samples_to_reach(self, target: float | None) -> float | None:
-        """Fewest average samples per query at which the curve reaches ``target`` (linear
-        interpolation between measured budgets); None if it never does."""
-        if target is None:
-            return None
-        spent, means = self.samples_per_query, self.mean
-        for i, value in enumerate(means):
-            if value >= target - 1e-12:
-                if i == 0:
-                    return spent[0]
-                frac = (target - means[i - 1]) / (value - means[i - 1])
-                return spent[i - 1] + frac * (spent[i] - spent[i - 1])
-        return None
+        return None if target is None else samples_to_reach(self.samples_per_query, self.mean, target)
 
     def to_json(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -66,6 +92,7 @@ class AllocationStudy:
     curves: dict = field(default_factory=dict)   # policy name -> AllocationCurve
     spread: float = 0.0                          # typical within-query score spread (validation)
     online_rule: str = "uniform"                 # what `ttp generate` and the server use
+    reference_bands: dict = field(default_factory=dict)   # policy -> 95% band of samples_to_reach_reference
 
     @property
     def uniform_reference(self) -> float | None:
@@ -81,13 +108,17 @@ class AllocationStudy:
                 "online_rule": self.online_rule,
                 "reference_budget": REFERENCE_BUDGET, "uniform_reference": self.uniform_reference,
                 "samples_to_reach_reference": {p: self.samples_to_reach_reference(p) for p in self.curves},
+                "samples_to_reach_reference_band": {p: [None if math.isinf(v) else v for v in band]
+                                                    for p, band in self.reference_bands.items()},
                 "curves": {p: c.to_json() for p, c in self.curves.items()}}
 
     @classmethod
     def from_json(cls, data: dict) -> "AllocationStudy":
         return cls(data["selector"], data["kappa"], data["queries"],
                    {p: AllocationCurve.from_json(c) for p, c in data["curves"].items()},
-                   data.get("spread", 0.0), data.get("online_rule", "uniform"))
+                   data.get("spread", 0.0), data.get("online_rule", "uniform"),
+                   {p: tuple(math.inf if v is None else v for v in band)
+                    for p, band in data.get("samples_to_reach_reference_band", {}).items()})
 
 
 def choose_online_rule(scores: np.ndarray, utilities: np.ndarray, users: np.ndarray, kappa: float, spread: float,
@@ -116,7 +147,7 @@ def allocation_study(selector: str, validation: tuple[np.ndarray, np.ndarray],
     kappa, spread = validation_calibration(*validation)
     scores, utilities, users = test
     budgets = tuple(b for b in STUDY_BUDGETS if b <= utilities.shape[1])
-    curves = {}
+    curves, per_query = {}, {}
     for policy in (*ALLOCATION_POLICIES, *REFERENCES):
         rows = [evaluate_policy(policy, scores, utilities, users, b, kappa, config, seed=seed, spread_prior=spread)
                 for b in budgets]
@@ -124,9 +155,13 @@ def allocation_study(selector: str, validation: tuple[np.ndarray, np.ndarray],
         curves[policy] = AllocationCurve(policy, budgets, tuple(r["samples_per_query"] for r in rows),
                                          *(tuple(float(getattr(b, k)[0]) for b in bands)
                                            for k in ("mean", "low", "high")))
+        per_query[policy] = tuple(np.array([r[k] for r in rows]) for k in ("per_query", "spent_per_query"))
+    reference_bands = {}
+    if REFERENCE_BUDGET in budgets:
+        reference_bands = samples_to_reach_bands(per_query, budgets, users, n_boot, seed=seed)
     online_rule = "uniform"
     if validation_users is not None:
         online_rule = choose_online_rule(*validation, validation_users, kappa, spread, config, seed)
-    return AllocationStudy(selector, kappa, int(len(utilities)), curves, spread, online_rule)
+    return AllocationStudy(selector, kappa, int(len(utilities)), curves, spread, online_rule, reference_bands)
 
 

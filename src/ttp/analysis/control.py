@@ -253,7 +253,8 @@ def evaluate_policy(policy: str, scores: np.ndarray, utilities: np.ndarray, user
                     samples_per_query: float, kappa: float, config: ControllerConfig = ControllerConfig(),
                     repeats: int = 20, seed: int = 0, spread_prior: float = 0.0) -> dict:
     """Mean realized utility and samples spent under ``policy`` at an average budget of
-    ``samples_per_query``, averaged over ``repeats`` seeded draw orders of every pool.
+    ``samples_per_query``, averaged over ``repeats`` seeded draw orders of every pool, overall
+    and per query (``per_query``, ``spent_per_query``).
     ``ORACLE_BOUND`` gives the best allocation knowing every query's true Best-of-N curve
     (selection still by score): the most any allocation could reach at this budget.
     ``KNOWN_CALIBRATION`` is the expected-improvement rule told each query's own κ_q and score
@@ -269,13 +270,13 @@ def evaluate_policy(policy: str, scores: np.ndarray, utilities: np.ndarray, user
         n = best_allocation(curves, budget)
         per_query = curves[np.arange(q), n - 1]
         return {"policy": policy, "per_query": per_query, "mean": float(per_query.mean()),
-                "samples_per_query": float(n.sum() / q)}
+                "spent_per_query": n.astype(float), "samples_per_query": float(n.sum() / q)}
     known_spread = None
     if policy == KNOWN_CALIBRATION:
         kappa, known_spread = query_calibration(scores, utilities)
     rng = np.random.default_rng(seed)
     per_query = np.zeros((repeats, q))
-    spent = np.zeros(repeats)
+    spent = np.zeros((repeats, q))
     for r in range(repeats):
         orders = np.argsort(rng.random((q, m)), axis=1)
         threshold = None
@@ -284,9 +285,9 @@ def evaluate_policy(policy: str, scores: np.ndarray, utilities: np.ndarray, user
                                           known_spread)
         n = _allocate(policy, scores, users, orders, budget, config, kappa, threshold, spread_prior, known_spread)
         per_query[r] = _realized(scores, utilities, orders, n)
-        spent[r] = n.sum() / q
+        spent[r] = n
     return {"policy": policy, "per_query": per_query.mean(axis=0), "mean": float(per_query.mean()),
-            "samples_per_query": float(spent.mean())}
+            "spent_per_query": spent.mean(axis=0), "samples_per_query": float(spent.mean())}
 
 
 def _budget_threshold(policy, scores, users, orders, budget, config, kappa, spread_prior, known_spread) -> float:

@@ -179,6 +179,19 @@ def read_allocation(folder: RunFolder, task: str, policy: str) -> AllocationStud
     return AllocationStudy.from_json(read_json(folder.allocation(task, policy)))
 
 
+def _samples_to_reach(study: AllocationStudy, policy: str) -> str:
+    """``need [low, high]``: the samples ``policy`` needs to reach uniform N = 8, with its band
+    over resampled users (a run folder from before the band shows the need alone)."""
+    need = study.samples_to_reach_reference(policy)
+    if need is None or math.isnan(need):
+        return "not reached"
+    band = study.reference_bands.get(policy)
+    if band is None:
+        return f"{need:.2f}"
+    low, high = ("not reached" if math.isinf(v) else f"{v:.2f}" for v in band)
+    return f"{need:.2f} [{low}, {high}]"
+
+
 def allocation_table(folder: RunFolder, task: str, policy: str) -> Table:
     study = read_allocation(folder, task, policy)
     rows = []
@@ -188,12 +201,11 @@ def allocation_table(folder: RunFolder, task: str, policy: str) -> Table:
             point = curve.at(budget)
             cells.append("-" if point is None else
                          f"{point[0]:.4f} [{point[1]:.4f}, {point[2]:.4f}] ({point[3]:.2f})")
-        need = study.samples_to_reach_reference(name)
-        rows.append([name, *cells, "not reached" if need is None or math.isnan(need) else f"{need:.2f}"])
+        rows.append([name, *cells, _samples_to_reach(study, name)])
     return Table(f"{task} / {policy}: {PRIMARY} on {study.queries} test queries at equal average budgets "
                  f"(samples really spent), samples chosen by {study.selector} (κ = {study.kappa:.3f})",
                  ["allocation", *[f"{b} per query" for b in ALLOCATION_BUDGETS],
-                  f"samples to reach uniform N={REFERENCE_BUDGET}"], rows)
+                  f"samples to reach uniform N={REFERENCE_BUDGET} [95% CI]"], rows)
 
 
 def stage_tables(folder: RunFolder, stage: str, tasks: list[str], policies: list[str]) -> list[Table]:
