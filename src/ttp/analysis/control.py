@@ -180,47 +180,64 @@ class GainPredictor:
         return np.where(is_collapsed[inverse], 0.0, np.sqrt(query_var))
 
 
+THRESHOLD_POLICIES = ("early_stop", "expected_improvement", KNOWN_CALIBRATION)   # stop below a gain threshold
+
+
 def _allocate(policy: str, scores: np.ndarray, users: np.ndarray, orders: np.ndarray, budget: int,
-              config: ControllerConfig, kappa, threshold: float | None = None,
-              spread_prior: float = 0.0, known_spread: np.ndarray | None = None) -> np.ndarray:
-    """Samples per query under ``policy`` with ``budget`` samples in total."""
+              config: ControllerConfig, kappa) -> np.ndarray:
+    """Samples per query under a policy that shares out ``budget`` samples in total (the
+    threshold policies stop by ``_stopping_gains`` instead)."""
     q, m = scores.shape
-    if policy in ("expected_improvement", KNOWN_CALIBRATION):
-        # each query on its own: sample while the next sample's expected gain exceeds the threshold,
-        # looking only where the online rule looks (after each chunk)
-        gains = improvement_gains(np.take_along_axis(scores, orders, axis=1), kappa, spread_prior, config,
-                                  known_spread)
-        below = (gains < threshold) & stopping_points(m, config.chunk)
-        return np.where(below.any(axis=1), below.argmax(axis=1) + 1, m)
     if policy == "uniform":
         per = np.full(q, budget // q)
         per[: budget % q] += 1
         return np.clip(per, 1, m)
-    # the pilot: one query per user gets `pilot` samples and reveals the user's score spread
-    # (a collapsed user shows it there); every other query starts from one sample
-    # (never more than the average budget, so small budgets are not spent on the pilot)
+    n, spread = _law_pilot(scores, users, orders, budget, config, kappa)
+    e_n = expected_max_normal(m)
+    if policy == "skip_collapsed":
+        # collapsed users keep what the pilot spent; the rest share the budget evenly
+        return _fill(n, lambda i: 0.0 if spread[i] > 0 else -np.inf, budget, m)
+    if policy == "greedy":
+        return _fill(n, lambda i: marginal_gain(kappa, spread[i], n[i], e_n), budget, m)
+    raise ValueError(f"policy must be one of {ALLOCATION_POLICIES + REFERENCES}, got {policy!r}")
+
+
+def _law_pilot(scores, users, orders, budget: int, config: ControllerConfig, kappa) -> tuple[np.ndarray, np.ndarray]:
+    """``(samples, spreads)`` after the law rules' pilot: one query per user gets ``pilot``
+    samples and reveals the user's score spread (a collapsed user shows it there); every other
+    query starts from one sample (never more than the average budget, so small budgets are not
+    spent on the pilot)."""
+    q, m = scores.shape
     n = np.ones(q, dtype=int)
     _, first_of_user = np.unique(users, return_index=True)
     n[first_of_user] = min(max(2, min(config.pilot, budget // q)), m)
     # spreads are frozen after the pilot: re-estimating them from the samples the controller
     # chose to draw would chase lucky draws (measured: worse than uniform on simulated pools)
     spread = GainPredictor(users, config, kappa).spreads([scores[i, orders[i, :n[i]]] for i in range(q)])
-    e_n = expected_max_normal(m)
+    return n, spread
 
-    def gain(i):
-        return marginal_gain(kappa, spread[i], n[i], e_n)
 
-    if policy == "skip_collapsed":
-        # collapsed users keep what the pilot spent; the rest share the budget evenly
-        return _fill(n, lambda i: 0.0 if spread[i] > 0 else -np.inf, budget, m)
-    if policy == "greedy":
-        return _fill(n, gain, budget, m)
+def _stopping_gains(policy: str, scores, users, orders, budget: int, config: ControllerConfig, kappa,
+                    spread_prior: float, known_spread) -> np.ndarray:
+    """``(Q, M)``: the gain a threshold policy weighs against its threshold after ``n`` draws
+    (column ``n − 1``), ``+inf`` where it may not stop; it stops at the first gain below the
+    threshold.  It does not depend on the threshold, so the bisection computes it once."""
+    m = scores.shape[1]
     if policy == "early_stop":
-        for i in range(q):
-            while n[i] < m and gain(i) > threshold:
-                n[i] += 1
-        return n
-    raise ValueError(f"policy must be one of {ALLOCATION_POLICIES + REFERENCES}, got {policy!r}")
+        n0, spread = _law_pilot(scores, users, orders, budget, config, kappa)
+        gains = np.full(scores.shape, -np.inf)   # marginal_gain for every n at once
+        gains[:, :-1] = max(kappa, 0.0) * spread[:, None] * np.diff(expected_max_normal(m))
+        return np.where(np.arange(1, m + 1) >= n0[:, None], gains, np.inf)
+    # each query on its own: sample while the next sample's expected gain exceeds the threshold,
+    # looking only where the online rule looks (after each chunk)
+    gains = improvement_gains(np.take_along_axis(scores, orders, axis=1), kappa, spread_prior, config, known_spread)
+    return np.where(stopping_points(m, config.chunk), gains, np.inf)
+
+
+def _stop_below(gains: np.ndarray, threshold: float) -> np.ndarray:
+    """Samples per query: the first ``n`` whose gain is below ``threshold`` (the last column's
+    gain is ``−inf``, so every query stops by the pool's end)."""
+    return (gains < threshold).argmax(axis=1) + 1
 
 
 def _fill(n: np.ndarray, value, budget: int, m: int) -> np.ndarray:
@@ -279,22 +296,21 @@ def evaluate_policy(policy: str, scores: np.ndarray, utilities: np.ndarray, user
     spent = np.zeros((repeats, q))
     for r in range(repeats):
         orders = np.argsort(rng.random((q, m)), axis=1)
-        threshold = None
-        if policy in ("early_stop", "expected_improvement", KNOWN_CALIBRATION):
-            threshold = _budget_threshold(policy, scores, users, orders, budget, config, kappa, spread_prior,
-                                          known_spread)
-        n = _allocate(policy, scores, users, orders, budget, config, kappa, threshold, spread_prior, known_spread)
+        if policy in THRESHOLD_POLICIES:
+            gains = _stopping_gains(policy, scores, users, orders, budget, config, kappa, spread_prior, known_spread)
+            n = _stop_below(gains, _budget_threshold(gains, budget))
+        else:
+            n = _allocate(policy, scores, users, orders, budget, config, kappa)
         per_query[r] = _realized(scores, utilities, orders, n)
         spent[r] = n
     return {"policy": policy, "per_query": per_query.mean(axis=0), "mean": float(per_query.mean()),
             "spent_per_query": spent.mean(axis=0), "samples_per_query": float(spent.mean())}
 
 
-def _budget_threshold(policy, scores, users, orders, budget, config, kappa, spread_prior, known_spread) -> float:
+def _budget_threshold(gains: np.ndarray, budget: int) -> float:
     """The stopping threshold whose total spend matches the budget (bisection on log scale)."""
     lo, hi = 1e-12, 1.0
     for _ in range(50):
         mid = np.sqrt(lo * hi)
-        spent = _allocate(policy, scores, users, orders, budget, config, kappa, mid, spread_prior, known_spread).sum()
-        lo, hi = (lo, mid) if spent <= budget else (mid, hi)
+        lo, hi = (lo, mid) if _stop_below(gains, mid).sum() <= budget else (mid, hi)
     return hi
