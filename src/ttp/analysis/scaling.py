@@ -9,18 +9,22 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 import numpy as np
-from scipy import integrate, stats
+from scipy import integrate, special, stats
 
 from ttp.analysis.bon import bon_curves, oracle_curves
 from ttp.analysis.copula import copula_correlation, copula_curves
 from ttp.analysis.stats import SPREAD_EPS, collapsed, group_index, group_means, within_pool_correlation
 
 
+_SQRT_2PI = np.sqrt(2 * np.pi)
+
+
 @lru_cache(maxsize=None)
 def _expected_max_normal(n: int) -> float:
     if n == 1:
         return 0.0
-    integrand = lambda x: x * n * stats.norm.pdf(x) * stats.norm.cdf(x) ** (n - 1)  # noqa: E731
+    # scipy.stats.norm's pdf and cdf, without its per-call overhead (quad calls this thousands of times)
+    integrand = lambda x: x * n * np.exp(-x**2 / 2.0) / _SQRT_2PI * special.ndtr(x) ** (n - 1)  # noqa: E731
     value, _ = integrate.quad(integrand, -12.0, 12.0, limit=200, epsabs=1e-12)
     return value
 
