@@ -14,8 +14,8 @@ For each task and policy, on the validation and the test users:
    over them, the policy's mean token log-probability and the candidates' mean pairwise word
    overlap;
 2. the samples per query the expected-improvement rule needs to match uniform N = 8 with more
-   or less shrinkage of its score spread, told each query's own κ_q, in chunks of 2, without
-   its collapse check, and with other selectors;
+   or less shrinkage of its score spread; told each query's own κ_q, its pool's score spread,
+   or both; in chunks of 2; without its collapse check; and with other selectors;
 3. whether a model of κ_q can be learned with more queries than the validation users have: the
    selector's reward model (features family) is cross-fitted over five folds of the training and
    validation users, which gives out-of-fold scores for all their queries; a ridge regression of
@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from ttp.analysis.allocation import STUDY_BUDGETS, AllocationCurve
-from ttp.analysis.control import (ControllerConfig, evaluate_policy, improvement_gains, query_calibration,
-                                  validation_calibration)
+from ttp.analysis.control import (ControllerConfig, budget_threshold, evaluate_policy, improvement_gains,
+                                  query_calibration, stop_below, validation_calibration)
 from ttp.analysis.pools import Pools
 from ttp.analysis.stats import within_pool_correlation
 from ttp.rewards.families import family_of, new_model
@@ -77,13 +77,9 @@ def intraclass_correlation(values: np.ndarray, users: np.ndarray) -> float:
     return float((between - within) / (between + (size - 1) * within))
 
 
-def samples_to_match_uniform(val: Pools, test: Pools, column: str, config: ControllerConfig,
-                             told_kappa: bool = False) -> float | None:
-    """Samples per query expected improvement needs to match uniform N = 8 on the test pools;
-    ``told_kappa`` gives it each test query's own κ_q in place of the validation κ."""
+def samples_to_match_uniform(val: Pools, test: Pools, column: str, config: ControllerConfig) -> float | None:
+    """Samples per query expected improvement needs to match uniform N = 8 on the test pools."""
     kappa, spread = validation_calibration(val[column], val[PRIMARY])
-    if told_kappa:
-        kappa = query_calibration(test[column], test[PRIMARY])[0]
     budgets = tuple(b for b in STUDY_BUDGETS if b <= test[PRIMARY].shape[1])
     rows = [evaluate_policy("expected_improvement", test[column], test[PRIMARY], test.users, b, kappa, config,
                             spread_prior=spread) for b in budgets]
@@ -91,6 +87,23 @@ def samples_to_match_uniform(val: Pools, test: Pools, column: str, config: Contr
                             tuple(r["mean"] for r in rows), (), ())
     uniform = evaluate_policy("uniform", test[column], test[PRIMARY], test.users, 8, kappa, config)["mean"]
     return curve.samples_to_reach(uniform)
+
+
+def told_the_pool(val: Pools, test: Pools, column: str) -> dict[str, float | None]:
+    """Samples per query expected improvement needs to match uniform N = 8 when told, from each
+    test query's full pool, its calibration κ_q, its score spread, or both (which is the
+    known-calibration reference): which of the two the draws' not revealing costs more."""
+    kappa, spread = validation_calibration(val[column], val[PRIMARY])
+    kappa_q, spread_q = query_calibration(test[column], test[PRIMARY])
+    scores = test[column]
+
+    def need(kappa, known_spread):
+        return samples_needed(scores, test[PRIMARY], test.users, lambda o: improvement_gains(
+            _in_order(scores, o), kappa, spread, known_spread=known_spread))
+
+    return {"its own κ_q, its score spread still estimated from the draws": need(kappa_q, None),
+            "its pool's score spread, κ still the validation one": need(kappa, spread_q),
+            "both (the known-calibration reference)": need(kappa_q, spread_q)}
 
 
 def main(run: str) -> None:
@@ -119,9 +132,8 @@ def main(run: str) -> None:
             need = samples_to_match_uniform(pools["validation"], pools["test"], selector.column,
                                             ControllerConfig(prior_strength=strength))
             print(f"    spread shrinkage {strength:6.0f} pseudo-samples: {need:.2f}" if need else "    not reached")
-        need = samples_to_match_uniform(pools["validation"], pools["test"], selector.column, ControllerConfig(),
-                                        told_kappa=True)
-        print(f"    told each query's own κ_q, its score spread still estimated from the draws: {_format(need)}")
+        for told, need in told_the_pool(pools["validation"], pools["test"], selector.column).items():
+            print(f"    told {told}: {_format(need)}")
         need = samples_to_match_uniform(pools["validation"], pools["test"], selector.column, ControllerConfig(chunk=2))
         print(f"    drawing 2 at a time (a batch), stopping only after each pair: {_format(need)}")
         need = samples_to_match_uniform(pools["validation"], pools["test"], selector.column,
@@ -172,36 +184,33 @@ def _as_arrays(frame: pd.DataFrame, score: str, sd: str) -> tuple[dict, np.ndarr
     return arrays, grid(PRIMARY), frame.groupby("query_id", sort=True).user.first().to_numpy()
 
 
-def _samples_with_kappa(arrays, utilities, users, kappa_of, spread, repeats: int = 20, seed: int = 0):
-    """Samples per query the expected-improvement rule needs to match uniform N = 8 when its κ
-    for a query comes from ``kappa_of(order)`` (one per query; the first ``FIRST`` draws are
-    always taken)."""
-    scores = arrays["score"]
+def samples_needed(scores, utilities, users, gains_of, forced: int = 1, repeats: int = 20, seed: int = 0):
+    """Samples per query a threshold rule needs to match uniform N = 8 when its gains for a draw
+    order come from ``gains_of(order)`` (``(Q, M)``, as ``improvement_gains`` gives them; the
+    first ``forced`` draws are always taken).  The package's allocation study, with the gains
+    left open to the probes."""
     q, m = scores.shape
-    budgets = tuple(b for b in STUDY_BUDGETS if FIRST <= b <= m)
+    budgets = tuple(b for b in STUDY_BUDGETS if forced <= b <= m)
     spent, means = [], []
     for budget in budgets:
         rng = np.random.default_rng(seed)
         realized, used = [], []
         for _ in range(repeats):
             order = np.argsort(rng.random((q, m)), axis=1)
-            gains = improvement_gains(np.take_along_axis(scores, order, axis=1), kappa_of(order), spread)
-            gains[:, :FIRST - 1] = np.inf
-            lo, hi = 1e-12, 10.0
-            for _ in range(60):   # the threshold that spends the budget
-                mid = np.sqrt(lo * hi)
-                below = gains < mid
-                n = np.where(below.any(axis=1), below.argmax(axis=1) + 1, m)
-                lo, hi = (lo, mid) if n.sum() <= budget * q else (mid, hi)
-            below = gains < hi
-            n = np.where(below.any(axis=1), below.argmax(axis=1) + 1, m)
+            gains = gains_of(order)
+            gains[:, :forced - 1] = np.inf
+            n = stop_below(gains, budget_threshold(gains, int(round(budget * q))))
             picks = [order[i, :k][np.argmax(scores[i, order[i, :k]])] for i, k in enumerate(n)]
             realized.append(utilities[np.arange(q), picks].mean())
             used.append(n.mean())
         spent.append(float(np.mean(used)))
         means.append(float(np.mean(realized)))
     uniform = evaluate_policy("uniform", scores, utilities, users, 8, 1.0)["mean"]
-    return AllocationCurve("learned", budgets, tuple(spent), tuple(means), (), ()).samples_to_reach(uniform)
+    return AllocationCurve("probe", budgets, tuple(spent), tuple(means), (), ()).samples_to_reach(uniform)
+
+
+def _in_order(scores, order):
+    return np.take_along_axis(scores, order, axis=1)
 
 
 def crossfitted_calibration(pipeline: Pipeline, task, policy: str, selector: Selector, test: pd.DataFrame,
@@ -239,10 +248,15 @@ def crossfitted_calibration(pipeline: Pipeline, task, policy: str, selector: Sel
                              for i, n in enumerate(names)))
     kappa, spread = validation_calibration(pools["validation"][selector.column], pools["validation"][PRIMARY])
     learned = predicted_kappa(probe_order)
+    scores = test_arrays["score"]
+
+    def need(kappa_of):
+        return _format(samples_needed(scores, test_utilities, test_users,
+                                      lambda o: improvement_gains(_in_order(scores, o), kappa_of(o), spread), FIRST))
+
     print(f"    ridge model of κ_q: correlation with the test queries' κ_q {np.corrcoef(learned, test_kappa)[0, 1]:+.2f}; "
-          f"samples to match uniform N = 8 (first {FIRST} always drawn): global κ "
-          f"{_format(_samples_with_kappa(test_arrays, test_utilities, test_users, lambda o: kappa, spread))}, "
-          f"learned κ_q {_format(_samples_with_kappa(test_arrays, test_utilities, test_users, predicted_kappa, spread))}")
+          f"samples to match uniform N = 8 (first {FIRST} always drawn): global κ {need(lambda o: kappa)}, "
+          f"learned κ_q {need(predicted_kappa)}")
 
 
 def _format(samples: float | None) -> str:

@@ -166,7 +166,7 @@ def test_the_study_evaluates_the_online_rule_as_ttp_generate_runs_it():
     what ``choose_online`` draws, chunk by chunk, stopping at the same point."""
     from test_online_control import Pool
 
-    from ttp.analysis.control import ControllerConfig, _stop_below, _stopping_gains, stopping_points
+    from ttp.analysis.control import ControllerConfig, stop_below, _stopping_gains, stopping_points
     from ttp.analysis.online import choose_online
 
     np.testing.assert_array_equal(np.flatnonzero(stopping_points(7, 2)) + 1, [2, 4, 6, 7])
@@ -179,7 +179,7 @@ def test_the_study_evaluates_the_online_rule_as_ttp_generate_runs_it():
     spreads_of_samples = []
     configs = (ControllerConfig(), ControllerConfig(chunk=3))
     for threshold, config in itertools.product((1e-4, 1e-3, 3e-3, 2e-2), configs):
-        study = _stop_below(_stopping_gains("expected_improvement", scores, users, orders, 8 * q, config, kappa, spread,
+        study = stop_below(_stopping_gains("expected_improvement", scores, users, orders, 8 * q, config, kappa, spread,
                                             None), threshold)
         online = []
         for i in range(q):

@@ -234,10 +234,20 @@ def _stopping_gains(policy: str, scores, users, orders, budget: int, config: Con
     return np.where(stopping_points(m, config.chunk), gains, np.inf)
 
 
-def _stop_below(gains: np.ndarray, threshold: float) -> np.ndarray:
+def stop_below(gains: np.ndarray, threshold: float) -> np.ndarray:
     """Samples per query: the first ``n`` whose gain is below ``threshold`` (the last column's
     gain is ``−inf``, so every query stops by the pool's end)."""
     return (gains < threshold).argmax(axis=1) + 1
+
+
+def budget_threshold(gains: np.ndarray, budget: int) -> float:
+    """The smallest threshold (bisection on log scale) at which ``stop_below`` spends at most
+    ``budget`` samples in total: how a threshold rule is held to an average budget offline."""
+    lo, hi = 1e-12, 1.0
+    for _ in range(50):
+        mid = np.sqrt(lo * hi)
+        lo, hi = (lo, mid) if stop_below(gains, mid).sum() <= budget else (mid, hi)
+    return hi
 
 
 def _fill(n: np.ndarray, value, budget: int, m: int) -> np.ndarray:
@@ -298,19 +308,10 @@ def evaluate_policy(policy: str, scores: np.ndarray, utilities: np.ndarray, user
         orders = np.argsort(rng.random((q, m)), axis=1)
         if policy in THRESHOLD_POLICIES:
             gains = _stopping_gains(policy, scores, users, orders, budget, config, kappa, spread_prior, known_spread)
-            n = _stop_below(gains, _budget_threshold(gains, budget))
+            n = stop_below(gains, budget_threshold(gains, budget))
         else:
             n = _allocate(policy, scores, users, orders, budget, config, kappa)
         per_query[r] = _realized(scores, utilities, orders, n)
         spent[r] = n
     return {"policy": policy, "per_query": per_query.mean(axis=0), "mean": float(per_query.mean()),
             "spent_per_query": spent.mean(axis=0), "samples_per_query": float(spent.mean())}
-
-
-def _budget_threshold(gains: np.ndarray, budget: int) -> float:
-    """The stopping threshold whose total spend matches the budget (bisection on log scale)."""
-    lo, hi = 1e-12, 1.0
-    for _ in range(50):
-        mid = np.sqrt(lo * hi)
-        lo, hi = (lo, mid) if _stop_below(gains, mid).sum() <= budget else (mid, hi)
-    return hi
