@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ttp.analysis.bon import user_bootstrap
-from ttp.analysis.stats import bootstrap_draws, group_index
 from ttp.analysis.control import (ALLOCATION_POLICIES, REFERENCES, ControllerConfig, validation_calibration,
                                   evaluate_policy)
+from ttp.analysis.stats import bootstrap_draws, group_index
 
 STUDY_BUDGETS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 REFERENCE_BUDGET = 8   # policies are compared by the samples they need to match uniform N = 8
