@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ttp.analysis.allocation import REFERENCE_BUDGET  # noqa: E402
+from ttp.analysis.allocation import REFERENCE_BUDGET, AllocationStudy  # noqa: E402
 from ttp.analysis.bon import Curve  # noqa: E402
 from ttp.analysis.control import REFERENCES  # noqa: E402
 from ttp.analysis.scaling import CEILING_FORMS, LAW_TOLERANCE  # noqa: E402
@@ -193,6 +193,29 @@ def _failure_figure(folder: RunFolder, task: str, policy: str, diagnoses: dict, 
     return _save(fig, folder.figures / f"failures_{task}_{policy}.png")
 
 
+def _samples_needed_panel(ax, study: AllocationStudy) -> None:
+    """Each policy's samples to reach uniform N = 8 (the dotted line on the left), with its band
+    over users, paired with the uniform reference: the comparison the bands on the left, each of
+    one curve alone, cannot show."""
+    right = max(max(c.samples_per_query) for c in study.curves.values())
+    for row, name in enumerate(study.curves):
+        need = study.samples_to_reach_reference(name)
+        if need is None:
+            ax.annotate("not reached", (right, row), ha="right", va="center", fontsize=8)
+            continue
+        low, high = study.reference_bands.get(name, (need, need))
+        ax.plot([low, min(high, right)], [row, row], color=f"C{row}", linewidth=2)
+        if high > right:
+            ax.plot(right, row, marker=">", color=f"C{row}")
+        ax.plot(need, row, marker="o", color=f"C{row}")
+    ax.axvline(REFERENCE_BUDGET, color="grey", linestyle=":", linewidth=1)
+    ax.set_yticks(range(len(study.curves)), list(study.curves), fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, right * 1.02)
+    ax.set_xlabel(f"samples per query to reach uniform N={REFERENCE_BUDGET}")
+    ax.set_title("95% band over users, paired with uniform", fontsize=10)
+
+
 def allocation_section(folder: RunFolder, cells) -> tuple[str, dict]:
     text, data = ["## 4. The law as a controller of test-time compute\n"], {}
     text.append("Every policy spends the same average number of samples per query on the test users' pools "
@@ -208,18 +231,22 @@ def allocation_section(folder: RunFolder, cells) -> tuple[str, dict]:
     for task, policy in cells:
         study = read_allocation(folder, task, policy)
         data[f"{task}/{policy}"] = study.to_json()
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        fig, (ax, need_ax) = plt.subplots(1, 2, figsize=(10.5, 4.2), gridspec_kw={"width_ratios": [3, 2]})
         for name, curve in study.curves.items():
             if name in REFERENCES:   # they know the full pools: a line to aim at, not a result with a band
                 ax.plot(curve.samples_per_query, curve.mean, linestyle="--", marker="o", markersize=3, label=name)
             else:
                 _band(ax, Curve(np.asarray(curve.samples_per_query), np.asarray(curve.mean), np.asarray(curve.low),
                                 np.asarray(curve.high)), name, marker="o", markersize=3)
+        if study.uniform_reference is not None:
+            ax.axhline(study.uniform_reference, color="grey", linestyle=":", linewidth=1)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("samples spent per query (average)")
         ax.set_ylabel(f"{PRIMARY} of the pick")
         ax.set_title(f"{task} / {policy}: where should samples go? ({study.selector})", fontsize=10)
         ax.legend(fontsize=8)
+        _samples_needed_panel(need_ax, study)
+        fig.tight_layout()
         name = _save(fig, folder.figures / f"allocation_{task}_{policy}.png")
         text.append(f"### {task} / {policy}\n\n![allocation](figures/{name})\n")
         text.append(allocation_table(folder, task, policy).to_markdown())
