@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from ttp.analysis.allocation import STUDY_BUDGETS, AllocationCurve
-from ttp.analysis.control import (ControllerConfig, budget_threshold, evaluate_policy, improvement_gains,
-                                  query_calibration, stop_below, validation_calibration)
+from ttp.analysis.control import (ControllerConfig, budget_threshold, evaluate_allocation, evaluate_policy,
+                                  improvement_gains, query_calibration, stop_below, validation_calibration)
 from ttp.analysis.pools import Pools
 from ttp.analysis.stats import within_pool_correlation
 from ttp.rewards.families import family_of, new_model
@@ -187,24 +187,20 @@ def _as_arrays(frame: pd.DataFrame, score: str, sd: str) -> tuple[dict, np.ndarr
 def samples_needed(scores, utilities, users, gains_of, forced: int = 1, repeats: int = 20, seed: int = 0):
     """Samples per query a threshold rule needs to match uniform N = 8 when its gains for a draw
     order come from ``gains_of(order)`` (``(Q, M)``, as ``improvement_gains`` gives them; the
-    first ``forced`` draws are always taken).  The package's allocation study, with the gains
-    left open to the probes."""
+    first ``forced`` draws are always taken): the package's evaluation of a threshold rule, with
+    the gains left open to the probes."""
     q, m = scores.shape
     budgets = tuple(b for b in STUDY_BUDGETS if forced <= b <= m)
     spent, means = [], []
     for budget in budgets:
-        rng = np.random.default_rng(seed)
-        realized, used = [], []
-        for _ in range(repeats):
-            order = np.argsort(rng.random((q, m)), axis=1)
+        def allocate(order):
             gains = gains_of(order)
             gains[:, :forced - 1] = np.inf
-            n = stop_below(gains, budget_threshold(gains, int(round(budget * q))))
-            picks = [order[i, :k][np.argmax(scores[i, order[i, :k]])] for i, k in enumerate(n)]
-            realized.append(utilities[np.arange(q), picks].mean())
-            used.append(n.mean())
-        spent.append(float(np.mean(used)))
-        means.append(float(np.mean(realized)))
+            return stop_below(gains, budget_threshold(gains, int(round(budget * q))))
+
+        result = evaluate_allocation(allocate, scores, utilities, repeats, seed)
+        spent.append(result["samples_per_query"])
+        means.append(result["mean"])
     uniform = evaluate_policy("uniform", scores, utilities, users, 8, 1.0)["mean"]
     return AllocationCurve("probe", budgets, tuple(spent), tuple(means), (), ()).samples_to_reach(uniform)
 

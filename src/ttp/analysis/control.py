@@ -301,17 +301,30 @@ def evaluate_policy(policy: str, scores: np.ndarray, utilities: np.ndarray, user
     known_spread = None
     if policy == KNOWN_CALIBRATION:
         kappa, known_spread = query_calibration(scores, utilities)
+
+    def allocate(orders):
+        if policy in THRESHOLD_POLICIES:
+            gains = _stopping_gains(policy, scores, users, orders, budget, config, kappa, spread_prior, known_spread)
+            return stop_below(gains, budget_threshold(gains, budget))
+        return _allocate(policy, scores, users, orders, budget, config, kappa)
+
+    return {"policy": policy, **evaluate_allocation(allocate, scores, utilities, repeats, seed)}
+
+
+def evaluate_allocation(allocate, scores: np.ndarray, utilities: np.ndarray, repeats: int = 20,
+                        seed: int = 0) -> dict:
+    """Mean realized utility and samples spent, overall and per query, when ``allocate(orders)``
+    gives each query's samples for ``repeats`` seeded random draw orders of every pool (``orders``
+    ``(Q, M)``: row i is the order query i's candidates are drawn in).  What ``evaluate_policy``
+    runs for each policy; open to any other rule."""
+    q, m = scores.shape
     rng = np.random.default_rng(seed)
     per_query = np.zeros((repeats, q))
     spent = np.zeros((repeats, q))
     for r in range(repeats):
         orders = np.argsort(rng.random((q, m)), axis=1)
-        if policy in THRESHOLD_POLICIES:
-            gains = _stopping_gains(policy, scores, users, orders, budget, config, kappa, spread_prior, known_spread)
-            n = stop_below(gains, budget_threshold(gains, budget))
-        else:
-            n = _allocate(policy, scores, users, orders, budget, config, kappa)
+        n = allocate(orders)
         per_query[r] = _realized(scores, utilities, orders, n)
         spent[r] = n
-    return {"policy": policy, "per_query": per_query.mean(axis=0), "mean": float(per_query.mean()),
+    return {"per_query": per_query.mean(axis=0), "mean": float(per_query.mean()),
             "spent_per_query": spent.mean(axis=0), "samples_per_query": float(spent.mean())}
