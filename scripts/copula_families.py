@@ -21,7 +21,7 @@ import pandas as pd
 from scipy import stats
 
 from ttp.analysis.bon import bon_curves, oracle_curves, rank_weights
-from ttp.analysis.copula import normal_scores_regression, latent_intervals
+from ttp.analysis.copula import expected_by_score_rank, latent_intervals, normal_scores_regression
 from ttp.analysis.pools import Pools
 from ttp.analysis.stats import SPREAD_EPS
 from ttp.runs.evaluation import selectors
@@ -78,21 +78,15 @@ def parameters(family: str, scores: np.ndarray, utilities: np.ndarray) -> np.nda
     return np.sign(raw) * np.where(informative, theta, 0.0)
 
 
-def law_curves(family: str, utilities: np.ndarray, theta: np.ndarray, draws: int = 256) -> np.ndarray:
-    q, m = utilities.shape
-    low, high = latent_intervals(utilities)
-    rng = np.random.default_rng(0)
-    expected = np.empty((q, m))
-    for start in range(0, q, 32):
-        stop = min(start + 32, q)
-        u = np.clip(low[start:stop, None, :] + rng.random((stop - start, draws, m)) * (high - low)[start:stop, None, :],
-                    1e-9, 1 - 1e-9)
-        t = theta[start:stop, None, None]
-        v = conditional_draw(family, np.abs(t), u, np.clip(rng.random(u.shape), 1e-12, 1 - 1e-12))
-        order = np.argsort(np.where(t < 0, 1 - v, v), axis=2)
-        expected[start:stop] = np.take_along_axis(np.broadcast_to(utilities[start:stop, None, :], order.shape),
-                                                  order, axis=2).mean(axis=1)
-    return expected @ rank_weights(m).T
+def law_curves(family: str, utilities: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """The copula per-query law of ``ttp.analysis.copula`` with the family's copula in place of
+    the Gaussian (``theta`` signed: negative flips the score axis)."""
+    def scores_given(position, t, rng):
+        v = conditional_draw(family, np.abs(t), np.clip(position, 1e-9, 1 - 1e-9),
+                             np.clip(rng.random(position.shape), 1e-12, 1 - 1e-12))
+        return np.where(t < 0, 1 - v, v)
+
+    return expected_by_score_rank(utilities, theta, scores_given) @ rank_weights(utilities.shape[1]).T
 
 
 def pseudo_log_likelihood(family: str, scores: np.ndarray, utilities: np.ndarray, theta: np.ndarray) -> float:

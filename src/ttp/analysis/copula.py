@@ -98,6 +98,34 @@ def latent_intervals(utilities) -> tuple[np.ndarray, np.ndarray]:
     return low, high
 
 
+def gaussian_copula_scores(position: np.ndarray, r: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Scores of a Gaussian copula with correlation ``r`` given the utilities' positions in
+    ``(0, 1)``: ``r·Z + √(1−r²)·ε`` with ``Z`` the normal quantile of the position."""
+    latent = stats.norm.ppf(np.clip(position, 1e-12, 1 - 1e-12))
+    return r * latent + np.sqrt(np.clip(1 - r**2, 0, 1)) * rng.standard_normal(latent.shape)
+
+
+def expected_by_score_rank(utilities, parameter, scores_given, draws: int = 256, seed: int = 0,
+                           chunk: int = 64) -> np.ndarray:
+    """``(Q, M)``: the expected utility of the candidate at each score rank (worst first) when
+    ``scores_given(position, parameter, rng)`` draws scores given each candidate's position, a
+    uniform draw within its utility's CDF interval (``latent_intervals``); ``parameter`` (one
+    per query) reaches it shaped ``(queries, 1, 1)``.  Averaged over ``draws`` seeded draws."""
+    utilities = np.asarray(utilities, dtype=float)
+    parameter = np.broadcast_to(np.asarray(parameter, dtype=float), (len(utilities),))
+    q, m = utilities.shape
+    low, high = latent_intervals(utilities)
+    rng = np.random.default_rng(seed)
+    expected = np.empty((q, m))
+    for start in range(0, q, chunk):
+        stop = min(start + chunk, q)
+        position = low[start:stop, None, :] + rng.random((stop - start, draws, m)) * (high - low)[start:stop, None, :]
+        order = np.argsort(scores_given(position, parameter[start:stop, None, None], rng), axis=2)
+        by_score = np.take_along_axis(np.broadcast_to(utilities[start:stop, None, :], order.shape), order, axis=2)
+        expected[start:stop] = by_score.mean(axis=1)
+    return expected
+
+
 def copula_curves(utilities, r, draws: int = 256, seed: int = 0, chunk: int = 64) -> np.ndarray:
     """Per-query law curves ``(Q, M)`` for ``N = 1..M``: the expected Best-of-N of a reward model
     whose copula correlation with this pool's utilities is ``r`` (one per query).
@@ -107,21 +135,8 @@ def copula_curves(utilities, r, draws: int = 256, seed: int = 0, chunk: int = 64
     over ``draws`` seeded draws: the expectation of the observed curve given the pool."""
     utilities = np.asarray(utilities, dtype=float)
     r = np.broadcast_to(np.asarray(r, dtype=float), (len(utilities),))
-    q, m = utilities.shape
-    low, high = latent_intervals(utilities)
-    weights = rank_weights(m).T
-    rng = np.random.default_rng(seed)
-    expected = np.empty((q, m))
-    for start in range(0, q, chunk):
-        stop = min(start + chunk, q)
-        u, rr = utilities[start:stop], r[start:stop, None, None]
-        position = low[start:stop, None, :] + rng.random((stop - start, draws, m)) * (high - low)[start:stop, None, :]
-        latent = stats.norm.ppf(np.clip(position, 1e-12, 1 - 1e-12))
-        noise = rng.standard_normal(latent.shape)
-        order = np.argsort(rr * latent + np.sqrt(np.clip(1 - rr**2, 0, 1)) * noise, axis=2)
-        by_score = np.take_along_axis(np.broadcast_to(u[:, None, :], order.shape), order, axis=2)
-        expected[start:stop] = by_score.mean(axis=1)
+    expected = expected_by_score_rank(utilities, r, gaussian_copula_scores, draws, seed, chunk)
     oracle = np.sort(utilities, axis=1)
     expected = np.where(r[:, None] >= 1 - EXACT, oracle, expected)
     expected = np.where(np.abs(r)[:, None] <= EXACT, utilities.mean(axis=1, keepdims=True), expected)
-    return expected @ weights
+    return expected @ rank_weights(utilities.shape[1]).T
