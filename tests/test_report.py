@@ -114,3 +114,25 @@ def test_report_writes_every_figure_and_a_json_of_everything(run):
     assert set(data) == {"config", "ceiling", "rewards", "diagnosis", "allocation"}
     collapsed = {c["user"] for c in data["diagnosis"][f"{TASK}/{POLICY}"]["pointwise"]["collapsed_users"]}
     assert collapsed == {str(u) for u in test.collapsed_users}
+
+
+def test_a_damaged_result_file_names_itself_the_field_and_the_command_that_rewrites_it(run):
+    from ttp.files import DataFileError
+
+    folder = run[0]
+    for path, damage, stage, says in (
+            (folder.allocation(TASK, POLICY), lambda d: d.pop("curves"), "allocate", "field 'curves' is missing"),
+            (folder.allocation(TASK, POLICY), lambda d: d["samples_to_reach_reference_band"].update(uniform=[8.0]),
+             "allocate", "wrong shape"),
+            (folder.diagnosis(TASK, POLICY), lambda d: d["pointwise"].pop("oracle"), "diagnose", "'oracle'")):
+        intact = path.read_text()
+        data = json.loads(intact)
+        damage(data)
+        path.write_text(json.dumps(data))
+        try:
+            with pytest.raises(DataFileError) as err:
+                stage_tables(folder, stage, [TASK], [POLICY])
+            assert str(path) in str(err.value) and says in str(err.value)
+            assert f"ttp {stage} {folder.root}" in str(err.value)
+        finally:
+            path.write_text(intact)

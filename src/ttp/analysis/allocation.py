@@ -117,8 +117,12 @@ class AllocationStudy:
         return cls(data["selector"], data["kappa"], data["queries"],
                    {p: AllocationCurve.from_json(c) for p, c in data["curves"].items()},
                    data.get("spread", 0.0), data.get("online_rule", "uniform"),
-                   {p: tuple(math.inf if v is None else v for v in band)
-                    for p, band in data.get("samples_to_reach_reference_band", {}).items()})
+                   {p: _band_from_json(band) for p, band in data.get("samples_to_reach_reference_band", {}).items()})
+
+
+def _band_from_json(band) -> tuple[float, float]:
+    low, high = (math.inf if v is None else float(v) for v in band)   # JSON has no infinity: null stands for it
+    return low, high
 
 
 def choose_online_rule(scores: np.ndarray, utilities: np.ndarray, users: np.ndarray, kappa: float, spread: float,

@@ -10,7 +10,7 @@ import numpy as np
 from ttp.analysis.bon import Curve
 from ttp.analysis.allocation import REFERENCE_BUDGET, AllocationStudy
 from ttp.analysis.scaling import LAW_TOLERANCE, LAWS, PER_QUERY_LAWS, Diagnosis, chance_misses
-from ttp.files import read_json
+from ttp.files import DataFileError, read_json
 from ttp.rewards.families import FAMILIES, family_of
 from ttp.rewards.selection import Selector
 from ttp.runs.folder import RunFolder
@@ -82,8 +82,22 @@ def rewards_table(folder: RunFolder, task: str, policy: str) -> Table:
                  ["selector", *[f"N={n}" for n in points], f"gain share N={m}", "Spearman", "corr(mean, sd)"], rows)
 
 
+def _read_result(folder: RunFolder, path, parse, stage: str):
+    """A stage's result file, parsed by ``parse``; a damaged one raises ``DataFileError`` naming
+    the file, what is wrong and the command that writes it again."""
+    data = read_json(path)
+    try:
+        return parse(data)
+    except KeyError as err:
+        problem = f"field {err} is missing"
+    except (AttributeError, TypeError, ValueError) as err:
+        problem = f"a field has the wrong shape ({err})"
+    raise DataFileError(f"{path}: {problem}; `ttp {stage} {folder.root}` writes it again")
+
+
 def read_diagnoses(folder: RunFolder, task: str, policy: str) -> dict[str, Diagnosis]:
-    return {name: Diagnosis.from_json(d) for name, d in read_json(folder.diagnosis(task, policy)).items()}
+    return _read_result(folder, folder.diagnosis(task, policy),
+                        lambda data: {name: Diagnosis.from_json(d) for name, d in data.items()}, "diagnose")
 
 
 def diagnosis_table(folder: RunFolder, task: str, policy: str) -> Table:
@@ -176,7 +190,7 @@ def comparison_table(folder: RunFolder, task: str, policy: str) -> Table:
 
 
 def read_allocation(folder: RunFolder, task: str, policy: str) -> AllocationStudy:
-    return AllocationStudy.from_json(read_json(folder.allocation(task, policy)))
+    return _read_result(folder, folder.allocation(task, policy), AllocationStudy.from_json, "allocate")
 
 
 def _samples_to_reach(study: AllocationStudy, policy: str) -> str:
