@@ -17,5 +17,5 @@ DATA="${1:-../shared/data/pep-titles}"
 .venv/bin/python scripts/allocation_probes.py runs/pep-titles
 # the copula law with other copula shapes, and which one the pools' likelihood prefers
 .venv/bin/python scripts/copula_families.py runs/pep-titles
-# the copula law averaged over the uncertainty in each pool's correlation (a probe)
+# the copula per-query law with each pool's measured correlation plugged in, beside the posterior-averaged law
 .venv/bin/python scripts/copula_posterior.py runs/pep-titles

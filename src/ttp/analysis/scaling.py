@@ -12,7 +12,7 @@ import numpy as np
 from scipy import integrate, special, stats
 
 from ttp.analysis.bon import bon_curves, oracle_curves
-from ttp.analysis.copula import copula_correlation, copula_curves
+from ttp.analysis.copula import copula_correlation, copula_curves, posterior_copula_curves
 from ttp.analysis.stats import SPREAD_EPS, collapsed, group_index, group_means, within_pool_correlation
 
 
@@ -269,7 +269,7 @@ def diagnose(
         "four_quantity": mu_q[:, None] + e_n * sigma_bar * (1 - c) * rho_bar,
         "per_query_oracle_anchored": mu_q[:, None] + rho_q[:, None] * oracle_gain_q,
         "four_quantity_oracle_anchored": mu_q[:, None] + (1 - c) * rho_bar * oracle_gain_q,
-        "copula_per_query": copula_curves(utilities, r_q),
+        "copula_per_query": posterior_copula_curves(scores, utilities, active),
         "copula_pooled": copula_curves(utilities, np.where(active, r_bar, 0.0)),
     }
     laws = {k: v.mean(axis=0) for k, v in laws_q.items()}
