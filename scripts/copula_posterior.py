@@ -1,7 +1,7 @@
 """What averaging over the uncertainty in r_q buys: the copula per-query law with each pool's
 measured ``r̂_q`` plugged in, beside the law ``ttp diagnose`` reports, which averages the curve
 over the posterior of ``r_q`` given ``r̂_q`` (``ttp.analysis.copula.posterior_copula_curves``;
-docs/method.md, "Noise in r̂_q").
+docs/method.md, "Noise in r̂_q"), taken from ``diagnose`` so that it is the law reported.
 
     python scripts/copula_posterior.py [runs/pep-titles]
 
@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from ttp.analysis.bon import bon_curves, oracle_curves
-from ttp.analysis.copula import copula_correlation, copula_curves, posterior_copula_curves
+from ttp.analysis.copula import copula_correlation, copula_curves
 from ttp.analysis.pools import Pools
+from ttp.analysis.scaling import diagnose
 from ttp.analysis.simulate import UTILITIES, SimulationConfig, simulate
 from ttp.runs.evaluation import selectors
 from ttp.runs.pipeline import Pipeline
@@ -28,21 +29,23 @@ from ttp.tasks.utility import PRIMARY
 SIGNED_AT = np.array([2, 4, 8, 16])
 
 
-def errors(scores: np.ndarray, utilities: np.ndarray, law: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """``(max error over N as a share of the oracle gain, max error in paired standard errors,
-    mean signed error at SIGNED_AT as a share of the gain)``."""
+def errors(residual: np.ndarray, utilities: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """From each query's ``observed − law``: ``(max error over N as a share of the oracle gain,
+    max error in paired standard errors, mean signed error at SIGNED_AT as a share of the gain)``."""
     oracle = oracle_curves(utilities).mean(axis=0)
     gain = oracle[-1] - oracle[0]
-    residual = bon_curves(scores, utilities) - law
     se = residual.std(axis=0, ddof=1) / np.sqrt(len(residual))
     mean = residual.mean(axis=0)
     signed = mean[SIGNED_AT[SIGNED_AT <= len(mean)] - 1] / gain
     return float(np.abs(mean).max() / gain), float((np.abs(mean) / np.maximum(se, 1e-15))[1:].max()), signed
 
 
-def compare(scores: np.ndarray, utilities: np.ndarray) -> list[tuple[float, float, np.ndarray]]:
-    plug_in = copula_curves(utilities, copula_correlation(scores, utilities))
-    return [errors(scores, utilities, law) for law in (plug_in, posterior_copula_curves(scores, utilities))]
+def compare(scores: np.ndarray, utilities: np.ndarray, users: np.ndarray) -> list[tuple[float, float, np.ndarray]]:
+    """The plug-in law, and the posterior law as ``ttp diagnose`` computes it (collapsed users
+    outside the prior)."""
+    plug_in = bon_curves(scores, utilities) - copula_curves(utilities, copula_correlation(scores, utilities))
+    posterior = diagnose(scores, utilities, users).per_query["residual:copula_per_query"]
+    return [errors(plug_in, utilities), errors(posterior, utilities)]
 
 
 def prior_slope(scores: np.ndarray, utilities: np.ndarray) -> float:
@@ -59,7 +62,7 @@ def main(run: str | None) -> None:
     for utility in UTILITIES:
         for m in (8, 16, 64):
             sim = simulate(SimulationConfig(n_users=60, queries_per_user=20, pool_size=m, utility=utility, seed=3))
-            cells = compare(sim.scores, sim.utilities)
+            cells = compare(sim.scores, sim.utilities, sim.users)
             print(f"simulated {utility:14s} M = {m:2d}          " + "   ".join(cell(*c[:2]) for c in cells)
                   + f"   {prior_slope(sim.scores, sim.utilities):+.3f}", flush=True)
     if run is None:
@@ -71,7 +74,7 @@ def main(run: str | None) -> None:
         results = []
         for selector in selectors(pools):
             if selector.model != "random":
-                results.append(compare(pools[selector.column], pools[PRIMARY]))
+                results.append(compare(pools[selector.column], pools[PRIMARY], pools.users))
                 print(f"  {str(selector):36s} " + "   ".join(cell(*c[:2]) for c in results[-1]), flush=True)
         for name, i in (("plug-in r̂", 0), ("posterior", 1)):
             share, se, signed = (np.array([r[i][k] for r in results]) for k in range(3))
