@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from ttp.analysis.bon import bon_curves, oracle_curves, random_curves
-from ttp.analysis.copula import copula_correlation, copula_curves, correlation_posterior, posterior_copula_curves
+from ttp.analysis.copula import (MIN_PRIOR_POOLS, copula_correlation, copula_curves, correlation_posterior,
+                                 posterior_copula_curves)
 from ttp.analysis.scaling import LAW_TOLERANCE, chance_error_exceeds, chance_misses, diagnose
 from ttp.analysis.simulate import SimulationConfig, simulate
 from ttp.analysis.stats import within_pool_correlation
@@ -86,6 +87,10 @@ def test_pools_outside_the_prior_keep_their_measured_correlation():
     np.testing.assert_array_equal(posterior_copula_curves(sim.scores, sim.utilities, outside),
                                   copula_curves(sim.utilities, r_hat))
     assert not np.allclose(posterior_copula_curves(sim.scores, sim.utilities), copula_curves(sim.utilities, r_hat))
+    # too few pools to fit a prior: every pool keeps its own
+    few = slice(0, MIN_PRIOR_POOLS - 1)
+    np.testing.assert_array_equal(posterior_copula_curves(sim.scores[few], sim.utilities[few]),
+                                  copula_curves(sim.utilities[few], r_hat[few]))
 
 
 def test_a_reward_model_that_misses_only_the_best_candidate_is_flagged_as_a_misfit():

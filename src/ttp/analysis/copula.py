@@ -47,6 +47,7 @@ EXACT = 1e-9   # |r| below this is r = 0, above 1 - this is r = 1: the law's exa
 R_GRID = np.linspace(-0.99, 0.99, 45)   # where the posterior of r_q is evaluated
 # three-point Gauss–Hermite rule: E[f(r)] for r ~ N(center, spread²) is exact for cubics in r
 HERMITE_NODES, HERMITE_WEIGHTS = np.array([-np.sqrt(3), 0.0, np.sqrt(3)]), np.array([1 / 6, 2 / 3, 1 / 6])
+MIN_PRIOR_POOLS = 8   # fewer pools cannot fit the prior's line and spread; the law then keeps r̂_q
 
 
 def _block_normal_scores(values: np.ndarray) -> np.ndarray:
@@ -183,18 +184,19 @@ def correlation_posterior(utilities, r_hat, prior_pools=None) -> tuple[np.ndarra
 
     Likelihood: ``r̂ ~ N(m(r), s(r)²)`` with ``m`` and ``s`` simulated for the pool's tie
     pattern (``_estimate_noise``).  Prior: ``r ~ N(a + b·log σ_q, τ²)``, with ``a, b`` the least
-    squares fit of ``r̂`` on log utility spread over ``prior_pools`` (default: all) and ``τ²``
-    the fit's residual variance less the mean noise variance (floored at 0.001)."""
+    squares fit of ``r̂`` on log utility spread over ``prior_pools`` (default: all; a fit needs
+    a handful, ``MIN_PRIOR_POOLS``) and ``τ²`` the fit's residual variance less the mean noise
+    variance (floored at 0.001)."""
     utilities = np.asarray(utilities, dtype=float)
     r_hat = np.asarray(r_hat, dtype=float)
     prior_pools = np.ones(len(r_hat), bool) if prior_pools is None else np.asarray(prior_pools, bool)
     noise = [_estimate_noise(_tie_blocks(row)) for row in utilities]
     noise_sd = np.array([np.interp(r, R_GRID, sd) for r, (_, sd) in zip(r_hat, noise)])
     design = np.column_stack([np.ones(len(r_hat)), np.log(utilities.std(axis=1) + SPREAD_EPS)])
-    coef = np.linalg.lstsq(design[prior_pools], r_hat[prior_pools], rcond=None)[0] if prior_pools.sum() > 1 else np.zeros(2)
+    coef = np.linalg.lstsq(design[prior_pools], r_hat[prior_pools], rcond=None)[0]
     prior_mean = design @ coef
     residual = (r_hat - prior_mean)[prior_pools]
-    prior_sd = np.sqrt(max(residual.var() - (noise_sd[prior_pools] ** 2).mean(), 1e-3)) if residual.size else 1.0
+    prior_sd = np.sqrt(max(residual.var() - (noise_sd[prior_pools] ** 2).mean(), 1e-3))
     center, spread = np.empty(len(r_hat)), np.empty(len(r_hat))
     for i, (mean, sd) in enumerate(noise):
         weight = stats.norm.pdf(R_GRID, prior_mean[i], prior_sd) * stats.norm.pdf(r_hat[i], mean, sd)
@@ -210,12 +212,14 @@ def posterior_copula_curves(scores, utilities, prior_pools=None, draws: int = 25
     the nodes in proportion to their weights (so the law costs what one plug-in curve does).
     Only pools in ``prior_pools`` (default: all) with spread in both scores and utilities take
     part; the others (a collapsed user's, whose r is not drawn from the others' prior) keep
-    ``r̂_q``."""
+    ``r̂_q``, as every pool does when fewer than ``MIN_PRIOR_POOLS`` take part."""
     scores, utilities = np.asarray(scores, dtype=float), np.asarray(utilities, dtype=float)
     r_hat = copula_correlation(scores, utilities)
     shrunk = (utilities.std(axis=1) > SPREAD_EPS) & (scores.std(axis=1) > SPREAD_EPS)
     if prior_pools is not None:
         shrunk &= np.asarray(prior_pools, bool)
+    if shrunk.sum() < MIN_PRIOR_POOLS:
+        return copula_curves(utilities, r_hat, draws, seed)
     center, spread = correlation_posterior(utilities, r_hat, shrunk)
     outer = round(HERMITE_WEIGHTS[0] * draws)
     node = np.repeat(HERMITE_NODES, [outer, draws - 2 * outer, outer])
