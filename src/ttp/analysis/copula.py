@@ -25,8 +25,8 @@ scores of ``M`` points still understate ``r`` a little (by 0.07 at ``M = 8``, 0.
 the estimate is mapped back through its expectation under the copula, simulated once per pool
 size (``_calibration``).
 
-That estimate is still noisy: from 16 candidates, and less where a large block of utilities
-is tied.  The curve is not linear in ``r``, so plugging in ``r̂_q`` biases the law (it
+That estimate is still noisy: from a pool of 16 candidates, more so where a large block of
+utilities is tied.  The curve is not linear in ``r``, so plugging in ``r̂_q`` biases the law (it
 over-predicts on tied pools).  The per-query law therefore averages the curve over the
 posterior of ``r_q`` given ``r̂_q`` (``posterior_copula_curves``): the noise of ``r̂`` at each
 ``r`` is simulated with the pool's own tie pattern, and the prior is normal with a mean linear
@@ -158,6 +158,7 @@ def copula_curves(utilities, r, draws: int = 256, seed: int = 0, chunk: int = 64
     expected = np.where((r >= 1 - EXACT).all(axis=1)[:, None], oracle, expected)
     expected = np.where((np.abs(r) <= EXACT).all(axis=1)[:, None], utilities.mean(axis=1, keepdims=True), expected)
     return expected @ rank_weights(utilities.shape[1]).T
+
 
 @lru_cache(maxsize=None)
 def _estimate_noise(blocks: tuple[int, ...], draws: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
