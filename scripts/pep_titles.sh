@@ -19,3 +19,5 @@ DATA="${1:-../shared/data/pep-titles}"
 .venv/bin/python scripts/copula_families.py runs/pep-titles
 # the copula per-query law with each pool's measured correlation plugged in, beside the posterior-averaged law
 .venv/bin/python scripts/copula_posterior.py runs/pep-titles
+# whether the reward models rank the best candidates as well as the rest (a top-compression probe)
+.venv/bin/python scripts/copula_top.py runs/pep-titles
