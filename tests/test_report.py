@@ -136,3 +136,19 @@ def test_a_damaged_result_file_names_itself_the_field_and_the_command_that_rewri
             assert f"ttp {stage} {folder.root}" in str(err.value)
         finally:
             path.write_text(intact)
+
+
+def test_the_cli_never_cuts_a_number_short_in_a_wide_table():
+    from ttp.cli import console, render
+    from ttp.runs.tables import Table
+    # 16 headers as long as the diagnosis table's: unwrapped they would need 400 columns
+    headers = [f"h (pools with spread) {i}" for i in range(16)]
+    values = [f"{-0.25 + i / 100:.3f}" for i in range(16)]
+    description = "a + b ln N (a + b ln N: b=0.1008, rmse=0.0025; a + b e_N: b=0.1635, rmse=0.0057)"
+    with console.capture() as captured:
+        render(Table("wide", ["selector", *headers, "fits"],
+                     [["hidden_state.probabilistic/p_improve", *values, description]]))
+    text = captured.get()
+    assert "…" not in text
+    assert all(value in text for value in values) and "hidden_state.probabilistic/p_improve" in text
+    assert max(len(line) for line in text.splitlines()) <= console.width

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -25,14 +26,20 @@ from ttp.runs.tables import Table, stage_tables
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Test-time personalization: Best-of-N with personalized reward models.")
 console = Console(width=200)
+WRAPPED_TEXT = 40   # a column whose values run longer than this wraps them
 
 
 def render(table: Table) -> None:
+    rows = [[cell.replace("**", "") for cell in row] for row in table.rows]
     out = RichTable(title=table.title, caption=table.caption or None)
-    for column in table.columns:
-        out.add_column(column, no_wrap=True)
-    for row in table.rows:
-        out.add_row(*[cell.replace("**", "") for cell in row])
+    for i, column in enumerate(table.columns):
+        # numbers are never cut short: a header longer than its values wraps at their width;
+        # only a column of long text (a description) wraps its values
+        value_width = max((len(row[i]) for row in rows), default=0)
+        width = max([min(value_width, WRAPPED_TEXT)] + [len(word) for word in column.split()])
+        out.add_column(textwrap.fill(column, width), no_wrap=value_width <= WRAPPED_TEXT, overflow="fold")
+    for row in rows:
+        out.add_row(*row)
     console.print(out)
 
 
