@@ -16,7 +16,7 @@ from ttp.runs.config import RunConfig, TaskSpec
 from ttp.runs.evaluation import evaluate_selectors
 from ttp.runs.folder import RunFolder
 from ttp.runs.report import write_report
-from ttp.runs.tables import stage_tables
+from ttp.runs.tables import stage_tables, write_diagnoses
 
 TASK, POLICY = "sim-task", "personalized"
 
@@ -47,7 +47,7 @@ def run(tmp_path_factory):
     write_json_atomic(folder.reward_eval(TASK, POLICY), evaluate_selectors(pools, 200))
     diagnoses = {name: diagnose(pools[f"score:{name}"], pools["rougeL"], pools.users, pools.query_ids)
                  for name in ("pointwise", "random", "probabilistic/mean")}
-    write_json_atomic(folder.diagnosis(TASK, POLICY), {k: d.to_json() for k, d in diagnoses.items()})
+    write_diagnoses(folder, TASK, POLICY, diagnoses)
     study = allocation_study("probabilistic/mean", (val["score:pointwise"], val["rougeL"]),
                              (pools["score:pointwise"], pools["rougeL"], pools.users), n_boot=200)
     write_json_atomic(folder.allocation(TASK, POLICY), study.to_json())
@@ -136,6 +136,36 @@ def test_a_damaged_result_file_names_itself_the_field_and_the_command_that_rewri
             assert f"ttp {stage} {folder.root}" in str(err.value)
         finally:
             path.write_text(intact)
+
+
+def test_per_query_values_live_in_a_table_beside_the_diagnosis(run):
+    from dataclasses import asdict
+
+    from ttp.analysis.scaling import _jsonable
+    from ttp.files import DataFileError
+    from ttp.runs.tables import read_diagnoses
+
+    folder, diagnoses = run[0], run[3]
+    assert all("per_query" not in d for d in json.loads(folder.diagnosis(TASK, POLICY).read_text()).values())
+    read = read_diagnoses(folder, TASK, POLICY)
+    for name, d in diagnoses.items():
+        assert set(read[name].per_query) == set(d.per_query)
+        for field, values in d.per_query.items():
+            np.testing.assert_array_equal(read[name].per_query[field], values)
+    # a run written before the table kept the per-query values in the JSON: it still reads
+    side = folder.diagnosis_per_query(TASK, POLICY)
+    intact, table = folder.diagnosis(TASK, POLICY).read_text(), side.read_bytes()
+    try:
+        folder.diagnosis(TASK, POLICY).write_text(json.dumps({k: _jsonable(asdict(d)) for k, d in diagnoses.items()}))
+        side.unlink()
+        np.testing.assert_array_equal(read_diagnoses(folder, TASK, POLICY)["pointwise"].per_query["residual:per_query"],
+                                      diagnoses["pointwise"].per_query["residual:per_query"])
+        folder.diagnosis(TASK, POLICY).write_text(intact)
+        with pytest.raises(DataFileError, match=f"diagnosis_per_query.parquet is missing; `ttp diagnose {folder.root}`"):
+            read_diagnoses(folder, TASK, POLICY)
+    finally:
+        folder.diagnosis(TASK, POLICY).write_text(intact)
+        side.write_bytes(table)
 
 
 def test_the_cli_never_cuts_a_number_short_in_a_wide_table():

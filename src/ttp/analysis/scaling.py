@@ -134,12 +134,16 @@ class Diagnosis:
         return self.collapse_threshold / median if median > 0 else 0.0
 
     def to_json(self) -> dict:
-        """Every field as JSON-ready values (what ``diagnosis.json`` holds per selector)."""
-        return _jsonable(asdict(self))
+        """Every field but ``per_query`` as JSON-ready values (what ``diagnosis.json`` holds per
+        selector); ``per_query``, Q values per field and Q x M residuals per law, is a table."""
+        return _jsonable({k: v for k, v in asdict(self).items() if k != "per_query"})
 
     @classmethod
-    def from_json(cls, data: dict) -> "Diagnosis":
+    def from_json(cls, data: dict, per_query: dict | None = None) -> "Diagnosis":
+        """From ``to_json``'s fields and ``per_query`` (a run written before the per-query
+        table kept it among the fields, which then serve)."""
         data = dict(data)
+        data.setdefault("per_query", per_query)
         data["observed"], data["oracle"] = np.asarray(data["observed"]), np.asarray(data["oracle"])
         data["laws"] = {k: np.asarray(v) for k, v in data["laws"].items()}
         data["per_query"] = {k: np.asarray(v) for k, v in data["per_query"].items()}

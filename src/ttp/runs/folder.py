@@ -17,6 +17,7 @@ policy names become folders only after ``ttp.files.check_name``, so no name can 
     <run>/<task>/<policy>/reward_eval.json   Best-of-N of every selector on test users
     <run>/<task>/<policy>/validation_scores.parquet  the same on validation users
     <run>/<task>/<policy>/diagnosis.json     the scaling-law diagnosis of every selector
+    <run>/<task>/<policy>/diagnosis_per_query.parquet  its per-query values (one row per selector and query)
     <run>/<task>/<policy>/allocation.json    law-guided allocation vs uniform N at equal budget
     <run>/report.md, <run>/figures/*.png
 """
@@ -117,6 +118,9 @@ class RunFolder:
 
     def diagnosis(self, task: str, policy: str) -> Path:
         return self.policy_dir(task, policy) / "diagnosis.json"
+
+    def diagnosis_per_query(self, task: str, policy: str) -> Path:
+        return self.policy_dir(task, policy) / "diagnosis_per_query.parquet"
 
     @property
     def config(self) -> Path:

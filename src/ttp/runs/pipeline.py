@@ -33,6 +33,7 @@ from ttp.runs.config import ConfigError, RunConfig
 from ttp.runs.evaluation import evaluate_selectors, selector_scores, selectors
 from ttp.runs.folder import RunFolder
 from ttp.runs.report import write_report
+from ttp.runs.tables import write_diagnoses
 from ttp.tasks.data import PARTS, Task, UserSplit, load_task, split_users, subset
 from ttp.tasks.prompts import PromptBuilder
 from ttp.tasks.utility import METRICS, PRIMARY, candidate_table
@@ -223,9 +224,9 @@ class Pipeline:
     def diagnose(self) -> None:
         for task, policy in self.cells():
             pools = self._pools(task, policy, "test")
-            write_json_atomic(self.folder.diagnosis(task.name, policy), {
+            write_diagnoses(self.folder, task.name, policy, {
                 str(s): diagnose(pools[s.column], pools[PRIMARY], pools.users, pools.query_ids,
-                                 collapse_tau=self.config.collapse_tau).to_json() for s in selectors(pools)})
+                                 collapse_tau=self.config.collapse_tau) for s in selectors(pools)})
 
     def allocate(self) -> None:
         """Law-guided allocation vs uniform N at equal budgets, on test users' pools."""

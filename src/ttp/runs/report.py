@@ -111,8 +111,7 @@ def diagnosis_section(folder: RunFolder, cells, tau: float) -> tuple[str, dict]:
         f"per-query law ≤ {LAW_TOLERANCE:.0%}).\n")
     for task, policy in cells:
         diagnoses = read_diagnoses(folder, task, policy)
-        data[f"{task}/{policy}"] = {k: {kk: vv for kk, vv in d.to_json().items() if kk != "per_query"}
-                                    for k, d in diagnoses.items()}
+        data[f"{task}/{policy}"] = {k: d.to_json() for k, d in diagnoses.items()}
         names = [n for n in diagnoses if n != "random"]
         text.append(f"### {task} / {policy}\n")
         text.append(diagnosis_table(folder, task, policy).to_markdown())

@@ -6,11 +6,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from ttp.analysis.bon import Curve
 from ttp.analysis.allocation import REFERENCE_BUDGET, AllocationStudy
 from ttp.analysis.scaling import LAW_TOLERANCE, LAWS, PER_QUERY_LAWS, Diagnosis, chance_misses
-from ttp.files import DataFileError, read_json
+from ttp.files import DataFileError, read_json, write_json_atomic, write_parquet_atomic
 from ttp.rewards.families import FAMILIES, family_of
 from ttp.rewards.selection import Selector
 from ttp.runs.folder import RunFolder
@@ -95,9 +96,36 @@ def _read_result(folder: RunFolder, path, parse, stage: str):
     raise DataFileError(f"{path}: {problem}; `ttp {stage} {folder.root}` writes it again")
 
 
+def write_diagnoses(folder: RunFolder, task: str, policy: str, diagnoses: dict[str, Diagnosis]) -> None:
+    """``diagnosis.json`` (each selector's diagnosis but its per-query values) and beside it
+    ``diagnosis_per_query.parquet`` (one row per selector and query, each law's residuals a list
+    over N).  The table is written first, so a finished JSON always has its table."""
+    frames = []
+    for name, d in diagnoses.items():
+        frame = pd.DataFrame({k: list(v) if np.ndim(v) == 2 else v for k, v in d.per_query.items()})
+        frame.insert(0, "selector", name)
+        frames.append(frame)
+    write_parquet_atomic(folder.diagnosis_per_query(task, policy), pd.concat(frames, ignore_index=True))
+    write_json_atomic(folder.diagnosis(task, policy), {name: d.to_json() for name, d in diagnoses.items()})
+
+
+def _read_per_query(folder: RunFolder, task: str, policy: str) -> dict[str, dict]:
+    path = folder.diagnosis_per_query(task, policy)
+    if not path.exists():
+        raise DataFileError(f"{path} is missing; `ttp diagnose {folder.root}` writes it again")
+    table = pd.read_parquet(path)
+    return {name: {column: np.stack(values.to_numpy()) if values.dtype == object and np.ndim(values.iloc[0]) == 1
+                   else values.to_numpy() for column, values in rows.drop(columns="selector").items()}
+            for name, rows in table.groupby("selector", sort=False)}
+
+
 def read_diagnoses(folder: RunFolder, task: str, policy: str) -> dict[str, Diagnosis]:
-    return _read_result(folder, folder.diagnosis(task, policy),
-                        lambda data: {name: Diagnosis.from_json(d) for name, d in data.items()}, "diagnose")
+    def parse(data: dict) -> dict[str, Diagnosis]:
+        in_json = all("per_query" in d for d in data.values())
+        per_query = {} if in_json else _read_per_query(folder, task, policy)
+        return {name: Diagnosis.from_json(d, None if in_json else per_query[name]) for name, d in data.items()}
+
+    return _read_result(folder, folder.diagnosis(task, policy), parse, "diagnose")
 
 
 def diagnosis_table(folder: RunFolder, task: str, policy: str) -> Table:
