@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 from ttp.cli import app
 from ttp.runs.config import ConfigError
 from ttp.runs.folder import RunFolder
+from ttp.runs.tables import read_diagnoses
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +29,7 @@ def test_every_stage_writes_its_files(run_folder):
     for policy in ("personalized", "plain"):
         for path in (folder.pools(TASK, policy), folder.candidates(TASK, policy), folder.curves(TASK, policy),
                      folder.scores(TASK, policy), folder.reward_eval(TASK, policy), folder.diagnosis(TASK, policy),
-                     folder.allocation(TASK, policy)):
+                     folder.diagnosis_per_query(TASK, policy), folder.allocation(TASK, policy)):
             assert path.exists(), path
     report = folder.report.read_text()
     for heading in ("The oracle ceiling", "Reward models on held-out users", "Scaling-law diagnosis",
@@ -145,9 +146,9 @@ def test_imported_scores_are_judged_like_trained_reward_models(run_folder, tmp_p
     oracle, selectors = evaluation["oracle"]["mean"], evaluation["selectors"]
     assert selectors["copy_of_utility"]["curve"]["mean"] == pytest.approx(oracle)
     assert selectors["flat"]["curve"]["mean"] == pytest.approx([oracle[0]] * len(oracle))
-    diagnosis = json.loads(folder.diagnosis(TASK, "personalized").read_text())
-    assert diagnosis["flat"]["collapse_rate"] == 1.0
-    copy = diagnosis["copy_of_utility"]["per_query"]
+    diagnosis = read_diagnoses(folder, TASK, "personalized")
+    assert diagnosis["flat"].collapse_rate == 1.0
+    copy = diagnosis["copy_of_utility"].per_query
     assert all(r == pytest.approx(1.0) for r, flat in zip(copy["rho"], copy["flat"]) if not flat)
     assert "copy_of_utility" in folder.report.read_text()
 
