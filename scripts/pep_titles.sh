@@ -2,8 +2,9 @@
 # The pep-titles experiment of docs/results.md: 296 queries (a seeded subset of at most 6 per
 # user, 52 users; the user split leaves 120 test queries), pools of M = 16, both policies.
 # Prints oracle/random ROUGE-L at N = 1, 4, 16, every reward model and selection rule on the
-# test users, and each one's four quantities and law errors; then the zero-shot scorers and the
-# comparison of reward-model families, the allocation probes and the copula-shape probe.  Resumes if interrupted.
+# test users, and each one's four quantities and law errors; then the zero-shot scorers, the
+# comparison of reward-model families, the allocation probes and the copula probes (shape,
+# posterior, top compression).  Resumes if interrupted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data/pep-titles}"
