@@ -163,6 +163,13 @@ def test_per_query_values_live_in_a_table_beside_the_diagnosis(run):
         folder.diagnosis(TASK, POLICY).write_text(intact)
         with pytest.raises(DataFileError, match=f"diagnosis_per_query.parquet is missing; `ttp diagnose {folder.root}`"):
             read_diagnoses(folder, TASK, POLICY)
+        side.write_text("not a table")
+        with pytest.raises(DataFileError, match="is not a diagnosis table"):
+            read_diagnoses(folder, TASK, POLICY)
+        side.write_bytes(table)
+        pd.read_parquet(side).query("selector != 'pointwise'").to_parquet(side)
+        with pytest.raises(DataFileError, match="has no rows for selector 'pointwise'"):
+            read_diagnoses(folder, TASK, POLICY)
     finally:
         folder.diagnosis(TASK, POLICY).write_text(intact)
         side.write_bytes(table)

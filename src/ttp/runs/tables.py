@@ -109,21 +109,31 @@ def write_diagnoses(folder: RunFolder, task: str, policy: str, diagnoses: dict[s
     write_json_atomic(folder.diagnosis(task, policy), {name: d.to_json() for name, d in diagnoses.items()})
 
 
-def _read_per_query(folder: RunFolder, task: str, policy: str) -> dict[str, dict]:
+def _read_per_query(folder: RunFolder, task: str, policy: str, selectors) -> dict[str, dict]:
+    """Each selector's per-query values from ``diagnosis_per_query.parquet``."""
     path = folder.diagnosis_per_query(task, policy)
+    rewrite = f"`ttp diagnose {folder.root}` writes it again"
     if not path.exists():
-        raise DataFileError(f"{path} is missing; `ttp diagnose {folder.root}` writes it again")
-    table = pd.read_parquet(path)
+        raise DataFileError(f"{path} is missing; {rewrite}")
+    try:
+        table = pd.read_parquet(path)
+        groups = dict(iter(table.groupby("selector", sort=False)))
+    except (OSError, ValueError, KeyError) as err:
+        raise DataFileError(f"{path} is not a diagnosis table ({err}); {rewrite}") from None
+    missing = [name for name in selectors if name not in groups]
+    if missing:
+        raise DataFileError(f"{path} has no rows for selector {missing[0]!r}; {rewrite}")
     return {name: {column: np.stack(values.to_numpy()) if values.dtype == object and np.ndim(values.iloc[0]) == 1
-                   else values.to_numpy() for column, values in rows.drop(columns="selector").items()}
-            for name, rows in table.groupby("selector", sort=False)}
+                   else values.to_numpy() for column, values in groups[name].drop(columns="selector").items()}
+            for name in selectors}
 
 
 def read_diagnoses(folder: RunFolder, task: str, policy: str) -> dict[str, Diagnosis]:
     def parse(data: dict) -> dict[str, Diagnosis]:
-        in_json = all("per_query" in d for d in data.values())
-        per_query = {} if in_json else _read_per_query(folder, task, policy)
-        return {name: Diagnosis.from_json(d, None if in_json else per_query[name]) for name, d in data.items()}
+        if all("per_query" in d for d in data.values()):
+            return {name: Diagnosis.from_json(d) for name, d in data.items()}
+        per_query = _read_per_query(folder, task, policy, list(data))
+        return {name: Diagnosis.from_json(d, per_query[name]) for name, d in data.items()}
 
     return _read_result(folder, folder.diagnosis(task, policy), parse, "diagnose")
 
