@@ -210,7 +210,7 @@ def correlation_posterior(utilities, r_hat, prior_pools=None) -> tuple[np.ndarra
 def posterior_copula_curves(scores, utilities, prior_pools=None, draws: int = 256, seed: int = 0) -> np.ndarray:
     """The per-query law: ``copula_curves`` averaged over the posterior of ``r_q`` given
     ``r̂_q`` (``correlation_posterior``) by three Gauss–Hermite nodes, the draws split among
-    the nodes in proportion to their weights (so the law costs what one plug-in curve does).
+    the nodes in proportion to their weights (so its curves cost what one plug-in curve does).
     Only pools in ``prior_pools`` (default: all) with spread in both scores and utilities take
     part; the others (a collapsed user's, whose r is not drawn from the others' prior) keep
     ``r̂_q``, as every pool does when fewer than ``MIN_PRIOR_POOLS`` take part."""

@@ -1,0 +1,37 @@
+"""The copula per-query law averaged over r's posterior vs the plug-in law, side by side.
+
+1,200 simulated zero-inflated queries (seed 3), pools of 16 and 64.  Prints the time of the
+plug-in curve (``copula_curves`` with r̂ plugged in), of the posterior law with its noise
+models simulated afresh (``posterior_copula_curves``, cold cache) and reused (warm), and of
+three separate plug-in curves, one per Gauss–Hermite node (what sharing the draws saves); the
+ratios to the plug-in curve (goal of docs/method.md: the law costs what one plug-in curve does,
+once its noise models are known)."""
+import time
+
+from ttp.analysis import copula
+from ttp.analysis.simulate import SimulationConfig, simulate
+
+
+def timed(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    for m in (16, 64):
+        sim = simulate(SimulationConfig(n_users=60, queries_per_user=20, pool_size=m, utility="zero_inflated", seed=3))
+        r_hat = copula.copula_correlation(sim.scores, sim.utilities)   # builds the pool size's calibration once
+        plug_in = timed(lambda: copula.copula_curves(sim.utilities, r_hat))
+        copula._estimate_noise.cache_clear()
+        cold = timed(lambda: copula.posterior_copula_curves(sim.scores, sim.utilities))
+        warm = timed(lambda: copula.posterior_copula_curves(sim.scores, sim.utilities))
+        three = timed(lambda: [copula.copula_curves(sim.utilities, r_hat) for _ in copula.HERMITE_NODES])
+        patterns = copula._estimate_noise.cache_info().currsize
+        print(f"M = {m:2d}, {len(r_hat)} queries, {patterns} tie patterns: plug-in {plug_in:.2f} s; posterior "
+              f"cold {cold:.2f} s ({cold / plug_in:.1f}x), warm {warm:.2f} s ({warm / plug_in:.2f}x); "
+              f"three plug-in curves {three:.2f} s ({three / plug_in:.1f}x)")
+
+
+if __name__ == "__main__":
+    main()
