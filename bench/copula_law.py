@@ -3,9 +3,9 @@
 1,200 simulated zero-inflated queries (seed 3), pools of 16 and 64.  Prints the time of the
 plug-in curve (``copula_curves`` with r̂ plugged in), of the posterior law with its noise
 models simulated afresh (``posterior_copula_curves``, cold cache) and reused (warm), and of
-three separate plug-in curves, one per Gauss–Hermite node (what sharing the draws saves); the
-ratios to the plug-in curve (goal of docs/method.md: the law costs what one plug-in curve does,
-once its noise models are known)."""
+three separate plug-in curves, one per Gauss–Hermite node (what sharing the draws saves), each
+as a ratio to the plug-in curve.  The nodes share one curve's draws, so what the warm law adds
+is the posterior itself (docs/method.md, "Noise in r̂_q")."""
 import time
 
 from ttp.analysis import copula
