@@ -95,8 +95,12 @@ def copula_correlation(scores, utilities) -> np.ndarray:
     raw = np.clip(normal_scores_regression(scores, utilities), -1.0, 1.0)
     expected, grid = _calibration(scores.shape[1])
     r = np.sign(raw) * np.interp(np.abs(raw), expected, grid)
-    informative = (utilities.std(axis=1) > SPREAD_EPS) & (scores.std(axis=1) > SPREAD_EPS)
-    return np.where(informative, r, 0.0)
+    return np.where(_informative(scores, utilities), r, 0.0)
+
+
+def _informative(scores: np.ndarray, utilities: np.ndarray) -> np.ndarray:
+    """Pools with a spread in both scores and utilities: the only ones whose r can be measured."""
+    return (utilities.std(axis=1) > SPREAD_EPS) & (scores.std(axis=1) > SPREAD_EPS)
 
 
 def latent_intervals(utilities) -> tuple[np.ndarray, np.ndarray]:
@@ -216,7 +220,7 @@ def posterior_copula_curves(scores, utilities, prior_pools=None, draws: int = 25
     ``r̂_q``, as every pool does when fewer than ``MIN_PRIOR_POOLS`` take part."""
     scores, utilities = np.asarray(scores, dtype=float), np.asarray(utilities, dtype=float)
     r_hat = copula_correlation(scores, utilities)
-    shrunk = (utilities.std(axis=1) > SPREAD_EPS) & (scores.std(axis=1) > SPREAD_EPS)
+    shrunk = _informative(scores, utilities)
     if prior_pools is not None:
         shrunk &= np.asarray(prior_pools, bool)
     if shrunk.sum() < MIN_PRIOR_POOLS:
