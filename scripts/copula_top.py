@@ -99,6 +99,7 @@ def estimate(scores: np.ndarray, utilities: np.ndarray, expected) -> tuple[float
     lam = _where_zero(gap)
     r_at = np.array([[np.interp(observed_full[i], np.maximum.accumulate(full[i, a]), R_GRID)
                       for i in range(len(scores))] for a in range(len(LAMBDAS))])
+
     def r_at_lambda(value: float) -> np.ndarray:
         return np.array([np.interp(-value, -LAMBDAS, column) for column in r_at.T])
 
