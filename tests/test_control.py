@@ -3,7 +3,8 @@ import itertools
 import numpy as np
 import pytest
 
-from ttp.analysis.control import calibration, evaluate_policy
+from ttp.analysis.control import calibration, evaluate_policy, law_gains
+from ttp.analysis.scaling import expected_max_normal
 from ttp.analysis.simulate import SimulationConfig, simulate
 
 
@@ -66,6 +67,18 @@ def test_collapse_tau_decides_which_users_get_no_more_samples():
     for tau, expected in ((0.1, set(test.collapsed_users.tolist())), (1e-6, set())):
         spreads = GainPredictor(test.users, ControllerConfig(collapse_tau=tau), kappa).spreads(pilot)
         assert set(test.users[spreads == 0].tolist()) == expected
+
+
+def test_law_gains_is_the_laws_step_per_spread_with_no_gain_past_the_table_or_for_a_negative_kappa():
+    e_n = expected_max_normal(6)
+    spreads = np.array([0.0, 0.5, 2.0])
+    gains = law_gains(0.3, spreads, e_n)
+    assert gains.shape == (3, 6)
+    for i, s in enumerate(spreads):
+        for n in range(1, 6):
+            assert gains[i, n - 1] == pytest.approx(0.3 * s * (e_n[n] - e_n[n - 1]))
+        assert law_gains(0.3, s, e_n)[5] == -np.inf == gains[i, 5]
+    assert (law_gains(-0.2, spreads, e_n)[:, :-1] == 0).all()
 
 
 def test_best_allocation_equals_brute_force():

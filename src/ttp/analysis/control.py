@@ -150,10 +150,15 @@ def best_allocation(curves: np.ndarray, budget: int) -> np.ndarray:
     return allocation
 
 
-def marginal_gain(kappa: float, spread: float, n: int, e_n: np.ndarray) -> float:
-    """The law's gain of sample ``n + 1``: ``κ · ŝ · (e_{n+1} − e_n)``; none past the table's end.
-    A negative κ (selection hurt on validation) predicts no gain, not a negative one."""
-    return max(kappa, 0.0) * spread * (e_n[n] - e_n[n - 1]) if n < len(e_n) else -np.inf
+def law_gains(kappa: float, spread, e_n: np.ndarray) -> np.ndarray:
+    """The law's gain of sample ``n + 1`` after ``n`` draws, ``κ · ŝ · (e_{n+1} − e_n)``, in
+    column ``n − 1`` for each spread ``ŝ`` (shape ``spread.shape + (len(e_n),)``); −inf in the
+    last column, past the table's end.  A negative κ (selection hurt on validation) predicts no
+    gain, not a negative one."""
+    spread = np.asarray(spread, dtype=float)[..., None]
+    gains = np.full(spread.shape[:-1] + (len(e_n),), -np.inf)
+    gains[..., :-1] = max(kappa, 0.0) * spread * np.diff(e_n)
+    return gains
 
 
 class GainPredictor:
@@ -198,7 +203,8 @@ def _allocate(policy: str, scores: np.ndarray, users: np.ndarray, orders: np.nda
         # collapsed users keep what the pilot spent; the rest share the budget evenly
         return _fill(n, lambda i: 0.0 if spread[i] > 0 else -np.inf, budget, m)
     if policy == "greedy":
-        return _fill(n, lambda i: marginal_gain(kappa, spread[i], n[i], e_n), budget, m)
+        gains = law_gains(kappa, spread, e_n)
+        return _fill(n, lambda i: gains[i, n[i] - 1], budget, m)
     raise ValueError(f"policy must be one of {ALLOCATION_POLICIES + REFERENCES}, got {policy!r}")
 
 
@@ -225,8 +231,7 @@ def _stopping_gains(policy: str, scores, users, orders, budget: int, config: Con
     m = scores.shape[1]
     if policy == "early_stop":
         n0, spread = _law_pilot(scores, users, orders, budget, config, kappa)
-        gains = np.full(scores.shape, -np.inf)   # marginal_gain for every n at once
-        gains[:, :-1] = max(kappa, 0.0) * spread[:, None] * np.diff(expected_max_normal(m))
+        gains = law_gains(kappa, spread, expected_max_normal(m))
         return np.where(np.arange(1, m + 1) >= n0[:, None], gains, np.inf)
     # each query on its own: sample while the next sample's expected gain exceeds the threshold,
     # looking only where the online rule looks (after each chunk)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ttp.analysis.control import (ControllerConfig, expected_improvement, marginal_gain, pilot_looks_collapsed,
+from ttp.analysis.control import (ControllerConfig, expected_improvement, law_gains, pilot_looks_collapsed,
                                   sample_variance, shrunk_variance)
 from ttp.analysis.scaling import expected_max_normal
 
@@ -65,7 +65,7 @@ def choose_online(draw, score, budget: int, kappa: float, dataset_spread: float,
             reason = "collapsed: scores do not vary"
             break
         if rule == "law":
-            gain = marginal_gain(kappa, spread, n, e_n)
+            gain = law_gains(kappa, spread, e_n)[n - 1]
         else:
             gain = max(kappa, 0.0) * float(expected_improvement(sel.max(), sel.mean(), spread))
         if gain < min_gain:
