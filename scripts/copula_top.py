@@ -12,10 +12,10 @@ the upper half less well (λ > 1: better).  The grid runs from 1.5 to 0.
 
 λ is measured from ranks, not from any Best-of-N curve: for each λ on a grid, one common r̄ makes
 the model's mean full-pool statistic (``normal_scores_regression``) the pools' mean, and the
-model then predicts the mean of the same statistic computed among the candidates above each
-pool's median utility.  λ̂ is where that meets the observed mean (linear interpolation on the
-grid; the grid's end when they never meet).  The expectations are simulated with each pool's
-own utilities (64 seeded draws per grid point).
+model then predicts the mean of the same statistic computed among the better-scored half of
+each pool's candidates (pools with utility spread).  λ̂ is where that meets the observed mean
+(linear interpolation on the grid; the grid's end when they never meet).  The expectations are
+simulated with each pool's own utilities (64 seeded draws per grid point).
 
 It prints, on simulated pools with a planted λ (1 and 0.4, two seeds each, 600 queries), the λ̂
 found and the law's error with λ = 1 and with λ̂; and for each selector
@@ -46,15 +46,14 @@ def compressed(latent: np.ndarray, lam) -> np.ndarray:
     return np.where(latent > 0, lam * latent, latent)
 
 
-def top_statistic(scores: np.ndarray, utilities: np.ndarray, top: np.ndarray) -> np.ndarray:
-    """``normal_scores_regression`` among the candidates in ``top``, per row (``(D, M)`` scores)."""
-    return normal_scores_regression(scores[:, top], np.broadcast_to(utilities[top], (len(scores), int(top.sum()))))
-
-
-def has_top(row: np.ndarray) -> np.ndarray | None:
-    """The candidates above the pool's median utility, if at least 3 of them differ in utility."""
-    top = row > np.median(row)
-    return top if top.sum() >= 3 and row[top].std() > 0 else None
+def top_statistic(scores: np.ndarray, utilities: np.ndarray) -> np.ndarray:
+    """``normal_scores_regression`` among the better-scored half of each row's candidates
+    (``(D, M)`` scores, one pool's ``(M,)`` utilities): how well the scores order the candidates
+    a selection chooses among.  (Taking the upper half by utility instead, as this probe first
+    did, reads planted λ = 1 as 0.87–0.92 and points the two policies' pools opposite ways.)"""
+    top = np.argsort(-scores, axis=1, kind="stable")[:, : scores.shape[1] // 2]
+    return normal_scores_regression(np.take_along_axis(scores, top, axis=1),
+                                    np.broadcast_to(utilities, scores.shape)[np.arange(len(scores))[:, None], top])
 
 
 def expected_statistics(utilities: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -69,13 +68,12 @@ def expected_statistics(utilities: np.ndarray, seed: int = 0) -> tuple[np.ndarra
     for i in range(q):
         latent = special.ndtri(np.clip(low[i] + rng.random((DRAWS, m)) * (high[i] - low[i]), 1e-12, 1 - 1e-12))
         noise = rng.standard_normal((DRAWS, m))
-        top = has_top(utilities[i])
         for a, lam in enumerate(LAMBDAS):
             scores = (r * compressed(latent, lam) + np.sqrt(1 - r * r) * noise).reshape(-1, m)
             full[i, a] = normal_scores_regression(scores, np.broadcast_to(utilities[i], scores.shape)).reshape(
                 len(R_GRID), DRAWS).mean(axis=1)
-            if top is not None:
-                top_part[i, a] = top_statistic(scores, utilities[i], top).reshape(len(R_GRID), DRAWS).mean(axis=1)
+            if utilities[i].std() > 0:
+                top_part[i, a] = top_statistic(scores, utilities[i]).reshape(len(R_GRID), DRAWS).mean(axis=1)
     return full, top_part
 
 
@@ -88,7 +86,7 @@ def estimate(scores: np.ndarray, utilities: np.ndarray, expected) -> tuple[float
     expected full-pool statistic at λ̂ is the pool's (plugged in)."""
     full, top_part = expected
     observed_full = normal_scores_regression(scores, utilities)
-    observed_top = np.array([top_statistic(s[None], u, t)[0] if (t := has_top(u)) is not None else np.nan
+    observed_top = np.array([top_statistic(s[None], u)[0] if u.std() > 0 else np.nan
                              for s, u in zip(scores, utilities)])
     usable = ~np.isnan(observed_top)
     gap = np.empty(len(LAMBDAS))
