@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from ttp.analysis.bon import bon_curves, oracle_curves, random_curves
-from ttp.analysis.copula import (MIN_PRIOR_POOLS, copula_correlation, copula_curves, correlation_posterior,
-                                 posterior_copula_curves)
+from ttp.analysis.copula import (COMPRESSIONS, MIN_PRIOR_POOLS, R_GRID, _simulated_statistics, compress_top,
+                                 copula_correlation, copula_curves, correlation_posterior, posterior_copula_curves,
+                                 top_compression, top_statistic)
 from ttp.analysis.scaling import LAW_TOLERANCE, chance_error_exceeds, chance_misses, diagnose
 from ttp.analysis.simulate import SimulationConfig, simulate
 from ttp.analysis.stats import within_pool_correlation
@@ -27,6 +28,7 @@ def test_copula_correlation_recovers_the_planted_one_through_ties():
     assert within_pool_correlation(sim.scores, sim.utilities, method="normal_scores").mean() < 0.45
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("utility", ["gaussian", "skewed", "zero_inflated"])
 def test_copula_law_matches_simulated_curves_within_monte_carlo_error_up_to_64(utility):
     sim = simulate(SimulationConfig(n_users=60, queries_per_user=20, pool_size=64, utility=utility, seed=3))
@@ -71,13 +73,52 @@ def test_averaging_over_the_posterior_of_r_removes_the_plug_in_bias_on_tied_pool
     observed = bon_curves(sim.scores, sim.utilities)
     r_hat = copula_correlation(sim.scores, sim.utilities)
     plug_in = _paired_error(observed - copula_curves(sim.utilities, r_hat))
-    posterior = _paired_error(observed - posterior_copula_curves(sim.scores, sim.utilities))
-    print(f"plug-in r̂: {plug_in:.1f} paired SE; posterior: {posterior:.1f}")
-    assert plug_in > 4 and posterior < 3
+    compression, _ = top_compression(sim.scores, sim.utilities)
+    posterior = _paired_error(observed - posterior_copula_curves(sim.scores, sim.utilities, compression=compression))
+    print(f"plug-in r̂: {plug_in:.1f} paired SE; posterior (λ̂ = {compression:.2f}): {posterior:.1f}")
+    assert plug_in > 4 and posterior < 2
     # the posterior mean is the better estimate of the planted correlation
     center, spread = correlation_posterior(sim.utilities, r_hat)
     assert ((center - sim.true_rho) ** 2).mean() < 0.5 * ((r_hat - sim.true_rho) ** 2).mean()
     assert 0.9 < (np.abs(center - sim.true_rho) <= 1.96 * spread).mean() < 0.995
+
+
+@pytest.mark.parametrize("utility", ["gaussian", "zero_inflated"])
+def test_a_planted_top_compression_is_measured_and_the_law_with_it_fits_where_the_gaussian_copula_does_not(utility):
+    # the reward model orders the better half of each pool 0.4 times as sharply as the rest
+    config = SimulationConfig(n_users=40, queries_per_user=15, pool_size=16, utility=utility, rho_mean=0.7,
+                              top_compression=0.4, seed=3)
+    sim = simulate(config)
+    d = diagnose(sim.scores, sim.utilities, sim.users)
+    gaussian_copula = posterior_copula_curves(sim.scores, sim.utilities)
+    error_in_curve_se = (np.abs(d.laws["copula_per_query"] - d.observed) / d.observed_se)[1:].max()
+    print(f"{utility}: λ̂ = {d.copula_top_compression:.2f}; law {error_in_curve_se:.1f} SE of the curve, "
+          f"{d.law_errors['copula_per_query']['max_share_of_oracle_gain']:.1%} of the gain; with λ = 1 "
+          f"{_paired_error(bon_curves(sim.scores, sim.utilities) - gaussian_copula):.1f} paired SE")
+    assert d.copula_top_compression == pytest.approx(0.4, abs=0.1)
+    assert error_in_curve_se < 2 and d.law_errors["copula_per_query"]["max_share_of_oracle_gain"] < 0.03
+    assert _paired_error(bon_curves(sim.scores, sim.utilities) - gaussian_copula) > 5
+    # and where nothing is planted, nothing is found
+    planted_none = simulate(SimulationConfig(**{**config.__dict__, "top_compression": 1.0}))
+    assert top_compression(planted_none.scores, planted_none.utilities)[0] == pytest.approx(1.0, abs=0.15)
+
+
+def test_the_simulated_statistics_are_the_estimators_on_the_same_draws():
+    # the simulation sorts each draw's scores once for both statistics; the estimators' own code
+    # on the same draws must give the same numbers
+    blocks, draws = (5, 1, 2, 1, 1), 32
+    mean, sd, top = _simulated_statistics(blocks, draws)
+    utilities = np.repeat(np.arange(len(blocks), dtype=float), blocks)
+    rng = np.random.default_rng([draws, *blocks])
+    latent, noise = np.sort(rng.standard_normal((draws, 10)), axis=1), rng.standard_normal((draws, 10))
+    r = R_GRID[:, None, None]
+    for a, compression in enumerate(COMPRESSIONS):
+        scores = (r * compress_top(latent, compression) + np.sqrt(1 - r * r) * noise).reshape(-1, 10)
+        full = copula_correlation(scores, np.broadcast_to(utilities, scores.shape)).reshape(len(R_GRID), draws)
+        np.testing.assert_allclose(mean[a], full.mean(axis=1), atol=1e-12)
+        np.testing.assert_allclose(sd[a], full.std(axis=1) + 1e-3, atol=1e-12)
+        np.testing.assert_allclose(top[a], top_statistic(scores, utilities).reshape(len(R_GRID), draws).mean(axis=1),
+                                   atol=1e-12)
 
 
 def test_pools_outside_the_prior_keep_their_measured_correlation():
@@ -132,7 +173,10 @@ def test_chance_error_exceeds_matches_how_often_an_exact_law_misses_a_tolerance(
 def test_diagnosis_says_how_likely_an_exact_law_misses_the_tolerance_on_its_own_pools():
     sim = simulate(SimulationConfig(n_users=12, queries_per_user=10, pool_size=16, utility="zero_inflated", seed=2))
     d = diagnose(sim.scores, sim.utilities, sim.users)
-    residual = bon_curves(sim.scores, sim.utilities) - posterior_copula_curves(sim.scores, sim.utilities)
+    compression, _ = top_compression(sim.scores, sim.utilities)
+    assert d.copula_top_compression == compression
+    residual = bon_curves(sim.scores, sim.utilities) - posterior_copula_curves(sim.scores, sim.utilities,
+                                                                               compression=compression)
     np.testing.assert_allclose(d.per_query["residual:copula_per_query"], residual, atol=1e-6)
     chance = chance_error_exceeds(residual[:, 1:], LAW_TOLERANCE * (d.oracle[-1] - d.oracle[0]))
     assert d.chance_beyond_tolerance["copula_per_query"] == pytest.approx(chance)

@@ -72,6 +72,7 @@ def test_report_tables_are_the_cli_tables_and_hold_the_analysis_numbers(run):
         share = d.law_errors["copula_per_query"]["max_share_of_oracle_gain"]
         assert errors[name]["copula per-query"] == f"{share:.1%}"
         assert errors[name]["copula err / SE"] == f"{d.error_in_se('copula_per_query'):.1f}"
+        assert errors[name]["copula λ̂"] == f"{d.copula_top_compression:.2f}"
         assert errors[name]["exact law > 5%"] == f"{d.chance_beyond_tolerance['copula_per_query']:.2f}"
     fitted = [d for n, d in diagnoses.items() if n != "random"]
     within = sum(d.law_errors["copula_per_query"]["max_share_of_oracle_gain"] <= 0.05 for d in fitted)
@@ -152,14 +153,19 @@ def test_per_query_values_live_in_a_table_beside_the_diagnosis(run):
         assert set(read[name].per_query) == set(d.per_query)
         for field, values in d.per_query.items():
             np.testing.assert_array_equal(read[name].per_query[field], values)
-    # a run written before the table kept the per-query values in the JSON: it still reads
+    # a run written before the table kept the per-query values in the JSON, and had no top
+    # compression (its copula laws were the Gaussian copula's): it still reads
     side = folder.diagnosis_per_query(TASK, POLICY)
     intact, table = folder.diagnosis(TASK, POLICY).read_text(), side.read_bytes()
     try:
-        folder.diagnosis(TASK, POLICY).write_text(json.dumps({k: _jsonable(asdict(d)) for k, d in diagnoses.items()}))
+        earlier = {k: _jsonable(asdict(d)) for k, d in diagnoses.items()}
+        for d in earlier.values():
+            del d["copula_top_compression"]
+        folder.diagnosis(TASK, POLICY).write_text(json.dumps(earlier))
         side.unlink()
         np.testing.assert_array_equal(read_diagnoses(folder, TASK, POLICY)["pointwise"].per_query["residual:per_query"],
                                       diagnoses["pointwise"].per_query["residual:per_query"])
+        assert read_diagnoses(folder, TASK, POLICY)["pointwise"].copula_top_compression == 1.0
         folder.diagnosis(TASK, POLICY).write_text(intact)
         with pytest.raises(DataFileError, match=f"diagnosis_per_query.parquet is missing; `ttp diagnose {folder.root}`"):
             read_diagnoses(folder, TASK, POLICY)

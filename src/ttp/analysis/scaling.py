@@ -12,7 +12,7 @@ import numpy as np
 from scipy import integrate, special, stats
 
 from ttp.analysis.bon import bon_curves, oracle_curves
-from ttp.analysis.copula import copula_correlation, copula_curves, posterior_copula_curves
+from ttp.analysis.copula import copula_correlation, copula_curves, posterior_copula_curves, top_compression
 from ttp.analysis.stats import SPREAD_EPS, collapsed, group_index, group_means, within_pool_correlation
 
 
@@ -126,6 +126,7 @@ class Diagnosis:
     observed_se: np.ndarray | None = None   # standard error over queries of the observed gain over μ_q
     law_se: dict | None = None              # per law: standard error over queries of observed − law
     chance_beyond_tolerance: dict | None = None   # per law: how often an exact law would miss LAW_TOLERANCE at N >= 2
+    copula_top_compression: float = 1.0     # λ of the copula laws (a run written before it had none: 1)
 
     @property
     def collapse_tau(self) -> float:
@@ -262,10 +263,11 @@ def diagnose(
     mu_bar, sigma_bar = float(mu_q.mean()), float(sigma_q.mean())
     c = float(collapsed_q.mean())
     oracle_gain_q = oracle_q - mu_q[:, None]
-    # the copula laws keep each pool's own utilities; pooled, every non-collapsed query gets the
-    # dataset's mean copula correlation and a collapsed one its random curve
+    # the copula laws keep each pool's own utilities and share the dataset's top compression;
+    # pooled, every non-collapsed query gets the dataset's one copula correlation and a
+    # collapsed one its random curve
     r_q = copula_correlation(scores, utilities)
-    r_bar = float(r_q[active].mean()) if active.any() else 0.0
+    compression, r_bar = top_compression(scores, utilities, active)
     # each law per query (its mean over queries is the law's curve), so that its error can be
     # measured against the chance left once it has had its say (``law_se``)
     laws_q = {
@@ -273,8 +275,8 @@ def diagnose(
         "four_quantity": mu_q[:, None] + e_n * sigma_bar * (1 - c) * rho_bar,
         "per_query_oracle_anchored": mu_q[:, None] + rho_q[:, None] * oracle_gain_q,
         "four_quantity_oracle_anchored": mu_q[:, None] + (1 - c) * rho_bar * oracle_gain_q,
-        "copula_per_query": posterior_copula_curves(scores, utilities, active),
-        "copula_pooled": copula_curves(utilities, np.where(active, r_bar, 0.0)),
+        "copula_per_query": posterior_copula_curves(scores, utilities, active, compression),
+        "copula_pooled": copula_curves(utilities, np.where(active, r_bar, 0.0), compression=compression),
     }
     laws = {k: v.mean(axis=0) for k, v in laws_q.items()}
     residuals_q = {k: observed_q - v for k, v in laws_q.items()}
@@ -300,7 +302,7 @@ def diagnose(
         law_gaps={"factorization_gaussian": gap("four_quantity", "per_query"),
                   "factorization_copula": gap("copula_pooled", "copula_per_query"),
                   "non_gaussian_utilities": gap("per_query", "copula_per_query")},
-        copula_r_bar=r_bar,
+        copula_r_bar=r_bar, copula_top_compression=compression,
         per_query={"query": query_ids, "user": users, "mu": mu_q, "sigma": sigma_q,
                    "rho": rho_q, "copula_r": r_q, "collapsed": collapsed_q, "flat": flat,
                    # rounded: they feed covariances, and diagnosis.json holds Q x M of them per law

@@ -6,9 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ttp.analysis.copula import compress_top
+
 
 # how a candidate's utility follows from its latent normal z (all monotone in z, so the score
-# and the utility always form a Gaussian copula with the planted correlation):
+# and the utility always form a Gaussian copula with the planted correlation, its upper half
+# compressed by the planted top compression):
 #   gaussian       mu + sigma z
 #   skewed         ROUGE-like: zero below z = -0.3 (38%), a right-skewed spread above
 #   lognormal      right-skewed, no zeros
@@ -27,6 +30,7 @@ class SimulationConfig:
     collapsed_user_share: float = 0.0  # users whose RM gives near-constant scores
     hacked_query_share: float = 0.0    # queries where scores are anti-correlated with utility
     hacked_rho: float = -0.6
+    top_compression: float = 1.0       # λ: the RM orders the better half of the latents λ times as sharply
     seed: int = 0
 
 
@@ -55,7 +59,7 @@ def simulate(config: SimulationConfig = SimulationConfig()) -> SimulatedPools:
     collapsed = np.isin(users, collapsed_users)
 
     z_u = rng.standard_normal((q, m))
-    z_s = rho[:, None] * z_u + np.sqrt(1 - rho[:, None] ** 2) * rng.standard_normal((q, m))
+    z_s = rho[:, None] * compress_top(z_u, config.top_compression) + np.sqrt(1 - rho[:, None] ** 2) * rng.standard_normal((q, m))
     mu = rng.uniform(0.2, 0.4, q)[:, None]
     sigma = rng.uniform(0.05, 0.15, q)[:, None]
     if config.utility == "gaussian":
