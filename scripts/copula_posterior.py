@@ -1,16 +1,19 @@
-"""What averaging over the uncertainty in r_q buys: the copula per-query law with each pool's
-measured ``r̂_q`` plugged in, beside the law ``ttp diagnose`` reports, which averages the curve
-over the posterior of ``r_q`` given ``r̂_q`` (``ttp.analysis.copula.posterior_copula_curves``;
-docs/method.md, "Noise in r̂_q"), taken from ``diagnose`` so that it is the law reported.
+"""What averaging over the uncertainty in r_q, and the top compression λ, buy: the copula
+per-query law with each pool's measured ``r̂_q`` plugged in; averaged over the posterior of
+``r_q`` given ``r̂_q`` with the Gaussian copula (λ = 1; ``posterior_copula_curves``;
+docs/method.md, "Noise in r̂_q"); and the law ``ttp diagnose`` reports, which does the same
+with the pools' top compression λ̂ (docs/method.md, "Top compression"), taken from
+``diagnose`` so that it is the law reported.
 
     python scripts/copula_posterior.py [runs/pep-titles]
 
 It prints each law's max error over N as a share of the oracle gain and in paired standard
 errors, and its mean signed error (observed − law) at N = 2, 4, 8 and 16: on the simulator
 (1,200 queries per setting, seed 3), and on a run's test pools for every selector, with the
-count of selectors within 5% and within 2 paired SE.  For the simulator it also prints the
-prior's slope ``b`` on log utility spread, the least-squares fit of ``r̂_q`` on ``log σ_q``
-over pools with spread (what ``correlation_posterior`` fits).
+count of selectors within 5% and within 2 paired SE, and a 95% band for the pointwise RM's λ̂
+(200 resamples of the test users, the collapsed ones left out).  For the simulator it also
+prints the prior's slope ``b`` on log utility spread, the least-squares fit of ``r̂_q`` on
+``log σ_q`` over pools with spread (what ``correlation_posterior`` fits).
 """
 import sys
 
@@ -18,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ttp.analysis.bon import bon_curves, oracle_curves
-from ttp.analysis.copula import copula_correlation, copula_curves
+from ttp.analysis.copula import copula_correlation, copula_curves, posterior_copula_curves, top_compression
 from ttp.analysis.pools import Pools
 from ttp.analysis.scaling import diagnose
 from ttp.analysis.simulate import UTILITIES, SimulationConfig, simulate
@@ -27,6 +30,7 @@ from ttp.runs.pipeline import Pipeline
 from ttp.tasks.utility import PRIMARY
 
 SIGNED_AT = np.array([2, 4, 8, 16])
+NAMES = ("plug-in r̂", "posterior, λ = 1", "the law (λ̂)")
 
 
 def errors(residual: np.ndarray, utilities: np.ndarray) -> tuple[float, float, np.ndarray]:
@@ -40,12 +44,29 @@ def errors(residual: np.ndarray, utilities: np.ndarray) -> tuple[float, float, n
     return float(np.abs(mean).max() / gain), float((np.abs(mean) / np.maximum(se, 1e-15))[1:].max()), signed
 
 
-def compare(scores: np.ndarray, utilities: np.ndarray, users: np.ndarray) -> list[tuple[float, float, np.ndarray]]:
-    """The plug-in law, and the posterior law as ``ttp diagnose`` computes it (collapsed users
-    outside the prior)."""
-    plug_in = bon_curves(scores, utilities) - copula_curves(utilities, copula_correlation(scores, utilities))
-    posterior = diagnose(scores, utilities, users).per_query["residual:copula_per_query"]
-    return [errors(plug_in, utilities), errors(posterior, utilities)]
+def compare(scores: np.ndarray, utilities: np.ndarray, users: np.ndarray) -> tuple[list, float]:
+    """Each law's errors (the plug-in law, the posterior law with λ = 1, and the law as ``ttp
+    diagnose`` computes it, collapsed users outside the prior in both), and the λ̂ it measured."""
+    observed = bon_curves(scores, utilities)
+    d = diagnose(scores, utilities, users)
+    plug_in = observed - copula_curves(utilities, copula_correlation(scores, utilities))
+    gaussian = observed - posterior_copula_curves(scores, utilities, ~d.per_query["collapsed"].astype(bool))
+    laws = [plug_in, gaussian, d.per_query["residual:copula_per_query"]]
+    return [errors(residual, utilities) for residual in laws], d.copula_top_compression
+
+
+def compression_band(scores: np.ndarray, utilities: np.ndarray, users: np.ndarray, active: np.ndarray,
+                     resamples: int = 200, seed: int = 0) -> tuple[float, float]:
+    """2.5th and 97.5th percentiles of ``top_compression`` over resamples of the users."""
+    rng = np.random.default_rng(seed)
+    names = np.unique(users)
+    rows_of = {name: np.flatnonzero(users == name) for name in names}
+    estimates = []
+    for _ in range(resamples):
+        rows = np.concatenate([rows_of[name] for name in rng.choice(names, len(names))])
+        estimates.append(top_compression(scores[rows], utilities[rows], active[rows])[0])
+    low, high = np.percentile(estimates, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def prior_slope(scores: np.ndarray, utilities: np.ndarray) -> float:
@@ -58,13 +79,14 @@ def cell(share: float, se: float) -> str:
 
 
 def main(run: str | None) -> None:
-    print(f"{'':38s} {'plug-in r̂':>18s}   {'posterior (the law)':>18s}   prior slope b")
+    header = "   ".join(f"{name:>18s}" for name in NAMES)
+    print(f"{'':38s} {header}     λ̂   prior slope b")
     for utility in UTILITIES:
         for m in (8, 16, 64):
             sim = simulate(SimulationConfig(n_users=60, queries_per_user=20, pool_size=m, utility=utility, seed=3))
-            cells = compare(sim.scores, sim.utilities, sim.users)
+            cells, compression = compare(sim.scores, sim.utilities, sim.users)
             print(f"simulated {utility:14s} M = {m:2d}          " + "   ".join(cell(*c[:2]) for c in cells)
-                  + f"   {prior_slope(sim.scores, sim.utilities):+.3f}", flush=True)
+                  + f"   {compression:4.2f}   {prior_slope(sim.scores, sim.utilities):+.3f}", flush=True)
     if run is None:
         return
     pipeline = Pipeline.resume(run, show_progress=False)
@@ -74,9 +96,16 @@ def main(run: str | None) -> None:
         results = []
         for selector in selectors(pools):
             if selector.model != "random":
-                results.append(compare(pools[selector.column], pools[PRIMARY], pools.users))
-                print(f"  {str(selector):36s} " + "   ".join(cell(*c[:2]) for c in results[-1]), flush=True)
-        for name, i in (("plug-in r̂", 0), ("posterior", 1)):
+                cells, compression = compare(pools[selector.column], pools[PRIMARY], pools.users)
+                results.append(cells)
+                print(f"  {str(selector):36s} " + "   ".join(cell(*c[:2]) for c in cells) + f"   {compression:4.2f}",
+                      flush=True)
+        pointwise = pools["score:pointwise"] if "score:pointwise" in pools.frame.columns else None
+        if pointwise is not None:
+            active = ~diagnose(pointwise, pools[PRIMARY], pools.users).per_query["collapsed"].astype(bool)
+            low, high = compression_band(pointwise, pools[PRIMARY], pools.users, active)
+            print(f"  pointwise λ̂, 95% band over resampled users: [{low:.2f}, {high:.2f}]")
+        for i, name in enumerate(NAMES):
             share, se, signed = (np.array([r[i][k] for r in results]) for k in range(3))
             print(f"  {name}: within 5% for {(share <= 0.05).sum()} of {len(results)}, within 2 paired SE for "
                   f"{(se <= 2).sum()}; mean signed error (observed − law) at N = {', '.join(map(str, SIGNED_AT))}: "

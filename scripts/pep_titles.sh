@@ -3,8 +3,8 @@
 # user, 52 users; the user split leaves 120 test queries), pools of M = 16, both policies.
 # Prints oracle/random ROUGE-L at N = 1, 4, 16, every reward model and selection rule on the
 # test users, and each one's four quantities and law errors; then the zero-shot scorers, the
-# comparison of reward-model families, the allocation probes and the copula probes (shape,
-# posterior, top compression).  Resumes if interrupted.
+# comparison of reward-model families, the allocation probes and the copula probes (shape;
+# posterior and top compression).  Resumes if interrupted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data/pep-titles}"
@@ -18,7 +18,6 @@ DATA="${1:-../shared/data/pep-titles}"
 .venv/bin/python scripts/allocation_probes.py runs/pep-titles
 # the copula law with other copula shapes, and which one the pools' likelihood prefers
 .venv/bin/python scripts/copula_families.py runs/pep-titles
-# the copula per-query law with each pool's measured correlation plugged in, beside the posterior-averaged law
+# the copula per-query law with each pool's measured correlation plugged in, averaged over its
+# posterior, and with the top compression as well (the law ttp diagnose reports)
 .venv/bin/python scripts/copula_posterior.py runs/pep-titles
-# whether the reward models rank the best candidates as well as the rest (a top-compression probe)
-.venv/bin/python scripts/copula_top.py runs/pep-titles

@@ -206,12 +206,13 @@ def _simulated_statistics(blocks: tuple[int, ...], draws: int) -> tuple[np.ndarr
     """``(mean, sd)`` of ``copula_correlation`` and the mean of ``top_statistic``, each
     ``(len(COMPRESSIONS), len(R_GRID))``, for a pool whose utilities form tied blocks of these
     sizes (in utility order): over seeded simulated pools of the compressed copula at each λ
-    and r, the same draws at every grid point, with latents drawn as the law draws them
-    (within their CDF intervals, ``latent_intervals``).  Each pattern is seeded by itself, so
-    that a dataset's average over patterns averages their simulation errors too."""
+    and r, the same draws at every grid point.  Each pattern is seeded by itself, so that a
+    dataset's average over patterns averages their simulation errors too."""
     m, half = sum(blocks), sum(blocks) // 2
     utilities = np.repeat(np.arange(len(blocks), dtype=float), blocks)
     rng = np.random.default_rng([draws, *blocks])
+    # iid latents, sorted and dealt to the utilities in order (not stratified in their slots as
+    # the law's curves draw them: the estimates' sampling noise is that of iid latents)
     latent = np.sort(rng.standard_normal((draws, m)), axis=1)
     noise = rng.standard_normal((draws, m))
     r = R_GRID[:, None, None]
