@@ -9,7 +9,7 @@ nodes share one curve's draws, so what the warm law adds is the measurement of Î
 posterior (docs/method.md, "Noise in rÌ‚_q" and "Top compression")."""
 import time
 
-from ttp.analysis import copula
+from ttp.analysis import copula, copula_fit
 from ttp.analysis.simulate import SimulationConfig, simulate
 
 
@@ -25,14 +25,14 @@ def main() -> None:
         r_hat = copula.copula_correlation(sim.scores, sim.utilities)   # builds the pool size's calibration once
         plug_in = timed(lambda: copula.copula_curves(sim.utilities, r_hat))
         def law():
-            compression, _ = copula.top_compression(sim.scores, sim.utilities)
-            return copula.posterior_copula_curves(sim.scores, sim.utilities, compression=compression)
+            compression, _ = copula_fit.top_compression(sim.scores, sim.utilities)
+            return copula_fit.posterior_copula_curves(sim.scores, sim.utilities, compression=compression)
 
-        copula._simulated_statistics.cache_clear()
+        copula_fit._simulated_statistics.cache_clear()
         cold = timed(law)
         warm = timed(law)
-        three = timed(lambda: [copula.copula_curves(sim.utilities, r_hat) for _ in copula.HERMITE_NODES])
-        patterns = copula._simulated_statistics.cache_info().currsize
+        three = timed(lambda: [copula.copula_curves(sim.utilities, r_hat) for _ in copula_fit.HERMITE_NODES])
+        patterns = copula_fit._simulated_statistics.cache_info().currsize
         print(f"M = {m:2d}, {len(r_hat)} queries, {patterns} tie patterns: plug-in {plug_in:.2f} s; law "
               f"cold {cold:.2f} s ({cold / plug_in:.1f}x), warm {warm:.2f} s ({warm / plug_in:.2f}x); "
               f"three plug-in curves {three:.2f} s ({three / plug_in:.1f}x)")

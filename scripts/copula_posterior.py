@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from ttp.analysis.bon import bon_curves, oracle_curves
-from ttp.analysis.copula import copula_correlation, copula_curves, posterior_copula_curves, top_compression
+from ttp.analysis.copula import copula_correlation, copula_curves
+from ttp.analysis.copula_fit import posterior_copula_curves, top_compression
 from ttp.analysis.pools import Pools
 from ttp.analysis.scaling import diagnose
 from ttp.analysis.simulate import UTILITIES, SimulationConfig, simulate

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from ttp.analysis.bon import bon_curves, oracle_curves, random_curves
-from ttp.analysis.copula import (COMPRESSIONS, MIN_PRIOR_POOLS, R_GRID, _simulated_statistics, compress_top,
-                                 copula_correlation, copula_curves, correlation_posterior,
-                                 posterior_copula_curves, top_compression, top_statistic)
+from ttp.analysis.copula import compress_top, copula_correlation, copula_curves, top_statistic
+from ttp.analysis.copula_fit import (COMPRESSIONS, MIN_PRIOR_POOLS, R_GRID, _simulated_statistics, correlation_posterior,
+                                     posterior_copula_curves, top_compression)
 from ttp.analysis.scaling import LAW_TOLERANCE, chance_error_exceeds, chance_misses, diagnose
 from ttp.analysis.simulate import SimulationConfig, simulate
 from ttp.analysis.stats import within_pool_correlation

@@ -12,7 +12,8 @@ import numpy as np
 from scipy import integrate, special, stats
 
 from ttp.analysis.bon import bon_curves, oracle_curves
-from ttp.analysis.copula import copula_correlation, copula_curves, posterior_copula_curves, top_compression
+from ttp.analysis.copula import copula_correlation, copula_curves
+from ttp.analysis.copula_fit import posterior_copula_curves, top_compression
 from ttp.analysis.stats import SPREAD_EPS, collapsed, group_index, group_means, within_pool_correlation
 
 
