@@ -3,13 +3,14 @@
 law) and the top compression λ (``top_compression``); docs/method.md, "Noise in r̂_q" and "Top
 compression".
 
-That estimate is still noisy: from a pool of 16 candidates, more so where a large block of
-utilities is tied.  The curve is not linear in ``r``, so plugging in ``r̂_q`` biases the law (it
-over-predicts on tied pools).  The per-query law therefore averages the curve over the
-posterior of ``r_q`` given ``r̂_q`` (``posterior_copula_curves``): the noise of ``r̂`` at each
-``r`` is simulated with the pool's own tie pattern, and the prior is normal with a mean linear
-in the pool's log utility spread (pools whose utilities spread wide are ranked better, on real
-pools and in the simulator alike), fitted to the estimates themselves (empirical Bayes).
+Each pool's estimate ``r̂_q`` (``copula_correlation``) is noisy: from a pool of 16 candidates,
+more so where a large block of utilities is tied.  The curve is not linear in ``r``, so
+plugging in ``r̂_q`` biases the law (it over-predicts on tied pools).  The per-query law
+therefore averages the curve over the posterior of ``r_q`` given ``r̂_q``
+(``posterior_copula_curves``): the noise of ``r̂`` at each ``r`` is simulated with the pool's
+own tie pattern, and the prior is normal with a mean linear in the pool's log utility spread
+(pools whose utilities spread wide are ranked better, on real pools and in the simulator
+alike), fitted to the estimates themselves (empirical Bayes).
 
 One correlation per pool says a reward model orders the best candidates as well as it tells
 good from bad ones.  Real ones may not.  The laws therefore take one dataset-level quantity
