@@ -132,6 +132,8 @@ def test_pools_outside_the_prior_keep_their_measured_correlation():
     few = slice(0, MIN_PRIOR_POOLS - 1)
     np.testing.assert_array_equal(posterior_copula_curves(sim.scores[few], sim.utilities[few]),
                                   copula_curves(sim.utilities[few], r_hat[few]))
+    np.testing.assert_array_equal(posterior_copula_curves(sim.scores[few], sim.utilities[few], compression=0.5),
+                                  copula_curves(sim.utilities[few], r_hat[few], compression=0.5))
 
 
 def test_a_reward_model_that_misses_only_the_best_candidate_is_flagged_as_a_misfit():

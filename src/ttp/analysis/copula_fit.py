@@ -201,13 +201,13 @@ def posterior_copula_curves(scores, utilities, prior_pools=None, compression: fl
     nodes, the draws split among the nodes in proportion to their weights (so its curves cost
     what one plug-in curve does).  Only pools in ``prior_pools`` (default: all) with spread in
     both scores and utilities take part; the others (a collapsed user's, whose r is not drawn
-    from the others' prior) keep ``r̂_q``, as every pool does, under the Gaussian copula, when
-    fewer than ``MIN_PRIOR_POOLS`` take part."""
+    from the others' prior) keep ``r̂_q``, as every pool does when fewer than
+    ``MIN_PRIOR_POOLS`` take part."""
     scores, utilities = np.asarray(scores, dtype=float), np.asarray(utilities, dtype=float)
     r_hat = copula_correlation(scores, utilities)
     shrunk = _measured_pools(scores, utilities, prior_pools)
     if shrunk.sum() < MIN_PRIOR_POOLS:
-        return copula_curves(utilities, r_hat, draws, seed)
+        return copula_curves(utilities, r_hat, draws, seed, compression=compression)
     center, spread = correlation_posterior(utilities, r_hat, shrunk, compression)
     outer = round(HERMITE_WEIGHTS[0] * draws)
     node = np.repeat(HERMITE_NODES, [outer, draws - 2 * outer, outer])
