@@ -128,8 +128,7 @@ def top_compression(scores, utilities, pools=None) -> tuple[float, float]:
 
     For each λ of ``COMPRESSIONS`` the model predicts the pools' mean ``top_statistic``, each
     pool's expectation averaged over the posterior of its r given ``r̂`` at that λ
-    (``_posterior_weights``; plugging in one r for all, or each pool's noisy estimate, would
-    bias it, as the statistic bends in r); ``λ̂`` is where that meets the observed mean (linear
+    (``_posterior_weights``; one r plugged in for all biased it, as the statistic bends in r); ``λ̂`` is where that meets the observed mean (linear
     between grid points; a grid end where they never meet).  ``r̄`` makes the model's mean
     ``copula_correlation`` at ``λ̂`` the pools' mean (the pooled law's one correlation).  Fewer
     than ``MIN_PRIOR_POOLS`` pools give ``(1, mean r̂)``: the Gaussian copula."""
