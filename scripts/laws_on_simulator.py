@@ -8,11 +8,13 @@ errors when it is given the planted correlations instead of measuring them (with
     python scripts/laws_on_simulator.py
 
 1,200 queries (60 users x 20) per setting, planted copula correlation ~ N(0.5, 0.15), seed 3;
-then, for pools of 16, the same with a planted top compression of 0.4 (and r ~ N(0.7, 0.15))."""
+then, for pools of 16, the same with a planted top compression of 0.4 (and r ~ N(0.7, 0.15));
+last, how much λ̂ moves from draw to draw: zero-inflated pools of 16 with seeds 3 to 6."""
 import numpy as np
 
 from ttp.analysis.bon import bon_curves
 from ttp.analysis.copula import copula_curves
+from ttp.analysis.copula_fit import top_compression
 from ttp.analysis.scaling import diagnose
 from ttp.analysis.simulate import UTILITIES, SimulationConfig, simulate
 
@@ -35,6 +37,10 @@ def main() -> None:
         planted = (np.abs(residual.mean(axis=0)) / (residual.std(axis=0, ddof=1) / np.sqrt(len(residual))))[1:].max()
         print(f"{utility:14s} {m:3d} {planted_compression:4.1f}  " + "  ".join(f"{c:>24s}" for c in cells)
               + f"  {curve_se:17.1f}  {d.copula_top_compression:4.2f}  {planted:14.1f}", flush=True)
+    draws = [simulate(SimulationConfig(n_users=60, queries_per_user=20, pool_size=16, utility="zero_inflated", seed=seed))
+             for seed in (3, 4, 5, 6)]
+    print("λ̂ of zero-inflated pools of 16, λ = 1 planted, seeds 3-6: "
+          + ", ".join(f"{top_compression(sim.scores, sim.utilities)[0]:.2f}" for sim in draws))
 
 
 if __name__ == "__main__":
