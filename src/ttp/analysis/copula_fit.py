@@ -128,8 +128,9 @@ def top_compression(scores, utilities, pools=None) -> tuple[float, float]:
 
     For each λ of ``COMPRESSIONS`` the model predicts the pools' mean ``top_statistic``, each
     pool's expectation averaged over the posterior of its r given ``r̂`` at that λ
-    (``_posterior_weights``; one r plugged in for all biased it, as the statistic bends in r); ``λ̂`` is where that meets the observed mean (linear
-    between grid points; a grid end where they never meet).  ``r̄`` makes the model's mean
+    (``_posterior_weights``; one r plugged in for all biased it, as the statistic bends in r);
+    ``λ̂`` is where that meets the observed mean (linear between grid points; a grid end where
+    they never meet).  ``r̄`` makes the model's mean
     ``copula_correlation`` at ``λ̂`` the pools' mean (the pooled law's one correlation).  Fewer
     than ``MIN_PRIOR_POOLS`` pools give ``(1, mean r̂)``: the Gaussian copula."""
     scores, utilities = np.asarray(scores, dtype=float), np.asarray(utilities, dtype=float)
@@ -163,7 +164,8 @@ def _posterior_weights(utilities, r_hat, simulated, compression: float, prior_po
     # the prior lives in r's units: each pool's estimate read back through its expectation at λ
     # relative to λ = 1 (same draws, so the simulation's own error cancels; at λ = 1, r̂ itself)
     gaussian = simulated_mean[:, list(COMPRESSIONS).index(1.0)]
-    point = _interp_rows(_interp_rows(r_hat, R_GRID, gaussian), np.maximum.accumulate(mean, axis=1), np.broadcast_to(R_GRID, mean.shape))
+    point = _interp_rows(_interp_rows(r_hat, R_GRID, gaussian), np.maximum.accumulate(mean, axis=1),
+                         np.broadcast_to(R_GRID, mean.shape))
     slope = _interp_rows(point, R_GRID, np.gradient(mean, R_GRID, axis=1))
     noise_sd = _interp_rows(point, R_GRID, sd) / np.maximum(slope, 0.1)
     design = np.column_stack([np.ones(len(r_hat)), np.log(utilities.std(axis=1) + SPREAD_EPS)])
