@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from ttp.cli import app
 from ttp.runs.config import ConfigError
 from ttp.runs.folder import RunFolder
-from ttp.runs.tables import read_diagnoses
+from ttp.runs.results import read_diagnoses
 
 pytestmark = pytest.mark.slow
 

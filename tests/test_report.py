@@ -16,7 +16,8 @@ from ttp.runs.config import RunConfig, TaskSpec
 from ttp.runs.evaluation import evaluate_selectors
 from ttp.runs.folder import RunFolder
 from ttp.runs.report import write_report
-from ttp.runs.tables import stage_tables, write_diagnoses
+from ttp.runs.results import write_diagnoses
+from ttp.runs.tables import stage_tables
 
 TASK, POLICY = "sim-task", "personalized"
 
@@ -144,7 +145,7 @@ def test_per_query_values_live_in_a_table_beside_the_diagnosis(run):
 
     from ttp.analysis.scaling import _jsonable
     from ttp.files import DataFileError
-    from ttp.runs.tables import read_diagnoses
+    from ttp.runs.results import read_diagnoses
 
     folder, diagnoses = run[0], run[3]
     assert all("per_query" not in d for d in json.loads(folder.diagnosis(TASK, POLICY).read_text()).values())

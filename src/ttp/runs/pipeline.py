@@ -33,7 +33,7 @@ from ttp.runs.config import ConfigError, RunConfig
 from ttp.runs.evaluation import evaluate_selectors, selector_scores, selectors
 from ttp.runs.folder import RunFolder
 from ttp.runs.report import write_report
-from ttp.runs.tables import write_diagnoses
+from ttp.runs.results import write_diagnoses
 from ttp.tasks.data import PARTS, Task, UserSplit, load_task, split_users, subset
 from ttp.tasks.prompts import PromptBuilder
 from ttp.tasks.utility import METRICS, PRIMARY, candidate_table

@@ -24,8 +24,9 @@ from ttp.analysis.scaling import CEILING_FORMS, LAW_TOLERANCE  # noqa: E402
 from ttp.files import read_json, write_bytes_atomic, write_json_atomic  # noqa: E402
 from ttp.runs.config import RunConfig  # noqa: E402
 from ttp.runs.folder import RunFolder  # noqa: E402
+from ttp.runs.results import read_allocation, read_diagnoses  # noqa: E402
 from ttp.runs.tables import (allocation_table, ceiling_table, comparison_table, diagnosis_table,  # noqa: E402
-                             laws_table, read_allocation, read_diagnoses, rewards_table)
+                             laws_table, rewards_table)
 from ttp.tasks.utility import PRIMARY  # noqa: E402
 
 

@@ -6,15 +6,15 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from ttp.analysis.bon import Curve
 from ttp.analysis.allocation import REFERENCE_BUDGET, AllocationStudy
 from ttp.analysis.scaling import LAW_TOLERANCE, LAWS, PER_QUERY_LAWS, Diagnosis, chance_misses
-from ttp.files import DataFileError, read_json, write_json_atomic, write_parquet_atomic
+from ttp.files import read_json
 from ttp.rewards.families import FAMILIES, family_of
 from ttp.rewards.selection import Selector
 from ttp.runs.folder import RunFolder
+from ttp.runs.results import read_allocation, read_diagnoses
 from ttp.tasks.utility import PRIMARY
 
 ALLOCATION_BUDGETS = (2, 4, 8)
@@ -81,61 +81,6 @@ def rewards_table(folder: RunFolder, task: str, policy: str) -> Table:
     return Table(f"{task} / {policy}: {ev['metric']} of Best-of-N on {ev['queries']} test queries "
                  f"({ev['users']} held-out users), 95% CI over users",
                  ["selector", *[f"N={n}" for n in points], f"gain share N={m}", "Spearman", "corr(mean, sd)"], rows)
-
-
-def _read_result(folder: RunFolder, path, parse, stage: str):
-    """A stage's result file, parsed by ``parse``; a damaged one raises ``DataFileError`` naming
-    the file, what is wrong and the command that writes it again."""
-    data = read_json(path)
-    try:
-        return parse(data)
-    except KeyError as err:
-        problem = f"field {err} is missing"
-    except (AttributeError, TypeError, ValueError) as err:
-        problem = f"a field has the wrong shape ({err})"
-    raise DataFileError(f"{path}: {problem}; `ttp {stage} {folder.root}` writes it again")
-
-
-def write_diagnoses(folder: RunFolder, task: str, policy: str, diagnoses: dict[str, Diagnosis]) -> None:
-    """``diagnosis.json`` (each selector's diagnosis but its per-query values) and beside it
-    ``diagnosis_per_query.parquet`` (one row per selector and query, each law's residuals a list
-    over N).  The table is written first, so a finished JSON always has its table."""
-    frames = []
-    for name, d in diagnoses.items():
-        frame = pd.DataFrame({k: list(v) if np.ndim(v) == 2 else v for k, v in d.per_query.items()})
-        frame.insert(0, "selector", name)
-        frames.append(frame)
-    write_parquet_atomic(folder.diagnosis_per_query(task, policy), pd.concat(frames, ignore_index=True))
-    write_json_atomic(folder.diagnosis(task, policy), {name: d.to_json() for name, d in diagnoses.items()})
-
-
-def _read_per_query(folder: RunFolder, task: str, policy: str, selectors) -> dict[str, dict]:
-    """Each selector's per-query values from ``diagnosis_per_query.parquet``."""
-    path = folder.diagnosis_per_query(task, policy)
-    rewrite = f"`ttp diagnose {folder.root}` writes it again"
-    if not path.exists():
-        raise DataFileError(f"{path} is missing; {rewrite}")
-    try:
-        table = pd.read_parquet(path)
-        groups = dict(iter(table.groupby("selector", sort=False)))
-    except (OSError, ValueError, KeyError) as err:
-        raise DataFileError(f"{path} is not a diagnosis table ({err}); {rewrite}") from None
-    missing = [name for name in selectors if name not in groups]
-    if missing:
-        raise DataFileError(f"{path} has no rows for selector {missing[0]!r}; {rewrite}")
-    return {name: {column: np.stack(values.to_numpy()) if values.dtype == object and np.ndim(values.iloc[0]) == 1
-                   else values.to_numpy() for column, values in groups[name].drop(columns="selector").items()}
-            for name in selectors}
-
-
-def read_diagnoses(folder: RunFolder, task: str, policy: str) -> dict[str, Diagnosis]:
-    def parse(data: dict) -> dict[str, Diagnosis]:
-        if all("per_query" in d for d in data.values()):
-            return {name: Diagnosis.from_json(d) for name, d in data.items()}
-        per_query = _read_per_query(folder, task, policy, list(data))
-        return {name: Diagnosis.from_json(d, per_query[name]) for name, d in data.items()}
-
-    return _read_result(folder, folder.diagnosis(task, policy), parse, "diagnose")
 
 
 def diagnosis_table(folder: RunFolder, task: str, policy: str) -> Table:
@@ -226,10 +171,6 @@ def comparison_table(folder: RunFolder, task: str, policy: str) -> Table:
                  f"{PEER_SHARE:.2f} for off-the-shelf RMs)",
                  ["family", "head / scorer", "rule", *[f"gain share N={n}" for n in points], "ρ̄", "c",
                   "h / by chance", "collapsed users", "hacked queries", "law err Gauss", "law err copula"], rows)
-
-
-def read_allocation(folder: RunFolder, task: str, policy: str) -> AllocationStudy:
-    return _read_result(folder, folder.allocation(task, policy), AllocationStudy.from_json, "allocate")
 
 
 def _samples_to_reach(study: AllocationStudy, policy: str) -> str:
