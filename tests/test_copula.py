@@ -5,7 +5,7 @@ import pytest
 from ttp.analysis.bon import bon_curves, oracle_curves, random_curves
 from ttp.analysis.copula import compress_top, copula_correlation, copula_curves, top_statistic
 from ttp.analysis.copula_fit import (COMPRESSIONS, MIN_PRIOR_POOLS, R_GRID, _simulated_statistics, correlation_posterior,
-                                     posterior_copula_curves, top_compression)
+                                     meeting_point, posterior_copula_curves, top_compression)
 from ttp.analysis.scaling import LAW_TOLERANCE, chance_error_exceeds, chance_misses, diagnose
 from ttp.analysis.simulate import SimulationConfig, simulate
 from ttp.analysis.stats import within_pool_correlation
@@ -101,6 +101,18 @@ def test_a_planted_top_compression_is_measured_and_the_law_with_it_fits_where_th
     # and where nothing is planted, nothing is found
     planted_none = simulate(SimulationConfig(**{**config.__dict__, "top_compression": 1.0}))
     assert top_compression(planted_none.scores, planted_none.utilities)[0] == pytest.approx(1.0, abs=0.15)
+
+
+def test_the_top_compression_is_where_prediction_meets_observation_from_either_side():
+    # a prediction rising with λ (pools with r > 0) and one falling with it (r < 0) are met alike
+    assert meeting_point(0.6 - COMPRESSIONS) == pytest.approx(0.6)
+    assert meeting_point(COMPRESSIONS - 0.6) == pytest.approx(0.6)
+    # never met: the grid point nearest to meeting, whichever way the prediction runs
+    assert meeting_point(COMPRESSIONS + 1.0) == COMPRESSIONS[0]
+    assert meeting_point(-COMPRESSIONS - 1.0) == COMPRESSIONS[0]
+    assert meeting_point(COMPRESSIONS - 9.0) == COMPRESSIONS[-1]
+    # met twice: the meeting nearest the Gaussian copula, λ = 1
+    assert meeting_point((COMPRESSIONS - 0.2) * (COMPRESSIONS - 1.3)) == pytest.approx(1.3)
 
 
 def test_the_simulated_statistics_are_the_estimators_on_the_same_draws():

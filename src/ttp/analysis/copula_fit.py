@@ -129,10 +129,9 @@ def top_compression(scores, utilities, pools=None) -> tuple[float, float]:
     For each λ of ``COMPRESSIONS`` the model predicts the pools' mean ``top_statistic``, each
     pool's expectation averaged over the posterior of its r given ``r̂`` at that λ
     (``_posterior_weights``; one r plugged in for all biased it, as the statistic bends in r);
-    ``λ̂`` is where that meets the observed mean (linear between grid points; a grid end where
-    they never meet).  ``r̄`` makes the model's mean
-    ``copula_correlation`` at ``λ̂`` the pools' mean (the pooled law's one correlation).  Fewer
-    than ``MIN_PRIOR_POOLS`` pools give ``(1, mean r̂)``: the Gaussian copula."""
+    ``λ̂`` is where that meets the observed mean (``meeting_point``).  ``r̄`` makes the model's
+    mean ``copula_correlation`` at ``λ̂`` the pools' mean (the pooled law's one correlation).
+    Fewer than ``MIN_PRIOR_POOLS`` pools give ``(1, mean r̂)``: the Gaussian copula."""
     scores, utilities = np.asarray(scores, dtype=float), np.asarray(utilities, dtype=float)
     measured = _measured_pools(scores, utilities, pools)
     scores, utilities = scores[measured], utilities[measured]
@@ -143,16 +142,23 @@ def top_compression(scores, utilities, pools=None) -> tuple[float, float]:
     top = simulated[2]
     predicted = np.array([(_posterior_weights(utilities, r_hat, simulated, c) * top[:, a]).sum(axis=1).mean()
                           for a, c in enumerate(COMPRESSIONS)])
-    # the predicted top statistic rises with λ, so the gap falls
-    gap = top_statistic(scores, utilities).mean() - predicted
-    crossing = np.flatnonzero((gap[:-1] >= 0) & (gap[1:] < 0))
-    if len(crossing) == 0:
-        compression = float(COMPRESSIONS[0] if gap[0] < 0 else COMPRESSIONS[-1])
-    else:
-        a = crossing[0]
-        compression = float(COMPRESSIONS[a] + gap[a] / (gap[a] - gap[a + 1]) * (COMPRESSIONS[a + 1] - COMPRESSIONS[a]))
+    compression = meeting_point(top_statistic(scores, utilities).mean() - predicted)
     full = _at_compression(simulated[0], compression).mean(axis=0)
     return compression, float(np.interp(r_hat.mean(), np.maximum.accumulate(full), R_GRID))
+
+
+def meeting_point(gap: np.ndarray) -> float:
+    """The λ of ``COMPRESSIONS`` where ``gap`` (observed − predicted, one per grid point) is 0,
+    linear between grid points.  The prediction rises with λ where the pools' r is positive and
+    falls where it is negative, so a crossing in either direction counts, the one nearest λ = 1
+    (the Gaussian copula) if there are several; where they never meet, the grid point nearest to
+    meeting."""
+    sign_change = np.flatnonzero(np.sign(gap[:-1]) != np.sign(gap[1:]))
+    if len(sign_change) == 0:
+        return float(COMPRESSIONS[np.argmin(np.abs(gap))])
+    meets = [COMPRESSIONS[a] + gap[a] / (gap[a] - gap[a + 1]) * (COMPRESSIONS[a + 1] - COMPRESSIONS[a])
+             for a in sign_change]
+    return float(min(meets, key=lambda c: abs(c - 1.0)))
 
 
 def _posterior_weights(utilities, r_hat, simulated, compression: float, prior_pools=None) -> np.ndarray:
