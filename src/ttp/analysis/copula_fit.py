@@ -215,7 +215,10 @@ def posterior_copula_curves(scores, utilities, prior_pools=None, compression: fl
     shrunk = _measured_pools(scores, utilities, prior_pools)
     if shrunk.sum() < MIN_PRIOR_POOLS:
         return copula_curves(utilities, r_hat, draws, seed, compression=compression)
-    center, spread = correlation_posterior(utilities, r_hat, shrunk, compression)
+    # the posterior of the pools that take part only, so that they are simulated as
+    # ``top_compression`` simulates them (the same tie patterns at the same precision)
+    center, spread = np.zeros(len(r_hat)), np.zeros(len(r_hat))
+    center[shrunk], spread[shrunk] = correlation_posterior(utilities[shrunk], r_hat[shrunk], compression=compression)
     outer = round(HERMITE_WEIGHTS[0] * draws)
     node = np.repeat(HERMITE_NODES, [outer, draws - 2 * outer, outer])
     r = np.where(shrunk[:, None], np.clip(center[:, None] + node * spread[:, None], -1, 1), r_hat[:, None])
