@@ -161,10 +161,9 @@ def meeting_point(gap: np.ndarray) -> float:
     return float(min(meets, key=lambda c: abs(c - 1.0)))
 
 
-def _posterior_weights(utilities, r_hat, simulated, compression: float, prior_pools=None) -> np.ndarray:
+def _posterior_weights(utilities, r_hat, simulated, compression: float) -> np.ndarray:
     """``(Q, len(R_GRID))``: each pool's posterior of ``r_q`` on ``R_GRID`` given ``r̂_q`` under
     the copula with top compression ``compression`` (``correlation_posterior`` says how)."""
-    prior_pools = np.ones(len(r_hat), bool) if prior_pools is None else prior_pools
     simulated_mean, simulated_sd, _ = simulated
     mean, sd = _at_compression(simulated_mean, compression), _at_compression(simulated_sd, compression)
     # the prior lives in r's units: each pool's estimate read back through its expectation at λ
@@ -175,28 +174,26 @@ def _posterior_weights(utilities, r_hat, simulated, compression: float, prior_po
     slope = _interp_rows(point, R_GRID, np.gradient(mean, R_GRID, axis=1))
     noise_sd = _interp_rows(point, R_GRID, sd) / np.maximum(slope, 0.1)
     design = np.column_stack([np.ones(len(r_hat)), np.log(utilities.std(axis=1) + SPREAD_EPS)])
-    coef = np.linalg.lstsq(design[prior_pools], point[prior_pools], rcond=None)[0]
+    coef = np.linalg.lstsq(design, point, rcond=None)[0]
     prior_mean = design @ coef
-    residual = (point - prior_mean)[prior_pools]
-    prior_sd = np.sqrt(max(residual.var() - (noise_sd[prior_pools] ** 2).mean(), 1e-3))
+    prior_sd = np.sqrt(max((point - prior_mean).var() - (noise_sd**2).mean(), 1e-3))
     weight = stats.norm.pdf(R_GRID, prior_mean[:, None], prior_sd) * stats.norm.pdf(r_hat[:, None], mean, sd)
     total = weight.sum(axis=1, keepdims=True)
     return np.where(total > 0, weight / np.where(total > 0, total, 1), 1 / len(R_GRID))
 
 
-def correlation_posterior(utilities, r_hat, prior_pools=None, compression: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def correlation_posterior(utilities, r_hat, compression: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Each pool's posterior mean and sd of ``r_q`` given its estimate ``r̂_q``, under the copula
     with top compression ``compression``.
 
     Likelihood: ``r̂ ~ N(m(r), s(r)²)`` with ``m`` and ``s`` simulated for the pool's tie
     pattern and λ (``_simulated_statistics``).  Prior: ``r ~ N(a + b·log σ_q, τ²)``, with
-    ``a, b`` the least squares fit, over ``prior_pools`` (default: all; a fit needs a handful,
-    ``MIN_PRIOR_POOLS``), of each pool's estimate in r's units on its log utility spread, and
+    ``a, b`` the least squares fit, over the pools (a fit needs a handful, ``MIN_PRIOR_POOLS``),
+    of each pool's estimate in r's units on its log utility spread, and
     ``τ²`` the fit's residual variance less the mean noise variance (floored at 0.001)."""
     utilities = np.asarray(utilities, dtype=float)
     r_hat = np.asarray(r_hat, dtype=float)
-    prior_pools = None if prior_pools is None else np.asarray(prior_pools, bool)
-    weight = _posterior_weights(utilities, r_hat, _simulated_per_pool(utilities), compression, prior_pools)
+    weight = _posterior_weights(utilities, r_hat, _simulated_per_pool(utilities), compression)
     center = weight @ R_GRID
     return center, np.sqrt(np.maximum(weight @ R_GRID**2 - center**2, 0.0))
 
@@ -215,10 +212,10 @@ def posterior_copula_curves(scores, utilities, prior_pools=None, compression: fl
     shrunk = _measured_pools(scores, utilities, prior_pools)
     if shrunk.sum() < MIN_PRIOR_POOLS:
         return copula_curves(utilities, r_hat, draws, seed, compression=compression)
-    # the posterior of the pools that take part only, so that they are simulated as
-    # ``top_compression`` simulates them (the same tie patterns at the same precision)
+    # the prior is fitted, and the tie patterns simulated, over the pools that take part alone,
+    # as ``top_compression`` does (so the two share one simulation of each pattern)
     center, spread = np.zeros(len(r_hat)), np.zeros(len(r_hat))
-    center[shrunk], spread[shrunk] = correlation_posterior(utilities[shrunk], r_hat[shrunk], compression=compression)
+    center[shrunk], spread[shrunk] = correlation_posterior(utilities[shrunk], r_hat[shrunk], compression)
     outer = round(HERMITE_WEIGHTS[0] * draws)
     node = np.repeat(HERMITE_NODES, [outer, draws - 2 * outer, outer])
     r = np.where(shrunk[:, None], np.clip(center[:, None] + node * spread[:, None], -1, 1), r_hat[:, None])
