@@ -25,7 +25,7 @@ def main() -> None:
         r_hat = copula.copula_correlation(sim.scores, sim.utilities)   # builds the pool size's calibration once
         plug_in = timed(lambda: copula.copula_curves(sim.utilities, r_hat))
         def law():
-            compression, _ = copula_fit.top_compression(sim.scores, sim.utilities)
+            compression = copula_fit.top_compression(sim.scores, sim.utilities).compression
             return copula_fit.posterior_copula_curves(sim.scores, sim.utilities, compression=compression)
 
         copula_fit._simulated_statistics.cache_clear()

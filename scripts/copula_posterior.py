@@ -10,8 +10,9 @@ with the pools' top compression λ̂ (docs/method.md, "Top compression"), taken 
 It prints each law's max error over N as a share of the oracle gain and in paired standard
 errors, and its mean signed error (observed − law) at N = 2, 4, 8 and 16: on the simulator
 (1,200 queries per setting, seed 3), and on a run's test pools for every selector, with the
-count of selectors within 5% and within 2 paired SE, and a 95% band for the pointwise RM's λ̂
-(200 resamples of the test users, the collapsed ones left out).  For the simulator it also
+count of selectors within 5% and within 2 paired SE, and for the pointwise RM's λ̂ its 95% band
+over 200 resamples of the test users (the collapsed ones left out) beside the standard error
+``top_compression`` gives it.  For the simulator it also
 prints the prior's slope ``b`` on log utility spread, the least-squares fit of ``r̂_q`` on
 ``log σ_q`` over pools with spread (what ``correlation_posterior`` fits).
 """
@@ -45,15 +46,16 @@ def errors(residual: np.ndarray, utilities: np.ndarray) -> tuple[float, float, n
     return float(np.abs(mean).max() / gain), float((np.abs(mean) / np.maximum(se, 1e-15))[1:].max()), signed
 
 
-def compare(scores: np.ndarray, utilities: np.ndarray, users: np.ndarray) -> tuple[list, float]:
+def compare(scores: np.ndarray, utilities: np.ndarray, users: np.ndarray) -> tuple[list, str]:
     """Each law's errors (the plug-in law, the posterior law with λ = 1, and the law as ``ttp
-    diagnose`` computes it, collapsed users outside the prior in both), and the λ̂ it measured."""
+    diagnose`` computes it, collapsed users outside the prior in both), and the λ̂ it measured
+    with its standard error."""
     observed = bon_curves(scores, utilities)
     d = diagnose(scores, utilities, users)
     plug_in = observed - copula_curves(utilities, copula_correlation(scores, utilities))
     gaussian = observed - posterior_copula_curves(scores, utilities, ~d.per_query["collapsed"].astype(bool))
     laws = [plug_in, gaussian, d.per_query["residual:copula_per_query"]]
-    return [errors(residual, utilities) for residual in laws], d.copula_top_compression
+    return [errors(residual, utilities) for residual in laws], d.top_compression_text
 
 
 def compression_band(scores: np.ndarray, utilities: np.ndarray, users: np.ndarray, active: np.ndarray,
@@ -65,7 +67,7 @@ def compression_band(scores: np.ndarray, utilities: np.ndarray, users: np.ndarra
     estimates = []
     for _ in range(resamples):
         rows = np.concatenate([rows_of[name] for name in rng.choice(names, len(names))])
-        estimates.append(top_compression(scores[rows], utilities[rows], active[rows])[0])
+        estimates.append(top_compression(scores[rows], utilities[rows], active[rows]).compression)
     low, high = np.percentile(estimates, [2.5, 97.5])
     return float(low), float(high)
 
@@ -87,7 +89,7 @@ def main(run: str | None) -> None:
             sim = simulate(SimulationConfig(n_users=60, queries_per_user=20, pool_size=m, utility=utility, seed=3))
             cells, compression = compare(sim.scores, sim.utilities, sim.users)
             print(f"simulated {utility:14s} M = {m:2d}          " + "   ".join(cell(*c[:2]) for c in cells)
-                  + f"   {compression:4.2f}   {prior_slope(sim.scores, sim.utilities):+.3f}", flush=True)
+                  + f"   {compression}   {prior_slope(sim.scores, sim.utilities):+.3f}", flush=True)
     if run is None:
         return
     pipeline = Pipeline.resume(run, show_progress=False)
@@ -99,13 +101,14 @@ def main(run: str | None) -> None:
             if selector.model != "random":
                 cells, compression = compare(pools[selector.column], pools[PRIMARY], pools.users)
                 results.append(cells)
-                print(f"  {str(selector):36s} " + "   ".join(cell(*c[:2]) for c in cells) + f"   {compression:4.2f}",
+                print(f"  {str(selector):36s} " + "   ".join(cell(*c[:2]) for c in cells) + f"   {compression}",
                       flush=True)
         pointwise = pools["score:pointwise"] if "score:pointwise" in pools.frame.columns else None
         if pointwise is not None:
-            active = ~diagnose(pointwise, pools[PRIMARY], pools.users).per_query["collapsed"].astype(bool)
-            low, high = compression_band(pointwise, pools[PRIMARY], pools.users, active)
-            print(f"  pointwise λ̂, 95% band over resampled users: [{low:.2f}, {high:.2f}]")
+            d = diagnose(pointwise, pools[PRIMARY], pools.users)
+            low, high = compression_band(pointwise, pools[PRIMARY], pools.users, ~d.per_query["collapsed"].astype(bool))
+            print(f"  pointwise λ̂ {d.top_compression_text} (delta method), 95% band over resampled users: "
+                  f"[{low:.2f}, {high:.2f}]")
         for i, name in enumerate(NAMES):
             share, se, signed = (np.array([r[i][k] for r in results]) for k in range(3))
             print(f"  {name}: within 5% for {(share <= 0.05).sum()} of {len(results)}, within 2 paired SE for "

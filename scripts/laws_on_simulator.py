@@ -2,7 +2,7 @@
 and pool size, each law's max error over N as a share of the oracle gain, and in paired standard
 errors (of observed − law over queries, ``Diagnosis.error_in_se``); last, the copula per-query
 law's error in standard errors of the simulated curve itself (its Monte Carlo error), the top
-compression λ̂ the copula laws measured, and the copula per-query law's error in paired standard
+compression λ̂ the copula laws measured (± its standard error), and the copula per-query law's error in paired standard
 errors when it is given the planted correlations instead of measuring them (with λ = 1).
 
     python scripts/laws_on_simulator.py
@@ -23,7 +23,7 @@ LAWS = ("per_query", "four_quantity", "copula_per_query", "copula_pooled")
 
 def main() -> None:
     print(f"{'utility':14s} {'M':>3s} {'λ':>4s}  " + "  ".join(f"{law:>24s}" for law in LAWS)
-          + "  copula / curve SE     λ̂  planted r (SE)")
+          + "  copula / curve SE            λ̂  planted r (SE)")
     settings = [(utility, m, 1.0) for utility in UTILITIES for m in (8, 16, 64)]
     for utility, m, planted_compression in settings + [(utility, 16, 0.4) for utility in UTILITIES]:
         sim = simulate(SimulationConfig(n_users=60, queries_per_user=20, pool_size=m, utility=utility, seed=3,
@@ -36,11 +36,12 @@ def main() -> None:
         residual = bon_curves(sim.scores, sim.utilities) - copula_curves(sim.utilities, sim.true_rho)
         planted = (np.abs(residual.mean(axis=0)) / (residual.std(axis=0, ddof=1) / np.sqrt(len(residual))))[1:].max()
         print(f"{utility:14s} {m:3d} {planted_compression:4.1f}  " + "  ".join(f"{c:>24s}" for c in cells)
-              + f"  {curve_se:17.1f}  {d.copula_top_compression:4.2f}  {planted:14.1f}", flush=True)
+              + f"  {curve_se:17.1f}  {d.top_compression_text:>11s}  {planted:14.1f}", flush=True)
     draws = [simulate(SimulationConfig(n_users=60, queries_per_user=20, pool_size=16, utility="zero_inflated", seed=seed))
              for seed in (3, 4, 5, 6)]
+    measured = [top_compression(sim.scores, sim.utilities, groups=sim.users) for sim in draws]
     print("λ̂ of zero-inflated pools of 16, λ = 1 planted, seeds 3-6: "
-          + ", ".join(f"{top_compression(sim.scores, sim.utilities)[0]:.2f}" for sim in draws))
+          + ", ".join(f"{m.compression:.2f} ± {m.standard_error:.2f}" for m in measured))
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def test_averaging_over_the_posterior_of_r_removes_the_plug_in_bias_on_tied_pool
     observed = bon_curves(sim.scores, sim.utilities)
     r_hat = copula_correlation(sim.scores, sim.utilities)
     plug_in = _paired_error(observed - copula_curves(sim.utilities, r_hat))
-    compression, _ = top_compression(sim.scores, sim.utilities)
+    compression = top_compression(sim.scores, sim.utilities).compression
     posterior = _paired_error(observed - posterior_copula_curves(sim.scores, sim.utilities, compression=compression))
     print(f"plug-in r̂: {plug_in:.1f} paired SE; posterior (λ̂ = {compression:.2f}): {posterior:.1f}")
     assert plug_in > 4 and posterior < 2
@@ -100,7 +100,7 @@ def test_a_planted_top_compression_is_measured_and_the_law_with_it_fits_where_th
     assert _paired_error(bon_curves(sim.scores, sim.utilities) - gaussian_copula) > 5
     # and where nothing is planted, nothing is found
     planted_none = simulate(SimulationConfig(**{**config.__dict__, "top_compression": 1.0}))
-    assert top_compression(planted_none.scores, planted_none.utilities)[0] == pytest.approx(1.0, abs=0.15)
+    assert top_compression(planted_none.scores, planted_none.utilities).compression == pytest.approx(1.0, abs=0.15)
 
 
 def test_the_top_compression_is_where_prediction_meets_observation_from_either_side():
@@ -113,6 +113,27 @@ def test_the_top_compression_is_where_prediction_meets_observation_from_either_s
     assert meeting_point(COMPRESSIONS - 9.0) == COMPRESSIONS[-1]
     # met twice: the meeting nearest the Gaussian copula, λ = 1
     assert meeting_point((COMPRESSIONS - 0.2) * (COMPRESSIONS - 1.3)) == pytest.approx(1.3)
+
+
+@pytest.mark.slow
+def test_the_top_compressions_standard_error_is_its_spread_over_datasets():
+    # ten datasets of the same simulator: the delta-method standard error of each λ̂ against
+    # the spread of the ten λ̂ (whose own sampling error is about 25% with ten)
+    for utility, planted in (("gaussian", 0.4), ("zero_inflated", 1.0)):
+        measured = [top_compression(sim.scores, sim.utilities, groups=sim.users)
+                    for sim in (simulate(SimulationConfig(n_users=60, queries_per_user=20, pool_size=16, utility=utility,
+                                                          rho_mean=0.7, top_compression=planted, seed=seed))
+                                for seed in range(3, 13))]
+        spread = np.std([m.compression for m in measured], ddof=1)
+        mean_se = np.mean([m.standard_error for m in measured])
+        print(f"{utility}, λ = {planted}: λ̂ spread {spread:.3f} over datasets, mean standard error {mean_se:.3f}")
+        assert 0.7 < mean_se / spread < 1.5
+
+
+def test_too_few_pools_measure_no_top_compression():
+    sim = simulate(SimulationConfig(n_users=2, queries_per_user=3, pool_size=8, seed=0))
+    assert top_compression(sim.scores, sim.utilities) == (1.0, None, pytest.approx(copula_correlation(
+        sim.scores, sim.utilities)[(sim.scores.std(axis=1) > 0) & (sim.utilities.std(axis=1) > 0)].mean()))
 
 
 def test_the_simulated_statistics_are_the_estimators_on_the_same_draws():
@@ -187,7 +208,7 @@ def test_chance_error_exceeds_matches_how_often_an_exact_law_misses_a_tolerance(
 def test_diagnosis_says_how_likely_an_exact_law_misses_the_tolerance_on_its_own_pools():
     sim = simulate(SimulationConfig(n_users=12, queries_per_user=10, pool_size=16, utility="zero_inflated", seed=2))
     d = diagnose(sim.scores, sim.utilities, sim.users)
-    compression, _ = top_compression(sim.scores, sim.utilities)
+    compression = top_compression(sim.scores, sim.utilities).compression
     assert d.copula_top_compression == compression
     residual = bon_curves(sim.scores, sim.utilities) - posterior_copula_curves(sim.scores, sim.utilities,
                                                                                compression=compression)

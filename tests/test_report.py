@@ -73,7 +73,9 @@ def test_report_tables_are_the_cli_tables_and_hold_the_analysis_numbers(run):
         share = d.law_errors["copula_per_query"]["max_share_of_oracle_gain"]
         assert errors[name]["copula per-query"] == f"{share:.1%}"
         assert errors[name]["copula err / SE"] == f"{d.error_in_se('copula_per_query'):.1f}"
-        assert errors[name]["copula λ̂"] == f"{d.copula_top_compression:.2f}"
+        se = d.copula_top_compression_se
+        assert errors[name]["copula λ̂"] == f"{d.copula_top_compression:.2f}" + ("" if se is None else f" ± {se:.2f}")
+        assert (se is None) == (name == "random")   # the random selector's pools are all collapsed
         assert errors[name]["exact law > 5%"] == f"{d.chance_beyond_tolerance['copula_per_query']:.2f}"
     fitted = [d for n, d in diagnoses.items() if n != "random"]
     within = sum(d.law_errors["copula_per_query"]["max_share_of_oracle_gain"] <= 0.05 for d in fitted)
@@ -161,12 +163,13 @@ def test_per_query_values_live_in_a_table_beside_the_diagnosis(run):
     try:
         earlier = {k: _jsonable(asdict(d)) for k, d in diagnoses.items()}
         for d in earlier.values():
-            del d["copula_top_compression"]
+            del d["copula_top_compression"], d["copula_top_compression_se"]
         folder.diagnosis(TASK, POLICY).write_text(json.dumps(earlier))
         side.unlink()
         np.testing.assert_array_equal(read_diagnoses(folder, TASK, POLICY)["pointwise"].per_query["residual:per_query"],
                                       diagnoses["pointwise"].per_query["residual:per_query"])
-        assert read_diagnoses(folder, TASK, POLICY)["pointwise"].copula_top_compression == 1.0
+        old = read_diagnoses(folder, TASK, POLICY)["pointwise"]
+        assert (old.copula_top_compression, old.copula_top_compression_se, old.top_compression_text) == (1.0, None, "1.00")
         folder.diagnosis(TASK, POLICY).write_text(intact)
         with pytest.raises(DataFileError, match=f"diagnosis_per_query.parquet is missing; `ttp diagnose {folder.root}`"):
             read_diagnoses(folder, TASK, POLICY)

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 from collections import Counter
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 from scipy import special, stats
 
 from ttp.analysis.copula import (calibrated_correlation, compress_top, copula_correlation, copula_curves, has_spread,
@@ -122,29 +124,49 @@ def _measured_pools(scores, utilities, pools) -> np.ndarray:
     return measured if pools is None else measured & np.asarray(pools, bool)
 
 
-def top_compression(scores, utilities, pools=None) -> tuple[float, float]:
-    """``(λ̂, r̄)``: the dataset's top compression and its one copula correlation at that λ,
-    measured from ranks over ``pools`` (default: all) with spread in scores and utilities.
+class TopCompression(NamedTuple):
+    """What ``top_compression`` measures: λ̂, its standard error (``None`` where it cannot be
+    measured), and the one copula correlation ``r̄`` at λ̂."""
+
+    compression: float
+    standard_error: float | None
+    r_bar: float
+
+
+def top_compression(scores, utilities, pools=None, groups=None) -> TopCompression:
+    """The dataset's top compression λ̂, its standard error and its one copula correlation at
+    that λ, measured from ranks over ``pools`` (default: all) with spread in scores and
+    utilities.
 
     For each λ of ``COMPRESSIONS`` the model predicts the pools' mean ``top_statistic``, each
     pool's expectation averaged over the posterior of its r given ``r̂`` at that λ
     (``_posterior_weights``; one r plugged in for all biased it, as the statistic bends in r);
-    ``λ̂`` is where that meets the observed mean (``meeting_point``).  ``r̄`` makes the model's
-    mean ``copula_correlation`` at ``λ̂`` the pools' mean (the pooled law's one correlation).
-    Fewer than ``MIN_PRIOR_POOLS`` pools give ``(1, mean r̂)``: the Gaussian copula."""
+    ``λ̂`` is where that meets the observed mean (``meeting_point``).  Its standard error is the
+    observed mean's, with the pools of one of ``groups`` (default: each pool its own; users,
+    whose pools share a profile) as a cluster, over the prediction's slope in λ at λ̂ (the delta
+    method).  ``r̄`` makes the model's mean ``copula_correlation`` at ``λ̂`` the pools' mean (the
+    pooled law's one correlation).  Fewer than ``MIN_PRIOR_POOLS`` pools give λ = 1, the
+    Gaussian copula, without a standard error."""
     scores, utilities = np.asarray(scores, dtype=float), np.asarray(utilities, dtype=float)
     measured = _measured_pools(scores, utilities, pools)
     scores, utilities = scores[measured], utilities[measured]
     r_hat = copula_correlation(scores, utilities)
     if measured.sum() < MIN_PRIOR_POOLS:
-        return 1.0, float(r_hat.mean()) if len(r_hat) else 0.0
+        return TopCompression(1.0, None, float(r_hat.mean()) if len(r_hat) else 0.0)
     simulated = _simulated_per_pool(utilities)
     top = simulated[2]
     predicted = np.array([(_posterior_weights(utilities, r_hat, simulated, c) * top[:, a]).sum(axis=1).mean()
                           for a, c in enumerate(COMPRESSIONS)])
-    compression = meeting_point(top_statistic(scores, utilities).mean() - predicted)
+    observed = top_statistic(scores, utilities)
+    compression = meeting_point(observed.mean() - predicted)
+    groups = np.arange(len(measured)) if groups is None else np.asarray(groups)
+    deviations = pd.Series(observed - observed.mean()).groupby(groups[measured]).sum().to_numpy()
+    clusters = len(deviations)
+    observed_se = np.sqrt((deviations**2).sum() * clusters / max(clusters - 1, 1)) / len(observed)
+    slope = abs(float(np.interp(compression, COMPRESSIONS, np.gradient(predicted, COMPRESSIONS))))
     full = _at_compression(simulated[0], compression).mean(axis=0)
-    return compression, float(np.interp(r_hat.mean(), np.maximum.accumulate(full), R_GRID))
+    return TopCompression(compression, float(observed_se / slope) if slope > 0 else None,
+                          float(np.interp(r_hat.mean(), np.maximum.accumulate(full), R_GRID)))
 
 
 def meeting_point(gap: np.ndarray) -> float:

@@ -128,6 +128,7 @@ class Diagnosis:
     law_se: dict | None = None              # per law: standard error over queries of observed − law
     chance_beyond_tolerance: dict | None = None   # per law: how often an exact law would miss LAW_TOLERANCE at N >= 2
     copula_top_compression: float = 1.0     # λ of the copula laws (a run written before it had none: 1)
+    copula_top_compression_se: float | None = None   # its standard error (None: not measured)
 
     @property
     def collapse_tau(self) -> float:
@@ -154,6 +155,12 @@ class Diagnosis:
         if data.get("law_se") is not None:
             data["law_se"] = {k: np.asarray(v) for k, v in data["law_se"].items()}
         return cls(**data)
+
+    @property
+    def top_compression_text(self) -> str:
+        """λ̂ with its standard error where one was measured: ``0.53 ± 0.24``."""
+        se = self.copula_top_compression_se
+        return f"{self.copula_top_compression:.2f}" + (f" ± {se:.2f}" if se is not None else "")
 
     def error_in_se(self, law: str) -> float | None:
         """A law's largest error over N >= 2 in standard errors of its residual at that N: the
@@ -268,7 +275,7 @@ def diagnose(
     # pooled, every non-collapsed query gets the dataset's one copula correlation and a
     # collapsed one its random curve
     r_q = copula_correlation(scores, utilities)
-    compression, r_bar = top_compression(scores, utilities, active)
+    compression, compression_se, r_bar = top_compression(scores, utilities, active, users)
     # each law per query (its mean over queries is the law's curve), so that its error can be
     # measured against the chance left once it has had its say (``law_se``)
     laws_q = {
@@ -303,7 +310,7 @@ def diagnose(
         law_gaps={"factorization_gaussian": gap("four_quantity", "per_query"),
                   "factorization_copula": gap("copula_pooled", "copula_per_query"),
                   "non_gaussian_utilities": gap("per_query", "copula_per_query")},
-        copula_r_bar=r_bar, copula_top_compression=compression,
+        copula_r_bar=r_bar, copula_top_compression=compression, copula_top_compression_se=compression_se,
         per_query={"query": query_ids, "user": users, "mu": mu_q, "sigma": sigma_q,
                    "rho": rho_q, "copula_r": r_q, "collapsed": collapsed_q, "flat": flat,
                    # rounded: they feed covariances, and diagnosis.json holds Q x M of them per law

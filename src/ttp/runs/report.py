@@ -152,7 +152,7 @@ def _law_figure(folder: RunFolder, task: str, policy: str, diagnoses: dict, name
         ax.plot(n, d.laws["copula_per_query"], color="tab:purple", linestyle=(0, (5, 1)), label="copula law")
         ax.set_xscale("log", base=2)
         ax.set_title(f"{name}\nρ̄={d.rho_bar:.2f}, c={d.collapse_rate:.2f}, h={d.hacked_share:.2f}, "
-                     f"copula λ̂={d.copula_top_compression:.2f}", fontsize=9)
+                     f"copula λ̂={d.top_compression_text}", fontsize=9)
         ax.set_xlabel("N")
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")

@@ -103,14 +103,14 @@ def laws_table(folder: RunFolder, task: str, policy: str) -> Table:
         in_se = d.error_in_se("copula_per_query")
         chance = (d.chance_beyond_tolerance or {}).get("copula_per_query")
         gain = float(d.oracle[-1] - d.oracle[0])
-        rows.append([name, f"{d.copula_r_bar:.3f}", f"{d.copula_top_compression:.2f}",
+        rows.append([name, f"{d.copula_r_bar:.3f}", d.top_compression_text,
                      *[f"{d.law_errors[law]['max_share_of_oracle_gain']:.1%}" for law in LAWS],
                      f"{d.law_se['copula_per_query'].max() / gain:.1%}" if in_se is not None and gain > 0 else "-",
                      f"{in_se:.1f}" if in_se is not None else "-",
                      f"{chance:.2f}" if chance is not None else "-",
                      *[f"{d.law_gaps[k]:.1%}" for k in LAW_GAPS]])
     return Table(f"{task} / {policy}: each law's max error over N, as a share of the oracle gain at N = M "
-                 f"(the copula laws with the pools' top compression λ̂); "
+                 f"(the copula laws with the pools' top compression λ̂ ± its standard error); "
                  f"the copula per-query law's standard error (of observed − law over queries, largest over N, "
                  f"same scale), its worst error in those standard errors, and how likely a law exact for every "
                  f"query would still err by more than {LAW_TOLERANCE:.0%} at this number of queries; "
