@@ -5,7 +5,7 @@ reward model's Best-of-N curve, simulated or real.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 
 import numpy as np
@@ -146,6 +146,10 @@ class Diagnosis:
         """From ``to_json``'s fields and ``per_query`` (a run written before the per-query
         table kept it among the fields, which then serve)."""
         data = dict(data)
+        for f in fields(cls):
+            if f.type in ("float", "float | None") and data.get(f.name) is not None:
+                if isinstance(data[f.name], bool) or not isinstance(data[f.name], (int, float)):
+                    raise ValueError(f"field {f.name!r} is {data[f.name]!r}, not a number")
         data.setdefault("per_query", per_query)
         data["observed"], data["oracle"] = np.asarray(data["observed"]), np.asarray(data["oracle"])
         data["laws"] = {k: np.asarray(v) for k, v in data["laws"].items()}

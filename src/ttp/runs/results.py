@@ -58,11 +58,17 @@ def _read_per_query(folder: RunFolder, task: str, policy: str, selectors) -> dic
 
 
 def read_diagnoses(folder: RunFolder, task: str, policy: str) -> dict[str, Diagnosis]:
+    def one(name: str, d: dict, per_query: dict | None) -> Diagnosis:
+        try:
+            return Diagnosis.from_json(d, per_query)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"selector {name!r}: {err}") from None
+
     def parse(data: dict) -> dict[str, Diagnosis]:
         if all("per_query" in d for d in data.values()):
-            return {name: Diagnosis.from_json(d) for name, d in data.items()}
+            return {name: one(name, d, None) for name, d in data.items()}
         per_query = _read_per_query(folder, task, policy, list(data))
-        return {name: Diagnosis.from_json(d, per_query[name]) for name, d in data.items()}
+        return {name: one(name, d, per_query[name]) for name, d in data.items()}
 
     return _read_result(folder, folder.diagnosis(task, policy), parse, "diagnose")
 
