@@ -128,6 +128,10 @@ def test_a_damaged_result_file_names_itself_the_field_and_the_command_that_rewri
             (folder.allocation(TASK, POLICY), lambda d: d.pop("curves"), "allocate", "field 'curves' is missing"),
             (folder.allocation(TASK, POLICY), lambda d: d["samples_to_reach_reference_band"].update(uniform=[8.0]),
              "allocate", "wrong shape"),
+            (folder.allocation(TASK, POLICY), lambda d: d.update(kappa="x"), "allocate",
+             "field 'kappa' is 'x', not a number"),
+            (folder.allocation(TASK, POLICY), lambda d: d["curves"]["uniform"]["mean"].__setitem__(0, "x"), "allocate",
+             "curve 'uniform': field 'mean' is 'x', not a number"),
             (folder.diagnosis(TASK, POLICY), lambda d: d["pointwise"].pop("oracle"), "diagnose", "'oracle'"),
             (folder.diagnosis(TASK, POLICY), lambda d: d["pointwise"].update(copula_top_compression_se="x"), "diagnose",
              "selector 'pointwise': field 'copula_top_compression_se' is 'x', not a number")):

@@ -36,6 +36,14 @@ def write_parquet_atomic(path: str | Path, frame) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
+def number(value, name: str):
+    """``value`` if it is a JSON number, else a ``ValueError`` naming the field: what a damaged or
+    hand-edited result file gets, instead of failing later where the value is used."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"field {name!r} is {value!r}, not a number")
+    return value
+
+
 class DataFileError(ValueError):
     """A data file cannot be read; the message names the file and what to do."""
 

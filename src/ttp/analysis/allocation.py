@@ -13,6 +13,7 @@ from ttp.analysis.bon import user_bootstrap
 from ttp.analysis.control import (ALLOCATION_POLICIES, REFERENCES, ControllerConfig, validation_calibration,
                                   evaluate_policy)
 from ttp.analysis.stats import bootstrap_draws, group_index
+from ttp.files import number
 
 STUDY_BUDGETS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 REFERENCE_BUDGET = 8   # policies are compared by the samples they need to match uniform N = 8
@@ -78,8 +79,8 @@ class AllocationCurve:
 
     @classmethod
     def from_json(cls, data: dict) -> "AllocationCurve":
-        return cls(data["policy"], *(tuple(data[k]) for k in ("budgets", "samples_per_query", "mean", "low",
-                                                              "high")))
+        return cls(data["policy"], *(tuple(number(v, k) for v in data[k])
+                                     for k in ("budgets", "samples_per_query", "mean", "low", "high")))
 
 
 @dataclass(frozen=True)
@@ -114,14 +115,22 @@ class AllocationStudy:
 
     @classmethod
     def from_json(cls, data: dict) -> "AllocationStudy":
-        return cls(data["selector"], data["kappa"], data["queries"],
-                   {p: AllocationCurve.from_json(c) for p, c in data["curves"].items()},
-                   data.get("spread", 0.0), data.get("online_rule", "uniform"),
+        return cls(data["selector"], number(data["kappa"], "kappa"), number(data["queries"], "queries"),
+                   {p: _curve_from_json(p, c) for p, c in data["curves"].items()},
+                   number(data.get("spread", 0.0), "spread"), data.get("online_rule", "uniform"),
                    {p: _band_from_json(band) for p, band in data.get("samples_to_reach_reference_band", {}).items()})
 
 
+def _curve_from_json(policy: str, data: dict) -> AllocationCurve:
+    try:
+        return AllocationCurve.from_json(data)
+    except ValueError as err:
+        raise ValueError(f"curve {policy!r}: {err}") from None
+
+
 def _band_from_json(band) -> tuple[float, float]:
-    low, high = (math.inf if v is None else float(v) for v in band)   # JSON has no infinity: null stands for it
+    # JSON has no infinity: null stands for it
+    low, high = (math.inf if v is None else float(number(v, "samples_to_reach_reference_band")) for v in band)
     return low, high
 
 

@@ -15,6 +15,7 @@ from ttp.analysis.bon import bon_curves, oracle_curves
 from ttp.analysis.copula import copula_correlation, copula_curves
 from ttp.analysis.copula_fit import posterior_copula_curves, top_compression
 from ttp.analysis.stats import SPREAD_EPS, collapsed, group_index, group_means, within_pool_correlation
+from ttp.files import number
 
 
 _SQRT_2PI = np.sqrt(2 * np.pi)
@@ -148,8 +149,7 @@ class Diagnosis:
         data = dict(data)
         for f in fields(cls):
             if f.type in ("float", "float | None") and data.get(f.name) is not None:
-                if isinstance(data[f.name], bool) or not isinstance(data[f.name], (int, float)):
-                    raise ValueError(f"field {f.name!r} is {data[f.name]!r}, not a number")
+                number(data[f.name], f.name)
         data.setdefault("per_query", per_query)
         data["observed"], data["oracle"] = np.asarray(data["observed"]), np.asarray(data["oracle"])
         data["laws"] = {k: np.asarray(v) for k, v in data["laws"].items()}
