@@ -132,6 +132,13 @@ def test_a_damaged_result_file_names_itself_the_field_and_the_command_that_rewri
              "field 'kappa' is 'x', not a number"),
             (folder.allocation(TASK, POLICY), lambda d: d["curves"]["uniform"]["mean"].__setitem__(0, "x"), "allocate",
              "curve 'uniform': field 'mean' is 'x', not a number"),
+            (folder.curves(TASK, POLICY), lambda d: d["rougeL"].pop("ceiling_fits"), "curves",
+             "metric 'rougeL': field 'ceiling_fits' is missing"),
+            (folder.curves(TASK, POLICY), lambda d: d["rougeL"]["oracle"]["mean"].__setitem__(0, "x"), "curves",
+             "metric 'rougeL': field 'mean' is not a list of numbers"),
+            (folder.reward_eval(TASK, POLICY), lambda d: d["selectors"]["pointwise"].update(mean_spearman="x"),
+             "rewards", "selector 'pointwise': field 'mean_spearman' is 'x', not a number"),
+            (folder.reward_eval(TASK, POLICY), lambda d: d.pop("pool_size"), "rewards", "field 'pool_size' is missing"),
             (folder.diagnosis(TASK, POLICY), lambda d: d["pointwise"].pop("oracle"), "diagnose", "'oracle'"),
             (folder.diagnosis(TASK, POLICY), lambda d: d["pointwise"].update(copula_top_compression_se="x"), "diagnose",
              "selector 'pointwise': field 'copula_top_compression_se' is 'x', not a number")):

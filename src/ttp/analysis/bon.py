@@ -92,7 +92,13 @@ class Curve:
 
     @classmethod
     def from_json(cls, data: dict) -> "Curve":
-        return cls(*(np.asarray(data[k], dtype=float) for k in ("n", "mean", "low", "high")))
+        values = []
+        for key in ("n", "mean", "low", "high"):
+            try:
+                values.append(np.asarray(data[key], dtype=float))
+            except (TypeError, ValueError):
+                raise ValueError(f"field {key!r} is not a list of numbers") from None
+        return cls(*values)
 
 
 def user_bootstrap(

@@ -21,10 +21,10 @@ from ttp.analysis.allocation import REFERENCE_BUDGET, AllocationStudy  # noqa: E
 from ttp.analysis.bon import Curve  # noqa: E402
 from ttp.analysis.control import REFERENCES  # noqa: E402
 from ttp.analysis.scaling import CEILING_FORMS, LAW_TOLERANCE  # noqa: E402
-from ttp.files import read_json, write_bytes_atomic, write_json_atomic  # noqa: E402
+from ttp.files import write_bytes_atomic, write_json_atomic  # noqa: E402
 from ttp.runs.config import RunConfig  # noqa: E402
 from ttp.runs.folder import RunFolder  # noqa: E402
-from ttp.runs.results import read_allocation, read_diagnoses  # noqa: E402
+from ttp.runs.results import read_allocation, read_curves, read_diagnoses, read_reward_eval  # noqa: E402
 from ttp.runs.tables import (allocation_table, ceiling_table, comparison_table, diagnosis_table,  # noqa: E402
                              laws_table, rewards_table)
 from ttp.tasks.utility import PRIMARY  # noqa: E402
@@ -50,7 +50,7 @@ def ceiling_section(folder: RunFolder, tasks: list[str], policies) -> tuple[str,
     for task in tasks:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for policy in policies:
-            curves = read_json(folder.curves(task, policy))
+            curves = read_curves(folder, task, policy)
             data[f"{task}/{policy}"] = curves
             r = curves[PRIMARY]
             oracle = Curve.from_json(r["oracle"])
@@ -75,7 +75,7 @@ def rewards_section(folder: RunFolder, cells) -> tuple[str, dict]:
     text.append("Trained on training users' pools, early-stopped on validation users, judged on test "
                 "users. *Gain share* = (BoN(N) − BoN(1)) / (oracle(N) − oracle(1)).\n")
     for task, policy in cells:
-        ev = read_json(folder.reward_eval(task, policy))
+        ev = read_reward_eval(folder, task, policy)
         data[f"{task}/{policy}"] = ev
         fig, ax = plt.subplots(figsize=(7, 4.5))
         _band(ax, Curve.from_json(ev["oracle"]), "oracle", color="black")

@@ -1,14 +1,16 @@
-"""A run's stage results as files: the diagnose stage's two files written and read back, and
-the allocate stage's study read back.  A damaged file raises ``DataFileError`` naming it, what
-is wrong and the command that writes it again."""
+"""A run's stage results as files, read back checked: the curves, rewards and allocate stages'
+results, and the diagnose stage's two files (written here too).  A damaged file raises
+``DataFileError`` naming it, the record and the field that is wrong, and the command that
+writes it again."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
 from ttp.analysis.allocation import AllocationStudy
-from ttp.analysis.scaling import Diagnosis
-from ttp.files import DataFileError, read_json, write_json_atomic, write_parquet_atomic
+from ttp.analysis.bon import Curve
+from ttp.analysis.scaling import CEILING_FORMS, Diagnosis
+from ttp.files import DataFileError, number, read_json, write_json_atomic, write_parquet_atomic
 from ttp.runs.folder import RunFolder
 
 
@@ -23,6 +25,62 @@ def _read_result(folder: RunFolder, path, parse, stage: str):
     except (AttributeError, TypeError, ValueError) as err:
         problem = f"a field has the wrong shape ({err})"
     raise DataFileError(f"{path}: {problem}; `ttp {stage} {folder.root}` writes it again")
+
+
+def _each(records: dict, kind: str, check) -> dict:
+    """``check`` every record of ``records``; a failure names the record (a metric, a selector)."""
+    for name, record in records.items():
+        try:
+            check(record)
+        except KeyError as err:
+            raise ValueError(f"{kind} {name!r}: field {err} is missing") from None
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{kind} {name!r}: {err}") from None
+    return records
+
+
+def _check_ceiling(result: dict) -> None:
+    for key in ("oracle", "random"):
+        Curve.from_json(result[key])
+    for key in ("queries", "users"):
+        number(result[key], key)
+    if not result["ceiling_fits"]:
+        raise ValueError("field 'ceiling_fits' is empty")
+    for fit in result["ceiling_fits"]:
+        if fit["form"] not in CEILING_FORMS:
+            raise ValueError(f"field 'form' is {fit['form']!r}, not one of {sorted(CEILING_FORMS)}")
+        for key in ("a", "b", "rmse"):
+            number(fit[key], key)
+
+
+def read_curves(folder: RunFolder, task: str, policy: str) -> dict:
+    """``curves.json``: per utility metric, the oracle and random curves and the ceiling fits."""
+    return _read_result(folder, folder.curves(task, policy), lambda data: _each(data, "metric", _check_ceiling),
+                        "curves")
+
+
+def _check_selector(result: dict) -> None:
+    Curve.from_json(result["curve"])
+    number(result["mean_spearman"], "mean_spearman")
+    if "mean_sd_correlation" in result:
+        number(result["mean_sd_correlation"], "mean_sd_correlation")
+    for share in result["oracle_gain_share"].values():
+        if len(share) != 3:
+            raise ValueError(f"field 'oracle_gain_share' holds {share!r}, not [share, low, high]")
+        for value in share:
+            number(value, "oracle_gain_share")
+
+
+def read_reward_eval(folder: RunFolder, task: str, policy: str) -> dict:
+    """``reward_eval.json``: every selector's Best-of-N on the test users beside the oracle's."""
+    def parse(data: dict) -> dict:
+        Curve.from_json(data["oracle"])
+        for key in ("pool_size", "queries", "users"):
+            number(data[key], key)
+        _each(data["selectors"], "selector", _check_selector)
+        return data
+
+    return _read_result(folder, folder.reward_eval(task, policy), parse, "rewards")
 
 
 def write_diagnoses(folder: RunFolder, task: str, policy: str, diagnoses: dict[str, Diagnosis]) -> None:

@@ -10,11 +10,10 @@ import numpy as np
 from ttp.analysis.bon import Curve
 from ttp.analysis.allocation import REFERENCE_BUDGET, AllocationStudy
 from ttp.analysis.scaling import LAW_TOLERANCE, LAWS, PER_QUERY_LAWS, Diagnosis, chance_misses
-from ttp.files import read_json
 from ttp.rewards.families import FAMILIES, family_of
 from ttp.rewards.selection import Selector
 from ttp.runs.folder import RunFolder
-from ttp.runs.results import read_allocation, read_diagnoses
+from ttp.runs.results import read_allocation, read_curves, read_diagnoses, read_reward_eval
 from ttp.tasks.utility import PRIMARY
 
 ALLOCATION_BUDGETS = (2, 4, 8)
@@ -56,7 +55,7 @@ def _share(values) -> str:
 def ceiling_table(folder: RunFolder, task: str, policies, metric: str = PRIMARY) -> Table:
     rows, m = [], None
     for policy in policies:
-        r = read_json(folder.curves(task, policy))[metric]
+        r = read_curves(folder, task, policy)[metric]
         oracle, rand = Curve.from_json(r["oracle"]), Curve.from_json(r["random"])
         m = len(oracle.n)
         fits = "; ".join(f"{f['form']}: b={f['b']:.4f}, rmse={f['rmse']:.4f}" for f in r["ceiling_fits"])
@@ -68,7 +67,7 @@ def ceiling_table(folder: RunFolder, task: str, policies, metric: str = PRIMARY)
 
 
 def rewards_table(folder: RunFolder, task: str, policy: str) -> Table:
-    ev = read_json(folder.reward_eval(task, policy))
+    ev = read_reward_eval(folder, task, policy)
     m = ev["pool_size"]
     points = at_points(m)
     oracle = Curve.from_json(ev["oracle"])
@@ -151,7 +150,7 @@ def _family_head(selector: Selector) -> tuple[str, str]:
 def comparison_table(folder: RunFolder, task: str, policy: str) -> Table:
     """Every family x head x rule on the same held-out users: share of the oracle gain, the
     failure modes against chance, and the per-query laws' error."""
-    ev = read_json(folder.reward_eval(task, policy))
+    ev = read_reward_eval(folder, task, policy)
     diagnoses = read_diagnoses(folder, task, policy)
     points = [n for n in (4, 16) if str(n) in next(iter(ev["selectors"].values()))["oracle_gain_share"]]
     rows = []
