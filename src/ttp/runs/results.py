@@ -14,12 +14,18 @@ from ttp.files import DataFileError, number, read_json, write_json_atomic, write
 from ttp.runs.folder import RunFolder
 
 
+class _DamagedRecord(ValueError):
+    """One record of a result file (a metric's, a selector's) is damaged; the message says which."""
+
+
 def _read_result(folder: RunFolder, path, parse, stage: str):
     """A stage's result file, parsed by ``parse``; a damaged one raises ``DataFileError`` naming
     the file, what is wrong and the command that writes it again."""
     data = read_json(path)
     try:
         return parse(data)
+    except _DamagedRecord as err:
+        problem = str(err)
     except KeyError as err:
         problem = f"field {err} is missing"
     except (AttributeError, TypeError, ValueError) as err:
@@ -27,19 +33,20 @@ def _read_result(folder: RunFolder, path, parse, stage: str):
     raise DataFileError(f"{path}: {problem}; `ttp {stage} {folder.root}` writes it again")
 
 
-def _each(records: dict, kind: str, check) -> dict:
-    """``check`` every record of ``records``; a failure names the record (a metric, a selector)."""
+def _each(records: dict, kind: str, read) -> dict:
+    """``read(name, record)`` of every record; a damaged one is named (``kind``: metric, selector)."""
+    result = {}
     for name, record in records.items():
         try:
-            check(record)
+            result[name] = read(name, record)
         except KeyError as err:
-            raise ValueError(f"{kind} {name!r}: field {err} is missing") from None
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{kind} {name!r}: {err}") from None
-    return records
+            raise _DamagedRecord(f"{kind} {name!r}: field {err} is missing") from None
+        except (AttributeError, TypeError, ValueError) as err:
+            raise _DamagedRecord(f"{kind} {name!r}: {err}") from None
+    return result
 
 
-def _check_ceiling(result: dict) -> None:
+def _check_ceiling(name: str, result: dict) -> dict:
     for key in ("oracle", "random"):
         Curve.from_json(result[key])
     for key in ("queries", "users"):
@@ -51,6 +58,7 @@ def _check_ceiling(result: dict) -> None:
             raise ValueError(f"field 'form' is {fit['form']!r}, not one of {sorted(CEILING_FORMS)}")
         for key in ("a", "b", "rmse"):
             number(fit[key], key)
+    return result
 
 
 def read_curves(folder: RunFolder, task: str, policy: str) -> dict:
@@ -59,7 +67,7 @@ def read_curves(folder: RunFolder, task: str, policy: str) -> dict:
                         "curves")
 
 
-def _check_selector(result: dict) -> None:
+def _check_selector(name: str, result: dict) -> dict:
     Curve.from_json(result["curve"])
     number(result["mean_spearman"], "mean_spearman")
     if "mean_sd_correlation" in result:
@@ -69,6 +77,7 @@ def _check_selector(result: dict) -> None:
             raise ValueError(f"field 'oracle_gain_share' holds {share!r}, not [share, low, high]")
         for value in share:
             number(value, "oracle_gain_share")
+    return result
 
 
 def read_reward_eval(folder: RunFolder, task: str, policy: str) -> dict:
@@ -116,17 +125,11 @@ def _read_per_query(folder: RunFolder, task: str, policy: str, selectors) -> dic
 
 
 def read_diagnoses(folder: RunFolder, task: str, policy: str) -> dict[str, Diagnosis]:
-    def one(name: str, d: dict, per_query: dict | None) -> Diagnosis:
-        try:
-            return Diagnosis.from_json(d, per_query)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"selector {name!r}: {err}") from None
-
     def parse(data: dict) -> dict[str, Diagnosis]:
         if all("per_query" in d for d in data.values()):
-            return {name: one(name, d, None) for name, d in data.items()}
+            return _each(data, "selector", lambda name, d: Diagnosis.from_json(d))
         per_query = _read_per_query(folder, task, policy, list(data))
-        return {name: one(name, d, per_query[name]) for name, d in data.items()}
+        return _each(data, "selector", lambda name, d: Diagnosis.from_json(d, per_query[name]))
 
     return _read_result(folder, folder.diagnosis(task, policy), parse, "diagnose")
 
