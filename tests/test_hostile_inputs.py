@@ -239,6 +239,20 @@ def test_damaged_pool_files_resume_to_complete_duplicate_free_pools(pep_task, tm
     assert backend.calls <= 1                                    # only the damaged pool is drawn again
 
 
+@pytest.mark.parametrize("text", ['{"train": "x"}', "[1, 2]", '{"train": [], "validation": [], "test": [{}]}'])
+def test_a_damaged_split_names_its_field_and_what_to_do(pep_task, tmp_path, text):
+    from ttp.runs.config import TaskSpec
+    from ttp.runs.pipeline import Pipeline
+
+    pipeline = Pipeline(RunConfig(tasks=(TaskSpec(str(FIXTURE)),)), tmp_path / "run", show_progress=False)
+    pipeline.split(pep_task)
+    path = pipeline.folder.split(pep_task.name)
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"split.json: field '(train|validation|test)' is not a list of user ids; "
+                                          r"delete it to split again"):
+        pipeline.split(pep_task)
+
+
 def test_a_damaged_pool_line_is_warned_about_once_when_a_run_resumes(pep_titles_dir, tmp_path):
     from ttp.runs.config import TaskSpec
     from ttp.runs.pipeline import Pipeline

@@ -65,6 +65,10 @@ class Pipeline:
         path = self.folder.split(task.name)
         if path.exists():
             data = read_json(path)
+            for part in PARTS:
+                users = data.get(part) if isinstance(data, dict) else None
+                if not isinstance(users, list) or not all(isinstance(u, (str, int)) for u in users):
+                    raise ConfigError(f"{path}: field {part!r} is not a list of user ids; delete it to split again")
             split = UserSplit(*(tuple(data[p]) for p in PARTS))
             missing = sorted(set(task.users) - {u for p in PARTS for u in data[p]})
             if missing:
