@@ -44,6 +44,25 @@ def number(value, name: str):
     return value
 
 
+class DamagedRecord(ValueError):
+    """One record of a result file (a metric's, a selector's, a curve's) is damaged; the message
+    says which and how."""
+
+
+def read_records(records: dict, kind: str, read) -> dict:
+    """``read(name, record)`` of every record of a result file read back; a damaged one raises
+    ``DamagedRecord`` naming it (``kind``: metric, selector, curve) and its field."""
+    result = {}
+    for name, record in records.items():
+        try:
+            result[name] = read(name, record)
+        except KeyError as err:
+            raise DamagedRecord(f"{kind} {name!r}: field {err} is missing") from None
+        except (AttributeError, TypeError, ValueError) as err:
+            raise DamagedRecord(f"{kind} {name!r}: {err}") from None
+    return result
+
+
 class DataFileError(ValueError):
     """A data file cannot be read; the message names the file and what to do."""
 

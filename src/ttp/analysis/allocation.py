@@ -13,7 +13,7 @@ from ttp.analysis.bon import user_bootstrap
 from ttp.analysis.control import (ALLOCATION_POLICIES, REFERENCES, ControllerConfig, validation_calibration,
                                   evaluate_policy)
 from ttp.analysis.stats import bootstrap_draws, group_index
-from ttp.files import number
+from ttp.files import number, read_records
 
 STUDY_BUDGETS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 REFERENCE_BUDGET = 8   # policies are compared by the samples they need to match uniform N = 8
@@ -116,16 +116,9 @@ class AllocationStudy:
     @classmethod
     def from_json(cls, data: dict) -> "AllocationStudy":
         return cls(data["selector"], number(data["kappa"], "kappa"), number(data["queries"], "queries"),
-                   {p: _curve_from_json(p, c) for p, c in data["curves"].items()},
+                   read_records(data["curves"], "curve", lambda policy, c: AllocationCurve.from_json(c)),
                    number(data.get("spread", 0.0), "spread"), data.get("online_rule", "uniform"),
                    {p: _band_from_json(band) for p, band in data.get("samples_to_reach_reference_band", {}).items()})
-
-
-def _curve_from_json(policy: str, data: dict) -> AllocationCurve:
-    try:
-        return AllocationCurve.from_json(data)
-    except ValueError as err:
-        raise ValueError(f"curve {policy!r}: {err}") from None
 
 
 def _band_from_json(band) -> tuple[float, float]:

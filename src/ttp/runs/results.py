@@ -10,12 +10,9 @@ import pandas as pd
 from ttp.analysis.allocation import AllocationStudy
 from ttp.analysis.bon import Curve
 from ttp.analysis.scaling import CEILING_FORMS, Diagnosis
-from ttp.files import DataFileError, number, read_json, write_json_atomic, write_parquet_atomic
+from ttp.files import (DamagedRecord, DataFileError, number, read_json, read_records, write_json_atomic,
+                       write_parquet_atomic)
 from ttp.runs.folder import RunFolder
-
-
-class _DamagedRecord(ValueError):
-    """One record of a result file (a metric's, a selector's) is damaged; the message says which."""
 
 
 def _read_result(folder: RunFolder, path, parse, stage: str):
@@ -24,26 +21,13 @@ def _read_result(folder: RunFolder, path, parse, stage: str):
     data = read_json(path)
     try:
         return parse(data)
-    except _DamagedRecord as err:
+    except DamagedRecord as err:
         problem = str(err)
     except KeyError as err:
         problem = f"field {err} is missing"
     except (AttributeError, TypeError, ValueError) as err:
         problem = f"a field has the wrong shape ({err})"
     raise DataFileError(f"{path}: {problem}; `ttp {stage} {folder.root}` writes it again")
-
-
-def _each(records: dict, kind: str, read) -> dict:
-    """``read(name, record)`` of every record; a damaged one is named (``kind``: metric, selector)."""
-    result = {}
-    for name, record in records.items():
-        try:
-            result[name] = read(name, record)
-        except KeyError as err:
-            raise _DamagedRecord(f"{kind} {name!r}: field {err} is missing") from None
-        except (AttributeError, TypeError, ValueError) as err:
-            raise _DamagedRecord(f"{kind} {name!r}: {err}") from None
-    return result
 
 
 def _check_ceiling(name: str, result: dict) -> dict:
@@ -63,7 +47,7 @@ def _check_ceiling(name: str, result: dict) -> dict:
 
 def read_curves(folder: RunFolder, task: str, policy: str) -> dict:
     """``curves.json``: per utility metric, the oracle and random curves and the ceiling fits."""
-    return _read_result(folder, folder.curves(task, policy), lambda data: _each(data, "metric", _check_ceiling),
+    return _read_result(folder, folder.curves(task, policy), lambda data: read_records(data, "metric", _check_ceiling),
                         "curves")
 
 
@@ -86,7 +70,7 @@ def read_reward_eval(folder: RunFolder, task: str, policy: str) -> dict:
         Curve.from_json(data["oracle"])
         for key in ("pool_size", "queries", "users"):
             number(data[key], key)
-        _each(data["selectors"], "selector", _check_selector)
+        read_records(data["selectors"], "selector", _check_selector)
         return data
 
     return _read_result(folder, folder.reward_eval(task, policy), parse, "rewards")
@@ -127,9 +111,9 @@ def _read_per_query(folder: RunFolder, task: str, policy: str, selectors) -> dic
 def read_diagnoses(folder: RunFolder, task: str, policy: str) -> dict[str, Diagnosis]:
     def parse(data: dict) -> dict[str, Diagnosis]:
         if all("per_query" in d for d in data.values()):
-            return _each(data, "selector", lambda name, d: Diagnosis.from_json(d))
+            return read_records(data, "selector", lambda name, d: Diagnosis.from_json(d))
         per_query = _read_per_query(folder, task, policy, list(data))
-        return _each(data, "selector", lambda name, d: Diagnosis.from_json(d, per_query[name]))
+        return read_records(data, "selector", lambda name, d: Diagnosis.from_json(d, per_query[name]))
 
     return _read_result(folder, folder.diagnosis(task, policy), parse, "diagnose")
 
