@@ -68,6 +68,35 @@ def test_another_config_in_the_same_folder_is_refused(run_folder, pep_titles_dir
     assert "another run's configuration" in str(result.exception)
 
 
+def test_a_damaged_table_names_itself_and_the_command_that_writes_it_or_is_made_again(run_folder, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from ttp.files import DataFileError
+    from ttp.runs.pipeline import Pipeline
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_folder, copy)
+    folder = RunFolder(copy)
+    intact, scores = (pd.read_parquet(p) for p in (folder.candidates(TASK, "plain"), folder.scores(TASK, "plain")))
+    # a table the next stage reads names the command that writes it
+    for path, command in ((folder.scores(TASK, "plain"), "ttp rewards"),
+                          (folder.candidates(TASK, "plain"), "ttp utilities")):
+        path.write_text("not a table")
+        with pytest.raises(DataFileError) as err:
+            Pipeline.resume(copy).diagnose() if command == "ttp rewards" else Pipeline.resume(copy).curves()
+        assert str(err.value).startswith(f"{path} is not a readable table (")
+        assert str(err.value).endswith(f"`{command} {copy}` writes it again") and "\n" not in str(err.value)
+    # and that command makes it again, like any cache of the run (the features)
+    folder.features(TASK, "plain").write_text("not a table")
+    Pipeline.resume(copy).utilities()
+    pd.testing.assert_frame_equal(pd.read_parquet(folder.candidates(TASK, "plain")), intact)
+    Pipeline.resume(copy).rewards()
+    assert len(pd.read_parquet(folder.features(TASK, "plain"))) == len(intact)
+    pd.testing.assert_frame_equal(pd.read_parquet(folder.scores(TASK, "plain")), scores)
+
+
 def test_missing_utilities_and_split_users_give_clear_errors(run_folder, tmp_path):
     import shutil
 
@@ -78,7 +107,7 @@ def test_missing_utilities_and_split_users_give_clear_errors(run_folder, tmp_pat
     folder = RunFolder(copy)
     folder.candidates(TASK, "plain").unlink()
     folder.features(TASK, "plain").unlink()
-    with pytest.raises(FileNotFoundError, match="run the utilities stage first"):
+    with pytest.raises(FileNotFoundError, match=f"candidates.parquet is missing: run `ttp utilities {copy}` first"):
         Pipeline.resume(copy).rewards()
     split = json.loads(folder.split(TASK).read_text())
     split["test"] = split["test"][1:]

@@ -184,10 +184,15 @@ def test_per_query_values_live_in_a_table_beside_the_diagnosis(run):
         old = read_diagnoses(folder, TASK, POLICY)["pointwise"]
         assert (old.copula_top_compression, old.copula_top_compression_se, old.top_compression_text) == (1.0, None, "1.00")
         folder.diagnosis(TASK, POLICY).write_text(intact)
-        with pytest.raises(DataFileError, match=f"diagnosis_per_query.parquet is missing; `ttp diagnose {folder.root}`"):
+        with pytest.raises(FileNotFoundError,
+                           match=f"diagnosis_per_query.parquet is missing: run `ttp diagnose {folder.root}` first"):
             read_diagnoses(folder, TASK, POLICY)
         side.write_text("not a table")
-        with pytest.raises(DataFileError, match="is not a diagnosis table"):
+        with pytest.raises(DataFileError, match=f"diagnosis_per_query.parquet is not a readable table \\(.*\\); "
+                                                f"`ttp diagnose {folder.root}` writes it again$"):
+            read_diagnoses(folder, TASK, POLICY)
+        pd.DataFrame({"query": ["q000"]}).to_parquet(side)
+        with pytest.raises(DataFileError, match="is not a diagnosis table \\(it has no column 'selector'\\)"):
             read_diagnoses(folder, TASK, POLICY)
         side.write_bytes(table)
         pd.read_parquet(side).query("selector != 'pointwise'").to_parquet(side)

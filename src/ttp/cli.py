@@ -279,10 +279,9 @@ def scores(
 ) -> None:
     """Bring scores from any other program into a run as a selector, then rerun the stages after
     sampling (rewards, diagnose, allocate, report) so it is judged like the trained ones."""
-    import pandas as pd
-
     from ttp.files import write_parquet_atomic
     from ttp.rewards.external import check_selector_name, read_scores
+    from ttp.runs.results import read_table
 
     folder = RunFolder(run_folder)
     if not folder.config.exists():
@@ -293,7 +292,8 @@ def scores(
         candidates = folder.candidates(task, policy)
         if not candidates.exists():
             raise FileNotFoundError(f"{candidates} is missing: the run has no pools of {task} / {policy} yet")
-        table = read_scores(file, pd.read_parquet(candidates, columns=["query_id", "candidate"]))
+        table = read_scores(file, read_table(candidates, f"ttp utilities {folder.root}",
+                                             columns=["query_id", "candidate"]))
         write_parquet_atomic(folder.external_scores(task, policy, name), table)
     console.print(f"{len(table)} scores of {table.query_id.nunique()} pools stored as selector {name!r}")
     _run_stages(None, run_folder, ["rewards", "diagnose", "allocate", "report"])

@@ -26,6 +26,7 @@ from ttp.rewards.selection import Selector, rule_scores
 from ttp.runs.config import MAX_POOL_SIZE, RunConfig
 from ttp.runs.evaluation import selectors
 from ttp.runs.folder import RunFolder
+from ttp.runs.results import read_table
 from ttp.tasks.data import Query, Task, load_task
 from ttp.tasks.prompts import PromptBuilder
 from ttp.tasks.utility import PRIMARY
@@ -52,10 +53,8 @@ class Personalizer:
         self.family = family_of(self.selector.model)
         self.controller = ControllerConfig(collapse_tau=config.collapse_tau)
         self.model = load_model(self.family, folder.reward_model(task.name, policy, self.selector.model))
-        scores_path = folder.scores(task.name, policy, "validation")
-        if not scores_path.exists():
-            raise FileNotFoundError(f"{scores_path} is missing: run the rewards stage first (`ttp rewards`)")
-        validation = Pools.from_frame(pd.read_parquet(scores_path))
+        validation = Pools.from_frame(read_table(folder.scores(task.name, policy, "validation"),
+                                                 f"ttp rewards {folder.root}"))
         trained = [str(s) for s in selectors(validation) if family_of(s.model) in FAMILIES]
         if str(self.selector) not in trained:
             # a rule the model does not offer (pointwise/lcb), or a probabilistic model without one

@@ -12,6 +12,7 @@ from __future__ import annotations
 from functools import partial
 
 import pandas as pd
+import pyarrow as pa
 from rich.console import Console
 from rich.progress import Progress
 
@@ -33,13 +34,21 @@ from ttp.runs.config import ConfigError, RunConfig
 from ttp.runs.evaluation import evaluate_selectors, selector_scores, selectors
 from ttp.runs.folder import RunFolder
 from ttp.runs.report import write_report
-from ttp.runs.results import write_diagnoses
+from ttp.runs.results import read_table, write_diagnoses
 from ttp.tasks.data import PARTS, Task, UserSplit, load_task, split_users, subset
 from ttp.tasks.prompts import PromptBuilder
 from ttp.tasks.utility import METRICS, PRIMARY, candidate_table
 
 console = Console(stderr=True)
 STAGES = ("sample", "utilities", "curves", "rewards", "diagnose", "allocate", "report")
+
+
+def _cached(path, columns: list[str] | None = None) -> pd.DataFrame | None:
+    """A table an earlier call wrote, or None where it is missing or damaged: it is then made again."""
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except (OSError, ValueError, pa.ArrowException):
+        return None
 
 
 class Pipeline:
@@ -83,10 +92,8 @@ class Pipeline:
         return [(task, policy) for task in self.tasks for policy in self.config.policies]
 
     def _pools(self, task: Task, policy: str, part: str) -> Pools:
-        path = self.folder.scores(task.name, policy, part)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run the rewards stage first (`ttp rewards`)")
-        return Pools.from_frame(pd.read_parquet(path))
+        return Pools.from_frame(read_table(self.folder.scores(task.name, policy, part),
+                                           f"ttp rewards {self.folder.root}"))
 
     def _factory(self):
         c = self.config
@@ -121,10 +128,7 @@ class Pipeline:
                 executor.shutdown()
 
     def candidates(self, task: Task, policy: str) -> pd.DataFrame:
-        path = self.folder.candidates(task.name, policy)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run the utilities stage first (`ttp utilities`)")
-        return pd.read_parquet(path)
+        return read_table(self.folder.candidates(task.name, policy), f"ttp utilities {self.folder.root}")
 
     def utilities(self) -> None:
         for task, policy in self.cells():
@@ -135,7 +139,8 @@ class Pipeline:
             if len(pools) < len(wanted):
                 raise RuntimeError(f"{self.folder.pools(task.name, policy)} has {len(pools)} of "
                                    f"{len(wanted)} pools: finish the sampling stage first (`ttp resume`)")
-            if path.exists() and pd.read_parquet(path, columns=["query_id"]).query_id.nunique() == len(pools):
+            done = _cached(path, columns=["query_id"])
+            if done is not None and done.query_id.nunique() == len(pools):
                 continue
             write_parquet_atomic(path, candidate_table(pools, task.by_id(), self.config.convention))
 
@@ -156,10 +161,9 @@ class Pipeline:
         """Candidates with their reward-model features (cached in the run folder)."""
         path = self.folder.features(task.name, policy)
         frame = self.candidates(task, policy)
-        if path.exists():
-            cached = pd.read_parquet(path)
-            if len(cached) == len(frame) and set(FEATURES) <= set(cached.columns):
-                return cached
+        cached = _cached(path)
+        if cached is not None and len(cached) == len(frame) and set(FEATURES) <= set(cached.columns):
+            return cached
         feats = candidate_features(frame, task.by_id(), EmbeddingCache(self.folder.embeddings(task.name)),
                                    k=self.config.shots, convention=self.config.convention)
         table = pd.concat([frame, feats], axis=1)
@@ -217,8 +221,9 @@ class Pipeline:
                 scores = selector_scores({n: (m, X[r[part]]) for n, (m, X, r) in models.items()},
                                          table[rows[part]], kappa=self.config.lcb_kappa)
                 for path in sorted(self.folder.external_scores(task.name, policy).glob("*.parquet")):
-                    imported = pd.read_parquet(path).rename(columns={"score": f"score:{path.stem}",
-                                                                     "sd": f"sd:{path.stem}"})
+                    imported = read_table(path, f"ttp scores {self.folder.root} YOUR_SCORES --task {task.name} "
+                                                f"--policy {policy} --name {path.stem}")
+                    imported = imported.rename(columns={"score": f"score:{path.stem}", "sd": f"sd:{path.stem}"})
                     scores = scores.merge(imported, on=["query_id", "candidate"], how="left", validate="1:1")
                 write_parquet_atomic(self.folder.scores(task.name, policy, part), scores)
             write_json_atomic(self.folder.reward_eval(task.name, policy),

@@ -1,11 +1,12 @@
-"""A run's stage results as files, read back checked: the curves, rewards and allocate stages'
-results, and the diagnose stage's two files (written here too).  A damaged file raises
-``DataFileError`` naming it, the record and the field that is wrong, and the command that
-writes it again."""
+"""A run's stage results as files, read back checked: the stages' Parquet tables, the curves,
+rewards and allocate stages' results, and the diagnose stage's two files (written here too).  A
+damaged file raises ``DataFileError`` naming it, the record and the field that is wrong, and the
+command that writes it again."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ttp.analysis.allocation import AllocationStudy
 from ttp.analysis.bon import Curve
@@ -15,12 +16,26 @@ from ttp.files import (DamagedRecord, DataFileError, number, read_json, read_rec
 from ttp.runs.folder import RunFolder
 
 
+def read_table(path, command: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """A Parquet table of a run.  A missing one raises ``FileNotFoundError`` and an unreadable one
+    ``DataFileError``, each naming the file and the ``command`` that writes it."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `{command}` first")
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except (OSError, ValueError, pa.ArrowException) as err:
+        problem = str(err).splitlines()[0]   # pyarrow appends the file's schema on further lines
+        raise DataFileError(f"{path} is not a readable table ({problem}); `{command}` writes it again") from None
+
+
 def _read_result(folder: RunFolder, path, parse, stage: str):
     """A stage's result file, parsed by ``parse``; a damaged one raises ``DataFileError`` naming
     the file, what is wrong and the command that writes it again."""
     data = read_json(path)
     try:
         return parse(data)
+    except DataFileError:   # a file beside it (diagnosis_per_query.parquet) names itself
+        raise
     except DamagedRecord as err:
         problem = str(err)
     except KeyError as err:
@@ -93,13 +108,10 @@ def _read_per_query(folder: RunFolder, task: str, policy: str, selectors) -> dic
     """Each selector's per-query values from ``diagnosis_per_query.parquet``."""
     path = folder.diagnosis_per_query(task, policy)
     rewrite = f"`ttp diagnose {folder.root}` writes it again"
-    if not path.exists():
-        raise DataFileError(f"{path} is missing; {rewrite}")
-    try:
-        table = pd.read_parquet(path)
-        groups = dict(iter(table.groupby("selector", sort=False)))
-    except (OSError, ValueError, KeyError) as err:
-        raise DataFileError(f"{path} is not a diagnosis table ({err}); {rewrite}") from None
+    table = read_table(path, f"ttp diagnose {folder.root}")
+    if "selector" not in table.columns:
+        raise DataFileError(f"{path} is not a diagnosis table (it has no column 'selector'); {rewrite}")
+    groups = dict(iter(table.groupby("selector", sort=False)))
     missing = [name for name in selectors if name not in groups]
     if missing:
         raise DataFileError(f"{path} has no rows for selector {missing[0]!r}; {rewrite}")
