@@ -359,6 +359,7 @@ def compare(
     from dataclasses import replace
 
     from ttp.files import write_json_atomic
+    from ttp.runs.results import read_diagnoses, read_reward_eval
     from ttp.runs.tables import comparison_table
 
     folder = RunFolder(run_folder)
@@ -375,7 +376,8 @@ def compare(
     console.rule("[bold]families compared")
     for task in tasks:
         for policy in config.policies:
-            render(comparison_table(folder, task, policy))
+            render(comparison_table(task, policy, read_reward_eval(folder, task, policy),
+                                    read_diagnoses(folder, task, policy)))
 
 
 @app.command("export-model")

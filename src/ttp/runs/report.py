@@ -49,8 +49,8 @@ def ceiling_section(folder: RunFolder, tasks: list[str], policies) -> tuple[str,
                 "Brackets: 95% bootstrap interval over users.\n")
     for task in tasks:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for policy in policies:
-            curves = read_curves(folder, task, policy)
+        by_policy = {policy: read_curves(folder, task, policy) for policy in policies}
+        for policy, curves in by_policy.items():
             data[f"{task}/{policy}"] = curves
             r = curves[PRIMARY]
             oracle = Curve.from_json(r["oracle"])
@@ -66,7 +66,7 @@ def ceiling_section(folder: RunFolder, tasks: list[str], policies) -> tuple[str,
         ax.legend(fontsize=8)
         name = _save(fig, folder.figures / f"ceiling_{task}.png")
         text.append(f"### {task}\n\n![ceiling](figures/{name})\n")
-        text.append(ceiling_table(folder, task, policies).to_markdown())
+        text.append(ceiling_table(task, by_policy).to_markdown())
     return "\n".join(text), data
 
 
@@ -89,11 +89,12 @@ def rewards_section(folder: RunFolder, cells) -> tuple[str, dict]:
         name = _save(fig, folder.figures / f"rewards_{task}_{policy}.png")
         text.append(f"### {task} / {policy}\n")
         text.append(f"![rewards](figures/{name})\n")
-        text.append(rewards_table(folder, task, policy).to_markdown())
+        text.append(rewards_table(task, policy, ev).to_markdown())
     return "\n".join(text), data
 
 
-def diagnosis_section(folder: RunFolder, cells, tau: float) -> tuple[str, dict]:
+def diagnosis_section(folder: RunFolder, cells, tau: float, evaluations: dict) -> tuple[str, dict]:
+    """``evaluations``: each cell's ``reward_eval.json``, as ``rewards_section`` read it."""
     text, data = ["## 3. Scaling-law diagnosis\n"], {}
     text.append(
         "Four quantities: μ̄ mean candidate utility, σ̄ mean within-query spread, c collapse rate "
@@ -117,11 +118,11 @@ def diagnosis_section(folder: RunFolder, cells, tau: float) -> tuple[str, dict]:
         data[f"{task}/{policy}"] = {k: d.to_json() for k, d in diagnoses.items()}
         names = [n for n in diagnoses if n != "random"]
         text.append(f"### {task} / {policy}\n")
-        text.append(diagnosis_table(folder, task, policy).to_markdown())
-        text.append(laws_table(folder, task, policy).to_markdown())
+        text.append(diagnosis_table(task, policy, diagnoses).to_markdown())
+        text.append(laws_table(task, policy, diagnoses).to_markdown())
         text.append("Every reward-model family side by side (rewards/families.py): h is shown against "
                     "the share expected by chance, the laws' error is the per-query one.\n")
-        text.append(comparison_table(folder, task, policy).to_markdown())
+        text.append(comparison_table(task, policy, evaluations[f"{task}/{policy}"], diagnoses).to_markdown())
         text.append(f"![law](figures/{_law_figure(folder, task, policy, diagnoses, names)})\n")
         text.append(f"![failures](figures/{_failure_figure(folder, task, policy, diagnoses, names)})\n")
         for name in names:
@@ -253,7 +254,7 @@ def allocation_section(folder: RunFolder, cells) -> tuple[str, dict]:
         fig.tight_layout()
         name = _save(fig, folder.figures / f"allocation_{task}_{policy}.png")
         text.append(f"### {task} / {policy}\n\n![allocation](figures/{name})\n")
-        text.append(allocation_table(folder, task, policy).to_markdown())
+        text.append(allocation_table(task, policy, study).to_markdown())
         text.append(f"\n`ttp generate` and `ttp serve` draw with the **{study.online_rule}** rule here (expected "
                     f"improvement where it reaches uniform N = {REFERENCE_BUDGET} with fewer samples on the "
                     f"validation users, else uniform N).\n")
@@ -276,13 +277,12 @@ def write_report(folder: RunFolder, config: RunConfig, tasks: list[str]) -> str:
              f"{config.sampling.top_p}, seed {config.seed}, backend {config.backend}. User split "
              f"(train/validation/test) {config.split}. Convention **{config.convention}** "
              f"({CONVENTION_NOTES[config.convention]}).\n"]
-    everything = {"config": config.to_json()}
-    for key, (text, data) in (("ceiling", ceiling_section(folder, tasks, config.policies)),
-                              ("rewards", rewards_section(folder, cells)),
-                              ("diagnosis", diagnosis_section(folder, cells, config.collapse_tau)),
-                              ("allocation", allocation_section(folder, cells))):
-        parts.append(text)
-        everything[key] = data
-    write_json_atomic(folder.report_json, everything)
+    ceiling_text, ceiling = ceiling_section(folder, tasks, config.policies)
+    rewards_text, rewards = rewards_section(folder, cells)
+    diagnosis_text, diagnosis = diagnosis_section(folder, cells, config.collapse_tau, rewards)
+    allocation_text, allocation = allocation_section(folder, cells)
+    parts += [ceiling_text, rewards_text, diagnosis_text, allocation_text]
+    write_json_atomic(folder.report_json, {"config": config.to_json(), "ceiling": ceiling, "rewards": rewards,
+                                           "diagnosis": diagnosis, "allocation": allocation})
     write_bytes_atomic(folder.report, "\n".join(parts).encode("utf-8"))
     return str(folder.report)

@@ -1,5 +1,5 @@
-"""Every table of a run, built once as data from the run folder's files; the CLI renders them
-with rich and the report as Markdown, so the two never drift apart."""
+"""Every table of a run, built once as data from the stage results (read by runs/results.py);
+the CLI renders them with rich and the report as Markdown, so the two never drift apart."""
 from __future__ import annotations
 
 import math
@@ -52,10 +52,11 @@ def _share(values) -> str:
     return "-" if values is None else f"{values[0]:.2f} [{values[1]:.2f}, {values[2]:.2f}]"
 
 
-def ceiling_table(folder: RunFolder, task: str, policies, metric: str = PRIMARY) -> Table:
+def ceiling_table(task: str, curves: dict[str, dict], metric: str = PRIMARY) -> Table:
+    """``curves``: each policy's ``curves.json``."""
     rows, m = [], None
-    for policy in policies:
-        r = read_curves(folder, task, policy)[metric]
+    for policy, by_metric in curves.items():
+        r = by_metric[metric]
         oracle, rand = Curve.from_json(r["oracle"]), Curve.from_json(r["random"])
         m = len(oracle.n)
         fits = "; ".join(f"{f['form']}: b={f['b']:.4f}, rmse={f['rmse']:.4f}" for f in r["ceiling_fits"])
@@ -66,8 +67,7 @@ def ceiling_table(folder: RunFolder, task: str, policies, metric: str = PRIMARY)
                   f"random N={m}", "ceiling fits (best first)"], rows)
 
 
-def rewards_table(folder: RunFolder, task: str, policy: str) -> Table:
-    ev = read_reward_eval(folder, task, policy)
+def rewards_table(task: str, policy: str, ev: dict) -> Table:
     m = ev["pool_size"]
     points = at_points(m)
     oracle = Curve.from_json(ev["oracle"])
@@ -82,9 +82,9 @@ def rewards_table(folder: RunFolder, task: str, policy: str) -> Table:
                  ["selector", *[f"N={n}" for n in points], f"gain share N={m}", "Spearman", "corr(mean, sd)"], rows)
 
 
-def diagnosis_table(folder: RunFolder, task: str, policy: str) -> Table:
+def diagnosis_table(task: str, policy: str, diagnoses: dict[str, Diagnosis]) -> Table:
     rows = []
-    for name, d in read_diagnoses(folder, task, policy).items():
+    for name, d in diagnoses.items():
         rows.append([name, *[f"{v:.3f}" for v in (d.mu_bar, d.sigma_bar)], f"{d.collapse_rate:.2f}",
                      f"{d.rho_bar:.3f}", f"{d.hacked_share:.2f}", f"{d.hacked_share_informative:.2f}",
                      f"{d.hacked_share_expected_by_chance:.2f}", f"{d.rho_bar_pos:.3f}", f"{d.rho_bar_neg:.3f}",
@@ -95,8 +95,7 @@ def diagnosis_table(folder: RunFolder, task: str, policy: str) -> Table:
                   "corr(ρ_q, σ_q)", "flat pools", "U=0 share", "collapsed users", "hacked (p<.05)"], rows)
 
 
-def laws_table(folder: RunFolder, task: str, policy: str) -> Table:
-    diagnoses = read_diagnoses(folder, task, policy)
+def laws_table(task: str, policy: str, diagnoses: dict[str, Diagnosis]) -> Table:
     rows = []
     for name, d in diagnoses.items():
         in_se = d.error_in_se("copula_per_query")
@@ -147,11 +146,9 @@ def _family_head(selector: Selector) -> tuple[str, str]:
     return family, selector.model.split(".", 1)[1] if family in FAMILIES[1:] else selector.model
 
 
-def comparison_table(folder: RunFolder, task: str, policy: str) -> Table:
+def comparison_table(task: str, policy: str, ev: dict, diagnoses: dict[str, Diagnosis]) -> Table:
     """Every family x head x rule on the same held-out users: share of the oracle gain, the
     failure modes against chance, and the per-query laws' error."""
-    ev = read_reward_eval(folder, task, policy)
-    diagnoses = read_diagnoses(folder, task, policy)
     points = [n for n in (4, 16) if str(n) in next(iter(ev["selectors"].values()))["oracle_gain_share"]]
     rows = []
     for name, sel in sorted(ev["selectors"].items(), key=lambda kv: FAMILY_ORDER.index(
@@ -185,8 +182,7 @@ def _samples_to_reach(study: AllocationStudy, policy: str) -> str:
     return f"{need:.2f} [{low}, {high}]"
 
 
-def allocation_table(folder: RunFolder, task: str, policy: str) -> Table:
-    study = read_allocation(folder, task, policy)
+def allocation_table(task: str, policy: str, study: AllocationStudy) -> Table:
     rows = []
     for name, curve in study.curves.items():
         cells = []
@@ -204,7 +200,16 @@ def allocation_table(folder: RunFolder, task: str, policy: str) -> Table:
 def stage_tables(folder: RunFolder, stage: str, tasks: list[str], policies: list[str]) -> list[Table]:
     """The tables a stage's results fill (none for stages that only write data)."""
     if stage == "curves":
-        return [ceiling_table(folder, task, policies) for task in tasks]
-    builders = {"rewards": [rewards_table], "diagnose": [diagnosis_table, laws_table, comparison_table],
-                "allocate": [allocation_table]}.get(stage, [])
-    return [build(folder, task, policy) for task in tasks for policy in policies for build in builders]
+        return [ceiling_table(task, {p: read_curves(folder, task, p) for p in policies}) for task in tasks]
+    tables = []
+    for task in tasks:
+        for policy in policies:
+            if stage == "rewards":
+                tables.append(rewards_table(task, policy, read_reward_eval(folder, task, policy)))
+            elif stage == "diagnose":
+                diagnoses = read_diagnoses(folder, task, policy)
+                tables += [diagnosis_table(task, policy, diagnoses), laws_table(task, policy, diagnoses),
+                           comparison_table(task, policy, read_reward_eval(folder, task, policy), diagnoses)]
+            elif stage == "allocate":
+                tables.append(allocation_table(task, policy, read_allocation(folder, task, policy)))
+    return tables
