@@ -133,6 +133,10 @@ def _cli_cases(run: str):
         ("generate with a huge budget", ["generate", run, "--task", "t", "--budget", "100000"], r"--budget"),
         ("generate with no budget", ["generate", run, "--task", "t", "--budget", "0"], r"--budget"),
         ("generate on a folder that is no run", ["generate", run, "--task", "t"], r"is not a run folder"),
+        ("scores into a folder that is no run", ["scores", run, run + "/s.jsonl", "--task", "t", "--name", "x"],
+         r"is not a run folder"),
+        ("zero-shot on a folder that is no run", ["zero-shot", run], r"is not a run folder"),
+        ("compare on a folder that is no run", ["compare", run], r"is not a run folder"),
         ("unknown command", ["dance"], r"No such command"),
     ]
 

@@ -53,9 +53,7 @@ def _within(option: str, value, low, high=None) -> None:
 def _run_stages(config: RunConfig | None, root: Path, stages) -> list[str]:
     """Run ``stages`` holding the run's writer lock; ``config`` None resumes the saved one.
     Returns the run's task names."""
-    folder = RunFolder(root)
-    if config is None and not folder.config.exists():
-        raise FileNotFoundError(f"{root} is not a run folder (no config.json); start one with `ttp run`")
+    folder = RunFolder(root) if config else RunFolder.existing(root)
     with folder.lock():
         pipeline = Pipeline(config, root) if config else Pipeline.resume(root)
         tasks = [t.name for t in pipeline.tasks]
@@ -283,9 +281,7 @@ def scores(
     from ttp.rewards.external import check_selector_name, read_scores
     from ttp.runs.results import read_table
 
-    folder = RunFolder(run_folder)
-    if not folder.config.exists():
-        raise FileNotFoundError(f"{run_folder} is not a run folder (no config.json); start one with `ttp run`")
+    folder = RunFolder.existing(run_folder)
     config = RunConfig.load(folder.config)
     check_selector_name(name, {"random", "constant", *config.reward_models})
     with folder.lock():
@@ -318,9 +314,7 @@ def zero_shot(
     for name in scorer or ():
         if name not in ZERO_SHOT:
             raise typer.BadParameter(f"--scorer {name!r}: choose from {', '.join(ZERO_SHOT)}")
-    folder = RunFolder(run_folder)
-    if not folder.config.exists():
-        raise FileNotFoundError(f"{run_folder} is not a run folder (no config.json); start one with `ttp run`")
+    folder = RunFolder.existing(run_folder)
     with folder.lock():
         pipeline = Pipeline.resume(run_folder)
         c = pipeline.config
@@ -362,9 +356,7 @@ def compare(
     from ttp.runs.results import read_diagnoses, read_reward_eval
     from ttp.runs.tables import comparison_table
 
-    folder = RunFolder(run_folder)
-    if not folder.config.exists():
-        raise FileNotFoundError(f"{run_folder} is not a run folder (no config.json); start one with `ttp run`")
+    folder = RunFolder.existing(run_folder)
     with folder.lock():
         config = RunConfig.load(folder.config)
         if "hidden_state" in family and config.backend != "llama-cpp":

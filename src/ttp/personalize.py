@@ -145,9 +145,7 @@ class Personalizer:
                  backend: PolicyBackend | None = None, selector: str | None = None) -> "Personalizer":
         """The personalizer of one task and policy of a finished run folder; ``selector`` picks
         with another of the run's trained reward models than its ``controller_selector``."""
-        folder = RunFolder(root)
-        if not folder.config.exists():
-            raise FileNotFoundError(f"{folder.root} is not a run folder (no config.json); start one with `ttp run`")
+        folder = RunFolder.existing(root)
         config = RunConfig.load(folder.config)
         if selector is not None:
             config = replace(config, controller_selector=selector)

@@ -46,6 +46,14 @@ class RunFolder:
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
+    @classmethod
+    def existing(cls, root: str | Path) -> "RunFolder":
+        """The run folder at ``root``; without a ``config.json`` it is none, and this says how to start one."""
+        folder = cls(root)
+        if not folder.config.exists():
+            raise FileNotFoundError(f"{folder.root} is not a run folder (no config.json); start one with `ttp run`")
+        return folder
+
     @contextlib.contextmanager
     def lock(self):
         """Hold the run's writer lock; raise ``RunInUse`` naming the holder if another has it."""
