@@ -120,7 +120,7 @@ def test_report_writes_every_figure_and_a_json_of_everything(run):
     assert collapsed == {str(u) for u in test.collapsed_users}
 
 
-def test_a_damaged_result_file_names_itself_the_field_and_the_command_that_rewrites_it(run):
+def test_a_damaged_or_missing_result_file_names_itself_the_field_and_the_command_that_writes_it(run):
     from ttp.files import DataFileError
 
     folder = run[0]
@@ -153,6 +153,15 @@ def test_a_damaged_result_file_names_itself_the_field_and_the_command_that_rewri
             assert f"ttp {stage} {folder.root}" in str(err.value)
         finally:
             path.write_text(intact)
+    for path, stage in ((folder.allocation(TASK, POLICY), "allocate"), (folder.diagnosis(TASK, POLICY), "diagnose"),
+                        (folder.reward_eval(TASK, POLICY), "rewards"), (folder.curves(TASK, POLICY), "curves")):
+        intact = path.read_bytes()
+        path.unlink()
+        try:
+            with pytest.raises(FileNotFoundError, match=f"{path.name} is missing: run `ttp {stage} {folder.root}` first"):
+                stage_tables(folder, stage, [TASK], [POLICY])
+        finally:
+            path.write_bytes(intact)
 
 
 def test_per_query_values_live_in_a_table_beside_the_diagnosis(run):

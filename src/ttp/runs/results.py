@@ -30,7 +30,9 @@ def read_table(path, command: str, columns: list[str] | None = None) -> pd.DataF
 
 def _read_result(folder: RunFolder, path, parse, stage: str):
     """A stage's result file, parsed by ``parse``; a damaged one raises ``DataFileError`` naming
-    the file, what is wrong and the command that writes it again."""
+    the file, what is wrong and the command that writes it again; a missing one says to run it."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `ttp {stage} {folder.root}` first")
     data = read_json(path)
     try:
         return parse(data)
