@@ -12,7 +12,6 @@ from __future__ import annotations
 from functools import partial
 
 import pandas as pd
-import pyarrow as pa
 from rich.console import Console
 from rich.progress import Progress
 
@@ -34,7 +33,7 @@ from ttp.runs.config import ConfigError, RunConfig
 from ttp.runs.evaluation import evaluate_selectors, selector_scores, selectors
 from ttp.runs.folder import RunFolder
 from ttp.runs.report import write_report
-from ttp.runs.results import read_table, write_diagnoses
+from ttp.runs.results import UNREADABLE_TABLE, read_table, write_diagnoses
 from ttp.tasks.data import PARTS, Task, UserSplit, load_task, split_users, subset
 from ttp.tasks.prompts import PromptBuilder
 from ttp.tasks.utility import METRICS, PRIMARY, candidate_table
@@ -47,7 +46,7 @@ def _cached(path, columns: list[str] | None = None) -> pd.DataFrame | None:
     """A table an earlier call wrote, or None where it is missing or damaged: it is then made again."""
     try:
         return pd.read_parquet(path, columns=columns)
-    except (OSError, ValueError, pa.ArrowException):
+    except UNREADABLE_TABLE:
         return None
 
 

@@ -16,6 +16,9 @@ from ttp.files import (DamagedRecord, DataFileError, number, read_json, read_rec
 from ttp.runs.folder import RunFolder
 
 
+UNREADABLE_TABLE = (OSError, ValueError, pa.ArrowException)   # what pandas and pyarrow raise for a damaged file
+
+
 def read_table(path, command: str, columns: list[str] | None = None) -> pd.DataFrame:
     """A Parquet table of a run.  A missing one raises ``FileNotFoundError`` and an unreadable one
     ``DataFileError``, each naming the file and the ``command`` that writes it."""
@@ -23,7 +26,7 @@ def read_table(path, command: str, columns: list[str] | None = None) -> pd.DataF
         raise FileNotFoundError(f"{path} is missing: run `{command}` first")
     try:
         return pd.read_parquet(path, columns=columns)
-    except (OSError, ValueError, pa.ArrowException) as err:
+    except UNREADABLE_TABLE as err:
         problem = str(err).splitlines()[0]   # pyarrow appends the file's schema on further lines
         raise DataFileError(f"{path} is not a readable table ({problem}); `{command}` writes it again") from None
 
