@@ -3,7 +3,9 @@ per-query law with each pool's measured ``r̂_q`` plugged in; averaged over the 
 ``r_q`` given ``r̂_q`` with the Gaussian copula (λ = 1; ``posterior_copula_curves``;
 docs/method.md, "Noise in r̂_q"); and the law ``ttp diagnose`` reports, which does the same
 with the pools' top compression λ̂ (docs/method.md, "Top compression"), taken from
-``diagnose`` so that it is the law reported.
+``diagnose`` so that it is the law reported.  On a run it adds the same law on the test pools
+with λ measured on the validation users' pools instead: whether λ̂ is a property of the reward
+model that carries over to other users, or a parameter fitted to the pools it is judged on.
 
     python scripts/copula_posterior.py [runs/pep-titles]
 
@@ -32,7 +34,7 @@ from ttp.runs.pipeline import Pipeline
 from ttp.tasks.utility import PRIMARY
 
 SIGNED_AT = np.array([2, 4, 8, 16])
-NAMES = ("plug-in r̂", "posterior, λ = 1", "the law (λ̂)")
+NAMES = ("plug-in r̂", "posterior, λ = 1", "the law (λ̂)", "λ̂ of validation users")
 
 
 def errors(residual: np.ndarray, utilities: np.ndarray) -> tuple[float, float, np.ndarray]:
@@ -46,16 +48,23 @@ def errors(residual: np.ndarray, utilities: np.ndarray) -> tuple[float, float, n
     return float(np.abs(mean).max() / gain), float((np.abs(mean) / np.maximum(se, 1e-15))[1:].max()), signed
 
 
-def compare(scores: np.ndarray, utilities: np.ndarray, users: np.ndarray) -> tuple[list, str]:
+def compare(scores: np.ndarray, utilities: np.ndarray, users: np.ndarray, validation=None) -> tuple[list, str]:
     """Each law's errors (the plug-in law, the posterior law with λ = 1, and the law as ``ttp
-    diagnose`` computes it, collapsed users outside the prior in both), and the λ̂ it measured
-    with its standard error."""
+    diagnose`` computes it, collapsed users outside the prior in all), and the λ̂ it measured
+    with its standard error; with ``validation`` pools ``(scores, utilities, users)``, also the
+    law with the λ̂ those measure (and it beside the other)."""
     observed = bon_curves(scores, utilities)
     d = diagnose(scores, utilities, users)
+    active = ~d.per_query["collapsed"].astype(bool)
     plug_in = observed - copula_curves(utilities, copula_correlation(scores, utilities))
-    gaussian = observed - posterior_copula_curves(scores, utilities, ~d.per_query["collapsed"].astype(bool))
+    gaussian = observed - posterior_copula_curves(scores, utilities, active)
     laws = [plug_in, gaussian, d.per_query["residual:copula_per_query"]]
-    return [errors(residual, utilities) for residual in laws], d.top_compression_text
+    if validation is None:
+        return [errors(residual, utilities) for residual in laws], d.top_compression_text
+    held = diagnose(*validation)
+    laws.append(observed - posterior_copula_curves(scores, utilities, active, held.copula_top_compression))
+    return ([errors(residual, utilities) for residual in laws],
+            f"{d.top_compression_text:>12s} {held.top_compression_text:>12s}")
 
 
 def compression_band(scores: np.ndarray, utilities: np.ndarray, users: np.ndarray, active: np.ndarray,
@@ -77,13 +86,16 @@ def prior_slope(scores: np.ndarray, utilities: np.ndarray) -> float:
     return float(np.polyfit(np.log(utilities.std(axis=1)[spread]), copula_correlation(scores, utilities)[spread], 1)[0])
 
 
+def header(names) -> str:
+    return "   ".join(f"{name:>18s}" for name in names)
+
+
 def cell(share: float, se: float) -> str:
     return f"{share:6.1%} ({se:4.1f} SE)"
 
 
 def main(run: str | None) -> None:
-    header = "   ".join(f"{name:>18s}" for name in NAMES)
-    print(f"{'':38s} {header}     λ̂   prior slope b")
+    print(f"{'':38s} {header(NAMES[:3])}     λ̂   prior slope b")
     for utility in UTILITIES:
         for m in (8, 16, 64):
             sim = simulate(SimulationConfig(n_users=60, queries_per_user=20, pool_size=m, utility=utility, seed=3))
@@ -94,12 +106,14 @@ def main(run: str | None) -> None:
         return
     pipeline = Pipeline.resume(run, show_progress=False)
     for task, policy in pipeline.cells():
-        pools = Pools.from_frame(pd.read_parquet(pipeline.folder.scores(task.name, policy, "test")))
-        print(f"\n{task.name} / {policy}")
+        pools, validation = (Pools.from_frame(pd.read_parquet(pipeline.folder.scores(task.name, policy, part)))
+                             for part in ("test", "validation"))
+        print(f"\n{f'{task.name} / {policy}':38s} {header(NAMES)}      λ̂ (test)  λ̂ (validation)")
         results = []
         for selector in selectors(pools):
             if selector.model != "random":
-                cells, compression = compare(pools[selector.column], pools[PRIMARY], pools.users)
+                cells, compression = compare(pools[selector.column], pools[PRIMARY], pools.users,
+                                             (validation[selector.column], validation[PRIMARY], validation.users))
                 results.append(cells)
                 print(f"  {str(selector):36s} " + "   ".join(cell(*c[:2]) for c in cells) + f"   {compression}",
                       flush=True)
