@@ -14,9 +14,10 @@ errors, and its mean signed error (observed − law) at N = 2, 4, 8 and 16: on t
 (1,200 queries per setting, seed 3), and on a run's test pools for every selector, with the
 count of selectors within 5% and within 2 paired SE, and for the pointwise RM's λ̂ its 95% band
 over 200 resamples of the test users (the collapsed ones left out) beside the standard error
-``top_compression`` gives it.  For the simulator it also
-prints the prior's slope ``b`` on log utility spread, the least-squares fit of ``r̂_q`` on
-``log σ_q`` over pools with spread (what ``correlation_posterior`` fits).
+``top_compression`` gives it.  For the simulator it also prints the prior's slope ``b`` on log
+utility spread, the least-squares fit of ``r̂_q`` on ``log σ_q`` over pools with spread (what
+``correlation_posterior`` fits), and what carrying λ̂ over from other users costs where every
+user has the same λ, at the size of pep-titles' test and validation users.
 """
 import sys
 
@@ -94,6 +95,31 @@ def cell(share: float, se: float) -> str:
     return f"{share:6.1%} ({se:4.1f} SE)"
 
 
+def carried_over_on_simulator(seeds: int = 8) -> None:
+    """What measuring λ on other users costs where every user has the same λ: simulated pools of
+    16 at pep-titles' size (21 test users x 6 queries, 8 validation users x 6), each seed's law
+    on the test pools with λ̂ from the test pools and from the validation pools."""
+    print(f"\nλ̂ carried over, simulated at pep-titles' size ({seeds} seeds): mean error of the law, and how many "
+          f"seeds it fits within 5% / within 2 paired SE, with λ̂ from the test pools -> from the validation pools")
+    for utility, planted, rho in (("zero_inflated", 1.0, 0.5), ("zero_inflated", 0.4, 0.7), ("gaussian", 0.4, 0.7)):
+        rows = []
+        for seed in range(seeds):
+            test, held = (simulate(SimulationConfig(n_users=users, queries_per_user=6, pool_size=16, utility=utility,
+                                                    seed=offset + seed, top_compression=planted, rho_mean=rho))
+                          for users, offset in ((21, 100), (8, 200)))
+            d, held_d = diagnose(test.scores, test.utilities, test.users), diagnose(held.scores, held.utilities,
+                                                                                     held.users)
+            active = ~d.per_query["collapsed"].astype(bool)
+            carried = bon_curves(test.scores, test.utilities) - posterior_copula_curves(
+                test.scores, test.utilities, active, held_d.copula_top_compression)
+            rows.append([*errors(d.per_query["residual:copula_per_query"], test.utilities)[:2],
+                         *errors(carried, test.utilities)[:2]])
+        r = np.array(rows)
+        print(f"  {utility:14s} planted λ = {planted}: " + " -> ".join(
+            f"{r[:, k].mean():.1%}, {(r[:, k] <= 0.05).sum()} / {(r[:, k + 1] <= 2).sum()} of {seeds}" for k in (0, 2)),
+            flush=True)
+
+
 def main(run: str | None) -> None:
     print(f"{'':38s} {header(NAMES[:3])}     λ̂   prior slope b")
     for utility in UTILITIES:
@@ -102,6 +128,7 @@ def main(run: str | None) -> None:
             cells, compression = compare(sim.scores, sim.utilities, sim.users)
             print(f"simulated {utility:14s} M = {m:2d}          " + "   ".join(cell(*c[:2]) for c in cells)
                   + f"   {compression}   {prior_slope(sim.scores, sim.utilities):+.3f}", flush=True)
+    carried_over_on_simulator()
     if run is None:
         return
     pipeline = Pipeline.resume(run, show_progress=False)
