@@ -108,7 +108,7 @@ def laws_table(task: str, policy: str, diagnoses: dict[str, Diagnosis]) -> Table
                      f"{chance:.2f}" if chance is not None else "-",
                      *[f"{d.law_gaps[k]:.1%}" for k in LAW_GAPS]])
     return Table(f"{task} / {policy}: each law's max error over N, as a share of the oracle gain at N = M "
-                 f"(the copula laws with the pools' top compression λ̂ ± its standard error); "
+                 f"(the copula laws with these pools' own top compression λ̂ ± its standard error); "
                  f"the copula per-query law's standard error (of observed − law over queries, largest over N, "
                  f"same scale), its worst error in those standard errors, and how likely a law exact for every "
                  f"query would still err by more than {LAW_TOLERANCE:.0%} at this number of queries; "
