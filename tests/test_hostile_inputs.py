@@ -144,6 +144,13 @@ def _cli_cases(run: str):
 CLI_IDS = [c[0] for c in _cli_cases("RUN")]
 
 
+def test_version_is_the_installed_distribution_s(capsys):
+    from importlib import metadata
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"ttp {metadata.version('ttp')}"
+
+
 @pytest.mark.parametrize("case", range(len(CLI_IDS)), ids=CLI_IDS)
 def test_bad_command_lines_stop_with_one_line(tmp_path, capsys, case):
     run = str(tmp_path / "run")

@@ -1,6 +1,7 @@
 """The report and the CLI tables, on a run folder filled from simulated pools with a planted
 collapse (no model needed): both render the same table data, and the numbers are the analysis's."""
 import json
+from importlib import metadata
 
 import numpy as np
 import pandas as pd
@@ -115,7 +116,9 @@ def test_report_writes_every_figure_and_a_json_of_everything(run):
         {f"ceiling_{TASK}.png"}
     assert all((folder.figures / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names)
     data = json.loads(folder.report_json.read_text())
-    assert set(data) == {"config", "ceiling", "rewards", "diagnosis", "allocation"}
+    assert set(data) == {"ttp_version", "config", "ceiling", "rewards", "diagnosis", "allocation"}
+    assert data["ttp_version"] == metadata.version("ttp")
+    assert f"Written by ttp {metadata.version('ttp')}." in folder.report.read_text()
     collapsed = {c["user"] for c in data["diagnosis"][f"{TASK}/{POLICY}"]["pointwise"]["collapsed_users"]}
     assert collapsed == {str(u) for u in test.collapsed_users}
 

@@ -6,9 +6,9 @@ stays light (torch, pandas and llama.cpp load only when needed).  The package's 
 ``ttp.tasks`` (data, prompts, utility), ``ttp.policy`` (backends, sampling), ``ttp.rewards``
 (features, models, selection), ``ttp.analysis`` (Best-of-N, statistics, the law, control),
 ``ttp.runs`` (configuration, run folder, pipeline, report), ``ttp.personalize`` (online)."""
-from importlib import import_module
+from importlib import import_module, metadata
 
-__version__ = "0.1.0"
+__version__ = metadata.version("ttp")   # pyproject.toml's, so the version is written in one place
 
 _EXPORTS = {
     "bon_curves": "ttp.analysis.bon", "oracle_curves": "ttp.analysis.bon", "random_curves": "ttp.analysis.bon",

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table as RichTable
 
+import ttp
 from ttp.policy import SamplingParams
 from ttp.policy.registry import BACKENDS
 from ttp.runs.config import MAX_POOL_SIZE, RunConfig, TaskSpec
@@ -23,10 +24,21 @@ from ttp.runs.folder import RunFolder
 from ttp.runs.pipeline import STAGES, Pipeline
 from ttp.runs.tables import Table, stage_tables
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Test-time personalization: Best-of-N with personalized reward models.")
+app = typer.Typer(add_completion=False, no_args_is_help=True)
 console = Console(width=200)
 WRAPPED_TEXT = 40   # a column whose values run longer than this wraps them
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        console.print(f"ttp {ttp.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print ttp's version and exit.")) -> None:
+    """Test-time personalization: Best-of-N with personalized reward models."""
 
 
 def render(table: Table) -> None:

@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ttp import __version__  # noqa: E402
 from ttp.analysis.allocation import REFERENCE_BUDGET, AllocationStudy  # noqa: E402
 from ttp.analysis.bon import Curve  # noqa: E402
 from ttp.analysis.control import REFERENCES  # noqa: E402
@@ -272,7 +273,7 @@ CONVENTION_NOTES = {
 def write_report(folder: RunFolder, config: RunConfig, tasks: list[str]) -> str:
     """Write ``report.md``, the figures and ``report.json``; return the report's path."""
     cells = [(task, policy) for task in tasks for policy in config.policies]
-    parts = [f"# TTP report: {folder.root}\n",
+    parts = [f"# TTP report: {folder.root}\n", f"Written by ttp {__version__}.\n",
              f"Tasks: {', '.join(tasks)}. Policies: {', '.join(config.policies)}. "
              f"Pool size M = {config.sampling.n}, temperature {config.sampling.temperature}, top-p "
              f"{config.sampling.top_p}, seed {config.seed}, backend {config.backend}. User split "
@@ -283,7 +284,7 @@ def write_report(folder: RunFolder, config: RunConfig, tasks: list[str]) -> str:
     diagnosis_text, diagnosis = diagnosis_section(folder, cells, config.collapse_tau, rewards)
     allocation_text, allocation = allocation_section(folder, cells)
     parts += [ceiling_text, rewards_text, diagnosis_text, allocation_text]
-    write_json_atomic(folder.report_json, {"config": config.to_json(), "ceiling": ceiling, "rewards": rewards,
+    write_json_atomic(folder.report_json, {"ttp_version": __version__, "config": config.to_json(), "ceiling": ceiling, "rewards": rewards,
                                            "diagnosis": diagnosis, "allocation": allocation})
     write_bytes_atomic(folder.report, "\n".join(parts).encode("utf-8"))
     return str(folder.report)
