@@ -27,7 +27,7 @@ def read_table(path, command: str, columns: list[str] | None = None) -> pd.DataF
     try:
         return pd.read_parquet(path, columns=columns)
     except UNREADABLE_TABLE as err:
-        problem = str(err).splitlines()[0]   # pyarrow appends the file's schema on further lines
+        problem = (str(err).splitlines() or [type(err).__name__])[0]   # pyarrow appends the schema on more lines
         raise DataFileError(f"{path} is not a readable table ({problem}); `{command}` writes it again") from None
 
 
