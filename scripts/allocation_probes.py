@@ -13,33 +13,34 @@ For each task and policy, on the validation and the test users:
    correlations with the spread of the first four scores, the reward model's mean predicted sd
    over them, the policy's mean token log-probability and the candidates' mean pairwise word
    overlap;
-2. the samples per query the expected-improvement rule needs to match uniform N = 8 with more
-   or less shrinkage of its score spread; told each query's own κ_q, its pool's score spread,
-   or both; in chunks of 2; without its collapse check; and with other selectors;
+2. the samples per query the expected-improvement rule needs to match uniform N = 8 with each
+   shrinkage of its score spread the allocate stage may choose (on the validation and the test
+   users); with the chosen one, told each query's own κ_q, its pool's score spread, or both; in
+   chunks of 2; without its collapse check; and with each of the run's other selectors;
 3. whether a model of κ_q can be learned with more queries than the validation users have: the
    selector's reward model (features family) is cross-fitted over five folds of the training and
    validation users, which gives out-of-fold scores for all their queries; a ridge regression of
    κ_q on what the first four draws show is fitted there and used by the rule on the test users.
 """
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
-from ttp.analysis.allocation import STUDY_BUDGETS, AllocationCurve
+from ttp.analysis.allocation import (PRIOR_STRENGTHS, STUDY_BUDGETS, AllocationCurve, choose_online_rule,
+                                     samples_to_reach_uniform)
 from ttp.analysis.control import (ControllerConfig, budget_threshold, evaluate_allocation, evaluate_policy,
                                   improvement_gains, query_calibration, stop_below, validation_calibration)
 from ttp.analysis.pools import Pools
 from ttp.analysis.stats import within_pool_correlation
 from ttp.rewards.families import family_of, new_model
 from ttp.rewards.features import FEATURES
-from ttp.runs.evaluation import Selector
+from ttp.runs.evaluation import Selector, selectors
 from ttp.runs.pipeline import Pipeline
 from ttp.tasks.utility import PRIMARY
 
 FIRST = 4
-PRIOR_STRENGTHS = (2.0, 8.0, 32.0, 1000.0)
-SELECTORS = ("probabilistic/mean", "pointwise", "bradley_terry", "ensemble/mean")
 FOLDS = 5
 DRAWN = ("sim_input", "sim_pool", "sim_profile_max", "logprob_per_token")   # features of the drawn candidates
 RIDGE = 10.0
@@ -78,18 +79,20 @@ def intraclass_correlation(values: np.ndarray, users: np.ndarray) -> float:
 
 
 def samples_to_match_uniform(val: Pools, test: Pools, column: str, config: ControllerConfig) -> float | None:
-    """Samples per query expected improvement needs to match uniform N = 8 on the test pools."""
+    """Samples per query expected improvement, calibrated on the validation pools, needs to
+    match uniform N = 8 on the test pools."""
     kappa, spread = validation_calibration(val[column], val[PRIMARY])
-    budgets = tuple(b for b in STUDY_BUDGETS if b <= test[PRIMARY].shape[1])
-    rows = [evaluate_policy("expected_improvement", test[column], test[PRIMARY], test.users, b, kappa, config,
-                            spread_prior=spread) for b in budgets]
-    curve = AllocationCurve("expected_improvement", budgets, tuple(r["samples_per_query"] for r in rows),
-                            tuple(r["mean"] for r in rows), (), ())
-    uniform = evaluate_policy("uniform", test[column], test[PRIMARY], test.users, 8, kappa, config)["mean"]
-    return curve.samples_to_reach(uniform)
+    return samples_to_reach_uniform(test[column], test[PRIMARY], test.users, kappa, spread, config, seed=0)
 
 
-def told_the_pool(val: Pools, test: Pools, column: str) -> dict[str, float | None]:
+def chosen_config(val: Pools, column: str) -> ControllerConfig:
+    """The controller with the spread shrinkage the allocate stage chooses on the validation pools."""
+    kappa, spread = validation_calibration(val[column], val[PRIMARY])
+    return ControllerConfig(prior_strength=choose_online_rule(val[column], val[PRIMARY], val.users, kappa,
+                                                              spread).prior_strength)
+
+
+def told_the_pool(val: Pools, test: Pools, column: str, config: ControllerConfig) -> dict[str, float | None]:
     """Samples per query expected improvement needs to match uniform N = 8 when told, from each
     test query's full pool, its calibration κ_q, its score spread, or both (which is the
     known-calibration reference): which of the two the draws' not revealing costs more."""
@@ -99,7 +102,7 @@ def told_the_pool(val: Pools, test: Pools, column: str) -> dict[str, float | Non
 
     def need(kappa, known_spread):
         return samples_needed(scores, test[PRIMARY], test.users, lambda o: improvement_gains(
-            _in_order(scores, o), kappa, spread, known_spread=known_spread))
+            _in_order(scores, o), kappa, spread, config, known_spread=known_spread))
 
     return {"its own κ_q, its score spread still estimated from the draws": need(kappa_q, None),
             "its pool's score spread, κ still the validation one": need(kappa, spread_q),
@@ -127,23 +130,30 @@ def main(run: str) -> None:
             corr = table.corr()["slope"].drop("slope")
             print(f"  {part:10s} ({len(table)} queries): " + ", ".join(f"{k} {v:+.2f}" for k, v in corr.items()))
         pools = {part: Pools.from_frame(frame) for part, frame in frames.items()}
-        print("  expected improvement, samples per query to match uniform N = 8 on the test users:")
+        chosen = chosen_config(pools["validation"], selector.column)
+        print("  expected improvement, samples per query to match uniform N = 8 on the test users (validation "
+              "| test); the rule uses the spread shrinkage that needs the fewest samples on validation:")
         for strength in PRIOR_STRENGTHS:
-            need = samples_to_match_uniform(pools["validation"], pools["test"], selector.column,
-                                            ControllerConfig(prior_strength=strength))
-            print(f"    spread shrinkage {strength:6.0f} pseudo-samples: {need:.2f}" if need else "    not reached")
-        for told, need in told_the_pool(pools["validation"], pools["test"], selector.column).items():
+            needs = [samples_to_match_uniform(pools["validation"], pools[part], selector.column,
+                                              ControllerConfig(prior_strength=strength))
+                     for part in ("validation", "test")]
+            print(f"    spread shrinkage {strength:4.0f} pseudo-samples: {' | '.join(map(_format, needs))}"
+                  + ("  (chosen)" if strength == chosen.prior_strength else ""))
+        print("  the rule with the chosen shrinkage, on the test users:")
+        for told, need in told_the_pool(pools["validation"], pools["test"], selector.column, chosen).items():
             print(f"    told {told}: {_format(need)}")
-        need = samples_to_match_uniform(pools["validation"], pools["test"], selector.column, ControllerConfig(chunk=2))
+        need = samples_to_match_uniform(pools["validation"], pools["test"], selector.column, replace(chosen, chunk=2))
         print(f"    drawing 2 at a time (a batch), stopping only after each pair: {_format(need)}")
         need = samples_to_match_uniform(pools["validation"], pools["test"], selector.column,
-                                        ControllerConfig(collapse_tau=0.0))
-        print(f"    without the collapse check: {need:.2f}" if need else "    without the collapse check: not reached")
-        for name in SELECTORS:
-            column = Selector.parse(name).column
-            if column in frames["test"]:
-                need = samples_to_match_uniform(pools["validation"], pools["test"], column, ControllerConfig())
-                print(f"    selector {name:22s}: " + (f"{need:.2f}" if need else "not reached"))
+                                        replace(chosen, collapse_tau=0.0))
+        print(f"    without the collapse check: {_format(need)}")
+        # every selector of the run, each with its own calibration and shrinkage (a flat curve,
+        # random's or a zero-shot scorer's that does not order the pools, "reaches" uniform N = 8 at once)
+        for other in selectors(pools["test"]):
+            if other.model != "random":
+                config = chosen_config(pools["validation"], other.column)
+                need = samples_to_match_uniform(pools["validation"], pools["test"], other.column, config)
+                print(f"    selector {str(other):38s}: {_format(need)} (shrinkage {config.prior_strength:g})")
 
         if family_of(selector.model) == "features":
             crossfitted_calibration(pipeline, task, policy, selector, frames["test"], pools)

@@ -166,12 +166,49 @@ def test_expected_improvement_stops_on_collapsed_users_and_is_chosen_where_it_sa
     collapsed = np.isin(sim.users, sim.collapsed_users)
     pilot = ControllerConfig.pilot
     assert (gains[collapsed, pilot - 1:-1] == 0).all() and (gains[~collapsed, pilot - 1:-1] > 0).mean() > 0.9
-    assert choose_online_rule(sim.scores, sim.utilities, sim.users, kappa, spread) == "expected_improvement"
+    assert choose_online_rule(sim.scores, sim.utilities, sim.users, kappa, spread).rule == "expected_improvement"
     # the collapse check is what makes the difference
     assert choose_online_rule(sim.scores, sim.utilities, sim.users, kappa, spread,
-                              ControllerConfig(collapse_tau=0.0)) == "uniform"
+                              ControllerConfig(collapse_tau=0.0)).rule == "uniform"
     # pools too small for the reference budget of 8 keep uniform N
-    assert choose_online_rule(sim.scores[:, :4], sim.utilities[:, :4], sim.users, kappa, spread) == "uniform"
+    assert choose_online_rule(sim.scores[:, :4], sim.utilities[:, :4], sim.users, kappa, spread).rule == "uniform"
+
+
+def test_the_spread_shrinkage_is_chosen_on_validation_pools_and_the_study_runs_the_rule_chosen():
+    """Where queries' scores come on scales of their own, the typical spread says little of a
+    query's: the weakest shrinkage reaches uniform N = 8 with the fewest samples, so it is chosen,
+    and the study's expected-improvement curve is the rule's with it."""
+    from dataclasses import replace
+
+    from ttp.analysis.allocation import PRIOR_STRENGTHS, STUDY_BUDGETS, allocation_study, choose_online_rule
+    from ttp.analysis.control import ControllerConfig, validation_calibration
+
+    def pools(seed):
+        sim = simulate(SimulationConfig(n_users=20, queries_per_user=4, pool_size=16, seed=seed))
+        scale = np.random.default_rng(seed).lognormal(0.0, 0.7, len(sim.scores))[:, None]
+        return sim.scores * scale, sim.utilities, sim.users
+
+    validation, test = pools(0), pools(1)
+    kappa, spread = validation_calibration(*validation[:2])
+    choice = choose_online_rule(*validation, kappa, spread)
+    assert choice.rule == "expected_improvement" and choice.prior_strength == min(PRIOR_STRENGTHS)
+
+    def need(strength):   # by brute force: the budget at which the rule first matches uniform N = 8
+        uniform = evaluate_policy("uniform", *validation, 8, kappa)["mean"]
+        config = replace(ControllerConfig(), prior_strength=strength)
+        for budget in STUDY_BUDGETS:
+            row = evaluate_policy("expected_improvement", *validation, budget, kappa, config, spread_prior=spread)
+            if row["mean"] >= uniform:
+                return budget
+        return np.inf
+
+    assert need(choice.prior_strength) <= min(need(s) for s in PRIOR_STRENGTHS)
+    assert need(choice.prior_strength) < need(ControllerConfig().prior_strength)
+    study = allocation_study("s", validation[:2], test, n_boot=50, validation_users=validation[2])
+    assert study.online_choice == choice
+    expected = evaluate_policy("expected_improvement", *test, 4, kappa, replace(ControllerConfig(),
+                               prior_strength=choice.prior_strength), spread_prior=spread)
+    assert study.curves["expected_improvement"].at(4)[0] == pytest.approx(expected["mean"])
 
 
 def test_the_study_evaluates_the_online_rule_as_ttp_generate_runs_it():

@@ -285,8 +285,8 @@ def test_compare_trains_every_family_and_prints_one_table(run_folder):
         other = Personalizer.from_run(run_folder, TASK, backend=personalizer.backend,
                                       selector="cross_encoder.probabilistic/mean")
         validation = Pools.from_frame(pd.read_parquet(folder.scores(TASK, "personalized", "validation")))
-        assert other.rule == choose_online_rule(validation[other.selector.column], validation[PRIMARY],
-                                                validation.users, other.kappa, other.dataset_spread,
-                                                other.controller, other.config.seed) != "law"
+        chosen = choose_online_rule(validation[other.selector.column], validation[PRIMARY], validation.users,
+                                    other.kappa, other.dataset_spread, other.controller, other.config.seed)
+        assert (other.rule, other.controller.prior_strength) == chosen and chosen.rule != "law"
     finally:
         allocation.write_text(study)

@@ -11,11 +11,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from ttp.analysis.allocation import choose_online_rule
+from ttp.analysis.allocation import OnlineChoice, choose_online_rule
 from ttp.analysis.control import ControllerConfig, validation_calibration
 from ttp.analysis.online import Decision, choose_online
 from ttp.analysis.pools import Pools
-from ttp.files import read_json
 from ttp.policy import Completion, PolicyBackend
 from ttp.policy.registry import make_backend
 from ttp.rewards.cross_encoder import pair_texts
@@ -26,7 +25,7 @@ from ttp.rewards.selection import Selector, rule_scores
 from ttp.runs.config import MAX_POOL_SIZE, RunConfig
 from ttp.runs.evaluation import selectors
 from ttp.runs.folder import RunFolder
-from ttp.runs.results import read_table
+from ttp.runs.results import read_allocation, read_table
 from ttp.tasks.data import Query, Task, load_task
 from ttp.tasks.prompts import PromptBuilder
 from ttp.tasks.utility import PRIMARY
@@ -61,7 +60,9 @@ class Personalizer:
             raise ValueError(f"selector {str(self.selector)!r} is not one of this run's: choose one of {trained}")
         self.kappa, self.dataset_spread = validation_calibration(validation[self.selector.column],
                                                                  validation[PRIMARY])
-        self.rule = self._stopping_rule(validation)
+        self.rule, prior_strength = self._stopping_rule(validation)
+        # the rule's spread shrinkage, chosen on validation users with it
+        self.controller = replace(self.controller, prior_strength=prior_strength)
         self.prompts = PromptBuilder(task.layout, policy, config.shots, config.convention)
         # the hidden-state family reads the personalized prompt whatever the policy (as it was trained)
         self.state_prompts = PromptBuilder(task.layout, "personalized", config.shots, config.convention)
@@ -71,16 +72,15 @@ class Personalizer:
             max_sequences=MAX_POOL_SIZE, n_ctx=config.n_ctx,
             request_timeout=config.request_timeout)
 
-    def _stopping_rule(self, validation: Pools) -> str:
-        """The stopping rule the allocate stage chose on validation users for this selector
-        (uniform N if it has not run); for another selector than the one it studied, chosen the
-        same way on that selector's validation scores."""
-        allocation = self.folder.allocation(self.task.name, self.policy)
-        if not allocation.exists():
-            return "uniform"
-        study = read_json(allocation)
-        if study.get("selector") == str(self.selector):
-            return study.get("online_rule", "uniform")
+    def _stopping_rule(self, validation: Pools) -> OnlineChoice:
+        """The stopping rule and its spread shrinkage the allocate stage chose on validation users
+        for this selector (uniform N if it has not run); for another selector than the one it
+        studied, chosen the same way on that selector's validation scores."""
+        if not self.folder.allocation(self.task.name, self.policy).exists():
+            return OnlineChoice("uniform", self.controller.prior_strength)
+        study = read_allocation(self.folder, self.task.name, self.policy)
+        if study.selector == str(self.selector):
+            return study.online_choice
         return choose_online_rule(validation[self.selector.column], validation[PRIMARY], validation.users,
                                   self.kappa, self.dataset_spread, self.controller, self.config.seed)
 

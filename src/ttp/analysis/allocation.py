@@ -5,7 +5,8 @@ policy needs to reach uniform N = 8), and the choice of the online rule.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from ttp.files import number, read_records
 
 STUDY_BUDGETS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 REFERENCE_BUDGET = 8   # policies are compared by the samples they need to match uniform N = 8
+# how strongly the online rule may shrink a query's score spread toward the typical one, in
+# pseudo-draws: chosen on validation pools, as the rule itself is
+PRIOR_STRENGTHS = (2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
 
 def samples_to_reach(spent, means, target: float) -> float | None:
@@ -94,6 +98,13 @@ class AllocationStudy:
     spread: float = 0.0                          # typical within-query score spread (validation)
     online_rule: str = "uniform"                 # what `ttp generate` and the server use
     reference_bands: dict = field(default_factory=dict)   # policy -> 95% band of samples_to_reach_reference
+    # the expected-improvement rule's spread shrinkage, chosen on validation pools (a study
+    # written before it was chosen used the controller's default)
+    prior_strength: float = ControllerConfig().prior_strength
+
+    @property
+    def online_choice(self) -> OnlineChoice:
+        return OnlineChoice(self.online_rule, self.prior_strength)
 
     @property
     def uniform_reference(self) -> float | None:
@@ -106,7 +117,7 @@ class AllocationStudy:
 
     def to_json(self) -> dict:
         return {"selector": self.selector, "kappa": self.kappa, "queries": self.queries, "spread": self.spread,
-                "online_rule": self.online_rule,
+                "online_rule": self.online_rule, "prior_strength": self.prior_strength,
                 "reference_budget": REFERENCE_BUDGET, "uniform_reference": self.uniform_reference,
                 "samples_to_reach_reference": {p: self.samples_to_reach_reference(p) for p in self.curves},
                 "samples_to_reach_reference_band": {p: [None if math.isinf(v) else v for v in band]
@@ -118,7 +129,8 @@ class AllocationStudy:
         return cls(data["selector"], number(data["kappa"], "kappa"), number(data["queries"], "queries"),
                    read_records(data["curves"], "curve", lambda policy, c: AllocationCurve.from_json(c)),
                    number(data.get("spread", 0.0), "spread"), data.get("online_rule", "uniform"),
-                   {p: _band_from_json(band) for p, band in data.get("samples_to_reach_reference_band", {}).items()})
+                   {p: _band_from_json(band) for p, band in data.get("samples_to_reach_reference_band", {}).items()},
+                   number(data.get("prior_strength", ControllerConfig().prior_strength), "prior_strength"))
 
 
 def _band_from_json(band) -> tuple[float, float]:
@@ -127,19 +139,39 @@ def _band_from_json(band) -> tuple[float, float]:
     return low, high
 
 
-def choose_online_rule(scores: np.ndarray, utilities: np.ndarray, users: np.ndarray, kappa: float, spread: float,
-                       config: ControllerConfig = ControllerConfig(), seed: int = 0) -> str:
-    """The online rule for ``ttp generate`` and the server, chosen on validation pools: the
-    expected-improvement rule where it reaches uniform N = 8 with fewer samples, else uniform N."""
+class OnlineChoice(NamedTuple):
+    """The online rule chosen on validation pools, and how strongly it shrinks the score spread
+    of a query's draws toward the typical one (``ControllerConfig.prior_strength``)."""
+
+    rule: str
+    prior_strength: float
+
+
+def samples_to_reach_uniform(scores, utilities, users, kappa: float, spread: float, config: ControllerConfig,
+                              seed: int) -> float | None:
+    """The samples the expected-improvement rule needs to reach uniform N = 8 on these pools."""
     budgets = tuple(b for b in STUDY_BUDGETS if b <= utilities.shape[1])
-    if REFERENCE_BUDGET not in budgets:
-        return "uniform"
-    curves = {p: AllocationCurve(p, budgets, *zip(*[
-        (r["samples_per_query"], r["mean"], r["mean"], r["mean"]) for r in
-        (evaluate_policy(p, scores, utilities, users, b, kappa, config, seed=seed, spread_prior=spread)
-         for b in budgets)])) for p in ("uniform", "expected_improvement")}
-    need = curves["expected_improvement"].samples_to_reach(curves["uniform"].at(REFERENCE_BUDGET)[0])
-    return "expected_improvement" if need is not None and need < REFERENCE_BUDGET else "uniform"
+    rows = [evaluate_policy("expected_improvement", scores, utilities, users, b, kappa, config, seed=seed,
+                            spread_prior=spread) for b in budgets]
+    uniform = evaluate_policy("uniform", scores, utilities, users, REFERENCE_BUDGET, kappa, config, seed=seed)
+    return samples_to_reach([r["samples_per_query"] for r in rows], [r["mean"] for r in rows], uniform["mean"])
+
+
+def choose_online_rule(scores: np.ndarray, utilities: np.ndarray, users: np.ndarray, kappa: float, spread: float,
+                       config: ControllerConfig = ControllerConfig(), seed: int = 0) -> OnlineChoice:
+    """The online rule for ``ttp generate`` and the server, chosen on validation pools: the
+    expected-improvement rule with the spread shrinkage of ``PRIOR_STRENGTHS`` that reaches
+    uniform N = 8 with the fewest samples, where that is fewer than 8; else uniform N."""
+    if REFERENCE_BUDGET > utilities.shape[1]:
+        return OnlineChoice("uniform", config.prior_strength)
+    needs = {strength: samples_to_reach_uniform(scores, utilities, users, kappa, spread,
+                                                replace(config, prior_strength=strength), seed)
+             for strength in PRIOR_STRENGTHS}
+    needs = {strength: need for strength, need in needs.items() if need is not None}
+    if not needs:
+        return OnlineChoice("uniform", config.prior_strength)
+    best = min(needs, key=needs.get)
+    return OnlineChoice("expected_improvement" if needs[best] < REFERENCE_BUDGET else "uniform", best)
 
 
 def allocation_study(selector: str, validation: tuple[np.ndarray, np.ndarray],
@@ -148,15 +180,20 @@ def allocation_study(selector: str, validation: tuple[np.ndarray, np.ndarray],
     """Calibrate κ and the typical score spread on validation ``(scores, utilities)``, then run
     every policy and the oracle bound on the test ``(scores, utilities, users)`` at each budget
     of ``STUDY_BUDGETS`` that fits the pools.  With ``validation_users``, also choose the online
-    rule: the expected-improvement rule where it reaches uniform N = 8 with fewer samples on the
-    validation pools themselves, else uniform N."""
+    rule and its spread shrinkage (``choose_online_rule``) on the validation pools themselves; the
+    study's expected-improvement rule is then the one chosen."""
     kappa, spread = validation_calibration(*validation)
+    choice = OnlineChoice("uniform", config.prior_strength)
+    if validation_users is not None:
+        choice = choose_online_rule(*validation, validation_users, kappa, spread, config, seed)
     scores, utilities, users = test
     budgets = tuple(b for b in STUDY_BUDGETS if b <= utilities.shape[1])
     curves, per_query = {}, {}
     for policy in (*ALLOCATION_POLICIES, *REFERENCES):
-        rows = [evaluate_policy(policy, scores, utilities, users, b, kappa, config, seed=seed, spread_prior=spread)
-                for b in budgets]
+        policy_config = replace(config, prior_strength=choice.prior_strength) \
+            if policy == "expected_improvement" else config
+        rows = [evaluate_policy(policy, scores, utilities, users, b, kappa, policy_config, seed=seed,
+                                spread_prior=spread) for b in budgets]
         bands = [user_bootstrap(r["per_query"][:, None], users, n_boot, seed=seed) for r in rows]
         curves[policy] = AllocationCurve(policy, budgets, tuple(r["samples_per_query"] for r in rows),
                                          *(tuple(float(getattr(b, k)[0]) for b in bands)
@@ -165,9 +202,7 @@ def allocation_study(selector: str, validation: tuple[np.ndarray, np.ndarray],
     reference_bands = {}
     if REFERENCE_BUDGET in budgets:
         reference_bands = samples_to_reach_bands(per_query, budgets, users, n_boot, seed=seed)
-    online_rule = "uniform"
-    if validation_users is not None:
-        online_rule = choose_online_rule(*validation, validation_users, kappa, spread, config, seed)
-    return AllocationStudy(selector, kappa, int(len(utilities)), curves, spread, online_rule, reference_bands)
+    return AllocationStudy(selector, kappa, int(len(utilities)), curves, spread, choice.rule, reference_bands,
+                           choice.prior_strength)
 
 

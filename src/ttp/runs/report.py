@@ -232,7 +232,8 @@ def allocation_section(folder: RunFolder, cells) -> tuple[str, dict]:
                 "with the largest predicted gain κ·ŝ_q·(e_{n+1} − e_n); *early_stop*: sample while that "
                 "gain exceeds a threshold set to meet the budget; *expected_improvement*: sample while κ times "
                 "the next score's expected rise above the best so far exceeds a threshold set to meet the "
-                "budget (the online rule). Two references know each query's full pool: *known_calibration* "
+                "budget (the online rule; the spread of the drawn scores is shrunk toward the typical one with "
+                "the strength chosen on validation users). Two references know each query's full pool: *known_calibration* "
                 "is expected improvement told each query's own κ_q and score spread, *oracle_bound* the best "
                 "allocation given every query's true Best-of-N curve.\n")
     for task, policy in cells:
@@ -258,8 +259,9 @@ def allocation_section(folder: RunFolder, cells) -> tuple[str, dict]:
         text.append(f"### {task} / {policy}\n\n![allocation](figures/{name})\n")
         text.append(allocation_table(task, policy, study).to_markdown())
         text.append(f"\n`ttp generate` and `ttp serve` draw with the **{study.online_rule}** rule here (expected "
-                    f"improvement where it reaches uniform N = {REFERENCE_BUDGET} with fewer samples on the "
-                    f"validation users, else uniform N).\n")
+                    f"improvement, with the spread shrinkage that needs the fewest samples on the validation "
+                    f"users, where it reaches uniform N = {REFERENCE_BUDGET} with fewer samples there, else "
+                    f"uniform N).\n")
     return "\n".join(text), data
 
 

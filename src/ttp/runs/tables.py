@@ -192,7 +192,9 @@ def allocation_table(task: str, policy: str, study: AllocationStudy) -> Table:
                          f"{point[0]:.4f} [{point[1]:.4f}, {point[2]:.4f}] ({point[3]:.2f})")
         rows.append([name, *cells, _samples_to_reach(study, name)])
     return Table(f"{task} / {policy}: {PRIMARY} on {study.queries} test queries at equal average budgets "
-                 f"(samples really spent), samples chosen by {study.selector} (κ = {study.kappa:.3f})",
+                 f"(samples really spent), samples chosen by {study.selector} (κ = {study.kappa:.3f}; expected "
+                 f"improvement shrinks a query's score spread with {study.prior_strength:g} pseudo-draws, chosen on "
+                 f"validation users)",
                  ["allocation", *[f"{b} per query" for b in ALLOCATION_BUDGETS],
                   f"samples to reach uniform N={REFERENCE_BUDGET} [95% CI]"], rows)
 
