@@ -57,6 +57,14 @@ def samples_to_reach_bands(per_query: dict, budgets: tuple[float, ...], users: n
     return bands
 
 
+class OnlineChoice(NamedTuple):
+    """The online rule chosen on validation pools, and how strongly it shrinks the score spread
+    of a query's draws toward the typical one (``ControllerConfig.prior_strength``)."""
+
+    rule: str
+    prior_strength: float
+
+
 @dataclass(frozen=True)
 class AllocationCurve:
     """One policy's utility at each average budget, with a bootstrap band over users."""
@@ -137,14 +145,6 @@ def _band_from_json(band) -> tuple[float, float]:
     # JSON has no infinity: null stands for it
     low, high = (math.inf if v is None else float(number(v, "samples_to_reach_reference_band")) for v in band)
     return low, high
-
-
-class OnlineChoice(NamedTuple):
-    """The online rule chosen on validation pools, and how strongly it shrinks the score spread
-    of a query's draws toward the typical one (``ControllerConfig.prior_strength``)."""
-
-    rule: str
-    prior_strength: float
 
 
 def samples_to_reach_uniform(scores, utilities, users, kappa: float, spread: float, config: ControllerConfig,
