@@ -133,6 +133,8 @@ def test_a_damaged_or_missing_result_file_names_itself_the_field_and_the_command
              "allocate", "wrong shape"),
             (folder.allocation(TASK, POLICY), lambda d: d.update(kappa="x"), "allocate",
              "field 'kappa' is 'x', not a number"),
+            (folder.allocation(TASK, POLICY), lambda d: d.update(prior_strength=0), "allocate",
+             "field 'prior_strength' is 0, not a positive number"),
             (folder.allocation(TASK, POLICY), lambda d: d["curves"]["uniform"]["mean"].__setitem__(0, "x"), "allocate",
              "curve 'uniform': field 'mean' is 'x', not a number"),
             (folder.curves(TASK, POLICY), lambda d: d["rougeL"].pop("ceiling_fits"), "curves",

@@ -138,7 +138,13 @@ class AllocationStudy:
                    read_records(data["curves"], "curve", lambda policy, c: AllocationCurve.from_json(c)),
                    number(data.get("spread", 0.0), "spread"), data.get("online_rule", "uniform"),
                    {p: _band_from_json(band) for p, band in data.get("samples_to_reach_reference_band", {}).items()},
-                   number(data.get("prior_strength", ControllerConfig().prior_strength), "prior_strength"))
+                   _positive(data.get("prior_strength", ControllerConfig().prior_strength), "prior_strength"))
+
+
+def _positive(value, name: str) -> float:
+    if number(value, name) <= 0:
+        raise ValueError(f"field {name!r} is {value!r}, not a positive number")
+    return value
 
 
 def _band_from_json(band) -> tuple[float, float]:
