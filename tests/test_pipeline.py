@@ -81,11 +81,11 @@ def test_a_damaged_table_names_itself_and_the_command_that_writes_it_or_is_made_
     folder = RunFolder(copy)
     intact, scores = (pd.read_parquet(p) for p in (folder.candidates(TASK, "plain"), folder.scores(TASK, "plain")))
     # a table the next stage reads names the command that writes it
-    for path, command in ((folder.scores(TASK, "plain"), "ttp rewards"),
-                          (folder.candidates(TASK, "plain"), "ttp utilities")):
+    for path, command, reader in ((folder.scores(TASK, "plain"), "ttp rewards", "diagnose"),
+                                  (folder.candidates(TASK, "plain"), "ttp utilities", "curves")):
         path.write_text("not a table")
         with pytest.raises(DataFileError) as err:
-            Pipeline.resume(copy).diagnose() if command == "ttp rewards" else Pipeline.resume(copy).curves()
+            getattr(Pipeline.resume(copy), reader)()
         assert str(err.value).startswith(f"{path} is not a readable table (")
         assert str(err.value).endswith(f"`{command} {copy}` writes it again") and "\n" not in str(err.value)
     # and that command makes it again, like any cache of the run (the features)
