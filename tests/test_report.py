@@ -118,7 +118,9 @@ def test_report_writes_every_figure_and_a_json_of_everything(run):
     data = json.loads(folder.report_json.read_text())
     assert set(data) == {"ttp_version", "config", "ceiling", "rewards", "diagnosis", "allocation"}
     assert data["ttp_version"] == metadata.version("ttp")
-    assert f"Written by ttp {metadata.version('ttp')}." in folder.report.read_text()
+    report = folder.report.read_text()
+    assert f"Written by ttp {metadata.version('ttp')}." in report
+    assert f"shrinks a query's score spread with {run[4].prior_strength:g} pseudo-draws" in report
     collapsed = {c["user"] for c in data["diagnosis"][f"{TASK}/{POLICY}"]["pointwise"]["collapsed_users"]}
     assert collapsed == {str(u) for u in test.collapsed_users}
 

@@ -259,9 +259,10 @@ def allocation_section(folder: RunFolder, cells) -> tuple[str, dict]:
         text.append(f"### {task} / {policy}\n\n![allocation](figures/{name})\n")
         text.append(allocation_table(task, policy, study).to_markdown())
         text.append(f"\n`ttp generate` and `ttp serve` draw with the **{study.online_rule}** rule here (expected "
-                    f"improvement, with the spread shrinkage that needs the fewest samples on the validation "
-                    f"users, where it reaches uniform N = {REFERENCE_BUDGET} with fewer samples there, else "
-                    f"uniform N).\n")
+                    f"improvement where it reaches uniform N = {REFERENCE_BUDGET} with fewer samples on the "
+                    f"validation users, else uniform N). Expected improvement shrinks a query's score spread "
+                    f"with {study.prior_strength:g} pseudo-draws, the strength that needs the fewest samples on "
+                    f"the validation users.\n")
     return "\n".join(text), data
 
 
