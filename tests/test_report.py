@@ -165,7 +165,8 @@ def test_a_damaged_or_missing_result_file_names_itself_the_field_and_the_command
         intact = path.read_bytes()
         path.unlink()
         try:
-            with pytest.raises(FileNotFoundError, match=f"{path.name} is missing: run `ttp {stage} {folder.root}` first"):
+            with pytest.raises(FileNotFoundError,
+                               match=f"{path.name} is missing: run `ttp {stage} {folder.root}` first"):
                 stage_tables(folder, stage, [TASK], [POLICY])
         finally:
             path.write_bytes(intact)

@@ -108,9 +108,10 @@ def diagnosis_section(folder: RunFolder, cells, tau: float, evaluations: dict) -
         "(docs/method.md), whose upper half the RM may order less sharply (copula λ̂ < 1) or more "
         "(λ̂ > 1) than the rest: the top compression, one per RM, measured from the ranks of each pool's "
         "better-scored half, on these same pools (`scripts/copula_posterior.py` shows what measuring it on "
-        "the validation users' pools instead does to the law). The per-query law averages its curve over the posterior of each pool's copula "
-        "correlation given the measured one, the pooled one gives every pool one r̄. The factorization gaps measure how far the "
-        "pooled laws stand from their per-query forms, the non-Gaussian gap how far the Gaussian per-query "
+        "the validation users' pools instead does to the law). The per-query law averages its curve over "
+        "the posterior of each pool's copula correlation given the measured one, the pooled one gives "
+        "every pool one r̄. The factorization gaps measure how far the pooled laws stand from their "
+        "per-query forms, the non-Gaussian gap how far the Gaussian per-query "
         "law stands from the copula one. *Flat pools*: "
         "share of queries whose candidates all have the same utility (ρ_q := 0). Law errors: "
         "maximum over N of |law − observed| as a share of the oracle gain at N = M (target: copula "
@@ -233,8 +234,9 @@ def allocation_section(folder: RunFolder, cells) -> tuple[str, dict]:
                 "gain exceeds a threshold set to meet the budget; *expected_improvement*: sample while κ times "
                 "the next score's expected rise above the best so far exceeds a threshold set to meet the "
                 "budget (the online rule; the spread of the drawn scores is shrunk toward the typical one with "
-                "the strength chosen on validation users). Two references know each query's full pool: *known_calibration* "
-                "is expected improvement told each query's own κ_q and score spread, *oracle_bound* the best "
+                "the strength chosen on validation users). Two references know each query's full pool: "
+                "*known_calibration* is expected improvement told each query's own κ_q and score spread, "
+                "*oracle_bound* the best "
                 "allocation given every query's true Best-of-N curve.\n")
     for task, policy in cells:
         study = read_allocation(folder, task, policy)
@@ -287,7 +289,7 @@ def write_report(folder: RunFolder, config: RunConfig, tasks: list[str]) -> str:
     diagnosis_text, diagnosis = diagnosis_section(folder, cells, config.collapse_tau, rewards)
     allocation_text, allocation = allocation_section(folder, cells)
     parts += [ceiling_text, rewards_text, diagnosis_text, allocation_text]
-    write_json_atomic(folder.report_json, {"ttp_version": __version__, "config": config.to_json(), "ceiling": ceiling, "rewards": rewards,
-                                           "diagnosis": diagnosis, "allocation": allocation})
+    write_json_atomic(folder.report_json, {"ttp_version": __version__, "config": config.to_json(), "ceiling": ceiling,
+                                           "rewards": rewards, "diagnosis": diagnosis, "allocation": allocation})
     write_bytes_atomic(folder.report, "\n".join(parts).encode("utf-8"))
     return str(folder.report)
