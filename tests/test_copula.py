@@ -50,6 +50,7 @@ def test_copula_law_matches_simulated_curves_within_monte_carlo_error_up_to_64(u
     assert d.error_in_se("per_query") > 3 * d.error_in_se("copula_per_query")
 
 
+@pytest.mark.slow
 def test_the_gaussian_law_misses_zero_inflated_pools_where_the_copula_law_does_not():
     sim = simulate(SimulationConfig(n_users=60, queries_per_user=20, pool_size=64, utility="zero_inflated", seed=3))
     d = diagnose(sim.scores, sim.utilities, sim.users)

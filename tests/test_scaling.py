@@ -16,6 +16,7 @@ def test_expected_max_of_normals_matches_known_values_and_simulation():
     assert e[63] == pytest.approx(draws.mean(), abs=4 * draws.std() / np.sqrt(len(draws)))
 
 
+@pytest.mark.slow
 def test_per_query_law_matches_gaussian_pools_within_monte_carlo_error():
     sim = simulate(SimulationConfig(n_users=100, queries_per_user=20, pool_size=64, seed=3))
     d = diagnose(sim.scores, sim.utilities, sim.users)
