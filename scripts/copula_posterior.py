@@ -4,8 +4,9 @@ per-query law with each pool's measured ``r̂_q`` plugged in; averaged over the 
 docs/method.md, "Noise in r̂_q"); and the law ``ttp diagnose`` reports, which does the same
 with the pools' top compression λ̂ (docs/method.md, "Top compression"), taken from
 ``diagnose`` so that it is the law reported.  On a run it adds the same law on the test pools
-with λ measured on the validation users' pools instead: whether λ̂ is a property of the reward
-model that carries over to other users, or a parameter fitted to the pools it is judged on.
+with λ measured on the validation users' pools instead (``diagnose``'s held-out law): whether λ̂
+is a property of the reward model that carries over to other users, or a parameter fitted to
+the pools it is judged on.
 
     python scripts/copula_posterior.py [runs/pep-titles]
 
@@ -28,7 +29,7 @@ from ttp.analysis.bon import bon_curves, oracle_curves
 from ttp.analysis.copula import copula_correlation, copula_curves
 from ttp.analysis.copula_fit import posterior_copula_curves, top_compression
 from ttp.analysis.pools import Pools
-from ttp.analysis.scaling import diagnose
+from ttp.analysis.scaling import HELD_OUT_LAW, diagnose, held_out_top_compression
 from ttp.analysis.simulate import UTILITIES, SimulationConfig, simulate
 from ttp.runs.evaluation import selectors
 from ttp.runs.pipeline import Pipeline
@@ -55,17 +56,17 @@ def compare(scores: np.ndarray, utilities: np.ndarray, users: np.ndarray, valida
     with its standard error; with ``validation`` pools ``(scores, utilities, users)``, also the
     law with the λ̂ those measure (and it beside the other)."""
     observed = bon_curves(scores, utilities)
-    d = diagnose(scores, utilities, users)
+    held = None if validation is None else held_out_top_compression(*validation)
+    d = diagnose(scores, utilities, users, held_out=held)
     active = ~d.per_query["collapsed"].astype(bool)
     plug_in = observed - copula_curves(utilities, copula_correlation(scores, utilities))
     gaussian = observed - posterior_copula_curves(scores, utilities, active)
     laws = [plug_in, gaussian, d.per_query["residual:copula_per_query"]]
-    if validation is None:
+    if held is None:
         return [errors(residual, utilities) for residual in laws], d.top_compression_text
-    held = diagnose(*validation)
-    laws.append(observed - posterior_copula_curves(scores, utilities, active, held.copula_top_compression))
+    laws.append(d.per_query[f"residual:{HELD_OUT_LAW}"])
     return ([errors(residual, utilities) for residual in laws],
-            f"{d.top_compression_text:>12s} {held.top_compression_text:>12s}")
+            f"{d.top_compression_text:>12s} {d.held_out_compression_text:>12s}")
 
 
 def compression_band(scores: np.ndarray, utilities: np.ndarray, users: np.ndarray, active: np.ndarray,
@@ -107,13 +108,10 @@ def carried_over_on_simulator(seeds: int = 8) -> None:
             test, held = (simulate(SimulationConfig(n_users=users, queries_per_user=6, pool_size=16, utility=utility,
                                                     seed=offset + seed, top_compression=planted, rho_mean=rho))
                           for users, offset in ((21, 100), (8, 200)))
-            d, held_d = diagnose(test.scores, test.utilities, test.users), diagnose(held.scores, held.utilities,
-                                                                                     held.users)
-            active = ~d.per_query["collapsed"].astype(bool)
-            carried = bon_curves(test.scores, test.utilities) - posterior_copula_curves(
-                test.scores, test.utilities, active, held_d.copula_top_compression)
+            d = diagnose(test.scores, test.utilities, test.users,
+                         held_out=held_out_top_compression(held.scores, held.utilities, held.users))
             rows.append([*errors(d.per_query["residual:copula_per_query"], test.utilities)[:2],
-                         *errors(carried, test.utilities)[:2]])
+                         *errors(d.per_query[f"residual:{HELD_OUT_LAW}"], test.utilities)[:2]])
         r = np.array(rows)
         print(f"  {utility:14s} planted λ = {planted}: " + " -> ".join(
             f"{r[:, k].mean():.1%}, {(r[:, k] <= 0.05).sum()} / {(r[:, k + 1] <= 2).sum()} of {seeds}" for k in (0, 2)),

@@ -6,7 +6,8 @@ from ttp.analysis.bon import bon_curves, oracle_curves, random_curves
 from ttp.analysis.copula import compress_top, copula_correlation, copula_curves, top_statistic
 from ttp.analysis.copula_fit import (COMPRESSIONS, MIN_PRIOR_POOLS, R_GRID, _simulated_statistics, correlation_posterior,
                                      meeting_point, posterior_copula_curves, top_compression)
-from ttp.analysis.scaling import LAW_TOLERANCE, chance_error_exceeds, chance_misses, diagnose
+from ttp.analysis.scaling import (HELD_OUT_LAW, LAW_TOLERANCE, chance_error_exceeds, chance_misses, diagnose,
+                                  held_out_top_compression)
 from ttp.analysis.simulate import SimulationConfig, simulate
 from ttp.analysis.stats import within_pool_correlation
 
@@ -98,10 +99,38 @@ def test_a_planted_top_compression_is_measured_and_the_law_with_it_fits_where_th
           f"{_paired_error(bon_curves(sim.scores, sim.utilities) - gaussian_copula):.1f} paired SE")
     assert d.copula_top_compression == pytest.approx(0.4, abs=0.1)
     assert error_in_curve_se < 2 and d.law_errors["copula_per_query"]["max_share_of_oracle_gain"] < 0.03
+    # measured on other users' pools with the same λ, it carries over
+    elsewhere = simulate(SimulationConfig(**{**config.__dict__, "seed": 4}))
+    held_out = held_out_top_compression(elsewhere.scores, elsewhere.utilities, elsewhere.users)
+    carried = diagnose(sim.scores, sim.utilities, sim.users, held_out=held_out)
+    assert held_out.compression == pytest.approx(0.4, abs=0.1)
+    assert (carried.held_out_top_compression, carried.held_out_top_compression_se) == held_out[:2]
+    # within the curve's Monte Carlo error; the law bends with λ, so 0.05 of λ̂ moves it 1-2%
+    assert (np.abs(carried.laws[HELD_OUT_LAW] - carried.observed) / carried.observed_se)[1:].max() < 2
+    assert carried.law_errors[HELD_OUT_LAW]["max_share_of_oracle_gain"] < LAW_TOLERANCE
     assert _paired_error(bon_curves(sim.scores, sim.utilities) - gaussian_copula) > 5
     # and where nothing is planted, nothing is found
     planted_none = simulate(SimulationConfig(**{**config.__dict__, "top_compression": 1.0}))
     assert top_compression(planted_none.scores, planted_none.utilities).compression == pytest.approx(1.0, abs=0.15)
+
+
+def test_the_law_with_a_held_out_top_compression_is_the_law_itself_when_held_out_on_the_same_pools():
+    # planted collapse: the held-out measurement leaves the collapsed users out as diagnose does
+    sim = simulate(SimulationConfig(n_users=20, queries_per_user=6, pool_size=16, collapsed_user_share=0.2,
+                                    top_compression=0.6, seed=2))
+    same = held_out_top_compression(sim.scores, sim.utilities, sim.users)
+    d = diagnose(sim.scores, sim.utilities, sim.users, held_out=same)
+    assert same[:2] == (d.copula_top_compression, d.copula_top_compression_se)
+    assert same.compression == pytest.approx(0.6, abs=0.1)
+    np.testing.assert_allclose(d.laws[HELD_OUT_LAW], d.laws["copula_per_query"])
+    np.testing.assert_allclose(d.per_query[f"residual:{HELD_OUT_LAW}"], d.per_query["residual:copula_per_query"])
+    other = diagnose(sim.scores, sim.utilities, sim.users, held_out=same._replace(compression=1.5))
+    assert np.abs(other.laws[HELD_OUT_LAW] - d.laws["copula_per_query"]).max() > 1e-3
+    # without another λ̂ there is no such law; too few pools measure none
+    plain = diagnose(sim.scores, sim.utilities, sim.users)
+    assert HELD_OUT_LAW not in plain.laws and f"residual:{HELD_OUT_LAW}" not in plain.per_query
+    assert held_out_top_compression(sim.scores[:MIN_PRIOR_POOLS - 1], sim.utilities[:MIN_PRIOR_POOLS - 1],
+                                    sim.users[:MIN_PRIOR_POOLS - 1]) is None
 
 
 def test_the_top_compression_is_where_prediction_meets_observation_from_either_side():

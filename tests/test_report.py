@@ -10,7 +10,7 @@ import pytest
 from ttp.analysis.bon import oracle_curves, random_curves, user_bootstrap
 from ttp.analysis.allocation import allocation_study
 from ttp.analysis.pools import Pools
-from ttp.analysis.scaling import diagnose, fit_ceiling
+from ttp.analysis.scaling import HELD_OUT_LAW, diagnose, fit_ceiling, held_out_top_compression
 from ttp.analysis.simulate import SimulationConfig, simulate
 from ttp.files import write_json_atomic
 from ttp.runs.config import RunConfig, TaskSpec
@@ -47,7 +47,9 @@ def run(tmp_path_factory):
                           "ceiling_fits": [f.__dict__ for f in fit_ceiling(oracle.mean)]}
     write_json_atomic(folder.curves(TASK, POLICY), curves)
     write_json_atomic(folder.reward_eval(TASK, POLICY), evaluate_selectors(pools, 200))
-    diagnoses = {name: diagnose(pools[f"score:{name}"], pools["rougeL"], pools.users, pools.query_ids)
+    # as the diagnose stage does: λ̂ carried over from the validation users' pools where they measure one
+    diagnoses = {name: diagnose(pools[f"score:{name}"], pools["rougeL"], pools.users, pools.query_ids,
+                                held_out=held_out_top_compression(val[f"score:{name}"], val["rougeL"], val.users))
                  for name in ("pointwise", "random", "probabilistic/mean")}
     write_diagnoses(folder, TASK, POLICY, diagnoses)
     study = allocation_study("probabilistic/mean", (val["score:pointwise"], val["rougeL"]),
@@ -64,12 +66,21 @@ def test_report_tables_are_the_cli_tables_and_hold_the_analysis_numbers(run):
     for stage in ("curves", "rewards", "diagnose", "allocate"):
         for table in stage_tables(folder, stage, [TASK], [POLICY]):
             assert table.to_markdown() in report, stage
-    diagnosis, laws, comparison = stage_tables(folder, "diagnose", [TASK], [POLICY])
+    diagnosis, laws, gaps, comparison = stage_tables(folder, "diagnose", [TASK], [POLICY])
     rows = {row[0]: dict(zip(diagnosis.columns, row)) for row in diagnosis.rows}
     for name, d in diagnoses.items():
         assert rows[name]["ρ̄"] == f"{d.rho_bar:.3f}" and rows[name]["c"] == f"{d.collapse_rate:.2f}"
     assert rows["pointwise"]["collapsed users"] == str(len(test.collapsed_users))
     errors = {row[0]: dict(zip(laws.columns, row)) for row in laws.rows}
+    gap_rows = {row[0]: dict(zip(gaps.columns, row)) for row in gaps.rows}
+    # the CLI prints the laws table whole, even with the longest selector name a run has
+    from ttp.cli import console, render
+    from ttp.runs.tables import Table
+    longest = [["cross_encoder.probabilistic/p_improve", *row[1:]] for row in laws.rows]
+    with console.capture() as captured:
+        render(Table(laws.title, laws.columns, longest))
+    assert all(cell in captured.get() for row in longest for cell in row)
+    assert gap_rows["pointwise"]["non-Gauss gap"] == f"{diagnoses['pointwise'].law_gaps['non_gaussian_utilities']:.1%}"
     for name, d in diagnoses.items():
         share = d.law_errors["copula_per_query"]["max_share_of_oracle_gain"]
         assert errors[name]["copula per-query"] == f"{share:.1%}"
@@ -78,6 +89,11 @@ def test_report_tables_are_the_cli_tables_and_hold_the_analysis_numbers(run):
         assert errors[name]["copula λ̂"] == f"{d.copula_top_compression:.2f}" + ("" if se is None else f" ± {se:.2f}")
         assert (se is None) == (name == "random")   # the random selector's pools are all collapsed
         assert errors[name]["exact law > 5%"] == f"{d.chance_beyond_tolerance['copula_per_query']:.2f}"
+        held, held_se = d.held_out_top_compression, d.held_out_top_compression_se
+        assert (held is None) == (name == "random")   # so are the validation users' pools
+        assert errors[name]["val. λ̂"] == ("-" if held is None else f"{held:.2f} ± {held_se:.2f}")
+        assert errors[name]["copula per-query, val. λ̂"] == (
+            "-" if held is None else f"{d.law_errors[HELD_OUT_LAW]['max_share_of_oracle_gain']:.1%}")
     fitted = [d for n, d in diagnoses.items() if n != "random"]
     within = sum(d.law_errors["copula_per_query"]["max_share_of_oracle_gain"] <= 0.05 for d in fitted)
     misses = sum(d.chance_beyond_tolerance["copula_per_query"] for d in fitted)
@@ -86,6 +102,8 @@ def test_report_tables_are_the_cli_tables_and_hold_the_analysis_numbers(run):
     # the joint draw's mean count of misses is the sum of each selector's own chance
     assert float(copula.split("it would miss for ")[1].split(" ")[0]) == pytest.approx(misses, abs=0.1)
     assert laws.caption.startswith("Selectors: the Gauss per-query law is within 5% for ")
+    within = sum(d.law_errors[HELD_OUT_LAW]["max_share_of_oracle_gain"] <= 0.05 for d in fitted)
+    assert laws.caption.split("; ")[2].startswith(f"the copula per-query, val. λ̂ law is within 5% for {within} of ")
     assert laws.caption in report
     # one row per selector, named by family, head and rule, with the same numbers
     evaluation = json.loads(folder.reward_eval(TASK, POLICY).read_text())["selectors"]

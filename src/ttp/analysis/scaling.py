@@ -13,7 +13,7 @@ from scipy import integrate, special, stats
 
 from ttp.analysis.bon import bon_curves, oracle_curves
 from ttp.analysis.copula import copula_correlation, copula_curves
-from ttp.analysis.copula_fit import posterior_copula_curves, top_compression
+from ttp.analysis.copula_fit import TopCompression, posterior_copula_curves, top_compression
 from ttp.analysis.stats import SPREAD_EPS, collapsed, group_index, group_means, within_pool_correlation
 from ttp.files import number
 
@@ -93,9 +93,11 @@ def chance_error_exceeds(residuals: np.ndarray, tolerance: float, draws: int = 4
     return float(chance_misses([residuals], tolerance, draws, seed).mean())
 
 
+HELD_OUT_LAW = "copula_per_query_held_out"   # present where diagnose was given another pools' λ̂
 LAWS = ("per_query", "four_quantity", "per_query_oracle_anchored", "four_quantity_oracle_anchored",
-        "copula_per_query", "copula_pooled")
-PER_QUERY_LAWS = ("per_query", "copula_per_query")   # whose residuals Diagnosis.per_query keeps, per query
+        "copula_per_query", "copula_pooled", HELD_OUT_LAW)
+# whose residuals Diagnosis.per_query keeps, per query
+PER_QUERY_LAWS = ("per_query", "copula_per_query", HELD_OUT_LAW)
 
 
 @dataclass
@@ -130,6 +132,8 @@ class Diagnosis:
     chance_beyond_tolerance: dict | None = None   # per law: how often an exact law would miss LAW_TOLERANCE at N >= 2
     copula_top_compression: float = 1.0     # λ of the copula laws (a run written before it had none: 1)
     copula_top_compression_se: float | None = None   # its standard error (None: not measured)
+    held_out_top_compression: float | None = None    # λ̂ of other users' pools, for HELD_OUT_LAW (None: none)
+    held_out_top_compression_se: float | None = None
 
     @property
     def collapse_tau(self) -> float:
@@ -163,8 +167,14 @@ class Diagnosis:
     @property
     def top_compression_text(self) -> str:
         """λ̂ with its standard error where one was measured: ``0.53 ± 0.24``."""
-        se = self.copula_top_compression_se
-        return f"{self.copula_top_compression:.2f}" + (f" ± {se:.2f}" if se is not None else "")
+        return _compression_text(self.copula_top_compression, self.copula_top_compression_se)
+
+    @property
+    def held_out_compression_text(self) -> str:
+        """The held-out λ̂ as ``top_compression_text`` writes λ̂, or ``-`` where there is none."""
+        if self.held_out_top_compression is None:
+            return "-"
+        return _compression_text(self.held_out_top_compression, self.held_out_top_compression_se)
 
     def error_in_se(self, law: str) -> float | None:
         """A law's largest error over N >= 2 in standard errors of its residual at that N: the
@@ -174,6 +184,10 @@ class Diagnosis:
         if self.law_se is None or len(self.observed) < 2:
             return None
         return float((np.abs(self.laws[law] - self.observed) / np.maximum(self.law_se[law], 1e-12))[1:].max())
+
+
+def _compression_text(compression: float, se: float | None) -> str:
+    return f"{compression:.2f}" + (f" ± {se:.2f}" if se is not None else "")
 
 
 def _jsonable(value):
@@ -199,6 +213,25 @@ def _curve_errors(predicted: np.ndarray, observed: np.ndarray, oracle_gain: floa
     }
 
 
+def _user_collapse(scores: np.ndarray, users: np.ndarray, collapse_tau: float):
+    """``(user ids, each user's mean score spread, collapsed mask per user, threshold, each
+    query's user index)``."""
+    user_ids, spread = group_means(scores.std(axis=1), users)
+    _, inverse = group_index(users)
+    collapsed_user, threshold = collapsed(spread, collapse_tau)
+    return user_ids, spread, collapsed_user, threshold, inverse
+
+
+def held_out_top_compression(scores, utilities, users, collapse_tau: float = 0.1) -> TopCompression | None:
+    """The top compression λ̂ that ``diagnose`` would measure on these pools (other users' than
+    the ones it is then given, e.g. the validation users'), or None where they are too few to
+    measure it."""
+    scores, utilities = np.asarray(scores, dtype=float), np.asarray(utilities, dtype=float)
+    *_, collapsed_user, _, inverse = _user_collapse(scores, np.asarray(users), collapse_tau)
+    measured = top_compression(scores, utilities, ~collapsed_user[inverse], np.asarray(users))
+    return measured if measured.standard_error is not None else None
+
+
 def diagnose(
     scores: np.ndarray,
     utilities: np.ndarray,
@@ -207,6 +240,7 @@ def diagnose(
     collapse_tau: float = 0.1,
     correlation: str = "pearson",
     hack_alpha: float = 0.05,
+    held_out: TopCompression | None = None,
 ) -> Diagnosis:
     """Explain a reward model's Best-of-N curve by the scaling laws: the paper's Gaussian laws
     (per query, four quantities, oracle-anchored) and the Gaussian-copula laws that keep the
@@ -217,6 +251,12 @@ def diagnose(
     ``collapse_tau`` times the median user's.  A query is *hacked* when its score-utility
     correlation is negative; ``hacked_queries`` lists those with a one-sided p-value below
     ``hack_alpha``, so noise and hacking can be told apart.
+
+    The copula laws measure the top compression λ̂ on these same pools, as the per-query laws
+    measure ρ_q.  ``held_out``, a λ̂ measured on other users' pools
+    (``held_out_top_compression``), adds the copula per-query law with that λ instead
+    (``HELD_OUT_LAW``): how well the law does where λ is a property of the reward model carried
+    over, not a number fitted to the pools it is judged on.
     """
     scores = np.asarray(scores, dtype=float)
     utilities = np.asarray(utilities, dtype=float)
@@ -232,9 +272,7 @@ def diagnose(
     rho_q = within_pool_correlation(scores, utilities, method=correlation)
     flat = sigma_q <= SPREAD_EPS
 
-    user_ids, spread = group_means(scores.std(axis=1), users)
-    _, inverse = group_index(users)
-    collapsed_user, threshold = collapsed(spread, collapse_tau)
+    user_ids, spread, collapsed_user, threshold, inverse = _user_collapse(scores, users, collapse_tau)
     collapsed_q = collapsed_user[inverse]
 
     # flat pools keep rho_q = 0 inside the average, so rho_bar = (1-h) rho_pos - h |rho_neg|
@@ -290,6 +328,8 @@ def diagnose(
         "copula_per_query": posterior_copula_curves(scores, utilities, active, compression),
         "copula_pooled": copula_curves(utilities, np.where(active, r_bar, 0.0), compression=compression),
     }
+    if held_out is not None:
+        laws_q[HELD_OUT_LAW] = posterior_copula_curves(scores, utilities, active, held_out.compression)
     laws = {k: v.mean(axis=0) for k, v in laws_q.items()}
     residuals_q = {k: observed_q - v for k, v in laws_q.items()}
     law_se = {k: r.std(axis=0, ddof=1) / np.sqrt(q) for k, r in residuals_q.items()} if q > 1 else None
@@ -315,10 +355,12 @@ def diagnose(
                   "factorization_copula": gap("copula_pooled", "copula_per_query"),
                   "non_gaussian_utilities": gap("per_query", "copula_per_query")},
         copula_r_bar=r_bar, copula_top_compression=compression, copula_top_compression_se=compression_se,
+        held_out_top_compression=held_out.compression if held_out is not None else None,
+        held_out_top_compression_se=held_out.standard_error if held_out is not None else None,
         per_query={"query": query_ids, "user": users, "mu": mu_q, "sigma": sigma_q,
                    "rho": rho_q, "copula_r": r_q, "collapsed": collapsed_q, "flat": flat,
                    # rounded: they feed covariances, and diagnosis.json holds Q x M of them per law
-                   **{f"residual:{law}": np.round(residuals_q[law], 6) for law in PER_QUERY_LAWS}},
+                   **{f"residual:{law}": np.round(residuals_q[law], 6) for law in PER_QUERY_LAWS if law in laws_q}},
         user_score_spread=dict(zip(user_ids.tolist(), spread.tolist())),
         collapse_threshold=threshold,
         observed_se=(observed_q - mu_q[:, None]).std(axis=0, ddof=1) / np.sqrt(q) if q > 1 else None,

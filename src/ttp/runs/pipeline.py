@@ -19,7 +19,7 @@ from ttp.analysis.allocation import allocation_study
 from ttp.analysis.bon import oracle_curves, random_curves, user_bootstrap
 from ttp.analysis.control import ControllerConfig
 from ttp.analysis.pools import Pools
-from ttp.analysis.scaling import diagnose, fit_ceiling
+from ttp.analysis.scaling import diagnose, fit_ceiling, held_out_top_compression
 from ttp.files import read_json, write_json_atomic, write_parquet_atomic
 from ttp.policy.llama_cpp import model_label
 from ttp.policy.registry import make_backend
@@ -230,11 +230,15 @@ class Pipeline:
                                                  self.config.seed))
 
     def diagnose(self) -> None:
+        """The laws on the test users' pools; each copula law also with the top compression of
+        the validation users' pools, so that the report shows λ̂ carried over to other users."""
+        tau = self.config.collapse_tau
         for task, policy in self.cells():
-            pools = self._pools(task, policy, "test")
+            val, test = (self._pools(task, policy, part) for part in ("validation", "test"))
             write_diagnoses(self.folder, task.name, policy, {
-                str(s): diagnose(pools[s.column], pools[PRIMARY], pools.users, pools.query_ids,
-                                 collapse_tau=self.config.collapse_tau) for s in selectors(pools)})
+                str(s): diagnose(test[s.column], test[PRIMARY], test.users, test.query_ids, collapse_tau=tau,
+                                 held_out=held_out_top_compression(val[s.column], val[PRIMARY], val.users, tau))
+                for s in selectors(test)})
 
     def allocate(self) -> None:
         """Law-guided allocation vs uniform N at equal budgets, on test users' pools."""

@@ -27,7 +27,7 @@ from ttp.runs.config import RunConfig  # noqa: E402
 from ttp.runs.folder import RunFolder  # noqa: E402
 from ttp.runs.results import read_allocation, read_curves, read_diagnoses, read_reward_eval  # noqa: E402
 from ttp.runs.tables import (allocation_table, ceiling_table, comparison_table, diagnosis_table,  # noqa: E402
-                             laws_table, rewards_table)
+                             law_gaps_table, laws_table, rewards_table)
 from ttp.tasks.utility import PRIMARY  # noqa: E402
 
 
@@ -107,8 +107,9 @@ def diagnosis_section(folder: RunFolder, cells, tau: float, evaluations: dict) -
         "keep each pool's own utilities and assume only a Gaussian copula between score and utility "
         "(docs/method.md), whose upper half the RM may order less sharply (copula λ̂ < 1) or more "
         "(λ̂ > 1) than the rest: the top compression, one per RM, measured from the ranks of each pool's "
-        "better-scored half, on these same pools (`scripts/copula_posterior.py` shows what measuring it on "
-        "the validation users' pools instead does to the law). The per-query law averages its curve over "
+        "better-scored half, on these same pools, as ρ_q is; *val. λ̂* and the law beside it measure λ on the "
+        "validation users' pools instead, so that it is carried over to other users, not fitted to the pools "
+        "it is judged on. The per-query law averages its curve over "
         "the posterior of each pool's copula correlation given the measured one, the pooled one gives "
         "every pool one r̄. The factorization gaps measure how far the pooled laws stand from their "
         "per-query forms, the non-Gaussian gap how far the Gaussian per-query "
@@ -123,6 +124,7 @@ def diagnosis_section(folder: RunFolder, cells, tau: float, evaluations: dict) -
         text.append(f"### {task} / {policy}\n")
         text.append(diagnosis_table(task, policy, diagnoses).to_markdown())
         text.append(laws_table(task, policy, diagnoses).to_markdown())
+        text.append(law_gaps_table(task, policy, diagnoses).to_markdown())
         text.append("Every reward-model family side by side (rewards/families.py): h is shown against "
                     "the share expected by chance, the laws' error is the per-query one.\n")
         text.append(comparison_table(task, policy, evaluations[f"{task}/{policy}"], diagnoses).to_markdown())

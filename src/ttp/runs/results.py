@@ -120,8 +120,10 @@ def _read_per_query(folder: RunFolder, task: str, policy: str, selectors) -> dic
     missing = [name for name in selectors if name not in groups]
     if missing:
         raise DataFileError(f"{path} has no rows for selector {missing[0]!r}; {rewrite}")
+    # a law only some selectors have (the held-out one) is an empty column for the others
     return {name: {column: np.stack(values.to_numpy()) if values.dtype == object and np.ndim(values.iloc[0]) == 1
-                   else values.to_numpy() for column, values in groups[name].drop(columns="selector").items()}
+                   else values.to_numpy()
+                   for column, values in groups[name].drop(columns="selector").dropna(axis=1, how="all").items()}
             for name in selectors}
 
 
