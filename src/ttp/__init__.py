@@ -14,7 +14,7 @@ _EXPORTS = {
     "bon_curves": "ttp.analysis.bon", "oracle_curves": "ttp.analysis.bon", "random_curves": "ttp.analysis.bon",
     "user_bootstrap": "ttp.analysis.bon", "Curve": "ttp.analysis.bon",
     "diagnose": "ttp.analysis.scaling", "Diagnosis": "ttp.analysis.scaling", "fit_ceiling": "ttp.analysis.scaling",
-    "expected_max_normal": "ttp.analysis.scaling",
+    "expected_max_normal": "ttp.analysis.scaling", "held_out_top_compression": "ttp.analysis.scaling",
     "within_pool_correlation": "ttp.analysis.stats",
     "simulate": "ttp.analysis.simulate", "SimulationConfig": "ttp.analysis.simulate",
     "Pools": "ttp.analysis.pools",

@@ -230,8 +230,8 @@ class Pipeline:
                                                  self.config.seed))
 
     def diagnose(self) -> None:
-        """The laws on the test users' pools; each copula law also with the top compression of
-        the validation users' pools, so that the report shows λ̂ carried over to other users."""
+        """The laws on the test users' pools; the copula per-query law also with the top
+        compression of the validation users' pools, so that the report shows λ̂ carried over."""
         tau = self.config.collapse_tau
         for task, policy in self.cells():
             val, test = (self._pools(task, policy, part) for part in ("validation", "test"))
