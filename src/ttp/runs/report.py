@@ -21,7 +21,7 @@ from ttp import __version__  # noqa: E402
 from ttp.analysis.allocation import REFERENCE_BUDGET, AllocationStudy  # noqa: E402
 from ttp.analysis.bon import Curve  # noqa: E402
 from ttp.analysis.control import REFERENCES  # noqa: E402
-from ttp.analysis.scaling import CEILING_FORMS, LAW_TOLERANCE  # noqa: E402
+from ttp.analysis.scaling import CEILING_FORMS, HELD_OUT_LAW, LAW_TOLERANCE  # noqa: E402
 from ttp.files import write_bytes_atomic, write_json_atomic  # noqa: E402
 from ttp.runs.config import RunConfig  # noqa: E402
 from ttp.runs.folder import RunFolder  # noqa: E402
@@ -156,9 +156,14 @@ def _law_figure(folder: RunFolder, task: str, policy: str, diagnoses: dict, name
         ax.plot(n, d.laws["per_query_oracle_anchored"], color="tab:red", linestyle="-.",
                 label="oracle-anchored law")
         ax.plot(n, d.laws["copula_per_query"], color="tab:purple", linestyle=(0, (5, 1)), label="copula law")
+        held_out = ""
+        if HELD_OUT_LAW in d.laws:
+            ax.plot(n, d.laws[HELD_OUT_LAW], color="tab:purple", linestyle=":", alpha=0.6,
+                    label="copula law, λ̂ of validation users")
+            held_out = f", validation users' {d.held_out_compression_text}"
         ax.set_xscale("log", base=2)
-        ax.set_title(f"{name}\nρ̄={d.rho_bar:.2f}, c={d.collapse_rate:.2f}, h={d.hacked_share:.2f}, "
-                     f"copula λ̂={d.top_compression_text}", fontsize=9)
+        ax.set_title(f"{name}\nρ̄={d.rho_bar:.2f}, c={d.collapse_rate:.2f}, h={d.hacked_share:.2f}\n"
+                     f"copula λ̂={d.top_compression_text}{held_out}", fontsize=9)
         ax.set_xlabel("N")
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
