@@ -15,7 +15,9 @@ errors, and its mean signed error (observed − law) at N = 2, 4, 8 and 16: on t
 (1,200 queries per setting, seed 3), and on a run's test pools for every selector, with the
 count of selectors within 5% and within 2 paired SE, and for the pointwise RM's λ̂ its 95% band
 over 200 resamples of the test users (the collapsed ones left out) beside the standard error
-``top_compression`` gives it.  For the simulator it also prints the prior's slope ``b`` on log
+``top_compression`` gives it, and whether the feature selectors' λ̂ differs between test and
+validation users more than between random splits of the same users (``split_permutation``).
+For the simulator it also prints the prior's slope ``b`` on log
 utility spread, the least-squares fit of ``r̂_q`` on ``log σ_q`` over pools with spread (what
 ``correlation_posterior`` fits), and what carrying λ̂ over from other users costs where every
 user has the same λ, at the size of pep-titles' test and validation users.
@@ -31,6 +33,7 @@ from ttp.analysis.copula_fit import posterior_copula_curves, top_compression
 from ttp.analysis.pools import Pools
 from ttp.analysis.scaling import HELD_OUT_LAW, diagnose, held_out_top_compression
 from ttp.analysis.simulate import UTILITIES, SimulationConfig, simulate
+from ttp.rewards.families import family_of
 from ttp.runs.evaluation import selectors
 from ttp.runs.pipeline import Pipeline
 from ttp.tasks.utility import PRIMARY
@@ -118,6 +121,31 @@ def carried_over_on_simulator(seeds: int = 8) -> None:
             flush=True)
 
 
+def split_permutation(validation: Pools, test: Pools, columns: list[str], permutations: int = 200,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """Is λ̂ on the test users larger or smaller than on the validation users beyond what any split
+    of the same users would give?  ``(observed mean over columns of λ̂ test − λ̂ validation, its
+    sd over random splits of the pooled users into groups of the same sizes, the share of those
+    splits whose mean is at least as far from 0)``.  The reward models trained on neither group,
+    so under the null of one λ for all of them every split is as likely as the real one; the
+    columns share pools, so they are permuted together."""
+    users = np.concatenate([validation.users, test.users])
+    utilities = np.vstack([validation[PRIMARY], test[PRIMARY]])
+    scores = {c: np.vstack([validation[c], test[c]]) for c in columns}
+
+    def mean_difference(in_validation: np.ndarray) -> float:
+        measured = [[held_out_top_compression(scores[c][rows], utilities[rows], users[rows])
+                     for rows in (~in_validation, in_validation)] for c in columns]
+        return float(np.mean([a.compression - b.compression for a, b in measured if a is not None and b is not None]))
+
+    observed = mean_difference(np.arange(len(users)) < len(validation))
+    names, rng = np.unique(users), np.random.default_rng(seed)
+    size = len(np.unique(validation.users))
+    split = np.array([mean_difference(np.isin(users, rng.choice(names, size, replace=False)))
+                      for _ in range(permutations)])
+    return observed, float(split.std()), float((np.abs(split) >= abs(observed)).mean())
+
+
 def main(run: str | None) -> None:
     print(f"{'':38s} {header(NAMES[:3])}     λ̂   prior slope b")
     for utility in UTILITIES:
@@ -148,6 +176,11 @@ def main(run: str | None) -> None:
             low, high = compression_band(pointwise, pools[PRIMARY], pools.users, ~d.per_query["collapsed"].astype(bool))
             print(f"  pointwise λ̂ {d.top_compression_text} (delta method), 95% band over resampled users: "
                   f"[{low:.2f}, {high:.2f}]")
+        features = [s.column for s in selectors(pools) if family_of(s.model) == "features"]
+        observed, spread, share = split_permutation(validation, pools, features)
+        print(f"  λ̂ test − λ̂ validation, mean over the {len(features)} feature selectors: {observed:+.2f}; over 200 "
+              f"random splits of the same users into groups of these sizes: sd {spread:.2f}, as far from 0 in "
+              f"{share:.0%}", flush=True)
         for i, name in enumerate(NAMES):
             share, se, signed = (np.array([r[i][k] for r in results]) for k in range(3))
             print(f"  {name}: within 5% for {(share <= 0.05).sum()} of {len(results)}, within 2 paired SE for "
