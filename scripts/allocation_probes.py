@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 
 from ttp.analysis.allocation import (PRIOR_STRENGTHS, STUDY_BUDGETS, AllocationCurve, choose_online_rule,
-                                     samples_to_reach_uniform)
-from ttp.analysis.control import (ControllerConfig, budget_threshold, evaluate_allocation, evaluate_policy,
+                                     samples_to_reach_uniform, uniform_reference)
+from ttp.analysis.control import (ControllerConfig, budget_threshold, evaluate_allocation,
                                   improvement_gains, query_calibration, stop_below, validation_calibration)
 from ttp.analysis.pools import Pools
 from ttp.analysis.stats import within_pool_correlation
@@ -82,7 +82,8 @@ def samples_to_match_uniform(val: Pools, test: Pools, column: str, config: Contr
     """Samples per query expected improvement, calibrated on the validation pools, needs to
     match uniform N = 8 on the test pools."""
     kappa, spread = validation_calibration(val[column], val[PRIMARY])
-    return samples_to_reach_uniform(test[column], test[PRIMARY], test.users, kappa, spread, config, seed=0)
+    reference = uniform_reference(test[column], test[PRIMARY], test.users, seed=0)
+    return samples_to_reach_uniform(test[column], test[PRIMARY], test.users, kappa, spread, config, 0, reference)
 
 
 def chosen_config(val: Pools, column: str) -> ControllerConfig:
@@ -211,8 +212,8 @@ def samples_needed(scores, utilities, users, gains_of, forced: int = 1, repeats:
         result = evaluate_allocation(allocate, scores, utilities, repeats, seed)
         spent.append(result["samples_per_query"])
         means.append(result["mean"])
-    uniform = evaluate_policy("uniform", scores, utilities, users, 8, 1.0)["mean"]
-    return AllocationCurve("probe", budgets, tuple(spent), tuple(means), (), ()).samples_to_reach(uniform)
+    reference = uniform_reference(scores, utilities, users, seed=0)
+    return AllocationCurve("probe", budgets, tuple(spent), tuple(means), (), ()).samples_to_reach(reference)
 
 
 def _in_order(scores, order):

@@ -153,14 +153,19 @@ def _band_from_json(band) -> tuple[float, float]:
     return low, high
 
 
+def uniform_reference(scores, utilities, users, seed: int) -> float:
+    """Uniform N = 8's mean utility on these pools: the level the rules' samples are counted to."""
+    return evaluate_policy("uniform", scores, utilities, users, REFERENCE_BUDGET, 1.0, seed=seed)["mean"]
+
+
 def samples_to_reach_uniform(scores, utilities, users, kappa: float, spread: float, config: ControllerConfig,
-                              seed: int) -> float | None:
-    """The samples the expected-improvement rule needs to reach uniform N = 8 on these pools."""
+                             seed: int, reference: float) -> float | None:
+    """The samples the expected-improvement rule needs to reach uniform N = 8 on these pools
+    (``reference``, from ``uniform_reference``)."""
     budgets = tuple(b for b in STUDY_BUDGETS if b <= utilities.shape[1])
     rows = [evaluate_policy("expected_improvement", scores, utilities, users, b, kappa, config, seed=seed,
                             spread_prior=spread) for b in budgets]
-    uniform = evaluate_policy("uniform", scores, utilities, users, REFERENCE_BUDGET, kappa, config, seed=seed)
-    return samples_to_reach([r["samples_per_query"] for r in rows], [r["mean"] for r in rows], uniform["mean"])
+    return samples_to_reach([r["samples_per_query"] for r in rows], [r["mean"] for r in rows], reference)
 
 
 def choose_online_rule(scores: np.ndarray, utilities: np.ndarray, users: np.ndarray, kappa: float, spread: float,
@@ -170,8 +175,9 @@ def choose_online_rule(scores: np.ndarray, utilities: np.ndarray, users: np.ndar
     uniform N = 8 with the fewest samples, where that is fewer than 8; else uniform N."""
     if REFERENCE_BUDGET > utilities.shape[1]:
         return OnlineChoice("uniform", config.prior_strength)
+    reference = uniform_reference(scores, utilities, users, seed)
     needs = {strength: samples_to_reach_uniform(scores, utilities, users, kappa, spread,
-                                                replace(config, prior_strength=strength), seed)
+                                                replace(config, prior_strength=strength), seed, reference)
              for strength in PRIOR_STRENGTHS}
     needs = {strength: need for strength, need in needs.items() if need is not None}
     if not needs:
