@@ -5,7 +5,8 @@ stored pools of an existing run (docs/results.md, "The law as a controller").
 
 For each task and policy, on the validation and the test users:
 0. whether κ_q is a property of the query or the luck of its pool: the correlation of κ_q
-   computed on the first and on the second half of each pool's candidates; and whether it is a
+   computed on the first and on the second half of each pool's candidates (and from it, how
+   closely anything known of the query could predict a full pool's κ_q); and whether it is a
    property of the user (which a calibration on the user's own history could find): the share
    of its variance between users;
 1. how well what the draws show predicts the query's gain slope ρ_q σ_q (the utility that one
@@ -17,6 +18,8 @@ For each task and policy, on the validation and the test users:
    shrinkage of its score spread the allocate stage may choose (on the validation and the test
    users); with the chosen one, told each query's own κ_q, its pool's score spread, or both; in
    chunks of 2; without its collapse check; and with each of the run's other selectors;
+   and how good an estimate of κ_q (and of the score spread) would have to be: the rule told,
+   in place of each query's own values, estimates whose normal scores correlate c with theirs;
 3. whether a model of κ_q can be learned with more queries than the validation users have: the
    selector's reward model (features family) is cross-fitted over five folds of the training and
    validation users, which gives out-of-fold scores for all their queries; a ridge regression of
@@ -24,9 +27,11 @@ For each task and policy, on the validation and the test users:
 """
 import sys
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm, rankdata
 
 from ttp.analysis.allocation import (PRIOR_STRENGTHS, STUDY_BUDGETS, AllocationCurve, choose_online_rule,
                                      samples_to_reach_uniform, uniform_reference)
@@ -44,6 +49,8 @@ FIRST = 4
 FOLDS = 5
 DRAWN = ("sim_input", "sim_pool", "sim_profile_max", "logprob_per_token")   # features of the drawn candidates
 RIDGE = 10.0
+SIGNAL_QUALITIES = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+NOISE_DRAWS = 20
 
 
 def _word_overlap(texts: list[str]) -> float:
@@ -78,6 +85,13 @@ def intraclass_correlation(values: np.ndarray, users: np.ndarray) -> float:
     return float((between - within) / (between + (size - 1) * within))
 
 
+def query_level_ceiling(halves: float) -> float:
+    """How well a full pool's κ_q can correlate with what any property of its query predicts,
+    given ``halves``, the correlation of κ_q between two halves of each pool: the square root of
+    the full pool's reliability, ``2 r / (1 + r)`` (Spearman–Brown)."""
+    return float(np.sqrt(max(2 * halves / (1 + halves), 0.0)))
+
+
 def samples_to_match_uniform(val: Pools, test: Pools, column: str, config: ControllerConfig) -> float | None:
     """Samples per query expected improvement, calibrated on the validation pools, needs to
     match uniform N = 8 on the test pools."""
@@ -99,15 +113,53 @@ def told_the_pool(val: Pools, test: Pools, column: str, config: ControllerConfig
     known-calibration reference): which of the two the draws' not revealing costs more."""
     kappa, spread = validation_calibration(val[column], val[PRIMARY])
     kappa_q, spread_q = query_calibration(test[column], test[PRIMARY])
-    scores = test[column]
-
-    def need(kappa, known_spread):
-        return samples_needed(scores, test[PRIMARY], test.users, lambda o: improvement_gains(
-            _in_order(scores, o), kappa, spread, config, known_spread=known_spread))
-
+    need = partial(told_need, test, column, spread, config)
     return {"its own κ_q, its score spread still estimated from the draws": need(kappa_q, None),
             "its pool's score spread, κ still the validation one": need(kappa, spread_q),
             "both (the known-calibration reference)": need(kappa_q, spread_q)}
+
+
+def told_need(test: Pools, column: str, spread_prior: float, config: ControllerConfig, kappa,
+              known_spread: np.ndarray | None) -> float | None:
+    """Samples per query expected improvement needs to match uniform N = 8 on the test pools
+    when told ``kappa`` (one or one per query) and, unless None, each query's score spread."""
+    scores = test[column]
+    return samples_needed(scores, test[PRIMARY], test.users, lambda o: improvement_gains(
+        _in_order(scores, o), kappa, spread_prior, config, known_spread=known_spread))
+
+
+def estimate_of_quality(values: np.ndarray, quality: float, rng: np.random.Generator) -> np.ndarray:
+    """A per-query estimate of ``values`` from a signal whose normal scores correlate ``quality``
+    with theirs: the values' quantile at the signal's best guess of each normal score (so 0
+    tells every query the median, 1 its own value)."""
+    z = norm.ppf((rankdata(values) - 0.5) / len(values))
+    signal = quality * z + np.sqrt(1 - quality**2) * rng.standard_normal(len(values))
+    return np.quantile(values, norm.cdf(quality * signal), method="inverted_cdf")
+
+
+def told_estimates(val: Pools, test: Pools, column: str, config: ControllerConfig) -> dict[float, tuple[str, str]]:
+    """Per signal quality c, the samples per query expected improvement needs to match uniform
+    N = 8 when told an estimate of each test query's κ_q of that quality (its spread still
+    estimated from the draws), and estimates of both κ_q and its score spread (independent
+    noise): how much of the known-calibration reference's lead a predictor of κ_q correlating c
+    with it would keep.  The mean over ``NOISE_DRAWS`` draws of the noise (one at c = 0 and 1),
+    ± its standard error, as text."""
+    _, spread = validation_calibration(val[column], val[PRIMARY])
+    kappa_q, spread_q = query_calibration(test[column], test[PRIMARY])
+    rng = np.random.default_rng(0)
+
+    def mean_need(quality, told_spread):
+        needs = []
+        for _ in range(1 if quality in (0.0, 1.0) else NOISE_DRAWS):
+            kappa = estimate_of_quality(kappa_q, quality, rng)
+            known_spread = estimate_of_quality(spread_q, quality, rng) if told_spread else None
+            needs.append(told_need(test, column, spread, config, kappa, known_spread))
+        if None in needs:
+            return "not reached"
+        spread_of_mean = f" ± {np.std(needs, ddof=1) / np.sqrt(len(needs)):.2f}" if len(needs) > 1 else ""
+        return f"{np.mean(needs):.2f}{spread_of_mean}"
+
+    return {quality: (mean_need(quality, False), mean_need(quality, True)) for quality in SIGNAL_QUALITIES}
 
 
 def main(run: str) -> None:
@@ -124,8 +176,10 @@ def main(run: str) -> None:
             first, _ = query_calibration(pool[selector.column][:, :half], pool[PRIMARY][:, :half])
             second, _ = query_calibration(pool[selector.column][:, half:], pool[PRIMARY][:, half:])
             kappa_q, _ = query_calibration(pool[selector.column], pool[PRIMARY])
+            halves = np.corrcoef(first, second)[0, 1]
             print(f"  {part:10s} κ_q of the two halves of each pool ({half} candidates each) correlate "
-                  f"{np.corrcoef(first, second)[0, 1]:+.2f}; share of κ_q's variance between users "
+                  f"{halves:+.2f}, so a full pool's κ_q correlates about {query_level_ceiling(halves):.2f} with "
+                  f"the query's own; share of κ_q's variance between users "
                   f"{intraclass_correlation(kappa_q, pool.users):+.2f}")
             table = observables(frame, selector)
             corr = table.corr()["slope"].drop("slope")
@@ -143,6 +197,11 @@ def main(run: str) -> None:
         print("  the rule with the chosen shrinkage, on the test users:")
         for told, need in told_the_pool(pools["validation"], pools["test"], selector.column, chosen).items():
             print(f"    told {told}: {_format(need)}")
+        print("    told estimates whose normal scores correlate c with the pool's own values (mean over "
+              f"{NOISE_DRAWS} draws of the noise ± its SE):")
+        for quality, (kappa_only, both) in told_estimates(pools["validation"], pools["test"], selector.column,
+                                                          chosen).items():
+            print(f"      c = {quality:4.2f}: κ_q {kappa_only}, κ_q and score spread {both}")
         need = samples_to_match_uniform(pools["validation"], pools["test"], selector.column, replace(chosen, chunk=2))
         print(f"    drawing 2 at a time (a batch), stopping only after each pair: {_format(need)}")
         need = samples_to_match_uniform(pools["validation"], pools["test"], selector.column,
