@@ -156,8 +156,8 @@ def told_estimates(val: Pools, test: Pools, column: str, config: ControllerConfi
             needs.append(told_need(test, column, spread, config, kappa, known_spread))
         if None in needs:
             return "not reached"
-        spread_of_mean = f" ± {np.std(needs, ddof=1) / np.sqrt(len(needs)):.2f}" if len(needs) > 1 else ""
-        return f"{np.mean(needs):.2f}{spread_of_mean}"
+        standard_error = f" ± {np.std(needs, ddof=1) / np.sqrt(len(needs)):.2f}" if len(needs) > 1 else ""
+        return f"{np.mean(needs):.2f}{standard_error}"
 
     return {quality: (mean_need(quality, False), mean_need(quality, True)) for quality in SIGNAL_QUALITIES}
 
