@@ -39,6 +39,7 @@ from ttp.runs.pipeline import Pipeline
 from ttp.tasks.utility import PRIMARY
 
 SIGNED_AT = np.array([2, 4, 8, 16])
+PERMUTATIONS = 200   # random splits of the users in split_permutation
 NAMES = ("plug-in r̂", "posterior, λ = 1", "the law (λ̂)", "λ̂ of validation users")
 
 
@@ -121,7 +122,7 @@ def carried_over_on_simulator(seeds: int = 8) -> None:
             flush=True)
 
 
-def split_permutation(validation: Pools, test: Pools, columns: list[str], permutations: int = 200,
+def split_permutation(validation: Pools, test: Pools, columns: list[str], permutations: int = PERMUTATIONS,
                       seed: int = 0) -> tuple[float, float, float]:
     """Is λ̂ on the test users larger or smaller than on the validation users beyond what any split
     of the same users would give?  ``(observed mean over columns of λ̂ test − λ̂ validation, its
@@ -178,8 +179,9 @@ def main(run: str | None) -> None:
                   f"[{low:.2f}, {high:.2f}]")
         features = [s.column for s in selectors(pools) if family_of(s.model) == "features"]
         observed, spread, share = split_permutation(validation, pools, features)
-        print(f"  λ̂ test − λ̂ validation, mean over the {len(features)} feature selectors: {observed:+.2f}; over 200 "
-              f"random splits of the same users into groups of these sizes: sd {spread:.2f}, as far from 0 in "
+        print(f"  λ̂ test − λ̂ validation, mean over the {len(features)} feature selectors: {observed:+.2f}; "
+              f"over {PERMUTATIONS} random splits of the same users into groups of these sizes: sd {spread:.2f}, "
+              f"as far from 0 in "
               f"{share:.0%}", flush=True)
         for i, name in enumerate(NAMES):
             share, se, signed = (np.array([r[i][k] for r in results]) for k in range(3))
