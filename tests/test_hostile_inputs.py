@@ -111,7 +111,8 @@ def test_broken_task_files(tmp_path, questions, outputs, raw_q, raw_o, message):
 def _cli_cases(run: str):
     task = str(FIXTURE)
     return [
-        ("max users zero", ["run", "--task", task, "--out", run, "--max-users", "0"], r"--max-users must be at least 1, got 0"),
+        ("max users zero", ["run", "--task", task, "--out", run, "--max-users", "0"],
+         r"--max-users must be at least 1, got 0"),
         ("negative queries per user", ["run", "--task", task, "--out", run, "--max-queries-per-user", "-1"],
          r"--max-queries-per-user"),
         ("pool size zero", ["run", "--task", task, "--out", run, "--pool-size", "0"], r"--pool-size"),

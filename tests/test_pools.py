@@ -1,10 +1,10 @@
 import pytest
 
-from ttp.policy import Completion, SamplingParams, clean_completion
 from ttp.analysis.pools import Pools
+from ttp.policy import Completion, SamplingParams, clean_completion
 from ttp.policy.sampling import read_pools, sample_pools
-from ttp.tasks.utility import candidate_table
 from ttp.tasks.prompts import PromptBuilder
+from ttp.tasks.utility import candidate_table
 
 
 class RecordingBackend:

@@ -4,11 +4,9 @@ from functools import partial
 import pytest
 
 from ttp.policy import SamplingParams
+from ttp.policy.llama_cpp import LlamaCppBackend
 from ttp.policy.sampling import sample_pools
 from ttp.tasks.prompts import PromptBuilder
-
-
-from ttp.policy.llama_cpp import LlamaCppBackend
 
 pytestmark = pytest.mark.slow
 

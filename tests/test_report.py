@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ttp.analysis.bon import oracle_curves, random_curves, user_bootstrap
 from ttp.analysis.allocation import allocation_study
+from ttp.analysis.bon import oracle_curves, random_curves, user_bootstrap
 from ttp.analysis.pools import Pools
 from ttp.analysis.scaling import HELD_OUT_LAW, diagnose, fit_ceiling, held_out_top_compression
 from ttp.analysis.simulate import SimulationConfig, simulate
@@ -217,7 +217,8 @@ def test_per_query_values_live_in_a_table_beside_the_diagnosis(run):
         np.testing.assert_array_equal(read_diagnoses(folder, TASK, POLICY)["pointwise"].per_query["residual:per_query"],
                                       diagnoses["pointwise"].per_query["residual:per_query"])
         old = read_diagnoses(folder, TASK, POLICY)["pointwise"]
-        assert (old.copula_top_compression, old.copula_top_compression_se, old.top_compression_text) == (1.0, None, "1.00")
+        assert (old.copula_top_compression, old.copula_top_compression_se,
+                old.top_compression_text) == (1.0, None, "1.00")
         folder.diagnosis(TASK, POLICY).write_text(intact)
         with pytest.raises(FileNotFoundError,
                            match=f"diagnosis_per_query.parquet is missing: run `ttp diagnose {folder.root}` first"):

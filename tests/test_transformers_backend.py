@@ -5,8 +5,8 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from ttp.policy import SamplingParams
 from ttp.cli import app
+from ttp.policy import SamplingParams
 
 pytestmark = pytest.mark.slow
 

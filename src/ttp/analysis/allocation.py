@@ -11,8 +11,13 @@ from typing import NamedTuple
 import numpy as np
 
 from ttp.analysis.bon import user_bootstrap
-from ttp.analysis.control import (ALLOCATION_POLICIES, REFERENCES, ControllerConfig, validation_calibration,
-                                  evaluate_policy)
+from ttp.analysis.control import (
+    ALLOCATION_POLICIES,
+    REFERENCES,
+    ControllerConfig,
+    evaluate_policy,
+    validation_calibration,
+)
 from ttp.analysis.stats import bootstrap_draws, group_index
 from ttp.files import number, read_records
 

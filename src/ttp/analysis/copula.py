@@ -31,9 +31,9 @@ each latent above the median multiplied by λ before the score is drawn).
 """
 from __future__ import annotations
 
-import numpy as np
 from functools import lru_cache, partial
 
+import numpy as np
 from scipy import special, stats
 
 from ttp.analysis.bon import rank_weights

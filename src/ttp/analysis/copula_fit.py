@@ -31,8 +31,15 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from ttp.analysis.copula import (calibrated_correlation, compress_top, copula_correlation, copula_curves, has_spread,
-                                 tie_averaged_normal_scores, top_statistic)
+from ttp.analysis.copula import (
+    calibrated_correlation,
+    compress_top,
+    copula_correlation,
+    copula_curves,
+    has_spread,
+    tie_averaged_normal_scores,
+    top_statistic,
+)
 from ttp.analysis.stats import SPREAD_EPS
 
 R_GRID = np.linspace(-0.99, 0.99, 45)   # where the posterior of r_q is evaluated

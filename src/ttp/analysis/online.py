@@ -6,8 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ttp.analysis.control import (ControllerConfig, expected_improvement, law_gains, pilot_looks_collapsed,
-                                  sample_variance, shrunk_variance)
+from ttp.analysis.control import (
+    ControllerConfig,
+    expected_improvement,
+    law_gains,
+    pilot_looks_collapsed,
+    sample_variance,
+    shrunk_variance,
+)
 from ttp.analysis.scaling import expected_max_normal
 
 ONLINE_RULES = ("uniform", "law", "expected_improvement")

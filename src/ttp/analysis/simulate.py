@@ -8,7 +8,6 @@ import numpy as np
 
 from ttp.analysis.copula import compress_top
 
-
 # how a candidate's utility follows from its latent normal z (all monotone in z, so the score
 # and the utility always form a Gaussian copula with the planted correlation, its upper half
 # compressed by the planted top compression):
@@ -59,7 +58,8 @@ def simulate(config: SimulationConfig = SimulationConfig()) -> SimulatedPools:
     collapsed = np.isin(users, collapsed_users)
 
     z_u = rng.standard_normal((q, m))
-    z_s = rho[:, None] * compress_top(z_u, config.top_compression) + np.sqrt(1 - rho[:, None] ** 2) * rng.standard_normal((q, m))
+    noise = rng.standard_normal((q, m))
+    z_s = rho[:, None] * compress_top(z_u, config.top_compression) + np.sqrt(1 - rho[:, None] ** 2) * noise
     mu = rng.uniform(0.2, 0.4, q)[:, None]
     sigma = rng.uniform(0.05, 0.15, q)[:, None]
     if config.utility == "gaussian":

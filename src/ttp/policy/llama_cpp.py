@@ -17,7 +17,6 @@ import numpy as np
 
 from ttp.policy import Completion, ContextOverflow, SamplingParams, clean_completion
 
-
 GGML_LOG_ERROR = 3
 SHORTLIST_MARGIN = 10.0   # first shortlist of a draw: tokens within e^10 of the most likely one
 # llama.cpp logs this notice at error level at every context it makes, though it is no error

@@ -16,8 +16,7 @@ import warnings
 import zlib
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-    TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ttp.files import write_bytes_atomic
 from ttp.policy import ContextOverflow, PolicyBackend, SamplingParams

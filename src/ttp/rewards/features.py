@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ttp.tasks.data import Query
-from ttp.tasks.prompts import retrieve
 from ttp.files import write_bytes_atomic
 from ttp.rewards import minilm
+from ttp.tasks.data import Query
+from ttp.tasks.prompts import retrieve
 
 FEATURES = (
     "sim_profile_max", "sim_profile_mean", "sim_retrieved", "sim_input", "sim_pool",

@@ -26,8 +26,15 @@ from ttp.files import write_bytes_atomic, write_json_atomic  # noqa: E402
 from ttp.runs.config import RunConfig  # noqa: E402
 from ttp.runs.folder import RunFolder  # noqa: E402
 from ttp.runs.results import read_allocation, read_curves, read_diagnoses, read_reward_eval  # noqa: E402
-from ttp.runs.tables import (allocation_table, ceiling_table, comparison_table, diagnosis_table,  # noqa: E402
-                             law_gaps_table, laws_table, rewards_table)
+from ttp.runs.tables import (  # noqa: E402
+    allocation_table,
+    ceiling_table,
+    comparison_table,
+    diagnosis_table,
+    law_gaps_table,
+    laws_table,
+    rewards_table,
+)
 from ttp.tasks.utility import PRIMARY  # noqa: E402
 
 

@@ -11,10 +11,16 @@ import pyarrow as pa
 from ttp.analysis.allocation import AllocationStudy
 from ttp.analysis.bon import Curve
 from ttp.analysis.scaling import CEILING_FORMS, Diagnosis
-from ttp.files import (DamagedRecord, DataFileError, number, read_json, read_records, write_json_atomic,
-                       write_parquet_atomic)
+from ttp.files import (
+    DamagedRecord,
+    DataFileError,
+    number,
+    read_json,
+    read_records,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from ttp.runs.folder import RunFolder
-
 
 UNREADABLE_TABLE = (OSError, ValueError, pa.ArrowException)   # what pandas and pyarrow raise for a damaged file
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import logging
 import re
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ttp.tasks.data import ProfileItem, ProfileLayout, Query
-
 
 PROMPT_STYLES = ("personalized", "plain")
 # every text that enters a prompt is cut to a limit, so k examples fit a small model's context
