@@ -4,10 +4,24 @@ import pytest
 
 from ttp.analysis.bon import bon_curves, oracle_curves, random_curves
 from ttp.analysis.copula import compress_top, copula_correlation, copula_curves, top_statistic
-from ttp.analysis.copula_fit import (COMPRESSIONS, MIN_PRIOR_POOLS, R_GRID, _simulated_statistics, correlation_posterior,
-                                     meeting_point, posterior_copula_curves, top_compression)
-from ttp.analysis.scaling import (HELD_OUT_LAW, LAW_TOLERANCE, chance_error_exceeds, chance_misses, diagnose,
-                                  held_out_top_compression)
+from ttp.analysis.copula_fit import (
+    COMPRESSIONS,
+    MIN_PRIOR_POOLS,
+    R_GRID,
+    _simulated_statistics,
+    correlation_posterior,
+    meeting_point,
+    posterior_copula_curves,
+    top_compression,
+)
+from ttp.analysis.scaling import (
+    HELD_OUT_LAW,
+    LAW_TOLERANCE,
+    chance_error_exceeds,
+    chance_misses,
+    diagnose,
+    held_out_top_compression,
+)
 from ttp.analysis.simulate import SimulationConfig, simulate
 from ttp.analysis.stats import within_pool_correlation
 
@@ -68,6 +82,7 @@ def _paired_error(residual: np.ndarray) -> float:
     return float((np.abs(residual.mean(axis=0)) / se)[1:].max())
 
 
+@pytest.mark.slow
 def test_averaging_over_the_posterior_of_r_removes_the_plug_in_bias_on_tied_pools_of_8():
     # 8 candidates, half of them tied at 0: r̂_q is noisy, and the curve bends in r, so the
     # law with r̂_q plugged in over-predicts (docs/results.md)
@@ -85,6 +100,7 @@ def test_averaging_over_the_posterior_of_r_removes_the_plug_in_bias_on_tied_pool
     assert 0.9 < (np.abs(center - sim.true_rho) <= 1.96 * spread).mean() < 0.995
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("utility", ["gaussian", "zero_inflated"])
 def test_a_planted_top_compression_is_measured_and_the_law_with_it_fits_where_the_gaussian_copula_does_not(utility):
     # the reward model orders the better half of each pool 0.4 times as sharply as the rest
@@ -151,8 +167,9 @@ def test_the_top_compressions_standard_error_is_its_spread_over_datasets():
     # the spread of the ten λ̂ (whose own sampling error is about 25% with ten)
     for utility, planted in (("gaussian", 0.4), ("zero_inflated", 1.0)):
         measured = [top_compression(sim.scores, sim.utilities, groups=sim.users)
-                    for sim in (simulate(SimulationConfig(n_users=60, queries_per_user=20, pool_size=16, utility=utility,
-                                                          rho_mean=0.7, top_compression=planted, seed=seed))
+                    for sim in (simulate(SimulationConfig(n_users=60, queries_per_user=20, pool_size=16,
+                                                          utility=utility, rho_mean=0.7, top_compression=planted,
+                                                          seed=seed))
                                 for seed in range(3, 13))]
         spread = np.std([m.compression for m in measured], ddof=1)
         mean_se = np.mean([m.standard_error for m in measured])
@@ -184,6 +201,7 @@ def test_the_simulated_statistics_are_the_estimators_on_the_same_draws():
                                    atol=1e-12)
 
 
+@pytest.mark.slow
 def test_pools_outside_the_prior_keep_their_measured_correlation():
     sim = simulate(SimulationConfig(n_users=10, queries_per_user=6, pool_size=8, utility="skewed", seed=1))
     r_hat = copula_correlation(sim.scores, sim.utilities)
@@ -199,6 +217,7 @@ def test_pools_outside_the_prior_keep_their_measured_correlation():
                                   copula_curves(sim.utilities[few], r_hat[few], compression=0.5))
 
 
+@pytest.mark.slow
 def test_a_reward_model_that_misses_only_the_best_candidate_is_flagged_as_a_misfit():
     sim = simulate(SimulationConfig(n_users=40, queries_per_user=10, pool_size=16, utility="skewed", seed=5))
     fits = diagnose(sim.scores, sim.utilities, sim.users).error_in_se("copula_per_query")
@@ -235,6 +254,7 @@ def test_chance_error_exceeds_matches_how_often_an_exact_law_misses_a_tolerance(
     assert (apart == 0).mean() == pytest.approx((1 - one) * (1 - other), abs=0.04)
 
 
+@pytest.mark.slow
 def test_diagnosis_says_how_likely_an_exact_law_misses_the_tolerance_on_its_own_pools():
     sim = simulate(SimulationConfig(n_users=12, queries_per_user=10, pool_size=16, utility="zero_inflated", seed=2))
     d = diagnose(sim.scores, sim.utilities, sim.users)

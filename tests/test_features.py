@@ -18,6 +18,7 @@ def table(pep_task):
     return query, frame
 
 
+@pytest.mark.slow
 def test_features_see_the_user_and_the_text(table, pep_task, tmp_path):
     query, frame = table
     feats = candidate_features(frame, pep_task.by_id(), EmbeddingCache(tmp_path / "e.npz"))
@@ -33,6 +34,7 @@ def test_features_see_the_user_and_the_text(table, pep_task, tmp_path):
     np.testing.assert_allclose(feats["logprob_per_token"], [-1.0, -2.0, 0.0, -0.25])
 
 
+@pytest.mark.slow
 def test_embedding_cache_persists_and_reloads(table, pep_task, tmp_path):
     _, frame = table
     path = tmp_path / "embeddings.npz"

@@ -30,21 +30,17 @@ def test_samples_a_pool_per_query_with_log_probabilities(backend, pep_task):
             assert 0 < c.n_tokens <= 16 and math.isfinite(c.logprob) and c.logprob < 0
 
 
-def test_same_seed_same_pool_and_greedy_matches_llama_cpp_own_decoding(backend, pep_task):
+def test_same_seed_same_pool_and_greedy_matches_llama_cpp_own_decoding(backend, pep_task, llama_reference):
     prompt = PromptBuilder(pep_task.layout, "plain")(pep_task.queries[3])
     params = SamplingParams(n=3, max_tokens=12, seed=5)
     assert backend.sample(prompt, params) == backend.sample(prompt, params)
     greedy = backend.sample(prompt, SamplingParams(n=2, max_tokens=12, temperature=0))
-    # same tokens; log-probabilities differ by a few percent between rows of one batch, whose
-    # logits come from different kernel paths
+    # same tokens; the two rows of one decode differ in the last digits of their logits, by no more
+    # than batching moves llama.cpp's own log-probability of that text on this CPU
     assert greedy[0].text == greedy[1].text
-    assert greedy[0].logprob == pytest.approx(greedy[1].logprob, rel=0.05)
-    import llama_cpp
-
-    from ttp.policy.llama_cpp import default_model_path
-
-    own = llama_cpp.Llama(str(default_model_path()), n_ctx=2048, verbose=False)
-    reference = own.create_completion(prompt, max_tokens=12, temperature=0, stop=["\n"])
+    spread = llama_reference.spread(prompt, [f" {greedy[0].text}\n"])
+    assert abs(greedy[0].logprob - greedy[1].logprob) <= max(spread, 0.01)
+    reference = llama_reference.llm.create_completion(prompt, max_tokens=12, temperature=0, stop=["\n"])
     assert greedy[0].text == reference["choices"][0]["text"].strip().strip('"*').strip()
 
 
@@ -82,36 +78,44 @@ def test_clear_errors_for_oversized_requests(backend):
         backend.sample("word " * 5000, SamplingParams(n=2, max_tokens=8))
 
 
-def test_teacher_forced_scores_equal_llama_cpp_own_log_probabilities(backend, pep_task):
-    import llama_cpp
-    import numpy as np
-
-    from ttp.policy.llama_cpp import default_model_path
-
+def test_teacher_forced_scores_are_llama_cpp_own_log_probabilities(backend, pep_task, llama_reference):
     prompt = PromptBuilder(pep_task.layout, "personalized")(pep_task.queries[0])
-    continuations = [" A Title About Hashing\n", " Deprecate modules\n", "\n"]
-    scored = backend.score(prompt, continuations)
-    reference = llama_cpp.Llama(str(default_model_path()), n_ctx=2048, logits_all=True, verbose=False)
-    prompt_tokens = reference.tokenize(prompt.encode(), add_bos=True, special=True)
-    for text, (logprob, n_tokens) in zip(continuations, scored):
-        tokens = reference.tokenize(text.encode(), add_bos=False, special=False)
-        reference.reset()
-        reference.eval(prompt_tokens + tokens)
-        logits = np.array(reference.scores[len(prompt_tokens) - 1:len(prompt_tokens) + len(tokens) - 1], dtype=float)
-        log_z = logits.max(1) + np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1))
-        own = float((logits[np.arange(len(tokens)), tokens] - log_z).sum())
-        assert n_tokens == len(tokens)
-        # one batched decode of every continuation against llama.cpp's own single-sequence pass:
-        # the same tokens, numerics a percent or two apart (as for sampled log-probabilities)
-        assert logprob == pytest.approx(own, rel=0.02)
+    continuations = [" A Title About Hashing\n", " Deprecate modules\n", " Structural Pattern Matching\n"]
+    pool = backend.score(prompt, continuations)
+    # how far llama.cpp's own ways of decoding the same text apart (one pass, prompt then
+    # continuation, token by token) differ on this CPU: its kernels depend on a decode's size
+    spread = llama_reference.spread(prompt, continuations)
+    for text, (logprob, n_tokens) in zip(continuations, pool):
+        [(alone, alone_tokens)] = backend.score(prompt, [text])
+        # one continuation after the cached prompt is exactly llama.cpp's own prompt-then-continuation
+        assert alone == pytest.approx(llama_reference.logprob(prompt, text, "two"), abs=1e-3)
+        assert n_tokens == alone_tokens == len(llama_reference.tokens(text))
+        # the whole pool in one decode moves each sum by no more than batching moves llama.cpp's own
+        assert abs(logprob - alone) <= max(spread, 0.01), (text, logprob, alone, spread)
+    assert backend.score(prompt, [""]) == [(0.0, 0)]
 
 
 def test_pmi_is_exactly_zero_when_both_prompts_are_the_same(backend, pep_task):
-    prompt = PromptBuilder(pep_task.layout, "plain")(pep_task.queries[2])
-    texts = [" First title\n", " Second, longer candidate title\n"]
-    fresh = backend.score(prompt, texts)                 # evaluates the prompt
-    cached = backend.score(prompt, texts)                # reuses it from the cache
-    assert [a[0] - b[0] for a, b in zip(fresh, cached)] == [0.0, 0.0]
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from ttp.rewards.features import EmbeddingCache
+    from ttp.rewards.zero_shot import zero_shot_scores
+
+    # with no profile the personalized prompt is the plain one: pmi's two scores come from one
+    # prompt, the second from the cache, and cancel exactly
+    query = replace(pep_task.queries[2], profile=())
+    assert PromptBuilder(pep_task.layout, "personalized")(query) == PromptBuilder(pep_task.layout, "plain")(query)
+    pool = pd.DataFrame({"query_id": query.id, "user": query.user, "candidate": [0, 1],
+                         "text": ["First title", "Second, longer candidate title"]})
+    scores = zero_shot_scores(pool, {query.id: query}, pep_task.layout, backend, EmbeddingCache(), scorers=("pmi",))
+    assert scores["pmi"].tolist() == [0.0, 0.0]
+    # and with the user's profile the two prompts differ, and so do the scores
+    with_profile = zero_shot_scores(pool.assign(query_id=pep_task.queries[2].id),
+                                    {pep_task.queries[2].id: pep_task.queries[2]}, pep_task.layout, backend,
+                                    EmbeddingCache(), scorers=("pmi",))
+    assert (with_profile["pmi"] != 0).all()
 
 
 def test_hidden_states_are_the_final_states_of_a_single_pass(backend, pep_task):
@@ -137,11 +141,9 @@ def test_hidden_states_are_the_final_states_of_a_single_pass(backend, pep_task):
     assert not np.allclose(states[0], states[1], rtol=0.05)
 
 
-def test_judge_is_the_log_odds_of_yes_against_no(backend, pep_task):
-    import llama_cpp
+def test_judge_is_the_log_odds_of_yes_against_no(backend, pep_task, llama_reference):
     import numpy as np
 
-    from ttp.policy.llama_cpp import default_model_path
     from ttp.rewards.zero_shot import judge_prompt, judge_question, judge_scores
 
     query = pep_task.queries[4]
@@ -154,7 +156,8 @@ def test_judge_is_the_log_odds_of_yes_against_no(backend, pep_task):
         score = staticmethod(backend.score)
 
     generic = judge_scores(ScoresOnly(), prompt, pep_task.layout, texts)
-    reference = llama_cpp.Llama(str(default_model_path()), n_ctx=2048, logits_all=True, verbose=False)
+    spread = max(llama_reference.spread(prompt, [judge_question(pep_task.layout, t) for t in texts]), 0.01)
+    reference = llama_reference.llm
     token_yes, token_no = (reference.tokenize(t.encode(), add_bos=False, special=False) for t in (" yes", " no"))
     assert len(token_yes) == len(token_no) == 1
     for text, a, b in zip(texts, fast, generic):
@@ -164,7 +167,7 @@ def test_judge_is_the_log_odds_of_yes_against_no(backend, pep_task):
         reference.eval(context)
         logits = np.array(reference.scores[len(context) - 1], dtype=float)
         own = logits[token_yes[0]] - logits[token_no[0]]
-        # batched kernels move each logit by a few hundredths against llama.cpp's own pass; the
-        # generic path's two sums over ~30 tokens each cancel only up to that noise per token
-        assert a == pytest.approx(own, abs=0.2)
-        assert b == pytest.approx(own, abs=0.5)
+        # one log-odds moves by no more than batching moves llama.cpp's own sum over the question;
+        # the generic path's difference of two such sums, by no more than twice that
+        assert abs(a - own) <= spread, (a, own, spread)
+        assert abs(b - own) <= 2 * spread, (b, own, spread)

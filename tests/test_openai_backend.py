@@ -115,12 +115,13 @@ def test_broken_servers_are_reported_not_crashed_on(status, body, message):
 
 
 def test_unreachable_server_fails_fast():
-    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{free_port()}", "m", retries=1, backoff=0.01, request_timeout=5)
+    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{free_port()}", "m", retries=1, backoff=0.01,
+                                      request_timeout=5)
     with pytest.raises(BackendError, match="Is the server running"):
         backend.sample("p", SamplingParams(n=1))
 
 
-def test_scores_from_echoed_log_probabilities_match_the_embedded_model(pep_task):
+def test_scores_from_echoed_log_probabilities_match_the_embedded_model(pep_task, llama_reference):
     from ttp.policy.llama_cpp import LlamaCppBackend, default_model_path
 
     port = free_port()
@@ -139,8 +140,13 @@ def test_scores_from_echoed_log_probabilities_match_the_embedded_model(pep_task)
         prompt = PromptBuilder(pep_task.layout, "personalized")(pep_task.queries[0])
         texts = [" A Title About Hashing\n", " Deprecate modules\n"]
         local = LlamaCppBackend(n_ctx=4096, max_sequences=2)
-        for (lp, n), (own, own_n) in zip(remote.score(prompt, texts), local.score(prompt, texts)):
-            assert n == own_n and lp == pytest.approx(own, rel=0.03)
+        spread = max(llama_reference.spread(prompt, texts), 0.01)
+        for text, (lp, n), (own, own_n) in zip(texts, remote.score(prompt, texts), local.score(prompt, texts)):
+            # the server evaluates prompt + continuation in one pass, as llama.cpp's own one-pass does
+            assert lp == pytest.approx(llama_reference.logprob(prompt, text, "one"), abs=1e-3)
+            # the embedded backend decodes the pool after its cached prompt: apart from the one pass
+            # by batching twice over (one pass vs two decodes, one continuation vs the pool)
+            assert n == own_n and abs(lp - own) <= 2 * spread, (text, lp, own, spread)
     finally:
         proc.kill()
         proc.wait()

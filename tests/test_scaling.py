@@ -3,8 +3,8 @@ import pytest
 
 from ttp.analysis.bon import bon_curves
 from ttp.analysis.scaling import diagnose, expected_max_normal, fit_ceiling
-from ttp.analysis.stats import within_pool_correlation
 from ttp.analysis.simulate import SimulationConfig, simulate
+from ttp.analysis.stats import within_pool_correlation
 
 
 def test_expected_max_of_normals_matches_known_values_and_simulation():
@@ -26,6 +26,7 @@ def test_per_query_law_matches_gaussian_pools_within_monte_carlo_error():
     assert np.all(gap <= 3 * standard_error), (gap / standard_error).max()
 
 
+@pytest.mark.slow
 def test_planted_collapse_and_hacking_are_found():
     sim = simulate(SimulationConfig(collapsed_user_share=0.2, hacked_query_share=0.15,
                                     pool_size=64, seed=5))
@@ -43,6 +44,7 @@ def test_planted_collapse_and_hacking_are_found():
     assert d.hacked_share > 5 * d.hacked_share_expected_by_chance
 
 
+@pytest.mark.slow
 def test_rho_bar_decomposes_into_positive_and_negative_parts():
     sim = simulate(SimulationConfig(hacked_query_share=0.3, seed=2))
     d = diagnose(sim.scores, sim.utilities, sim.users)
@@ -61,6 +63,7 @@ def _pools(config):
     return sim.scores, sim.utilities, sim.users
 
 
+@pytest.mark.slow
 def test_skewed_utilities_law_error_is_measured():
     d = diagnose(*_pools(SimulationConfig(utility="skewed", seed=1)))
     gaussian = diagnose(*_pools(SimulationConfig(seed=1)))
