@@ -33,13 +33,26 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm, rankdata
 
-from ttp.analysis.allocation import (PRIOR_STRENGTHS, STUDY_BUDGETS, AllocationCurve, choose_online_rule,
-                                     samples_to_reach_uniform, uniform_reference)
-from ttp.analysis.control import (ControllerConfig, budget_threshold, evaluate_allocation,
-                                  improvement_gains, query_calibration, stop_below, validation_calibration)
+from ttp.analysis.allocation import (
+    PRIOR_STRENGTHS,
+    STUDY_BUDGETS,
+    AllocationCurve,
+    choose_online_rule,
+    samples_to_reach_uniform,
+    uniform_reference,
+)
+from ttp.analysis.control import (
+    ControllerConfig,
+    budget_threshold,
+    evaluate_allocation,
+    improvement_gains,
+    query_calibration,
+    stop_below,
+    validation_calibration,
+)
 from ttp.analysis.pools import Pools
 from ttp.analysis.stats import within_pool_correlation
-from ttp.rewards.families import family_of, new_model
+from ttp.rewards.families import FAMILIES, family_of
 from ttp.rewards.features import FEATURES
 from ttp.runs.evaluation import Selector, selectors
 from ttp.runs.pipeline import Pipeline
@@ -228,7 +241,7 @@ def crossfitted_scores(table: pd.DataFrame, head: str, seed: int) -> pd.DataFram
     X, y, groups = table[list(FEATURES)].to_numpy(float), table[PRIMARY].to_numpy(), table.query_id.to_numpy()
     mean, sd = np.zeros(len(table)), np.zeros(len(table))
     for k in range(FOLDS):
-        model = new_model("features", head, seed).fit(X[folds != k], y[folds != k], groups[folds != k])
+        model = FAMILIES["features"].new_model(head, seed).fit(X[folds != k], y[folds != k], groups[folds != k])
         out = model.predict(X[folds == k], return_std=True) if model.is_probabilistic else \
             (model.predict(X[folds == k]), np.zeros((folds == k).sum()))
         mean[folds == k], sd[folds == k] = out
@@ -320,7 +333,8 @@ def crossfitted_calibration(pipeline: Pipeline, task, policy: str, selector: Sel
         return _format(samples_needed(scores, test_utilities, test_users,
                                       lambda o: improvement_gains(_in_order(scores, o), kappa_of(o), spread), FIRST))
 
-    print(f"    ridge model of κ_q: correlation with the test queries' κ_q {np.corrcoef(learned, test_kappa)[0, 1]:+.2f}; "
+    correlation = np.corrcoef(learned, test_kappa)[0, 1]
+    print(f"    ridge model of κ_q: correlation with the test queries' κ_q {correlation:+.2f}; "
           f"samples to match uniform N = 8 (first {FIRST} always drawn): global κ {need(lambda o: kappa)}, "
           f"learned κ_q {need(predicted_kappa)}")
 

@@ -1,8 +1,11 @@
+import shutil
 from pathlib import Path
 
 import pytest
 
 PEP_TITLES_MINI = Path(__file__).resolve().parent / "data" / "pep-titles-mini"
+# a small finished run: 8 users x 2 queries, pools of 4 titles of at most 10 tokens
+SMALL_RUN = ["--pool-size", "4", "--max-users", "8", "--max-queries-per-user", "2", "--max-tokens", "10"]
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +19,32 @@ def pep_task(pep_titles_dir):
     from ttp.tasks.data import load_task
 
     return load_task(pep_titles_dir)
+
+
+@pytest.fixture(scope="session")
+def llama_reference():
+    """llama.cpp's own passes over the embedded model (tests/llama_reference.py)."""
+    from llama_reference import LlamaReference
+
+    reference = LlamaReference()
+    yield reference
+    reference.llm.close()
+
+
+@pytest.fixture(scope="session")
+def small_run_template(tmp_path_factory, pep_titles_dir) -> Path:
+    """Every stage of `ttp run` with the real model on SMALL_RUN, done once per session; a test
+    module takes its own copy (``small_run``), so that what one module adds no other sees."""
+    from typer.testing import CliRunner
+
+    from ttp.cli import app
+
+    out = tmp_path_factory.mktemp("template") / "run"
+    result = CliRunner().invoke(app, ["run", "--task", str(pep_titles_dir), "--out", str(out), *SMALL_RUN])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_run(small_run_template, tmp_path_factory) -> Path:
+    return Path(shutil.copytree(small_run_template, tmp_path_factory.mktemp("run") / "run"))

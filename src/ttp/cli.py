@@ -19,7 +19,7 @@ from rich.table import Table as RichTable
 import ttp
 from ttp.policy import SamplingParams
 from ttp.policy.registry import BACKENDS
-from ttp.runs.config import MAX_POOL_SIZE, RunConfig, TaskSpec
+from ttp.runs.config import MAX_POOL_SIZE, ConfigError, RunConfig, TaskSpec
 from ttp.runs.folder import RunFolder
 from ttp.runs.pipeline import STAGES, Pipeline
 from ttp.runs.tables import Table, stage_tables
@@ -371,10 +371,10 @@ def compare(
     folder = RunFolder.existing(run_folder)
     with folder.lock():
         config = RunConfig.load(folder.config)
-        if "hidden_state" in family and config.backend != "llama-cpp":
-            raise typer.BadParameter(f"--family hidden_state reads the policy model's hidden states, which only the "
-                                     f"llama-cpp backend gives (this run uses {config.backend}); leave it out")
-        config = replace(config, families=_families([*config.families, *family]))
+        try:
+            config = replace(config, families=_families([*config.families, *family]))
+        except ConfigError as err:
+            raise typer.BadParameter(f"--family: {err}") from None
         write_json_atomic(folder.config, config.to_json())
     tasks = _run_stages(None, run_folder, ["rewards", "diagnose", "allocate", "report"])
     console.rule("[bold]families compared")

@@ -1,5 +1,6 @@
 """Online test-time personalization of one output: sample adaptively with the run's stopping
-rule, pick with the run's trained reward model (of any family: ``controller_selector``).
+rule, pick with one of the run's trained reward models (of any family; by default the run's
+``controller_selector``).
 
 ``Personalizer`` keeps the policy backend, the sentence encoder and the reward model warm, so
 ``ttp generate`` and the server pay their start-up once; ``generate(query)`` takes any query
@@ -17,10 +18,8 @@ from ttp.analysis.online import Decision, choose_online
 from ttp.analysis.pools import Pools
 from ttp.policy import Completion, PolicyBackend
 from ttp.policy.registry import make_backend
-from ttp.rewards.cross_encoder import pair_texts
-from ttp.rewards.families import FAMILIES, family_of, load_model
-from ttp.rewards.features import EmbeddingCache, candidate_features
-from ttp.rewards.hidden_states import pool_states
+from ttp.rewards.families import FAMILIES, Inputs, family_of
+from ttp.rewards.features import EmbeddingCache
 from ttp.rewards.selection import Selector, rule_scores
 from ttp.runs.config import MAX_POOL_SIZE, RunConfig
 from ttp.runs.evaluation import selectors
@@ -44,33 +43,32 @@ class Personalizer:
     """``Personalizer(folder, config, task, policy).generate(query, budget)`` -> ``Decision``."""
 
     def __init__(self, folder: RunFolder, config: RunConfig, task: Task, policy: str = "personalized",
-                 backend: PolicyBackend | None = None):
+                 backend: PolicyBackend | None = None, selector: str | None = None):
         if policy not in config.policies:
             raise ValueError(f"policy {policy!r} is not in this run; policies: {list(config.policies)}")
         self.folder, self.config, self.task, self.policy = folder, config, task, policy
-        self.selector = Selector.parse(config.controller_selector)
-        self.family = family_of(self.selector.model)
-        self.controller = ControllerConfig(collapse_tau=config.collapse_tau)
-        self.model = load_model(self.family, folder.reward_model(task.name, policy, self.selector.model))
+        self.selector = Selector.parse(selector or config.controller_selector)
         validation = Pools.from_frame(read_table(folder.scores(task.name, policy, "validation"),
                                                  f"ttp rewards {folder.root}"))
         trained = [str(s) for s in selectors(validation) if family_of(s.model) in FAMILIES]
         if str(self.selector) not in trained:
             # a rule the model does not offer (pointwise/lcb), or a probabilistic model without one
             raise ValueError(f"selector {str(self.selector)!r} is not one of this run's: choose one of {trained}")
+        self.family = FAMILIES[family_of(self.selector.model)]
+        self.controller = ControllerConfig(collapse_tau=config.collapse_tau)
+        self.model = self.family.load(folder.reward_model(task.name, policy, self.selector.model))
         self.kappa, self.dataset_spread = validation_calibration(validation[self.selector.column],
                                                                  validation[PRIMARY])
         self.rule, prior_strength = self._stopping_rule(validation)
         # the rule's spread shrinkage, chosen on validation users with it
         self.controller = replace(self.controller, prior_strength=prior_strength)
         self.prompts = PromptBuilder(task.layout, policy, config.shots, config.convention)
-        # the hidden-state family reads the personalized prompt whatever the policy (as it was trained)
-        self.state_prompts = PromptBuilder(task.layout, "personalized", config.shots, config.convention)
-        self.cache = EmbeddingCache(folder.embeddings(task.name), persist=False)
         self.backend = backend or make_backend(
             config.backend, config.model_path, config.server_url, config.server_model,
             max_sequences=MAX_POOL_SIZE, n_ctx=config.n_ctx,
             request_timeout=config.request_timeout)
+        self.inputs = Inputs({}, task.layout, config.shots, config.convention, lambda: self.backend,
+                             EmbeddingCache(folder.embeddings(task.name), persist=False), self.backend.name)
 
     def _stopping_rule(self, validation: Pools) -> OnlineChoice:
         """The stopping rule and its spread shrinkage the allocate stage chose on validation users
@@ -98,7 +96,7 @@ class Personalizer:
         """``(selection score, predicted mean, sd)`` of each candidate of one query."""
         frame = pd.DataFrame({"query_id": query.id, "user": query.user, "candidate": range(len(texts)),
                               "text": texts, "logprob": logprobs, "n_tokens": n_tokens})
-        X = self._inputs(query, frame)
+        X = self.family.query_inputs(query, frame, self.inputs)
         if self.model.is_probabilistic:
             mean, sd = self.model.predict(X, return_std=True)
         else:
@@ -106,15 +104,6 @@ class Personalizer:
         # one prediction serves every rule: the rules only transform (mean, sd)
         rule = self.selector.rule or "mean"
         return rule_scores(mean, sd, np.zeros(len(texts)), rule, self.config.lcb_kappa), mean, sd
-
-    def _inputs(self, query: Query, frame: pd.DataFrame):
-        """What the selecting model reads, by its family (``ttp.rewards.families``)."""
-        shots, convention = self.config.shots, self.config.convention
-        if self.family == "cross_encoder":
-            return pair_texts(frame, {query.id: query}, shots, convention)
-        if self.family == "hidden_state":
-            return pool_states(self.backend, self.state_prompts(query), frame["text"])
-        return candidate_features(frame, {query.id: query}, self.cache, k=shots, convention=convention)
 
     def generate(self, query: Query, budget: int = 8, min_gain: float = 1e-3, at_least: int = 1,
                  sampling=None, rule: str | None = None) -> Generation:
@@ -147,12 +136,10 @@ class Personalizer:
         with another of the run's trained reward models than its ``controller_selector``."""
         folder = RunFolder.existing(root)
         config = RunConfig.load(folder.config)
-        if selector is not None:
-            config = replace(config, controller_selector=selector)
         names = []
         for spec in config.tasks:
             task = load_task(spec.path, spec.name, spec.layout)
             if task.name == task_name:
-                return cls(folder, config, task, policy, backend)
+                return cls(folder, config, task, policy, backend, selector)
             names.append(task.name)
         raise KeyError(f"task {task_name!r} is not in this run; tasks: {names}")

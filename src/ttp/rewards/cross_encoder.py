@@ -8,7 +8,7 @@ The lower layers stay as packaged and are run once per text (``encode``); the to
 ``tuned_layers`` transformer layers and a linear head on their mean-pooled output are trained,
 which keeps training within minutes on two cores.  The head's outputs and the loss come from the
 same ``OBJECTIVES`` as the feature MLPs (pointwise, Bradley–Terry within a pool, probabilistic),
-and training stops early on the same criterion, ρ̄ on validation pools.
+and training stops early by the same function (``ttp.rewards.estimator``).
 
 Saved as data: ``weights.safetensors`` (tuned layers and head), ``model.json`` (settings, the
 text template and a hash of the base weights it was tuned on) and the tokenizer files."""
@@ -30,7 +30,8 @@ from torch import nn
 from ttp.analysis.stats import within_pool_correlation
 from ttp.files import read_json, write_bytes_atomic, write_json_atomic
 from ttp.rewards import minilm
-from ttp.rewards.models import WEIGHTS, SETTINGS, ModelFileError, RewardModel, TrainingDiverged
+from ttp.rewards.estimator import train_early_stopped
+from ttp.rewards.models import SETTINGS, WEIGHTS, ModelFileError, RewardModel, TrainingDiverged
 from ttp.rewards.objectives import OBJECTIVES, TrainingData, gaussian_variance, within_pool_pairs
 from ttp.tasks.data import Query
 from ttp.tasks.prompts import QUERY_CHARS, retrieve, split_instruction
@@ -189,9 +190,8 @@ class CrossEncoderRewardModel:
         self.top_ = self._new_top()
         opt = torch.optim.AdamW(self.top_.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         pools = [np.flatnonzero(groups == g) for g in pd.unique(groups)]
-        best, best_state, since_best = -np.inf, None, 0
-        for epoch in range(cfg.max_epochs):
-            self.top_.train()
+
+        def run_epoch(epoch: int) -> None:
             order = rng.permutation(len(pools))
             for start in range(0, len(order), cfg.pools_per_batch):
                 rows = np.concatenate([pools[i] for i in order[start:start + cfg.pools_per_batch]])
@@ -207,16 +207,11 @@ class CrossEncoderRewardModel:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            rho = float(within_pool_correlation(self._forward(X_val)[:, 0], y_val, groups=groups_val).mean())
-            if rho > best + 1e-6:
-                best, since_best = rho, 0
-                best_state = {k: v.clone() for k, v in self.top_.state_dict().items()}
-            else:
-                since_best += 1
-                if since_best >= cfg.patience:
-                    break
-        if best_state is not None:   # a validation ρ̄ that is NaN throughout keeps the last epoch
-            self.top_.load_state_dict(best_state)
+
+        def validation_rho() -> float:
+            return float(within_pool_correlation(self._forward(X_val)[:, 0], y_val, groups=groups_val).mean())
+
+        best = train_early_stopped(self.top_, run_epoch, validation_rho, cfg.max_epochs, cfg.patience)
         self.validation_rho_ = float(best) if np.isfinite(best) else None
         return self
 

@@ -10,40 +10,176 @@ hidden_state   the policy model's final hidden state of prompt + candidate     `
 cross_encoder  the text: candidate [SEP] the user's examples · the query       ``CrossEncoderRewardModel``
 =============  ==============================================================  ======================
 
+A ``Family`` is everything the pipeline and the server ask of one: the models it trains, how
+to make, save and find them, and what they read, for a batch of pools (``batch_inputs``) and
+for one query online (``query_inputs``).  A new family is one subclass and one
+``register_family`` call; no other layer branches on a family's name.
+
 A model's name in a run is its head for the ``features`` family (``pointwise``, ...), as it has
 always been, and ``<family>.<head>`` for the others (``cross_encoder.probabilistic``)."""
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from ttp.rewards.cross_encoder import CrossEncoderConfig, CrossEncoderRewardModel
+import pandas as pd
+
+from ttp.policy import PolicyBackend
+from ttp.rewards.cross_encoder import PAIR_TEMPLATE, CrossEncoderConfig, CrossEncoderRewardModel, encode, pair_texts
+from ttp.rewards.estimator import Estimator
+from ttp.rewards.features import FEATURES, EmbeddingCache, candidate_features
+from ttp.rewards.hidden_states import LAYER, POOLING, hidden_state_matrix, pool_states
 from ttp.rewards.models import REWARD_MODELS, RewardConfig, RewardModel
 from ttp.rewards.zero_shot import ZERO_SHOT
+from ttp.tasks.data import ProfileLayout, Query
+from ttp.tasks.prompts import PromptBuilder
 
-FAMILIES = ("features", "hidden_state", "cross_encoder")
 HEADS = ("pointwise", "bradley_terry", "probabilistic")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a family may read beyond the candidates' table: the queries with their profiles,
+    the prompt settings of the run, its caches, and the policy backend (made on first call)."""
+
+    queries: dict[str, Query]
+    layout: ProfileLayout
+    shots: int
+    convention: str
+    backend: Callable[[], PolicyBackend]
+    embeddings: EmbeddingCache
+    policy_model: str                          # the policy backend's name, for the saved note
+    hidden_states: Path | None = None          # the run's cache of states; None online
+    # a progress display: track(description, total) -> a context giving advance(); total None: a spinner
+    track: Callable[[str, int | None], AbstractContextManager[Callable[[], None]]] | None = None
+
+
+class Family:
+    """One family: ``name``, its ``estimator`` class, the backends it can read from (None: any),
+    and its inputs.  Subclasses define ``batch_inputs`` and ``query_inputs``."""
+
+    name: str
+    estimator: type[Estimator] = RewardModel
+    backends: tuple[str, ...] | None = None
+
+    def heads(self, feature_models: tuple[str, ...]) -> tuple[str, ...]:
+        """The heads a run trains for this family (``feature_models`` is the run's own list)."""
+        return HEADS
+
+    def model_name(self, head: str) -> str:
+        return f"{self.name}.{head}"
+
+    def new_model(self, head: str, seed: int = 0) -> Estimator:
+        return RewardModel(RewardConfig(kind=head, seed=seed))
+
+    def load(self, path: str | Path) -> Estimator:
+        return self.estimator.load(path)
+
+    def is_saved(self, path: str | Path) -> bool:
+        return self.estimator.is_saved(path)
+
+    def check_backend(self, backend: str) -> None:
+        if self.backends is not None and backend not in self.backends:
+            raise ValueError(f"the {self.name} family reads what only the {', '.join(self.backends)} backend "
+                             f"gives, and this run samples with {backend}; leave it out")
+
+    def batch_inputs(self, table: pd.DataFrame, inputs: Inputs):
+        """``(X, note)``: what the models read, one row per row of ``table`` (candidates with
+        their features), and a note of it saved beside each model."""
+        raise NotImplementedError
+
+    def query_inputs(self, query: Query, candidates: pd.DataFrame, inputs: Inputs):
+        """What the models read for the candidates of one query, drawn online."""
+        raise NotImplementedError
+
+
+class FeaturesFamily(Family):
+    name = "features"
+
+    def heads(self, feature_models):
+        return ("constant", *feature_models)
+
+    def model_name(self, head):
+        return head
+
+    def new_model(self, head, seed=0):
+        return RewardModel(RewardConfig(kind=head, seed=seed, hidden=32))
+
+    def batch_inputs(self, table, inputs):
+        return table[list(FEATURES)], {"family": self.name}
+
+    def query_inputs(self, query, candidates, inputs):
+        return candidate_features(candidates, {query.id: query}, inputs.embeddings, k=inputs.shots,
+                                  convention=inputs.convention)
+
+
+class HiddenStateFamily(Family):
+    name = "hidden_state"
+    backends = ("llama-cpp",)
+
+    def new_model(self, head, seed=0):
+        return RewardModel(RewardConfig(kind=head, seed=seed, hidden=64))
+
+    def batch_inputs(self, table, inputs):
+        with inputs.track(f"hidden states of {table.query_id.nunique()} pools", table.query_id.nunique()) as advance:
+            states = hidden_state_matrix(table, inputs.queries, inputs.layout, inputs.backend, inputs.hidden_states,
+                                         inputs.shots, inputs.convention, progress=advance)
+        return (pd.DataFrame(states, columns=[f"h{i}" for i in range(states.shape[1])], index=table.index),
+                {"family": self.name, "policy_model": inputs.policy_model, "layer": LAYER, "pooling": POOLING,
+                 "prompt": "personalized", "shots": inputs.shots, "convention": inputs.convention})
+
+    def query_inputs(self, query, candidates, inputs):
+        # the personalized prompt whatever the policy, as the states were read in training
+        prompt = PromptBuilder(inputs.layout, "personalized", inputs.shots, inputs.convention)
+        return pool_states(inputs.backend(), prompt(query), candidates["text"])
+
+
+class CrossEncoderFamily(Family):
+    name = "cross_encoder"
+    estimator = CrossEncoderRewardModel
+
+    def new_model(self, head, seed=0):
+        return CrossEncoderRewardModel(CrossEncoderConfig(kind=head, seed=seed))
+
+    def batch_inputs(self, table, inputs):
+        pairs = pair_texts(table, inputs.queries, inputs.shots, inputs.convention)
+        with inputs.track(f"encoding {len(pairs)} candidates for the cross-encoder", None):
+            encoded = encode(pairs, CrossEncoderConfig())
+        return encoded, {"family": self.name, "text": PAIR_TEMPLATE, "shots": inputs.shots,
+                         "convention": inputs.convention}
+
+    def query_inputs(self, query, candidates, inputs):
+        return pair_texts(candidates, {query.id: query}, inputs.shots, inputs.convention)
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Make ``family`` known to every layer by its name (config checks, pipeline, server, tables)."""
+    if not family.name.isidentifier() or family.name in ZERO_SHOT or family.name in REWARD_MODELS:
+        raise ValueError(f"a family's name must be an identifier unlike a model or scorer name, got {family.name!r}")
+    FAMILIES[family.name] = family
+    return family
+
+
+for _family in (FeaturesFamily(), HiddenStateFamily(), CrossEncoderFamily()):
+    register_family(_family)
 
 
 def check_families(families) -> tuple[str, ...]:
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or "features" not in families:
-        raise ValueError(f"families must include 'features' and be some of {FAMILIES}, got {list(families)}")
+        raise ValueError(f"families must include 'features' and be some of {tuple(FAMILIES)}, got {list(families)}")
     return tuple(families)
-
-
-def heads(family: str, feature_models: tuple[str, ...]) -> tuple[str, ...]:
-    """The models a run trains for ``family``: the run's own list (with the constant baseline)
-    for ``features``, the three heads for the others."""
-    return ("constant", *feature_models) if family == "features" else HEADS
-
-
-def model_name(family: str, head: str) -> str:
-    return head if family == "features" else f"{family}.{head}"
 
 
 def trained_models(families, feature_models: tuple[str, ...]) -> list[str]:
     """The names of every model a run with these families trains (the constant baseline aside)."""
-    return [model_name(f, h) for f in families for h in heads(f, feature_models) if h != "constant"]
+    return [FAMILIES[f].model_name(h) for f in families for h in FAMILIES[f].heads(feature_models)
+            if h != "constant"]
 
 
 def family_of(model: str) -> str:
@@ -61,19 +197,7 @@ def family_of(model: str) -> str:
     return "external"
 
 
-def new_model(family: str, head: str, seed: int = 0):
-    if family == "cross_encoder":
-        return CrossEncoderRewardModel(CrossEncoderConfig(kind=head, seed=seed))
-    return RewardModel(RewardConfig(kind=head, seed=seed, hidden=64 if family == "hidden_state" else 32))
-
-
-def estimator(family: str):
-    return CrossEncoderRewardModel if family == "cross_encoder" else RewardModel
-
-
-def load_model(family: str, path: str | Path):
-    return estimator(family).load(path)
-
-
-def is_saved(family: str, path: str | Path) -> bool:
-    return estimator(family).is_saved(path)
+def head_of(model: str) -> str:
+    """The head of a trained model's name (the name itself for the features family and for
+    scores not trained here)."""
+    return model.split(".", 1)[1] if "." in model and family_of(model) in FAMILIES else model

@@ -4,9 +4,8 @@
 pools of training users (``groups`` names each candidate's pool) and stops early on validation
 users; ``predict(X)`` gives the selection score, and ``predict(X, return_std=True)`` a
 probabilistic model's ``(mean, sd)``.  Fitted attributes end in ``_``.  Every model is a small
-MLP on standardized features; the objective comes from ``ttp.rewards.objectives``.  All are
-early-stopped by the same criterion, the mean within-pool correlation of score and utility on
-validation pools (the ``ρ̄`` of the scaling law), so no model is favoured by its own loss.
+MLP on standardized features; the objective comes from ``ttp.rewards.objectives``, the early
+stopping from ``ttp.rewards.estimator``.
 
 A saved model is data only: ``weights.safetensors`` (tensors) and ``model.json`` (settings and
 feature names); loading never unpickles anything.
@@ -24,6 +23,7 @@ from torch import nn
 
 from ttp.analysis.stats import within_pool_correlation
 from ttp.files import read_json, write_bytes_atomic, write_json_atomic
+from ttp.rewards.estimator import train_early_stopped
 from ttp.rewards.objectives import OBJECTIVES, TrainingData, gaussian_variance, within_pool_pairs
 
 # each reward model: the objective it trains and whether it is a deep ensemble of that objective
@@ -147,9 +147,8 @@ class RewardModel:
         torch.manual_seed(seed)
         net = _mlp(data.x.shape[1], cfg.hidden, objective.outputs)
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        best, best_state, since_best = -np.inf, None, 0
-        for epoch in range(cfg.max_epochs):
-            net.train()
+
+        def run_epoch(epoch: int) -> None:
             opt.zero_grad()
             loss = objective.loss(net(data.x), data, variance_floor=cfg.variance_floor, beta=cfg.beta)
             if not torch.isfinite(loss):
@@ -157,19 +156,13 @@ class RewardModel:
                                        f"lower lr (now {cfg.lr}) or raise variance_floor")
             loss.backward()
             opt.step()
-            net.eval()
+
+        def validation_rho() -> float:
             with torch.no_grad():
                 val_score = net(x_val)[:, 0].numpy()
-            rho = float(within_pool_correlation(val_score, y_val, groups=groups_val).mean())
-            if rho > best + 1e-6:
-                best, since_best = rho, 0
-                best_state = {k: v.clone() for k, v in net.state_dict().items()}
-            else:
-                since_best += 1
-                if since_best >= cfg.patience:
-                    break
-        net.load_state_dict(best_state)
-        net.eval()
+            return float(within_pool_correlation(val_score, y_val, groups=groups_val).mean())
+
+        train_early_stopped(net, run_epoch, validation_rho, cfg.max_epochs, cfg.patience)
         return net
 
     def _outputs(self, X) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 from ttp.files import DataFileError, check_name, read_json
 from ttp.policy import SamplingParams
 from ttp.policy.registry import BACKENDS
-from ttp.rewards.families import check_families, trained_models
+from ttp.rewards.families import FAMILIES, check_families, trained_models
 from ttp.rewards.models import REWARD_MODELS
 from ttp.rewards.selection import Selector
 from ttp.tasks.prompts import PROMPT_STYLES
@@ -86,7 +86,8 @@ class RunConfig:
             raise ConfigError(f"unknown reward models {bad_models}; choose from "
                               f"{sorted(set(REWARD_MODELS) - {'constant'})}")
         try:
-            check_families(self.families)
+            for family in check_families(self.families):
+                FAMILIES[family].check_backend(self.backend)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         selector = Selector.parse(self.controller_selector)

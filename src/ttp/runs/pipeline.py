@@ -1,4 +1,4 @@
-"""One run of the data flow (DESIGN.md section 7), stage by stage, in one run folder.
+"""One run of the data flow (docs/design.md §7), stage by stage, in one run folder.
 
     tasks -> user split -> prompts -> pools -> utilities -> curves
           -> features -> reward models -> scores on held-out users -> diagnosis -> allocation -> report
@@ -9,6 +9,7 @@ lives in the modules each stage calls; this file only sequences it over the run 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import partial
 
 import pandas as pd
@@ -24,10 +25,8 @@ from ttp.files import read_json, write_json_atomic, write_parquet_atomic
 from ttp.policy.llama_cpp import model_label
 from ttp.policy.registry import make_backend
 from ttp.policy.sampling import read_pools, sample_pools
+from ttp.rewards.families import FAMILIES, Inputs
 from ttp.rewards.features import FEATURES, EmbeddingCache, candidate_features
-from ttp.rewards.cross_encoder import PAIR_TEMPLATE, CrossEncoderConfig, encode, pair_texts
-from ttp.rewards.families import heads, is_saved, load_model, model_name, new_model
-from ttp.rewards.hidden_states import LAYER, POOLING, hidden_state_matrix
 from ttp.rewards.selection import Selector
 from ttp.runs.config import ConfigError, RunConfig
 from ttp.runs.evaluation import evaluate_selectors, selector_scores, selectors
@@ -169,25 +168,19 @@ class Pipeline:
         write_parquet_atomic(path, table)
         return table
 
-    def family_inputs(self, task: Task, policy: str, family: str, table: pd.DataFrame):
-        """What the ``family``'s reward models read, one row per row of ``table``, and a note of
-        it saved beside each model."""
+    def _inputs(self, task: Task, policy: str) -> Inputs:
+        """What the reward-model families read of this task and policy, beyond the candidates."""
         c = self.config
-        if family == "features":
-            return table[list(FEATURES)], {"family": family}
-        if family == "cross_encoder":
-            pairs = pair_texts(table, task.by_id(), c.shots, c.convention)
-            with console.status(f"encoding {len(pairs)} candidates for the cross-encoder ({task.name} / {policy})"):
-                return encode(pairs, CrossEncoderConfig()), {"family": family, "text": PAIR_TEMPLATE,
-                                                             "shots": c.shots, "convention": c.convention}
-        with Progress(console=console, disable=not self.show_progress) as bar:
-            job = bar.add_task(f"hidden states {task.name} / {policy}", total=table.query_id.nunique())
-            states = hidden_state_matrix(table, task.by_id(), task.layout, self.backend,
-                                         self.folder.hidden_states(task.name, policy), c.shots, c.convention,
-                                         progress=lambda: bar.advance(job))
-        return (pd.DataFrame(states, columns=[f"h{i}" for i in range(states.shape[1])], index=table.index),
-                {"family": family, "policy_model": model_label(c.model_path), "layer": LAYER, "pooling": POOLING,
-                 "prompt": "personalized", "shots": c.shots, "convention": c.convention})
+
+        @contextmanager
+        def track(description: str, total: int | None):
+            with Progress(console=console, disable=not self.show_progress) as bar:
+                job = bar.add_task(f"{description} ({task.name} / {policy})", total=total)
+                yield lambda: bar.advance(job)
+
+        return Inputs(task.by_id(), task.layout, c.shots, c.convention, self.backend,
+                      EmbeddingCache(self.folder.embeddings(task.name)), model_label(c.model_path),
+                      self.folder.hidden_states(task.name, policy), track)
 
     def rewards(self) -> None:
         for task, policy in self.cells():
@@ -196,25 +189,25 @@ class Pipeline:
             rows = {p: table["user"].isin(getattr(split, p)).to_numpy() for p in PARTS}
             y, groups = table[PRIMARY].to_numpy(), table["query_id"].to_numpy()
             held_out = rows["validation"] | rows["test"]
-            models = {}
-            for family in self.config.families:
-                dirs = {model_name(family, h): (h, self.folder.reward_model(task.name, policy, model_name(family, h)))
-                        for h in heads(family, self.config.reward_models)}
+            models, inputs = {}, self._inputs(task, policy)
+            for family in map(FAMILIES.get, self.config.families):
+                dirs = {family.model_name(h): (h, self.folder.reward_model(task.name, policy, family.model_name(h)))
+                        for h in family.heads(self.config.reward_models)}
                 # the training users' inputs are built only while some model still has to learn
-                wanted = held_out | rows["train"] if any(not is_saved(family, d) for _, d in dirs.values()) \
+                wanted = held_out | rows["train"] if any(not family.is_saved(d) for _, d in dirs.values()) \
                     else held_out
-                X, inputs = self.family_inputs(task, policy, family, table[wanted])
+                X, note = family.batch_inputs(table[wanted], inputs)
                 subset_rows = {p: r[wanted] for p, r in rows.items()}
                 yw, gw = y[wanted], groups[wanted]
                 for name, (head, model_dir) in dirs.items():
-                    if is_saved(family, model_dir):
-                        model = load_model(family, model_dir)
+                    if family.is_saved(model_dir):
+                        model = family.load(model_dir)
                     else:
                         console.print(f"training {name} reward model on {task.name} / {policy}")
                         train, val = subset_rows["train"], subset_rows["validation"]
-                        model = new_model(family, head, self.config.seed).fit(
+                        model = family.new_model(head, self.config.seed).fit(
                             X[train], yw[train], gw[train], X[val], yw[val], gw[val])
-                        model.save(model_dir, inputs)
+                        model.save(model_dir, note)
                     models[name] = (model, X, subset_rows)
             for part in ("validation", "test"):
                 scores = selector_scores({n: (m, X[r[part]]) for n, (m, X, r) in models.items()},

@@ -7,17 +7,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ttp.analysis.bon import Curve
 from ttp.analysis.allocation import REFERENCE_BUDGET, AllocationStudy
+from ttp.analysis.bon import Curve
 from ttp.analysis.scaling import HELD_OUT_LAW, LAW_TOLERANCE, LAWS, PER_QUERY_LAWS, Diagnosis, chance_misses
-from ttp.rewards.families import FAMILIES, family_of
+from ttp.rewards.families import FAMILIES, family_of, head_of
 from ttp.rewards.selection import Selector
 from ttp.runs.folder import RunFolder
 from ttp.runs.results import read_allocation, read_curves, read_diagnoses, read_reward_eval
 from ttp.tasks.utility import PRIMARY
 
 ALLOCATION_BUDGETS = (2, 4, 8)
-FAMILY_ORDER = ("baseline", *FAMILIES, "zero-shot", "external")
 LAW_LABELS = {"per_query": "Gauss per-query", "four_quantity": "Gauss 4-qty",
               "per_query_oracle_anchored": "anchored per-query", "four_quantity_oracle_anchored": "anchored 4-qty",
               "copula_per_query": "copula per-query", "copula_pooled": "copula pooled",
@@ -150,9 +149,9 @@ def _tolerance_caption(diagnoses: list[Diagnosis]) -> str:
 PEER_SHARE = 0.23   # the closest peer: off-the-shelf RMs capture at most 23% of the oracle headroom
 
 
-def _family_head(selector: Selector) -> tuple[str, str]:
-    family = family_of(selector.model)
-    return family, selector.model.split(".", 1)[1] if family in FAMILIES[1:] else selector.model
+def _family_order(name: str) -> int:
+    """Random first, then the trained families in their registry's order, then the rest."""
+    return ["baseline", *FAMILIES, "zero-shot", "external"].index(family_of(Selector.parse(name).model))
 
 
 def comparison_table(task: str, policy: str, ev: dict, diagnoses: dict[str, Diagnosis]) -> Table:
@@ -160,11 +159,9 @@ def comparison_table(task: str, policy: str, ev: dict, diagnoses: dict[str, Diag
     failure modes against chance, and the per-query laws' error."""
     points = [n for n in (4, 16) if str(n) in next(iter(ev["selectors"].values()))["oracle_gain_share"]]
     rows = []
-    for name, sel in sorted(ev["selectors"].items(), key=lambda kv: FAMILY_ORDER.index(
-            family_of(Selector.parse(kv[0]).model))):
+    for name, sel in sorted(ev["selectors"].items(), key=lambda kv: _family_order(kv[0])):
         selector, d = Selector.parse(name), diagnoses[name]
-        family, head = _family_head(selector)
-        rows.append([family, head, selector.rule or "-",
+        rows.append([family_of(selector.model), head_of(selector.model), selector.rule or "-",
                      *[_share(sel["oracle_gain_share"].get(str(n))) for n in points],
                      f"{d.rho_bar:.3f}", f"{d.collapse_rate:.2f}",
                      f"{d.hacked_share_informative:.2f} / {d.hacked_share_expected_by_chance:.2f}",

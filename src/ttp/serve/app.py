@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from ttp.personalize import Personalizer
 from ttp.policy import ContextOverflow
 from ttp.runs.config import MAX_POOL_SIZE
+from ttp.runs.results import read_diagnoses
 from ttp.serve.store import ProfileStore
 from ttp.tasks.data import Query
 from ttp.tasks.prompts import PromptBuilder, retrieve
@@ -85,11 +86,11 @@ class Server:
                                    personalizer.config.convention)
         self.gate = asyncio.Semaphore(config.concurrency)
         self.waiting = 0
-        diagnosis = personalizer.folder.diagnosis(personalizer.task.name, personalizer.policy)
+        folder, task, policy = personalizer.folder, personalizer.task.name, personalizer.policy
         self.collapsed_users = set()
-        if diagnosis.exists():
-            entry = json.loads(diagnosis.read_text()).get(str(personalizer.selector), {})
-            self.collapsed_users = {str(c["user"]) for c in entry.get("collapsed_users", [])}
+        if folder.diagnosis(task, policy).exists():
+            diagnosis = read_diagnoses(folder, task, policy).get(str(personalizer.selector))
+            self.collapsed_users = {str(c["user"]) for c in diagnosis.collapsed_users} if diagnosis else set()
         self.registry = CollectorRegistry()
         self.requests = Counter("ttp_requests", "requests answered", ["endpoint", "status"], registry=self.registry)
         self.samples = Counter("ttp_samples_drawn", "candidates sampled", registry=self.registry)
@@ -146,7 +147,8 @@ class Server:
                     "scores": [float(s) for s in scores], "candidates": [c.text for c in completions],
                     "candidate_tokens": [c.n_tokens for c in completions],
                     "retrieved_profile_items": retrieved,
-                    "collapsed_user": bool(profile) and (user in self.collapsed_users or reason.startswith("collapsed"))},
+                    "collapsed_user": bool(profile) and (user in self.collapsed_users
+                                                         or reason.startswith("collapsed"))},
         }
 
     # ---- parsing ------------------------------------------------------------------------------
