@@ -1,4 +1,4 @@
-"""Exact Best-of-N curves from one candidate pool per query (DESIGN.md section 2).
+"""Exact Best-of-N curves from one candidate pool per query (docs/design.md §2).
 
 For a pool of ``M`` candidates sorted by score, the candidate of rank ``j`` is the
 maximum of a uniformly random ``N``-subset with probability ``C(j-1, N-1) / C(M, N)``.

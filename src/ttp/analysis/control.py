@@ -1,4 +1,4 @@
-"""The scaling law as a controller of test-time compute (DESIGN.md section 6).
+"""The scaling law as a controller of test-time compute (docs/design.md §6).
 
 For a reward model whose predicted means are calibrated, selecting the best of ``N`` by the
 predicted mean gains about ``sd_q(μ̂)·e_N`` over a random pick (for the best linear

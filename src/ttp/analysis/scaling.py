@@ -1,4 +1,4 @@
-"""The oracle ceiling, the four-quantity scaling law and its failure modes (DESIGN.md 3-4).
+"""The oracle ceiling, the four-quantity scaling law and its failure modes (docs/design.md §3-4).
 
 Everything here takes plain arrays of (query, user, score, utility), so it explains any
 reward model's Best-of-N curve, simulated or real.
@@ -16,7 +16,6 @@ from ttp.analysis.copula import copula_correlation, copula_curves
 from ttp.analysis.copula_fit import TopCompression, posterior_copula_curves, top_compression
 from ttp.analysis.stats import SPREAD_EPS, collapsed, group_index, group_means, within_pool_correlation
 from ttp.files import number
-
 
 _SQRT_2PI = np.sqrt(2 * np.pi)
 

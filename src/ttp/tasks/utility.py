@@ -3,7 +3,7 @@
 ROUGE-L is the primary utility (it rewards the gold's word order, which titles keep);
 ROUGE-1 is reported beside it.  Two conventions, chosen per run (``CONVENTIONS``):
 
-* ``ttp`` (default): ``rouge-score`` with Porter stemming on, as DESIGN.md asks;
+* ``ttp`` (default): ``rouge-score`` with Porter stemming on, as docs/design.md asks;
 * ``lamp``: LaMP's own evaluation, Hugging Face ``evaluate``'s rouge, which is ``rouge-score``
   with stemming off, so numbers compare with published LaMP results.  The convention also sets
   retrieval (``ttp.tasks.prompts.retrieve``).
