@@ -1,16 +1,18 @@
-"""Where the benchmarks find the full pep-titles set: ``--data PATH``, by default the shared
-folder beside the repository."""
+"""Where the benchmarks find the full pep-titles set: ``--data PATH``, by default the one
+``ttp prepare`` derives from the PEP records shipped with ttp."""
 import argparse
 import sys
 from pathlib import Path
 
-DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "pep-titles"
-
 
 def pep_titles(description: str, argv=None) -> Path:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--data", type=Path, default=DEFAULT, help=f"pep-titles folder (default {DEFAULT})")
+    parser.add_argument("--data", type=Path, default=None, help="pep-titles folder (default: the one ttp derives)")
     data = parser.parse_args(argv).data
+    if data is None:
+        from ttp.tasks.peps import pep_task_dirs
+
+        data = pep_task_dirs()["pep-titles"]
     if not (data / "questions.json").exists():
-        sys.exit(f"pep-titles not found at {data}; pass --data PATH (the set is not shipped with the repository)")
+        sys.exit(f"pep-titles not found at {data}: no questions.json there")
     return data

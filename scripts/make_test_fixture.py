@@ -1,6 +1,6 @@
 """Derive the committed test fixture ``tests/data/pep-titles-mini`` from the full pep-titles set.
 
-    python scripts/make_test_fixture.py [PATH_TO_PEP_TITLES]
+    python scripts/make_test_fixture.py [PATH_TO_PEP_TITLES]   (default: the set ttp derives)
 
 A seeded choice of 12 users (authors), 5 queries each; every profile keeps its first 8 items,
 with abstracts cut at 500 characters, so the fixture stays well under 1 MB while keeping the
@@ -12,12 +12,15 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT = ROOT.parent / "shared" / "data" / "pep-titles"
 TARGET = ROOT / "tests" / "data" / "pep-titles-mini"
 USERS, QUERIES_PER_USER, PROFILE_ITEMS, ABSTRACT_CHARS = 12, 5, 8, 500
 
 
-def main(source: Path = DEFAULT) -> None:
+def main(source: Path | None = None) -> None:
+    if source is None:
+        from ttp.tasks.peps import pep_task_dirs
+
+        source = pep_task_dirs()["pep-titles"]
     if not (source / "questions.json").exists():
         sys.exit(f"pep-titles not found at {source}; pass its folder as the first argument")
     questions = json.loads((source / "questions.json").read_text(encoding="utf-8"))
@@ -38,4 +41,4 @@ def main(source: Path = DEFAULT) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT)
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else None)

@@ -7,7 +7,8 @@
 # posterior and top compression).  Resumes if interrupted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA="${1:-../shared/data/pep-titles}"
+# the task folder: the first argument, by default the pep-titles set ttp derives from its PEP records
+DATA="${1:-$(.venv/bin/python -c 'from ttp.tasks.peps import pep_task_dirs; print(pep_task_dirs()["pep-titles"])')}"
 .venv/bin/ttp run --task "$DATA" --out runs/pep-titles --pool-size 16 --max-queries-per-user 6
 # the zero-shot scorers (likelihood, pmi, judge, profile_similarity) on the held-out pools
 .venv/bin/ttp zero-shot runs/pep-titles
