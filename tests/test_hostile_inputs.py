@@ -180,9 +180,24 @@ CONFIG_CASES = [
      r"cannot name a folder"),
     ("config negative pool", json.dumps({**good_config, "sampling": {"n": -3}}), r"n must be at least 1"),
     ("config bad backend", json.dumps({**good_config, "backend": "os.system"}), r"backend must be one of"),
+    ("config bad engine", json.dumps({**good_config, "engine": {"backend": "vllm", "n_ctx": 3}}),
+     r"out of range: n_ctx = 3"),
+    ("config engine not an object", json.dumps({**good_config, "engine": "llama-cpp"}),
+     r"field 'engine' must be an object"),
     ("config bad selector", json.dumps({**good_config, "controller_selector": "oracle/mean"}),
      r"names a reward model this run does not train"),
 ]
+
+
+def test_a_config_file_with_the_engine_at_the_top_level_still_loads(tmp_path):
+    from ttp.policy.registry import EngineConfig
+
+    flat = {**good_config, "backend": "openai", "server_url": "http://127.0.0.1:9", "server_model": "m",
+            "n_ctx": 4096, "ray_workers": 2}
+    config = RunConfig.load(_config_case(tmp_path, json.dumps(flat)) / "config.json")
+    assert config.engine == EngineConfig("openai", n_ctx=4096, server_url="http://127.0.0.1:9", server_model="m",
+                                         ray_workers=2)
+    assert RunConfig.from_json(config.to_json()) == config and "backend" not in config.to_json()
 
 
 @pytest.mark.parametrize("text, message", [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES])
@@ -534,13 +549,35 @@ def test_compare_refuses_hidden_states_a_server_cannot_give_before_changing_the_
     from ttp.runs.config import TaskSpec
 
     folder = RunFolder(tmp_path / "run")
-    config = RunConfig(tasks=(TaskSpec(str(pep_titles_dir)),), backend="openai",
-                       server_url="http://127.0.0.1:9", server_model="m")
+    from ttp.policy.registry import EngineConfig
+
+    config = RunConfig(tasks=(TaskSpec(str(pep_titles_dir)),),
+                       engine=EngineConfig("openai", server_url="http://127.0.0.1:9", server_model="m"))
     folder.root.mkdir()
     folder.config.write_text(json.dumps(config.to_json()))
     before = folder.config.read_bytes()
-    assert main(["compare", str(folder.root), "--family", "hidden_state"]) == 2
+    # the run's configuration refuses it (exit 1), not the command line
+    assert main(["compare", str(folder.root), "--family", "hidden_state"]) == 1
     assert "only the llama-cpp backend" in capsys.readouterr().err
-    assert folder.config.read_bytes() == before
+    assert json.loads(folder.config.read_bytes()) == json.loads(before)
     assert main(["run", "--task", str(pep_titles_dir), "--family", "vibes", "--out", str(tmp_path / "x")]) == 2
     assert "families must include 'features'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda rules: rules["pointwise"].update(rule="greedy"), "selector 'pointwise': field 'rule' is 'greedy'"),
+    (lambda rules: rules["pointwise"].pop("kappa"), "selector 'pointwise': field 'kappa' is missing"),
+    (lambda rules: rules["pointwise"].update(dataset_spread="wide"), "field 'dataset_spread' is 'wide', not a number"),
+])
+def test_a_damaged_online_rules_file_names_the_selector_the_field_and_the_command(tmp_path, damage, message):
+    from ttp.files import DataFileError
+    from ttp.runs.results import read_online_rules
+
+    folder = RunFolder(tmp_path)
+    rules = {"pointwise": {"rule": "expected_improvement", "prior_strength": 8.0, "kappa": 0.4, "dataset_spread": 0.1}}
+    damage(rules)
+    folder.online_rules("t", "personalized").parent.mkdir(parents=True)
+    folder.online_rules("t", "personalized").write_text(json.dumps(rules))
+    with pytest.raises(DataFileError, match=re.escape(message)) as caught:
+        read_online_rules(folder, "t", "personalized")
+    assert "online_rules.json" in str(caught.value) and "ttp allocate" in str(caught.value)

@@ -270,23 +270,30 @@ def test_compare_trains_every_family_and_prints_one_table(run_folder):
     for selector in ("pointwise/lcb", "cross_encoder.probabilistic"):   # a rule the model lacks, a rule missing
         with pytest.raises(ValueError, match="is not one of this run's"):
             Personalizer.from_run(run_folder, TASK, selector=selector)
-    # the stopping rule belongs to the selector that picks: the allocate stage's choice for the
-    # selector it studied, the same choice made on validation users for any other
-    from ttp.analysis.allocation import choose_online_rule
+    # the stopping rule belongs to the selector that picks: the allocate stage chose it on
+    # validation users for every trained selector, and the personalizer only reads it
+    from ttp.analysis.allocation import OnlineRule
+    from ttp.analysis.control import ControllerConfig
     from ttp.analysis.pools import Pools
+    from ttp.rewards.selection import Selector
     from ttp.tasks.utility import PRIMARY
 
-    allocation = folder.allocation(TASK, "personalized")
-    study = allocation.read_text()
-    # "law" is never chosen by choose_online_rule
-    allocation.write_text(json.dumps({**json.loads(study), "online_rule": "law"}))
+    other = "cross_encoder.probabilistic/mean"
+    path = folder.online_rules(TASK, "personalized")
+    rules = json.loads(path.read_text())
+    assert other in rules and "ensemble/lcb" in rules and not {"random", "likelihood"} & set(rules)
+    validation = Pools.from_frame(pd.read_parquet(folder.scores(TASK, "personalized", "validation")))
+    column = Selector.parse(other).column
+    assert OnlineRule(**rules[other]) == OnlineRule.choose(validation[column], validation[PRIMARY], validation.users,
+                                                           ControllerConfig(collapse_tau=0.1), seed=0)
+    written = path.read_text()
+    # "law" is never chosen on validation users: what the personalizer uses is what the file says
+    path.write_text(json.dumps({**rules, other: {**rules[other], "rule": "law", "kappa": 0.5}}))
     try:
-        assert Personalizer.from_run(run_folder, TASK, backend=personalizer.backend).rule == "law"
-        other = Personalizer.from_run(run_folder, TASK, backend=personalizer.backend,
-                                      selector="cross_encoder.probabilistic/mean")
-        validation = Pools.from_frame(pd.read_parquet(folder.scores(TASK, "personalized", "validation")))
-        chosen = choose_online_rule(validation[other.selector.column], validation[PRIMARY], validation.users,
-                                    other.kappa, other.dataset_spread, other.controller, other.config.seed)
-        assert (other.rule, other.controller.prior_strength) == chosen and chosen.rule != "law"
+        chosen = Personalizer.from_run(run_folder, TASK, backend=personalizer.backend, selector=other)
+        assert (chosen.rule, chosen.kappa) == ("law", 0.5)
+        path.unlink()   # before the allocate stage has run: the full budget, and a warning that says so
+        with pytest.warns(UserWarning, match="ttp allocate"):
+            assert Personalizer.from_run(run_folder, TASK, backend=personalizer.backend).rule == "uniform"
     finally:
-        allocation.write_text(study)
+        path.write_text(written)

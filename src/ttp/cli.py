@@ -18,15 +18,24 @@ from rich.table import Table as RichTable
 
 import ttp
 from ttp.policy import SamplingParams
-from ttp.policy.registry import BACKENDS
-from ttp.runs.config import MAX_POOL_SIZE, ConfigError, RunConfig, TaskSpec
+from ttp.policy.registry import BACKENDS, EngineConfig
+from ttp.runs.config import MAX_POOL_SIZE, RunConfig, TaskSpec
 from ttp.runs.folder import RunFolder
-from ttp.runs.pipeline import STAGES, Pipeline
+from ttp.runs.pipeline import AFTER_SCORES, STAGES, Pipeline
 from ttp.runs.tables import Table, stage_tables
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 console = Console(width=200)
 WRAPPED_TEXT = 40   # a column whose values run longer than this wraps them
+
+
+# the engine's options, one spelling for `run`, `generate` and `serve` (ttp.policy.registry.EngineConfig)
+SERVER_URL = typer.Option(None, "--server-url", "--upstream-url",
+                          help="sample from this OpenAI-compatible server, e.g. http://gpu-box:8000 "
+                               "(run: with --backend openai; generate, serve: instead of the run's engine)")
+SERVER_MODEL = typer.Option(None, "--server-model", "--upstream-model", help="the server's model name")
+SERVER_CONCURRENCY = typer.Option(8, "--server-concurrency", "--upstream-concurrency",
+                                  help="requests in flight to the server")
 
 
 def _print_version(wanted: bool) -> None:
@@ -62,12 +71,14 @@ def _within(option: str, value, low, high=None) -> None:
         raise typer.BadParameter(f"{option} must be {bound}, got {value}")
 
 
-def _run_stages(config: RunConfig | None, root: Path, stages) -> list[str]:
-    """Run ``stages`` holding the run's writer lock; ``config`` None resumes the saved one.
-    Returns the run's task names."""
+def _run_stages(config: RunConfig | None, root: Path, stages, first=None) -> Pipeline:
+    """Run ``first(pipeline)``, then ``stages``, holding the run's writer lock throughout;
+    ``config`` None resumes the saved one."""
     folder = RunFolder(root) if config else RunFolder.existing(root)
     with folder.lock():
         pipeline = Pipeline(config, root) if config else Pipeline.resume(root)
+        if first is not None:
+            first(pipeline)
         tasks = [t.name for t in pipeline.tasks]
         for stage in stages:
             console.rule(f"[bold]{stage}")
@@ -76,7 +87,7 @@ def _run_stages(config: RunConfig | None, root: Path, stages) -> list[str]:
                 render(table)
             if stage == "report":
                 console.print(f"report: {result}")
-    return tasks
+    return pipeline
 
 
 @app.command()
@@ -111,8 +122,9 @@ def run(
                                          "(transformers, vllm); default: the embedded Gemma 3 270M GGUF"),
     n_ctx: int = typer.Option(8192, help="context window of the llama-cpp / vllm engine, tokens"),
     backend: str = typer.Option("llama-cpp", help=f"one of {', '.join(BACKENDS)}"),
-    server_url: Optional[str] = typer.Option(None, help="openai backend: server address, e.g. http://127.0.0.1:8000"),
-    server_model: Optional[str] = typer.Option(None, help="openai backend: the served model's name"),
+    server_url: Optional[str] = SERVER_URL,
+    server_model: Optional[str] = SERVER_MODEL,
+    server_concurrency: int = SERVER_CONCURRENCY,
     request_timeout: float = typer.Option(300.0, help="openai backend: overall deadline per request, s"),
     ray_workers: int = typer.Option(0, help="sample with this many Ray actors (0: in this process)"),
     ray_address: Optional[str] = typer.Option(None, help="address of a running Ray cluster"),
@@ -126,7 +138,8 @@ def run(
                                      ("--max-users", max_users, 1, None), ("--max-tokens", max_tokens, 1, 2048),
                                      ("--temperature", temperature, 0.0, None), ("--top-p", top_p, 0.0, 1.0),
                                      ("--n-ctx", n_ctx, 256, None), ("--request-timeout", request_timeout, 1.0, None),
-                                     ("--ray-workers", ray_workers, 0, None)):
+                                     ("--ray-workers", ray_workers, 0, None),
+                                     ("--server-concurrency", server_concurrency, 1, 256)):
         _within(option, value, low, high)
     unknown = set(stages) - set(STAGES)
     if unknown:
@@ -135,9 +148,9 @@ def run(
         tasks=tuple(TaskSpec(str(t.resolve()), max_queries_per_user=max_queries_per_user, max_users=max_users)
                     for t in task),
         sampling=SamplingParams(n=pool_size, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
-        split=split, seed=seed, convention=convention, model_path=str(model.resolve()) if model else None, n_ctx=n_ctx,
-        backend=backend, server_url=server_url, server_model=server_model, request_timeout=request_timeout,
-        ray_workers=ray_workers, ray_address=ray_address, families=_families(family),
+        split=split, seed=seed, convention=convention, families=_families(family),
+        engine=EngineConfig(backend, str(model.resolve()) if model else None, n_ctx, server_url, server_model,
+                            request_timeout, server_concurrency, ray_workers, ray_address),
     )
     _run_stages(config, out, stages)
 
@@ -189,13 +202,19 @@ def generate(
     rule: Optional[str] = typer.Option(None, help="stopping rule: uniform, law or expected_improvement "
                                        "(default: the one the allocate stage chose on validation users)"),
     selector: Optional[str] = typer.Option(None, help=SELECTOR_HELP),
+    server_url: Optional[str] = SERVER_URL,
+    server_model: Optional[str] = SERVER_MODEL,
+    server_concurrency: int = SERVER_CONCURRENCY,
 ) -> None:
     """Personalize one output at test time: sample adaptively, pick with the reward model."""
     _within("--budget", budget, 1, MAX_POOL_SIZE)
     _within("--min-gain", min_gain, 0.0)
     from ttp.personalize import Personalizer
 
-    personalizer = Personalizer.from_run(run_folder, task, policy, selector=selector)
+    if server_url and not server_model:
+        raise typer.BadParameter("--server-url needs --server-model, the server's model name")
+    personalizer = Personalizer.from_run(run_folder, task, policy, selector=selector, server_url=server_url,
+                                         server_model=server_model, server_concurrency=server_concurrency)
     if query_id is not None:
         queries = personalizer.task.by_id()
         if query_id not in queries:
@@ -229,10 +248,9 @@ def serve(
     min_gain: float = typer.Option(1e-3, help="stop sampling when one more sample is predicted to gain less"),
     concurrency: int = typer.Option(1, help="requests sampled at once (1 for the embedded model on a CPU)"),
     max_queue: int = typer.Option(16, help="requests that may wait; more are answered 503 with Retry-After"),
-    upstream_url: Optional[str] = typer.Option(None, help="sample from this OpenAI-compatible server instead "
-                                               "of the embedded model, e.g. http://gpu-box:8000"),
-    upstream_model: Optional[str] = typer.Option(None, help="the upstream server's model name"),
-    upstream_concurrency: int = typer.Option(8, help="requests in flight to the upstream server"),
+    server_url: Optional[str] = SERVER_URL,
+    server_model: Optional[str] = SERVER_MODEL,
+    server_concurrency: int = SERVER_CONCURRENCY,
     selector: Optional[str] = typer.Option(None, help=SELECTOR_HELP),
 ) -> None:
     """Serve personalized Best-of-N behind an OpenAI-compatible API (completions, chat, models)."""
@@ -246,14 +264,11 @@ def serve(
     _within("--concurrency", concurrency, 1, 64)
     _within("--max-queue", max_queue, 0, 10_000)
     _within("--port", port, 1, 65535)
-    backend = None
-    if upstream_url:
-        from ttp.policy.openai_server import OpenAICompatibleBackend
-
-        if not upstream_model:
-            raise typer.BadParameter("--upstream-url needs --upstream-model, the upstream server's model name")
-        backend = OpenAICompatibleBackend(upstream_url, upstream_model, max_concurrency=upstream_concurrency)
-    personalizer = Personalizer.from_run(run_folder, task, policy, backend, selector=selector)
+    _within("--server-concurrency", server_concurrency, 1, 256)
+    if server_url and not server_model:
+        raise typer.BadParameter("--server-url needs --server-model, the server's model name")
+    personalizer = Personalizer.from_run(run_folder, task, policy, selector=selector, server_url=server_url,
+                                         server_model=server_model, server_concurrency=server_concurrency)
     store = ProfileStore(db or run_folder / "profiles.sqlite")
     if store.count_items() == 0:
         console.print(f"profile store {store.path}: {store.import_task(personalizer.task)} items imported "
@@ -291,22 +306,11 @@ def scores(
 ) -> None:
     """Bring scores from any other program into a run as a selector, then rerun the stages after
     sampling (rewards, diagnose, allocate, report) so it is judged like the trained ones."""
-    from ttp.files import write_parquet_atomic
-    from ttp.rewards.external import check_selector_name, read_scores
-    from ttp.runs.results import read_table
+    def store(pipeline: Pipeline) -> None:
+        table = pipeline.import_scores(file, task, policy, name)
+        console.print(f"{len(table)} scores of {table.query_id.nunique()} pools stored as selector {name!r}")
 
-    folder = RunFolder.existing(run_folder)
-    config = RunConfig.load(folder.config)
-    check_selector_name(name, {"random", "constant", *config.reward_models})
-    with folder.lock():
-        candidates = folder.candidates(task, policy)
-        if not candidates.exists():
-            raise FileNotFoundError(f"{candidates} is missing: the run has no pools of {task} / {policy} yet")
-        table = read_scores(file, read_table(candidates, f"ttp utilities {folder.root}",
-                                             columns=["query_id", "candidate"]))
-        write_parquet_atomic(folder.external_scores(task, policy, name), table)
-    console.print(f"{len(table)} scores of {table.query_id.nunique()} pools stored as selector {name!r}")
-    _run_stages(None, run_folder, ["rewards", "diagnose", "allocate", "report"])
+    _run_stages(None, run_folder, AFTER_SCORES, first=store)
 
 
 @app.command("zero-shot")
@@ -318,41 +322,12 @@ def zero_shot(
     """Score the held-out users' pools with the zero-shot scorers (likelihood, pmi, judge,
     profile_similarity) on the run's own model, then rerun rewards, diagnose, allocate and report
     so they are judged like the trained reward models."""
-    from rich.progress import Progress
-
-    from ttp.files import write_parquet_atomic
-    from ttp.policy.registry import make_backend
-    from ttp.rewards.features import EmbeddingCache
-    from ttp.rewards.zero_shot import ZERO_SHOT, zero_shot_scores
+    from ttp.rewards.zero_shot import ZERO_SHOT
 
     for name in scorer or ():
         if name not in ZERO_SHOT:
             raise typer.BadParameter(f"--scorer {name!r}: choose from {', '.join(ZERO_SHOT)}")
-    folder = RunFolder.existing(run_folder)
-    with folder.lock():
-        pipeline = Pipeline.resume(run_folder)
-        c = pipeline.config
-        backend = None
-        for task, policy in pipeline.cells():
-            wanted = tuple(scorer or [n for n in ZERO_SHOT
-                                      if not folder.external_scores(task.name, policy, n).exists()])
-            if not wanted:
-                continue
-            backend = backend or make_backend(c.backend, c.model_path, c.server_url, c.server_model,
-                                              max_sequences=c.sampling.n, n_ctx=c.n_ctx,
-                                              request_timeout=c.request_timeout)
-            split = pipeline.splits[task.name]
-            frame = pipeline.candidates(task, policy)
-            held_out = frame[frame["user"].isin(split.validation + split.test)]
-            with Progress(console=console) as bar:
-                job = bar.add_task(f"{', '.join(wanted)} on {task.name} / {policy}", total=held_out.query_id.nunique())
-                table = zero_shot_scores(held_out, task.by_id(), task.layout, backend,
-                                         EmbeddingCache(folder.embeddings(task.name)), c.shots, c.convention,
-                                         wanted, progress=lambda: bar.advance(job))
-            for name in wanted:
-                write_parquet_atomic(folder.external_scores(task.name, policy, name),
-                                     table[["query_id", "candidate", name]].rename(columns={name: "score"}))
-    _run_stages(None, run_folder, ["rewards", "diagnose", "allocate", "report"])
+    _run_stages(None, run_folder, AFTER_SCORES, first=lambda pipeline: pipeline.zero_shot(tuple(scorer or ())))
 
 
 @app.command()
@@ -365,28 +340,17 @@ def compare(
     Bradley-Terry and probabilistic heads), judge every family x head x rule on the same held-out
     users, and print the comparison.  Trained models and hidden states stay in the run folder, so
     a rerun only scores."""
-    from dataclasses import replace
-
-    from ttp.files import write_json_atomic
-    from ttp.rewards.families import FAMILIES
     from ttp.runs.results import read_diagnoses, read_reward_eval
     from ttp.runs.tables import comparison_table
 
-    folder = RunFolder.existing(run_folder)
-    with folder.lock():
-        config = RunConfig.load(folder.config)
-        family = family or [f for f in FAMILIES if f not in config.families]
-        try:
-            config = replace(config, families=_families([*config.families, *family]))
-        except ConfigError as err:
-            raise typer.BadParameter(f"--family: {err}") from None
-        write_json_atomic(folder.config, config.to_json())
-    tasks = _run_stages(None, run_folder, ["rewards", "diagnose", "allocate", "report"])
+    if family:
+        _families(family)
+    pipeline = _run_stages(None, run_folder, AFTER_SCORES, first=lambda p: p.add_families(tuple(family or ())))
     console.rule("[bold]families compared")
-    for task in tasks:
-        for policy in config.policies:
-            render(comparison_table(task, policy, read_reward_eval(folder, task, policy),
-                                    read_diagnoses(folder, task, policy)))
+    for task in pipeline.tasks:
+        for policy in pipeline.config.policies:
+            render(comparison_table(task.name, policy, read_reward_eval(pipeline.folder, task.name, policy),
+                                    read_diagnoses(pipeline.folder, task.name, policy)))
 
 
 @app.command("export-model")

@@ -7,24 +7,25 @@ rule, pick with one of the run's trained reward models (of any family; by defaul
 with its profile, from a task file or from a profile store."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
-from ttp.analysis.allocation import OnlineChoice, choose_online_rule
+from ttp.analysis.allocation import OnlineRule
 from ttp.analysis.control import ControllerConfig, validation_calibration
 from ttp.analysis.online import Decision, choose_online
 from ttp.analysis.pools import Pools
 from ttp.policy import Completion, PolicyBackend
-from ttp.policy.registry import make_backend
+from ttp.policy.registry import EngineConfig
 from ttp.rewards.families import FAMILIES, Inputs, family_of
 from ttp.rewards.features import EmbeddingCache
 from ttp.rewards.selection import Selector, rule_scores
 from ttp.runs.config import MAX_POOL_SIZE, RunConfig
 from ttp.runs.evaluation import selectors
 from ttp.runs.folder import RunFolder
-from ttp.runs.results import read_allocation, read_table
+from ttp.runs.results import read_online_rules, read_table
 from ttp.tasks.data import Query, Task, load_task
 from ttp.tasks.prompts import PromptBuilder
 from ttp.tasks.utility import PRIMARY
@@ -43,44 +44,44 @@ class Personalizer:
     """``Personalizer(folder, config, task, policy).generate(query, budget)`` -> ``Decision``."""
 
     def __init__(self, folder: RunFolder, config: RunConfig, task: Task, policy: str = "personalized",
-                 backend: PolicyBackend | None = None, selector: str | None = None):
+                 backend: PolicyBackend | None = None, selector: str | None = None,
+                 engine: EngineConfig | None = None):
         if policy not in config.policies:
             raise ValueError(f"policy {policy!r} is not in this run; policies: {list(config.policies)}")
         self.folder, self.config, self.task, self.policy = folder, config, task, policy
         self.selector = Selector.parse(selector or config.controller_selector)
-        validation = Pools.from_frame(read_table(folder.scores(task.name, policy, "validation"),
-                                                 f"ttp rewards {folder.root}"))
-        trained = [str(s) for s in selectors(validation) if family_of(s.model) in FAMILIES]
-        if str(self.selector) not in trained:
-            # a rule the model does not offer (pointwise/lcb), or a probabilistic model without one
-            raise ValueError(f"selector {str(self.selector)!r} is not one of this run's: choose one of {trained}")
+        online = self._online_rule()
         self.family = FAMILIES[family_of(self.selector.model)]
-        self.controller = ControllerConfig(collapse_tau=config.collapse_tau)
         self.model = self.family.load(folder.reward_model(task.name, policy, self.selector.model))
-        self.kappa, self.dataset_spread = validation_calibration(validation[self.selector.column],
-                                                                 validation[PRIMARY])
-        self.rule, prior_strength = self._stopping_rule(validation)
+        self.rule, self.kappa, self.dataset_spread = online.rule, online.kappa, online.dataset_spread
         # the rule's spread shrinkage, chosen on validation users with it
-        self.controller = replace(self.controller, prior_strength=prior_strength)
+        self.controller = ControllerConfig(collapse_tau=config.collapse_tau, prior_strength=online.prior_strength)
         self.prompts = PromptBuilder(task.layout, policy, config.shots, config.convention)
-        self.backend = backend or make_backend(
-            config.backend, config.model_path, config.server_url, config.server_model,
-            max_sequences=MAX_POOL_SIZE, n_ctx=config.n_ctx,
-            request_timeout=config.request_timeout)
+        # another engine than the run's may sample (a GPU server), its pools alike the run's
+        self.backend = backend or (engine or config.engine).make(MAX_POOL_SIZE)
         self.inputs = Inputs({}, task.layout, config.shots, config.convention, lambda: self.backend,
                              EmbeddingCache(folder.embeddings(task.name), persist=False), self.backend.name)
 
-    def _stopping_rule(self, validation: Pools) -> OnlineChoice:
-        """The stopping rule and its spread shrinkage the allocate stage chose on validation users
-        for this selector (uniform N if it has not run); for another selector than the one it
-        studied, chosen the same way on that selector's validation scores."""
-        if not self.folder.allocation(self.task.name, self.policy).exists():
-            return OnlineChoice("uniform", self.controller.prior_strength)
-        study = read_allocation(self.folder, self.task.name, self.policy)
-        if study.selector == str(self.selector):
-            return study.online_choice
-        return choose_online_rule(validation[self.selector.column], validation[PRIMARY], validation.users,
-                                  self.kappa, self.dataset_spread, self.controller, self.config.seed)
+    def _online_rule(self) -> OnlineRule:
+        """The stopping rule, its spread shrinkage and the calibration the allocate stage chose
+        for this selector on validation users; before that stage has run, uniform N."""
+        folder, task, policy = self.folder, self.task.name, self.policy
+        if folder.online_rules(task, policy).exists():
+            rules = read_online_rules(folder, task, policy)
+            trained = sorted(rules)
+        else:
+            validation = Pools.from_frame(read_table(folder.scores(task, policy, "validation"),
+                                                     f"ttp rewards {folder.root}"))
+            trained = [str(s) for s in selectors(validation) if family_of(s.model) in FAMILIES]
+        if str(self.selector) not in trained:
+            # a rule the model does not offer (pointwise/lcb), or a probabilistic model without one
+            raise ValueError(f"selector {str(self.selector)!r} is not one of this run's: choose one of {trained}")
+        if folder.online_rules(task, policy).exists():
+            return rules[str(self.selector)]
+        warnings.warn(f"{folder.online_rules(task, policy)} is missing: sampling the full budget (uniform N); "
+                      f"`ttp allocate {folder.root}` chooses the stopping rule on validation users")
+        kappa, spread = validation_calibration(validation[self.selector.column], validation[PRIMARY])
+        return OnlineRule("uniform", ControllerConfig().prior_strength, kappa, spread)
 
     def query_for(self, user: str, text: str) -> Query:
         """A new input for a known user of the task, with that user's whole profile."""
@@ -130,16 +131,19 @@ class Personalizer:
         return Generation(decision, list(drawn), prompt_tokens)
 
     @classmethod
-    def from_run(cls, root, task_name: str, policy: str = "personalized",
-                 backend: PolicyBackend | None = None, selector: str | None = None) -> "Personalizer":
+    def from_run(cls, root, task_name: str, policy: str = "personalized", backend: PolicyBackend | None = None,
+                 selector: str | None = None, server_url: str | None = None, server_model: str | None = None,
+                 server_concurrency: int | None = None) -> "Personalizer":
         """The personalizer of one task and policy of a finished run folder; ``selector`` picks
-        with another of the run's trained reward models than its ``controller_selector``."""
+        with another of the run's trained reward models than its ``controller_selector``;
+        ``server_url`` samples from an OpenAI-compatible server instead of the run's engine."""
         folder = RunFolder.existing(root)
         config = RunConfig.load(folder.config)
+        engine = config.engine.on_server(server_url, server_model, server_concurrency) if server_url else None
         names = []
         for spec in config.tasks:
             task = load_task(spec.path, spec.name, spec.layout)
             if task.name == task_name:
-                return cls(folder, config, task, policy, backend, selector)
+                return cls(folder, config, task, policy, backend, selector, engine)
             names.append(task.name)
         raise KeyError(f"task {task_name!r} is not in this run; tasks: {names}")

@@ -70,6 +70,26 @@ class OnlineChoice(NamedTuple):
     prior_strength: float
 
 
+class OnlineRule(NamedTuple):
+    """What ``ttp generate`` and the server need to stop sampling with one selector: the rule
+    and shrinkage chosen on validation pools, and the calibration measured there."""
+
+    rule: str
+    prior_strength: float
+    kappa: float
+    dataset_spread: float
+
+    @classmethod
+    def choose(cls, scores: np.ndarray, utilities: np.ndarray, users: np.ndarray,
+               config: ControllerConfig = ControllerConfig(), seed: int = 0,
+               chosen: OnlineChoice | None = None) -> "OnlineRule":
+        """Calibrate on validation ``(scores, utilities, users)`` and choose the rule there
+        (``chosen``: a choice already made on these pools, by the allocation study)."""
+        kappa, spread = validation_calibration(scores, utilities)
+        choice = chosen or choose_online_rule(scores, utilities, users, kappa, spread, config, seed)
+        return cls(choice.rule, float(choice.prior_strength), float(kappa), float(spread))
+
+
 @dataclass(frozen=True)
 class AllocationCurve:
     """One policy's utility at each average budget, with a bootstrap band over users."""

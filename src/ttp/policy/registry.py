@@ -1,16 +1,56 @@
-"""The policy backends by name, ``BACKENDS``, and ``make_backend`` to build one from plain
-arguments.  Each backend's module is imported only when chosen: vLLM, transformers and the
-HTTP client are optional and slow to import."""
+"""The policy backends by name, ``BACKENDS``; ``EngineConfig``, the one typed description of an
+engine that a run, ``ttp generate`` and ``ttp serve`` share; ``make_backend`` to build one from
+plain arguments.  Each backend's module is imported only when chosen: vLLM, transformers and
+the HTTP client are optional and slow to import."""
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 from ttp.policy import PolicyBackend
 
 BACKENDS = ("llama-cpp", "openai", "transformers", "vllm")
 
 
+@dataclass(frozen=True)
+class EngineConfig:
+    """Which engine samples, and how it is reached; checked when built."""
+
+    backend: str = "llama-cpp"          # one of BACKENDS
+    model_path: str | None = None       # llama-cpp: GGUF file (default: embedded Gemma); transformers, vllm: a model
+    n_ctx: int = 8192                   # context of the llama-cpp / vllm engine, tokens
+    server_url: str | None = None       # openai: e.g. http://127.0.0.1:8000
+    server_model: str | None = None     # openai: the served model's name
+    request_timeout: float = 300.0      # openai: overall deadline of one request, seconds
+    server_concurrency: int = 8         # openai: requests in flight to the server
+    ray_workers: int = 0                # > 0: sample a run's pools with that many Ray actors
+    ray_address: str | None = None      # an existing Ray cluster (default: start one locally)
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        checks = {"n_ctx": self.n_ctx >= 256, "request_timeout": self.request_timeout > 0,
+                  "server_concurrency": self.server_concurrency >= 1, "ray_workers": self.ray_workers >= 0}
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"out of range: {', '.join(f'{k} = {getattr(self, k)!r}' for k in bad)}")
+
+    def on_server(self, url: str, model: str | None, concurrency: int | None = None) -> "EngineConfig":
+        """The same engine settings, sampling from an OpenAI-compatible server instead."""
+        if not model:
+            raise ValueError("a server address needs the served model's name too (--server-model)")
+        return replace(self, backend="openai", server_url=url, server_model=model,
+                       server_concurrency=concurrency or self.server_concurrency)
+
+    def make(self, max_sequences: int = 16) -> PolicyBackend:
+        """The backend, ready to ``sample`` pools of up to ``max_sequences`` candidates."""
+        return make_backend(self.backend, self.model_path, self.server_url, self.server_model,
+                            max_sequences=max_sequences, n_ctx=self.n_ctx, request_timeout=self.request_timeout,
+                            max_concurrency=self.server_concurrency)
+
+
 def make_backend(name: str, model_path: str | None = None, server_url: str | None = None,
                  server_model: str | None = None, max_sequences: int = 16, n_ctx: int = 8192,
-                 request_timeout: float = 300.0) -> PolicyBackend:
+                 request_timeout: float = 300.0, max_concurrency: int = 8) -> PolicyBackend:
     """A backend ready to ``sample``: ``llama-cpp`` (default model: the embedded Gemma GGUF),
     ``openai`` (any OpenAI-compatible server), ``transformers`` or ``vllm`` (a local model)."""
     if name == "llama-cpp":
@@ -23,7 +63,8 @@ def make_backend(name: str, model_path: str | None = None, server_url: str | Non
         if not (server_url and server_model):
             raise ValueError("the openai backend needs a server address and model name "
                              "(--server-url, --server-model)")
-        return OpenAICompatibleBackend(server_url, server_model, request_timeout=request_timeout)
+        return OpenAICompatibleBackend(server_url, server_model, request_timeout=request_timeout,
+                                       max_concurrency=max_concurrency)
     if name in ("transformers", "vllm"):
         if not model_path:
             raise ValueError(f"the {name} backend needs a local model (--model): a folder or GGUF file")

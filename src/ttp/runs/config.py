@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ttp.files import DataFileError, check_name, read_json
 from ttp.policy import SamplingParams
-from ttp.policy.registry import BACKENDS
+from ttp.policy.registry import EngineConfig
 from ttp.rewards.families import FAMILIES, check_families, trained_models
 from ttp.rewards.models import REWARD_MODELS
 from ttp.rewards.selection import Selector
@@ -51,14 +51,7 @@ class RunConfig:
     convention: str = "ttp"                          # utility and retrieval: ttp or lamp (tasks/utility.py)
     split: tuple[float, float, float] = (0.45, 0.15, 0.4)
     seed: int = 0
-    backend: str = "llama-cpp"                       # one of ttp.policy.registry.BACKENDS
-    model_path: str | None = None                    # llama-cpp: GGUF file (default: embedded Gemma)
-    n_ctx: int = 8192                                # context of the llama-cpp / vllm engine, tokens
-    server_url: str | None = None                    # openai: e.g. http://127.0.0.1:8000
-    server_model: str | None = None                  # openai: the served model's name
-    request_timeout: float = 300.0                   # openai: overall deadline of one request, seconds
-    ray_workers: int = 0                             # > 0: sample with that many Ray actors
-    ray_address: str | None = None                   # an existing Ray cluster (default: start one locally)
+    engine: EngineConfig = field(default_factory=EngineConfig)   # the policy model's engine
     reward_models: tuple[str, ...] = ("pointwise", "bradley_terry", "probabilistic", "ensemble")
     families: tuple[str, ...] = ("features",)       # what the reward models read (rewards/families.py)
     lcb_kappa: float = 1.0                           # lcb selection: mean - kappa * sd
@@ -79,15 +72,13 @@ class RunConfig:
                               f"to 1, got {tuple(self.split)}")
         if self.convention not in CONVENTIONS:
             raise ConfigError(f"convention must be one of {CONVENTIONS}, got {self.convention!r}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         bad_models = [m for m in self.reward_models if m not in REWARD_MODELS or m == "constant"]
         if bad_models:
             raise ConfigError(f"unknown reward models {bad_models}; choose from "
                               f"{sorted(set(REWARD_MODELS) - {'constant'})}")
         try:
             for family in check_families(self.families):
-                FAMILIES[family].check_backend(self.backend)
+                FAMILIES[family].check_backend(self.engine.backend)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         selector = Selector.parse(self.controller_selector)
@@ -95,8 +86,7 @@ class RunConfig:
         if selector.model not in trained:
             raise ConfigError(f"controller_selector {self.controller_selector!r} names a reward model this "
                               f"run does not train; the controller and the server select with one of {trained}")
-        checks = {"shots": self.shots >= 0, "n_ctx": self.n_ctx >= 256, "request_timeout": self.request_timeout > 0,
-                  "ray_workers": self.ray_workers >= 0, "collapse_tau": 0 <= self.collapse_tau < 1,
+        checks = {"shots": self.shots >= 0, "collapse_tau": 0 <= self.collapse_tau < 1,
                   "bootstrap": self.bootstrap >= 10, "lcb_kappa": self.lcb_kappa >= 0}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -109,12 +99,18 @@ class RunConfig:
     def from_json(cls, data: dict) -> "RunConfig":
         if not isinstance(data, dict):
             raise ConfigError("expected a JSON object")
+        data = dict(data)
+        # a config file written before the engine's fields were grouped holds them at the top level
+        flat = {k: data.pop(k) for k in [f.name for f in fields(EngineConfig)] if k in data}
         known = {f.name for f in fields(cls)}
         extra = set(data) - known
         if extra:
             raise ConfigError(f"unknown fields {sorted(extra)}")
-        data = dict(data)
         try:
+            engine = data.get("engine", {})
+            if not isinstance(engine, dict):
+                raise ConfigError(f"field 'engine' must be an object, got {engine!r}")
+            data["engine"] = EngineConfig(**{**flat, **engine})
             data["tasks"] = tuple(TaskSpec(**t) for t in data["tasks"])
             sampling = dict(data.get("sampling", {}))
             data["sampling"] = SamplingParams(**{**sampling, "stop": tuple(sampling.get("stop", ("\n",)))})

@@ -19,6 +19,7 @@ policy names become folders only after ``ttp.files.check_name``, so no name can 
     <run>/<task>/<policy>/diagnosis.json     the scaling-law diagnosis of every selector
     <run>/<task>/<policy>/diagnosis_per_query.parquet  its per-query values (one row per selector and query)
     <run>/<task>/<policy>/allocation.json    law-guided allocation vs uniform N at equal budget
+    <run>/<task>/<policy>/online_rules.json  the stopping rule and calibration of every trained selector
     <run>/report.md, <run>/figures/*.png
 """
 from __future__ import annotations
@@ -120,6 +121,9 @@ class RunFolder:
 
     def allocation(self, task: str, policy: str) -> Path:
         return self.policy_dir(task, policy) / "allocation.json"
+
+    def online_rules(self, task: str, policy: str) -> Path:
+        return self.policy_dir(task, policy) / "online_rules.json"
 
     def reward_eval(self, task: str, policy: str) -> Path:
         return self.policy_dir(task, policy) / "reward_eval.json"

@@ -10,24 +10,26 @@ lives in the modules each stage calls; this file only sequences it over the run 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 
 import pandas as pd
 from rich.console import Console
 from rich.progress import Progress
 
-from ttp.analysis.allocation import allocation_study
+from ttp.analysis.allocation import OnlineRule, allocation_study
 from ttp.analysis.bon import oracle_curves, random_curves, user_bootstrap
 from ttp.analysis.control import ControllerConfig
 from ttp.analysis.pools import Pools
 from ttp.analysis.scaling import diagnose, fit_ceiling, held_out_top_compression
 from ttp.files import read_json, write_json_atomic, write_parquet_atomic
 from ttp.policy.llama_cpp import model_label
-from ttp.policy.registry import make_backend
 from ttp.policy.sampling import read_pools, sample_pools
-from ttp.rewards.families import FAMILIES, Inputs
+from ttp.rewards.external import check_selector_name, read_scores
+from ttp.rewards.families import FAMILIES, Inputs, check_families, family_of
 from ttp.rewards.features import FEATURES, EmbeddingCache, candidate_features
 from ttp.rewards.selection import Selector
+from ttp.rewards.zero_shot import ZERO_SHOT, zero_shot_scores
 from ttp.runs.config import ConfigError, RunConfig
 from ttp.runs.evaluation import evaluate_selectors, selector_scores, selectors
 from ttp.runs.folder import RunFolder
@@ -39,6 +41,7 @@ from ttp.tasks.utility import METRICS, PRIMARY, candidate_table
 
 console = Console(stderr=True)
 STAGES = ("sample", "utilities", "curves", "rewards", "diagnose", "allocate", "report")
+AFTER_SCORES = STAGES[3:]   # what a new selector must go through to be judged like the trained ones
 
 
 def _cached(path, columns: list[str] | None = None) -> pd.DataFrame | None:
@@ -94,9 +97,7 @@ class Pipeline:
                                            f"ttp rewards {self.folder.root}"))
 
     def _factory(self):
-        c = self.config
-        return partial(make_backend, c.backend, c.model_path, c.server_url, c.server_model,
-                       max_sequences=c.sampling.n, n_ctx=c.n_ctx, request_timeout=c.request_timeout)
+        return partial(self.config.engine.make, self.config.sampling.n)
 
     def backend(self):
         """The policy backend, made on first use and kept for the run."""
@@ -113,10 +114,10 @@ class Pipeline:
                 done = {r["query_id"] for r in read_pools(path, c.sampling.n, warn=False)}
                 if all(q.id in done for q in task.queries):
                     continue
-                if c.ray_workers > 0 and executor is None:
+                if c.engine.ray_workers > 0 and executor is None:
                     from ttp.policy.ray_executor import RayExecutor
 
-                    executor = RayExecutor(self._factory(), c.ray_workers, c.ray_address)
+                    executor = RayExecutor(self._factory(), c.engine.ray_workers, c.engine.ray_address)
                 sample_pools(list(task.queries), PromptBuilder(task.layout, policy, c.shots, c.convention),
                              None if executor else self.backend(), c.sampling, path,
                              description=f"{task.name} / {policy}", show_progress=self.show_progress,
@@ -141,6 +142,47 @@ class Pipeline:
             if done is not None and done.query_id.nunique() == len(pools):
                 continue
             write_parquet_atomic(path, candidate_table(pools, task.by_id(), self.config.convention))
+
+    def zero_shot(self, scorers: tuple[str, ...] = ()) -> None:
+        """Score the held-out users' pools with the zero-shot scorers on the run's own model
+        (``scorers``, or every one a cell does not have yet), stored as the run's outside scores."""
+        c = self.config
+        for task, policy in self.cells():
+            missing = [n for n in ZERO_SHOT if not self.folder.external_scores(task.name, policy, n).exists()]
+            wanted = tuple(scorers or missing)
+            if not wanted:
+                continue
+            split = self.splits[task.name]
+            frame = self.candidates(task, policy)
+            held_out = frame[frame["user"].isin(split.validation + split.test)]
+            with Progress(console=console, disable=not self.show_progress) as bar:
+                job = bar.add_task(f"{', '.join(wanted)} on {task.name} / {policy}", total=held_out.query_id.nunique())
+                table = zero_shot_scores(held_out, task.by_id(), task.layout, self.backend(),
+                                         EmbeddingCache(self.folder.embeddings(task.name)), c.shots, c.convention,
+                                         wanted, progress=lambda: bar.advance(job))
+            for name in wanted:
+                write_parquet_atomic(self.folder.external_scores(task.name, policy, name),
+                                     table[["query_id", "candidate", name]].rename(columns={name: "score"}))
+
+    def import_scores(self, file, task: str, policy: str, name: str) -> pd.DataFrame:
+        """Scores from another program for the pools of ``task`` / ``policy``, checked against them
+        and stored as the selector ``name``."""
+        check_selector_name(name, {"random", "constant", *self.config.reward_models})
+        candidates = self.folder.candidates(task, policy)
+        if not candidates.exists():
+            raise FileNotFoundError(f"{candidates} is missing: the run has no pools of {task} / {policy} yet")
+        table = read_scores(file, read_table(candidates, f"ttp utilities {self.folder.root}",
+                                             columns=["query_id", "candidate"]))
+        write_parquet_atomic(self.folder.external_scores(task, policy, name), table)
+        return table
+
+    def add_families(self, families=()) -> None:
+        """Train these reward-model families from now on too (by default every registered family
+        the run does not train yet); the run's configuration says so."""
+        wanted = families or [f for f in FAMILIES if f not in self.config.families]
+        self.config = replace(self.config, families=check_families(tuple(dict.fromkeys([*self.config.families,
+                                                                                        *wanted]))))
+        write_json_atomic(self.folder.config, self.config.to_json())
 
     def curves(self) -> None:
         for task, policy in self.cells():
@@ -179,7 +221,7 @@ class Pipeline:
                 yield lambda: bar.advance(job)
 
         return Inputs(task.by_id(), task.layout, c.shots, c.convention, self.backend,
-                      EmbeddingCache(self.folder.embeddings(task.name)), model_label(c.model_path),
+                      EmbeddingCache(self.folder.embeddings(task.name)), model_label(c.engine.model_path),
                       self.folder.hidden_states(task.name, policy), track)
 
     def rewards(self) -> None:
@@ -234,7 +276,9 @@ class Pipeline:
                 for s in selectors(test)})
 
     def allocate(self) -> None:
-        """Law-guided allocation vs uniform N at equal budgets, on test users' pools."""
+        """Law-guided allocation vs uniform N at equal budgets, on test users' pools; and the
+        stopping rule of every trained selector, chosen on validation users, for `ttp generate`
+        and the server."""
         selector = Selector.parse(self.config.controller_selector)
         controller = ControllerConfig(collapse_tau=self.config.collapse_tau)
         for task, policy in self.cells():
@@ -243,6 +287,11 @@ class Pipeline:
                                      (test[selector.column], test[PRIMARY], test.users), controller,
                                      self.config.bootstrap, self.config.seed, validation_users=val.users)
             write_json_atomic(self.folder.allocation(task.name, policy), study.to_json())
+            rules = {str(s): OnlineRule.choose(val[s.column], val[PRIMARY], val.users, controller, self.config.seed,
+                                               study.online_choice if str(s) == study.selector else None)
+                     for s in selectors(val) if family_of(s.model) in FAMILIES}
+            write_json_atomic(self.folder.online_rules(task.name, policy),
+                              {name: rule._asdict() for name, rule in rules.items()})
 
     def report(self) -> str:
         return write_report(self.folder, self.config, [t.name for t in self.tasks])

@@ -295,7 +295,7 @@ def write_report(folder: RunFolder, config: RunConfig, tasks: list[str]) -> str:
     parts = [f"# TTP report: {folder.root}\n", f"Written by ttp {__version__}.\n",
              f"Tasks: {', '.join(tasks)}. Policies: {', '.join(config.policies)}. "
              f"Pool size M = {config.sampling.n}, temperature {config.sampling.temperature}, top-p "
-             f"{config.sampling.top_p}, seed {config.seed}, backend {config.backend}. User split "
+             f"{config.sampling.top_p}, seed {config.seed}, backend {config.engine.backend}. User split "
              f"(train/validation/test) {config.split}. Convention **{config.convention}** "
              f"({CONVENTION_NOTES[config.convention]}).\n"]
     ceiling_text, ceiling = ceiling_section(folder, tasks, config.policies)

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ttp.analysis.allocation import AllocationStudy
+from ttp.analysis.allocation import AllocationStudy, OnlineRule
 from ttp.analysis.bon import Curve
+from ttp.analysis.online import ONLINE_RULES
 from ttp.analysis.scaling import CEILING_FORMS, Diagnosis
 from ttp.files import (
     DamagedRecord,
@@ -145,3 +146,15 @@ def read_diagnoses(folder: RunFolder, task: str, policy: str) -> dict[str, Diagn
 
 def read_allocation(folder: RunFolder, task: str, policy: str) -> AllocationStudy:
     return _read_result(folder, folder.allocation(task, policy), AllocationStudy.from_json, "allocate")
+
+
+def _online_rule(name: str, record: dict) -> OnlineRule:
+    if record["rule"] not in ONLINE_RULES:
+        raise DamagedRecord(f"selector {name!r}: field 'rule' is {record['rule']!r}, not one of {ONLINE_RULES}")
+    return OnlineRule(record["rule"], *(float(number(record[k], k)) for k in OnlineRule._fields[1:]))
+
+
+def read_online_rules(folder: RunFolder, task: str, policy: str) -> dict[str, OnlineRule]:
+    """``online_rules.json``: the stopping rule and calibration of every trained selector."""
+    return _read_result(folder, folder.online_rules(task, policy),
+                        lambda data: read_records(data, "selector", _online_rule), "allocate")

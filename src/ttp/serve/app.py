@@ -106,9 +106,9 @@ class Server:
                            top_p=request["top_p"], seed=request["seed"])
         count = getattr(self.personalizer.backend, "count_tokens", None)
         input_tokens = count(text) if count else 0
-        if input_tokens + sampling.max_tokens > cfg.n_ctx:
+        if input_tokens + sampling.max_tokens > cfg.engine.n_ctx:
             raise APIError(400, f"the input of {input_tokens} tokens and {sampling.max_tokens} new tokens exceed "
-                                f"the context of {cfg.n_ctx} tokens; shorten the input", "prompt",
+                                f"the context of {cfg.engine.n_ctx} tokens; shorten the input", "prompt",
                            "context_length_exceeded")
         profile = self.store.profile(user) if user else ()
         query = Query(request["id"], user or "", text, profile, gold="")
@@ -193,7 +193,7 @@ class Server:
         return {"id": uuid.uuid4().hex, "input": text, "user": user if user and self.store.has_user(user) else None,
                 "asked_user": user, "n": n, "budget": budget, "stream": bool(body.get("stream")),
                 "include_usage": isinstance(options, dict) and bool(options.get("include_usage")),
-                "max_tokens": _integer(body, limit, run.sampling.max_tokens, 1, run.n_ctx, limit),
+                "max_tokens": _integer(body, limit, run.sampling.max_tokens, 1, run.engine.n_ctx, limit),
                 "temperature": _number(body, "temperature", run.sampling.temperature, 0.0, 2.0),
                 "top_p": _number(body, "top_p", run.sampling.top_p, 1e-6, 1.0),
                 "seed": _integer(body, "seed", run.sampling.seed, 0, 2**31 - 1)}
