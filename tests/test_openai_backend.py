@@ -124,6 +124,16 @@ def test_unreachable_server_fails_fast():
 def test_scores_from_echoed_log_probabilities_match_the_embedded_model(pep_task, llama_reference):
     from ttp.policy.llama_cpp import LlamaCppBackend, default_model_path
 
+    # the plain prompt (100 tokens, not the personalized 295): the llama.cpp server takes about a
+    # third of a second per echoed token to list its top log-probabilities (207 s -> 76 s here)
+    prompt = PromptBuilder(pep_task.layout, "plain")(pep_task.queries[0])
+    texts = [" A Title About Hashing\n", " Deprecate modules\n"]
+    # everything in this process first: two llama.cpp processes on 2 cores slow each other down
+    local = LlamaCppBackend(n_ctx=4096, max_sequences=2)
+    embedded = local.score(prompt, texts)
+    local.close()
+    one_pass = [llama_reference.logprob(prompt, text, "one") for text in texts]
+    spread = max(llama_reference.spread(prompt, texts), 0.01)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
                              "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
@@ -136,20 +146,16 @@ def test_scores_from_echoed_log_probabilities_match_the_embedded_model(pep_task,
                     break
             except httpx.TransportError:
                 time.sleep(0.5)
-        remote = OpenAICompatibleBackend(f"http://127.0.0.1:{port}", "gemma", max_concurrency=1)
-        prompt = PromptBuilder(pep_task.layout, "personalized")(pep_task.queries[0])
-        texts = [" A Title About Hashing\n", " Deprecate modules\n"]
-        local = LlamaCppBackend(n_ctx=4096, max_sequences=2)
-        spread = max(llama_reference.spread(prompt, texts), 0.01)
-        for text, (lp, n), (own, own_n) in zip(texts, remote.score(prompt, texts), local.score(prompt, texts)):
-            # the server evaluates prompt + continuation in one pass, as llama.cpp's own one-pass does
-            assert lp == pytest.approx(llama_reference.logprob(prompt, text, "one"), abs=1e-3)
-            # the embedded backend decodes the pool after its cached prompt: apart from the one pass
-            # by batching twice over (one pass vs two decodes, one continuation vs the pool)
-            assert n == own_n and abs(lp - own) <= 2 * spread, (text, lp, own, spread)
+        remote = OpenAICompatibleBackend(f"http://127.0.0.1:{port}", "gemma", max_concurrency=1).score(prompt, texts)
     finally:
         proc.kill()
         proc.wait()
+    for text, (lp, n), (own, own_n), reference in zip(texts, remote, embedded, one_pass):
+        # the server evaluates prompt + continuation in one pass, as llama.cpp's own one-pass does
+        assert lp == pytest.approx(reference, abs=1e-3)
+        # the embedded backend decodes the pool after its cached prompt: apart from the one pass
+        # by batching twice over (one pass vs two decodes, one continuation vs the pool)
+        assert n == own_n and abs(lp - own) <= 2 * spread, (text, lp, own, spread)
 
 
 def test_a_server_without_prompt_log_probabilities_gets_a_clear_error():
