@@ -93,6 +93,29 @@ def test_requests_without_or_with_an_unknown_user_get_the_plain_policy(server):
         assert (user is None) or "unknown" in meta["stopped_because"]
 
 
+COMPLETION_FIELDS = ("n", "best_of", "max_tokens", "temperature", "top_p", "seed", "stream", "stream_options",
+                     "stop", "logprobs", "echo", "presence_penalty", "frequency_penalty", "logit_bias", "suffix",
+                     "safety_identifier", "ttp")
+CHAT_FIELDS = ("n", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stream",
+               "stream_options", "stop", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty",
+               "response_format", "tools", "tool_choice", "safety_identifier", "ttp")
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["known user", "unknown user"])
+def test_every_optional_field_may_be_null(server, known_user, known):
+    # clients such as LangChain send every field they do not set as null
+    _, client = server
+    user = known_user if known else "nobody-knows-me"
+    r = client.completions.create(model="ttp", prompt=ABSTRACT + "Null fields everywhere.", user=user,
+                                  extra_body=dict.fromkeys(COMPLETION_FIELDS))
+    meta = r.model_extra["ttp"]
+    assert len(r.choices) == 1 and meta["personalized"] is known and meta["budget"] == 8
+    assert r.choices[0].text == meta["candidates"][max(range(meta["samples"]), key=meta["scores"].__getitem__)]
+    chat = client.chat.completions.create(model="ttp", messages=[{"role": "user", "content": ABSTRACT + "Nulls."}],
+                                          user=user, extra_body=dict.fromkeys(CHAT_FIELDS))
+    assert chat.choices[0].message.content is not None and chat.model_extra["ttp"]["personalized"] is known
+
+
 def test_n_with_best_of_and_usage_counting_every_sample(server, known_user):
     _, client = server
     r = client.completions.create(model="ttp", prompt=ABSTRACT + "Deprecate a module of the standard library.",

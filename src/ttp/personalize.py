@@ -30,14 +30,19 @@ from ttp.tasks.data import Query, Task, load_task
 from ttp.tasks.prompts import PromptBuilder
 from ttp.tasks.utility import PRIMARY
 
+# a query with no profile (an unknown user): the plain policy, picked as vLLM's best_of picked
+PLAIN_SELECTOR = "generic/mean_logprob"
+PLAIN_REASON = "no known user: the plain policy, picked by mean token log-probability"
+
 
 @dataclass(frozen=True)
 class Generation:
-    """One personalized output: the controller's decision and what it cost."""
+    """One output: the controller's decision and what it cost."""
 
     decision: Decision
     completions: list[Completion]      # every sample drawn, in order
     prompt_tokens: int                 # the prompt's tokens (0 where the backend cannot count them)
+    personalized: bool = True          # False: the query had no profile (PLAIN_SELECTOR picked)
 
 
 class Personalizer:
@@ -57,6 +62,7 @@ class Personalizer:
         # the rule's spread shrinkage, chosen on validation users with it
         self.controller = ControllerConfig(collapse_tau=config.collapse_tau, prior_strength=online.prior_strength)
         self.prompts = PromptBuilder(task.layout, policy, config.shots, config.convention)
+        self.plain_prompts = PromptBuilder(task.layout, "plain", config.shots, config.convention)
         # another engine than the run's may sample (a GPU server), its pools alike the run's
         self.backend = backend or (engine or config.engine).make(MAX_POOL_SIZE)
         self.inputs = Inputs({}, task.layout, config.shots, config.convention, lambda: self.backend,
@@ -110,13 +116,15 @@ class Personalizer:
                  sampling=None, rule: str | None = None) -> Generation:
         """Sample for ``query`` until the stopping rule or ``budget`` says stop (at least
         ``at_least`` samples), and pick by the reward model.  ``sampling`` overrides the run's
-        ``SamplingParams`` (temperature, top-p, new tokens); ``rule`` the run's stopping rule."""
+        ``SamplingParams`` (temperature, top-p, new tokens); ``rule`` the run's stopping rule.
+        A query without a profile gets the plain policy and ``PLAIN_SELECTOR`` instead."""
         if not 1 <= budget <= MAX_POOL_SIZE:
             raise ValueError(f"budget must be between 1 and {MAX_POOL_SIZE} samples, got {budget}")
-        prompt = self.prompts(query)
         sampling = sampling or self.config.sampling
-        count = getattr(self.backend, "count_tokens", None)
-        prompt_tokens = count(prompt) if count else 0
+        if not query.profile:
+            return self._plain(query, budget, sampling)
+        prompt = self.prompts(query)
+        prompt_tokens = self._count(prompt)
         drawn = []
 
         def draw(k: int) -> list[str]:
@@ -129,6 +137,21 @@ class Personalizer:
         decision = choose_online(draw, score, budget, self.kappa, self.dataset_spread, self.controller,
                                  min_gain=min_gain, at_least=at_least, rule=rule or self.rule)
         return Generation(decision, list(drawn), prompt_tokens)
+
+    def _plain(self, query: Query, budget: int, sampling) -> Generation:
+        """The whole budget from the plain prompt; the candidate of highest mean token
+        log-probability (the first of equals)."""
+        prompt = self.plain_prompts(query)
+        completions = self.backend.sample(prompt, replace(sampling, n=budget))
+        scores = [c.logprob / max(c.n_tokens, 1) if np.isfinite(c.logprob) else -np.inf for c in completions]
+        best = int(np.argmax(scores))
+        decision = Decision(completions[best].text, float(scores[best]), np.nan, np.nan, len(completions), PLAIN_REASON,
+                            [c.text for c in completions], [float(s) for s in scores])
+        return Generation(decision, list(completions), self._count(prompt), personalized=False)
+
+    def _count(self, prompt: str) -> int:
+        count = getattr(self.backend, "count_tokens", None)
+        return count(prompt) if count else 0
 
     @classmethod
     def from_run(cls, root, task_name: str, policy: str = "personalized", backend: PolicyBackend | None = None,

@@ -26,13 +26,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ttp.personalize import Personalizer
+from ttp.personalize import PLAIN_SELECTOR, Personalizer
 from ttp.policy import ContextOverflow
 from ttp.runs.config import MAX_POOL_SIZE
 from ttp.runs.results import read_diagnoses
 from ttp.serve.store import ProfileStore
 from ttp.tasks.data import Query
-from ttp.tasks.prompts import PromptBuilder, retrieve
+from ttp.tasks.prompts import retrieve
 
 
 class APIError(Exception):
@@ -59,9 +59,9 @@ class ServeConfig:
 
 
 def _integer(body: dict, key: str, default, low: int, high: int, param: str | None = None):
-    value = body.get(key, default)
-    if value is None:
-        return None
+    value = body.get(key)
+    if value is None:   # absent, or null as clients send every optional field they do not set
+        return default
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise APIError(400, f"{param or key} must be a whole number between {low} and {high}, got {value!r}",
                        param or key)
@@ -82,8 +82,6 @@ class Server:
 
     def __init__(self, personalizer: Personalizer, store: ProfileStore, config: ServeConfig = ServeConfig()):
         self.personalizer, self.store, self.config = personalizer, store, config
-        self.plain = PromptBuilder(personalizer.task.layout, "plain", personalizer.config.shots,
-                                   personalizer.config.convention)
         self.gate = asyncio.Semaphore(config.concurrency)
         self.waiting = 0
         folder, task, policy = personalizer.folder, personalizer.task.name, personalizer.policy
@@ -113,24 +111,13 @@ class Server:
         profile = self.store.profile(user) if user else ()
         query = Query(request["id"], user or "", text, profile, gold="")
         try:
-            if profile:
-                generation = self.personalizer.generate(query, budget, self.config.min_gain, at_least=n,
-                                                        sampling=sampling)
-                decision, completions = generation.decision, generation.completions
-                scores, prompt_tokens = np.asarray(decision.scores), generation.prompt_tokens
-                retrieved = [item.id for item in retrieve(query, cfg.shots, cfg.convention)]
-                mean, sd = decision.mean, decision.sd
-                reason = decision.stopped_because
-            else:
-                prompt = self.plain(query)
-                completions = self.personalizer.backend.sample(prompt, replace(sampling, n=budget))
-                scores = np.array([c.logprob / max(c.n_tokens, 1) if np.isfinite(c.logprob) else -np.inf
-                                   for c in completions])
-                prompt_tokens = count(prompt) if count else 0
-                retrieved, mean, sd = [], None, None
-                reason = "no known user: the plain policy, picked by mean token log-probability"
+            generation = self.personalizer.generate(query, budget, self.config.min_gain, at_least=n, sampling=sampling)
         except ContextOverflow as err:
             raise APIError(400, str(err), "max_tokens", "context_length_exceeded") from None
+        decision, completions, personalized = generation.decision, generation.completions, generation.personalized
+        scores, prompt_tokens, reason = np.asarray(decision.scores), generation.prompt_tokens, decision.stopped_because
+        retrieved = [item.id for item in retrieve(query, cfg.shots, cfg.convention)] if personalized else []
+        mean, sd = (decision.mean, decision.sd) if personalized else (None, None)
         order = np.argsort(-scores, kind="stable")[:n]
         picks = [completions[i] for i in order]
         self.samples.inc(len(completions))
@@ -140,15 +127,15 @@ class Server:
                       for c in picks],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
-            "ttp": {"user": user, "personalized": bool(profile), "budget": budget, "samples": len(completions),
-                    "stopped_because": reason, "rule": self.personalizer.rule if profile else "uniform",
-                    "selector": str(self.personalizer.selector) if profile else "generic/mean_logprob",
+            "ttp": {"user": user, "personalized": personalized, "budget": budget, "samples": len(completions),
+                    "stopped_because": reason, "rule": self.personalizer.rule if personalized else "uniform",
+                    "selector": str(self.personalizer.selector) if personalized else PLAIN_SELECTOR,
                     "chosen": {"score": float(scores[order[0]]), "mean": mean, "sd": sd},
                     "scores": [float(s) for s in scores], "candidates": [c.text for c in completions],
                     "candidate_tokens": [c.n_tokens for c in completions],
                     "retrieved_profile_items": retrieved,
-                    "collapsed_user": bool(profile) and (user in self.collapsed_users
-                                                         or reason.startswith("collapsed"))},
+                    "collapsed_user": personalized and (user in self.collapsed_users
+                                                        or reason.startswith("collapsed"))},
         }
 
     # ---- parsing ------------------------------------------------------------------------------
