@@ -19,11 +19,11 @@ import pytest
 from ttp.cli import main
 from ttp.policy import Completion, ContextOverflow, SamplingParams
 from ttp.policy.openai_server import BackendError, OpenAICompatibleBackend
-from ttp.policy.sampling import PoolFileError, draw_pool, read_pools, sample_pools
 from ttp.rewards.features import EmbeddingCache
 from ttp.rewards.models import ModelFileError, RewardModel
 from ttp.runs.config import ConfigError, RunConfig
 from ttp.runs.folder import RunFolder, RunInUse
+from ttp.runs.sampling import PoolFileError, draw_pool, read_pools, sample_pools
 from ttp.tasks.data import TaskFormatError, load_task
 from ttp.tasks.prompts import PromptBuilder
 

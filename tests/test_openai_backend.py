@@ -12,7 +12,7 @@ import pytest
 
 from ttp.policy import SamplingParams
 from ttp.policy.openai_server import BackendError, OpenAICompatibleBackend
-from ttp.policy.sampling import read_pools, sample_pools
+from ttp.runs.sampling import read_pools, sample_pools
 from ttp.tasks.prompts import PromptBuilder
 
 pytestmark = pytest.mark.slow

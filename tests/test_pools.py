@@ -2,7 +2,7 @@ import pytest
 
 from ttp.analysis.pools import Pools
 from ttp.policy import Completion, SamplingParams, clean_completion
-from ttp.policy.sampling import read_pools, sample_pools
+from ttp.runs.sampling import read_pools, sample_pools
 from ttp.tasks.prompts import PromptBuilder
 from ttp.tasks.utility import candidate_table
 

@@ -5,7 +5,7 @@ import pytest
 
 from ttp.policy import SamplingParams
 from ttp.policy.llama_cpp import LlamaCppBackend
-from ttp.policy.sampling import sample_pools
+from ttp.runs.sampling import sample_pools
 from ttp.tasks.prompts import PromptBuilder
 
 pytestmark = pytest.mark.slow
@@ -17,7 +17,7 @@ small_llama = partial(LlamaCppBackend, n_ctx=2048, max_sequences=2, n_threads=1)
 @pytest.fixture(scope="module")
 def ray_executor():
     ray = pytest.importorskip("ray")
-    from ttp.policy.ray_executor import RayExecutor
+    from ttp.runs.ray_executor import RayExecutor
 
     executor = RayExecutor(small_llama, workers=2, queries_per_task=1)
     yield executor

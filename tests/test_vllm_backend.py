@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed here; `make test` runs this file in .venv-vllm")
 
 from ttp.policy import SamplingParams  # noqa: E402
-from ttp.policy.sampling import read_pools, sample_pools  # noqa: E402
+from ttp.runs.sampling import read_pools, sample_pools  # noqa: E402
 from ttp.tasks.prompts import PromptBuilder  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -24,7 +24,6 @@ from ttp.analysis.pools import Pools
 from ttp.analysis.scaling import diagnose, fit_ceiling, held_out_top_compression
 from ttp.files import read_json, write_json_atomic, write_parquet_atomic
 from ttp.policy.llama_cpp import model_label
-from ttp.policy.sampling import read_pools, sample_pools
 from ttp.rewards.external import check_selector_name, read_scores
 from ttp.rewards.families import FAMILIES, Inputs, check_families, family_of
 from ttp.rewards.features import FEATURES, EmbeddingCache, candidate_features
@@ -35,6 +34,7 @@ from ttp.runs.evaluation import evaluate_selectors, selector_scores, selectors
 from ttp.runs.folder import RunFolder
 from ttp.runs.report import write_report
 from ttp.runs.results import UNREADABLE_TABLE, read_table, write_diagnoses
+from ttp.runs.sampling import read_pools, sample_pools
 from ttp.tasks.data import PARTS, Task, UserSplit, load_task, split_users, subset
 from ttp.tasks.prompts import PromptBuilder
 from ttp.tasks.utility import METRICS, PRIMARY, candidate_table
@@ -115,7 +115,7 @@ class Pipeline:
                 if all(q.id in done for q in task.queries):
                     continue
                 if c.engine.ray_workers > 0 and executor is None:
-                    from ttp.policy.ray_executor import RayExecutor
+                    from ttp.runs.ray_executor import RayExecutor
 
                     executor = RayExecutor(self._factory(), c.engine.ray_workers, c.engine.ray_address)
                 sample_pools(list(task.queries), PromptBuilder(task.layout, policy, c.shots, c.convention),

@@ -29,7 +29,7 @@ class RayExecutor:
                 self.backend = factory()
 
             def run(self, queries, prompts, params):
-                from ttp.policy.sampling import draw_pool
+                from ttp.runs.sampling import draw_pool
 
                 return [draw_pool(self.backend, prompts, params, q) for q in queries]
 

@@ -116,7 +116,7 @@ def sample_pools(
     """Sample a pool for every query not yet in ``path``; return all pools in query order.
 
     ``executor(queries, prompts, params)``, if given, yields pool records in any order (e.g.
-    ``ttp.policy.ray_executor.RayExecutor``); this process stays the only writer of the file."""
+    ``ttp.runs.ray_executor.RayExecutor``); this process stays the only writer of the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     done: set[str] = set()
