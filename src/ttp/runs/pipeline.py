@@ -4,8 +4,10 @@
           -> features -> reward models -> scores on held-out users -> diagnosis -> allocation -> report
 
 Each stage is a method of ``Pipeline`` named in ``STAGES``; it reads what earlier stages wrote
-and skips work already on disk, so any stage can be rerun or resumed alone.  The work itself
-lives in the modules each stage calls; this file only sequences it over the run folder.
+and skips work already on disk, so any stage can be rerun or resumed alone.  Three more steps
+add selectors to a finished run, after which ``AFTER_SCORES`` judges them: ``zero_shot``,
+``import_scores`` and ``add_families``.  The work itself lives in the modules each step calls;
+this file only sequences it over the run folder.
 """
 from __future__ import annotations
 
@@ -180,8 +182,8 @@ class Pipeline:
         """Train these reward-model families from now on too (by default every registered family
         the run does not train yet); the run's configuration says so."""
         wanted = families or [f for f in FAMILIES if f not in self.config.families]
-        self.config = replace(self.config, families=check_families(tuple(dict.fromkeys([*self.config.families,
-                                                                                        *wanted]))))
+        families = tuple(dict.fromkeys([*self.config.families, *wanted]))
+        self.config = replace(self.config, families=check_families(families))
         write_json_atomic(self.folder.config, self.config.to_json())
 
     def curves(self) -> None:
