@@ -62,7 +62,14 @@ def test_selection_rules():
     mean, sd = model.predict(X, return_std=True)
     np.testing.assert_allclose(selection_scores(model, X, g, "lcb", kappa=2.0), mean - 2 * sd, rtol=1e-6)
     p = selection_scores(model, X, g, "p_improve")
-    assert np.all((p >= 0) & (p <= 1))
+    # Φ((mean − b) / sd), b the pool's average predicted mean, pool by pool
+    from scipy import stats
+
+    for pool in np.unique(g):
+        rows = g == pool
+        expected = stats.norm.cdf((mean[rows] - mean[rows].mean()) / sd[rows])
+        np.testing.assert_allclose(p[rows], expected, rtol=1e-6, atol=1e-9)
+    assert 0 < p.min() < 0.5 < p.max() < 1   # above-average candidates beat the baseline, others do not
     pointwise = RewardModel(kind="pointwise", max_epochs=5).fit(X, y, g)
     with pytest.raises(ValueError, match="needs a probabilistic"):
         selection_scores(pointwise, X, g, "lcb")

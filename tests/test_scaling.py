@@ -48,6 +48,13 @@ def test_planted_collapse_and_hacking_are_found():
 def test_rho_bar_decomposes_into_positive_and_negative_parts():
     sim = simulate(SimulationConfig(hacked_query_share=0.3, seed=2))
     d = diagnose(sim.scores, sim.utilities, sim.users)
+    # each pool's Pearson correlation by brute force (no user is collapsed in this simulation)
+    assert d.collapse_rate == 0
+    rho = np.array([np.corrcoef(s, u)[0, 1] if u.std() > 0 and s.std() > 0 else 0.0
+                    for s, u in zip(sim.scores, sim.utilities)])
+    assert d.rho_bar == pytest.approx(rho.mean())
+    assert d.hacked_share == pytest.approx((rho < 0).mean()) and 0.2 < d.hacked_share < 0.4
+    assert (d.rho_bar_pos, d.rho_bar_neg) == pytest.approx((rho[rho >= 0].mean(), rho[rho < 0].mean()))
     h = d.hacked_share
     assert d.rho_bar == pytest.approx((1 - h) * d.rho_bar_pos - h * abs(d.rho_bar_neg))
 
