@@ -54,11 +54,23 @@ def test_learns_the_signature_word_and_its_best_of_n_rises(kind, tmp_path):
 
 
 def test_the_context_is_cut_before_the_candidate(pep_task):
+    from ttp.rewards import minilm
+    from ttp.rewards.cross_encoder import _tokenizer, tokenize
+    from ttp.tasks.prompts import QUERY_CHARS, retrieve, split_instruction
+
     query = pep_task.queries[0]
     frame = pd.DataFrame({"query_id": [query.id], "text": ["A title " * 3]})
     [(candidate, context)] = pair_texts(frame, pep_task.by_id())
-    assert candidate == "A title " * 3 and query.profile[0].output.split()[0] in context or "·" in context
+    examples = " | ".join(item.output.strip() for item in retrieve(query, 3))
+    assert candidate == "A title " * 3
+    assert context == f"{examples} · {split_instruction(query.input)[1][:QUERY_CHARS]}"
     config = CrossEncoderConfig(max_length=32, tuned_layers=1)
+    tokenizer = _tokenizer(minilm.package().get_model_path())
+    [ids] = tokenize([(candidate, context * 20)], config, tokenizer)["input_ids"].tolist()
+    own = tokenizer(candidate, add_special_tokens=False)["input_ids"]
+    # [CLS] candidate [SEP] as much of the context as fits [SEP]: every token of the candidate survives
+    assert len(ids) == 32 and ids[:len(own) + 2] == [tokenizer.cls_token_id, *own, tokenizer.sep_token_id]
+    assert ids[-1] == tokenizer.sep_token_id and tokenizer.pad_token_id not in ids
     encoding = encode([(candidate, context * 20)], config)
     assert encoding.states.shape == (1, 32, 384) and int(encoding.mask.sum()) == 32
     # a runaway candidate longer than the whole budget is cut too, instead of failing the run

@@ -105,6 +105,13 @@ class Encoding:
         return Encoding(self.states[rows], self.mask[rows])
 
 
+def tokenize(pairs: list[tuple[str, str]], config: CrossEncoderConfig, tokenizer):
+    """The pairs as the model reads them, ``max_length`` tokens each: cut from the longer segment
+    first, so the context gives way before a candidate does."""
+    return tokenizer([a for a, _ in pairs], [b for _, b in pairs], truncation="longest_first",
+                     max_length=config.max_length, padding="max_length", return_tensors="pt")
+
+
 def encode(pairs: list[tuple[str, str]], config: CrossEncoderConfig, tokenizer_folder: Path | None = None,
            batch_size: int = 64) -> Encoding:
     """Tokenize and run the frozen layers once; every head and epoch reuses the result."""
@@ -114,9 +121,7 @@ def encode(pairs: list[tuple[str, str]], config: CrossEncoderConfig, tokenizer_f
     states, masks = [], []
     with torch.no_grad():
         for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start:start + batch_size]
-            enc = tokenizer([a for a, _ in chunk], [b for _, b in chunk], truncation="longest_first",
-                            max_length=config.max_length, padding="max_length", return_tensors="pt")
+            enc = tokenize(pairs[start:start + batch_size], config, tokenizer)
             out = base(**enc, output_hidden_states=True)
             states.append(out.hidden_states[frozen].to(torch.float16))
             masks.append(enc["attention_mask"])
