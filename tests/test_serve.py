@@ -193,12 +193,31 @@ def test_the_client_raises_the_matching_errors(server):
         client.completions.create(model="ttp", prompt="x", best_of=-1)
 
 
-def test_metrics_count_requests_samples_and_latency(server):
-    url, _ = server
-    text = httpx.get(f"{url}/metrics").text
+def _metric(text: str, name: str, labels: str = "") -> float:
+    """One sample's value in Prometheus' text format (0 where it has none yet)."""
+    for line in text.splitlines():
+        if line.startswith(f"{name}{labels} ") or (not labels and line.startswith(f"{name} ")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_count_requests_samples_and_latency(server, known_user):
+    url, client = server
+    before = httpx.get(f"{url}/metrics").text
     for name in ("ttp_requests_total", "ttp_samples_drawn_total", "ttp_request_latency_seconds_bucket",
                  "ttp_queue_depth"):
-        assert name in text
+        assert name in before
+    r = client.completions.create(model="ttp", prompt=ABSTRACT + "Counting metrics.", user=known_user,
+                                  max_tokens=8, extra_body={"ttp": {"budget": 3}})
+    after = httpx.get(f"{url}/metrics").text
+    ok = '{endpoint="/v1/completions",status="200"}'
+    assert _metric(after, "ttp_requests_total", ok) == _metric(before, "ttp_requests_total", ok) + 1
+    drawn = _metric(after, "ttp_samples_drawn_total") - _metric(before, "ttp_samples_drawn_total")
+    assert drawn == r.model_extra["ttp"]["samples"] >= 1
+    count = '{endpoint="/v1/completions"}'
+    assert _metric(after, "ttp_request_latency_seconds_count", count) == \
+        _metric(before, "ttp_request_latency_seconds_count", count) + 1
+    assert _metric(after, "ttp_queue_depth") == 0
 
 
 def test_overload_answers_503_and_kill_9_keeps_every_acknowledged_feedback(run_folder, tmp_path, known_user):
