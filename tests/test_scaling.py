@@ -72,11 +72,19 @@ def _pools(config):
 
 @pytest.mark.slow
 def test_skewed_utilities_law_error_is_measured():
-    d = diagnose(*_pools(SimulationConfig(utility="skewed", seed=1)))
+    scores, utilities, users = _pools(SimulationConfig(utility="skewed", seed=1))
+    d = diagnose(scores, utilities, users)
     gaussian = diagnose(*_pools(SimulationConfig(seed=1)))
+    # the Gaussian per-query law by hand: mu_q + e_N rho_q sigma_q, averaged over queries
+    rho = np.array([np.corrcoef(s, u)[0, 1] for s, u in zip(scores, utilities)])
+    by_hand = (utilities.mean(1)[:, None] + expected_max_normal(scores.shape[1]) * (rho * utilities.std(1))[:, None])
+    np.testing.assert_allclose(d.laws["per_query"], by_hand.mean(0), rtol=1e-6)
+    gain = d.oracle[-1] - d.oracle[0]
     for law, errors in d.law_errors.items():
         print(f"skewed pools, {law}: max error {errors['max_share_of_oracle_gain']:.1%} of oracle gain")
-        assert np.isfinite(errors["max_abs"]) and errors["max_abs"] > 0
+        # each law's error is its largest distance from the observed Best-of-N curve
+        assert errors["max_abs"] == pytest.approx(np.abs(d.laws[law] - d.observed).max())
+        assert errors["max_share_of_oracle_gain"] == pytest.approx(errors["max_abs"] / gain)
     # non-Gaussian utilities break the Gaussian law's assumption: its error must show it
     assert d.law_errors["per_query"]["max_abs"] > gaussian.law_errors["per_query"]["max_abs"]
 
