@@ -253,3 +253,37 @@ def test_the_cli_never_cuts_a_number_short_in_a_wide_table():
     assert "…" not in text
     assert all(value in text for value in values) and "hidden_state.probabilistic/p_improve" in text
     assert max(len(line) for line in text.splitlines()) <= console.width
+
+
+def test_each_figure_draws_the_curves_it_names(run, monkeypatch):
+    import matplotlib.image
+
+    from ttp.runs import report as report_module
+
+    folder, config, _, _, study = run
+    drawn, save = {}, report_module._save
+
+    def capture(fig, path):
+        drawn[path.name] = {line.get_label(): np.asarray(line.get_ydata(), dtype=float)
+                            for ax in fig.axes for line in ax.get_lines()}
+        return save(fig, path)
+
+    monkeypatch.setattr(report_module, "_save", capture)
+    write_report(folder, config, [TASK])
+    curves = json.loads(folder.curves(TASK, POLICY).read_text())["rougeL"]
+    ceiling = drawn[f"ceiling_{TASK}.png"]
+    np.testing.assert_allclose(ceiling[f"{POLICY}: oracle"], curves["oracle"]["mean"])
+    np.testing.assert_allclose(ceiling[f"{POLICY}: random"], curves["random"]["mean"])
+    evaluation = json.loads(folder.reward_eval(TASK, POLICY).read_text())
+    rewards = drawn[f"rewards_{TASK}_{POLICY}.png"]
+    np.testing.assert_allclose(rewards["oracle"], evaluation["oracle"]["mean"])
+    for name, selector in evaluation["selectors"].items():
+        np.testing.assert_allclose(rewards[name], selector["curve"]["mean"])
+    allocation = drawn[f"allocation_{TASK}_{POLICY}.png"]
+    for policy, curve in study.curves.items():
+        assert any(np.allclose(ydata, curve.mean) for ydata in allocation.values() if len(ydata) == len(curve.mean)), \
+            policy
+    # and every saved file reads back as a picture with something on it
+    for name in drawn:
+        image = matplotlib.image.imread(folder.figures / name)
+        assert image.shape[0] > 200 and image.shape[1] > 300 and image[..., :3].std() > 0.05, name
