@@ -181,10 +181,21 @@ def test_imported_scores_are_judged_like_trained_reward_models(run_folder, tmp_p
 def test_zero_shot_scorers_are_judged_on_held_out_users(run_folder):
     result = runner.invoke(app, ["zero-shot", str(run_folder)])
     assert result.exit_code == 0, result.output + repr(result.exception)
+    import pandas as pd
+
+    from ttp.analysis.bon import bon_curves, oracle_curves
+    from ttp.analysis.pools import Pools
+    from ttp.rewards.selection import Selector
+    from ttp.tasks.utility import PRIMARY
+
     evaluation = json.loads(RunFolder(run_folder).reward_eval(TASK, "plain").read_text())
+    # each scorer's share of the oracle gain, from its stored scores on the test pools by hand
+    test = Pools.from_frame(pd.read_parquet(RunFolder(run_folder).scores(TASK, "plain", "test")))
+    m, oracle = evaluation["pool_size"], oracle_curves(test[PRIMARY]).mean(0)
     for name in ("likelihood", "pmi", "judge", "profile_similarity"):
-        share = evaluation["selectors"][name]["oracle_gain_share"][str(evaluation["pool_size"])][0]
-        assert -1.5 <= share <= 1.0
+        share = evaluation["selectors"][name]["oracle_gain_share"][str(m)][0]
+        bon = bon_curves(test[Selector.parse(name).column], test[PRIMARY]).mean(0)
+        assert share == pytest.approx((bon[m - 1] - bon[0]) / (oracle[m - 1] - oracle[0]))
     diagnosis = json.loads(RunFolder(run_folder).diagnosis(TASK, "plain").read_text())
     assert {"likelihood", "pmi", "judge", "profile_similarity"} <= set(diagnosis)
     # a second call computes nothing new: every scorer's file is there already
@@ -195,8 +206,6 @@ def test_zero_shot_scorers_are_judged_on_held_out_users(run_folder):
     bad = runner.invoke(app, ["zero-shot", str(run_folder), "--scorer", "vibes"])
     assert bad.exit_code == 2 and "'vibes'" in bad.output and "profile_similarity" in bad.output
     # the stored likelihood is the backend's teacher-forced mean log-probability of the candidate
-    import pandas as pd
-
     from ttp.policy.llama_cpp import LlamaCppBackend
     from ttp.tasks.data import load_task
     from ttp.tasks.prompts import PromptBuilder
