@@ -207,9 +207,14 @@ def test_the_spread_shrinkage_is_chosen_on_validation_pools_and_the_study_runs_t
     assert need(choice.prior_strength) < need(ControllerConfig().prior_strength)
     study = allocation_study("s", validation[:2], test, n_boot=50, validation_users=validation[2])
     assert study.online_choice == choice
-    expected = evaluate_policy("expected_improvement", *test, 4, kappa, replace(ControllerConfig(),
-                               prior_strength=choice.prior_strength), spread_prior=spread)
-    assert study.curves["expected_improvement"].at(4)[0] == pytest.approx(expected["mean"])
+
+    def at_four(strength):
+        config = replace(ControllerConfig(), prior_strength=strength)
+        return evaluate_policy("expected_improvement", *test, 4, kappa, config, spread_prior=spread)["mean"]
+
+    # the study ran the rule with the chosen shrinkage, which another shrinkage tells apart
+    assert study.curves["expected_improvement"].at(4)[0] == pytest.approx(at_four(choice.prior_strength))
+    assert any(at_four(s) != pytest.approx(at_four(choice.prior_strength)) for s in PRIOR_STRENGTHS)
 
 
 def test_the_study_evaluates_the_online_rule_as_ttp_generate_runs_it():
