@@ -71,6 +71,12 @@ def _within(option: str, value, low, high=None) -> None:
         raise typer.BadParameter(f"{option} must be {bound}, got {value}")
 
 
+def _check_server(url: str | None, model: str | None, concurrency: int) -> None:
+    _within("--server-concurrency", concurrency, 1, 256)
+    if url and not model:
+        raise typer.BadParameter("--server-url needs --server-model, the server's model name")
+
+
 def _run_stages(config: RunConfig | None, root: Path, stages, first=None) -> Pipeline:
     """Run ``first(pipeline)``, then ``stages``, holding the run's writer lock throughout;
     ``config`` None resumes the saved one."""
@@ -211,8 +217,7 @@ def generate(
     _within("--min-gain", min_gain, 0.0)
     from ttp.personalize import Personalizer
 
-    if server_url and not server_model:
-        raise typer.BadParameter("--server-url needs --server-model, the server's model name")
+    _check_server(server_url, server_model, server_concurrency)
     personalizer = Personalizer.from_run(run_folder, task, policy, selector=selector, server_url=server_url,
                                          server_model=server_model, server_concurrency=server_concurrency)
     if query_id is not None:
@@ -264,9 +269,7 @@ def serve(
     _within("--concurrency", concurrency, 1, 64)
     _within("--max-queue", max_queue, 0, 10_000)
     _within("--port", port, 1, 65535)
-    _within("--server-concurrency", server_concurrency, 1, 256)
-    if server_url and not server_model:
-        raise typer.BadParameter("--server-url needs --server-model, the server's model name")
+    _check_server(server_url, server_model, server_concurrency)
     personalizer = Personalizer.from_run(run_folder, task, policy, selector=selector, server_url=server_url,
                                          server_model=server_model, server_concurrency=server_concurrency)
     store = ProfileStore(db or run_folder / "profiles.sqlite")

@@ -72,22 +72,23 @@ class Personalizer:
         """The stopping rule, its spread shrinkage and the calibration the allocate stage chose
         for this selector on validation users; before that stage has run, uniform N."""
         folder, task, policy = self.folder, self.task.name, self.policy
-        if folder.online_rules(task, policy).exists():
+        path = folder.online_rules(task, policy)
+        if path.exists():
             rules = read_online_rules(folder, task, policy)
-            trained = sorted(rules)
-        else:
-            validation = Pools.from_frame(read_table(folder.scores(task, policy, "validation"),
-                                                     f"ttp rewards {folder.root}"))
-            trained = [str(s) for s in selectors(validation) if family_of(s.model) in FAMILIES]
-        if str(self.selector) not in trained:
-            # a rule the model does not offer (pointwise/lcb), or a probabilistic model without one
-            raise ValueError(f"selector {str(self.selector)!r} is not one of this run's: choose one of {trained}")
-        if folder.online_rules(task, policy).exists():
+            self._check_trained(sorted(rules))
             return rules[str(self.selector)]
-        warnings.warn(f"{folder.online_rules(task, policy)} is missing: sampling the full budget (uniform N); "
+        validation = Pools.from_frame(read_table(folder.scores(task, policy, "validation"),
+                                                 f"ttp rewards {folder.root}"))
+        self._check_trained([str(s) for s in selectors(validation) if family_of(s.model) in FAMILIES])
+        warnings.warn(f"{path} is missing: sampling the full budget (uniform N); "
                       f"`ttp allocate {folder.root}` chooses the stopping rule on validation users")
         kappa, spread = validation_calibration(validation[self.selector.column], validation[PRIMARY])
         return OnlineRule("uniform", ControllerConfig().prior_strength, kappa, spread)
+
+    def _check_trained(self, trained: list[str]) -> None:
+        if str(self.selector) not in trained:
+            # a rule the model does not offer (pointwise/lcb), or a probabilistic model without one
+            raise ValueError(f"selector {str(self.selector)!r} is not one of this run's: choose one of {trained}")
 
     def query_for(self, user: str, text: str) -> Query:
         """A new input for a known user of the task, with that user's whole profile."""
@@ -124,7 +125,7 @@ class Personalizer:
         if not query.profile:
             return self._plain(query, budget, sampling)
         prompt = self.prompts(query)
-        prompt_tokens = self._count(prompt)
+        prompt_tokens = self.count_tokens(prompt)
         drawn = []
 
         def draw(k: int) -> list[str]:
@@ -147,11 +148,12 @@ class Personalizer:
         best = int(np.argmax(scores))
         decision = Decision(completions[best].text, float(scores[best]), np.nan, np.nan, len(completions), PLAIN_REASON,
                             [c.text for c in completions], [float(s) for s in scores])
-        return Generation(decision, list(completions), self._count(prompt), personalized=False)
+        return Generation(decision, list(completions), self.count_tokens(prompt), personalized=False)
 
-    def _count(self, prompt: str) -> int:
+    def count_tokens(self, text: str) -> int:
+        """The backend's token count of ``text`` (0 where it cannot count)."""
         count = getattr(self.backend, "count_tokens", None)
-        return count(prompt) if count else 0
+        return count(text) if count else 0
 
     @classmethod
     def from_run(cls, root, task_name: str, policy: str = "personalized", backend: PolicyBackend | None = None,

@@ -102,8 +102,7 @@ class Server:
         user, text, n, budget = request["user"], request["input"], request["n"], request["budget"]
         sampling = replace(cfg.sampling, max_tokens=request["max_tokens"], temperature=request["temperature"],
                            top_p=request["top_p"], seed=request["seed"])
-        count = getattr(self.personalizer.backend, "count_tokens", None)
-        input_tokens = count(text) if count else 0
+        input_tokens = self.personalizer.count_tokens(text)
         if input_tokens + sampling.max_tokens > cfg.engine.n_ctx:
             raise APIError(400, f"the input of {input_tokens} tokens and {sampling.max_tokens} new tokens exceed "
                                 f"the context of {cfg.engine.n_ctx} tokens; shorten the input", "prompt",
