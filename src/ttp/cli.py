@@ -19,7 +19,7 @@ from rich.table import Table as RichTable
 import ttp
 from ttp.policy import SamplingParams
 from ttp.policy.registry import BACKENDS, EngineConfig
-from ttp.runs.config import MAX_POOL_SIZE, RunConfig, TaskSpec
+from ttp.runs.config import RunConfig, TaskSpec, check_samples
 from ttp.runs.folder import RunFolder
 from ttp.runs.pipeline import AFTER_SCORES, STAGES, Pipeline
 from ttp.runs.tables import Table, stage_tables
@@ -139,8 +139,8 @@ def run(
     stages: List[str] = typer.Option(list(STAGES), help="stages to run, in order"),
 ) -> None:
     """Run the stages on any task; a rerun on the same folder resumes where it stopped."""
-    for option, value, low, high in (("--pool-size", pool_size, 1, MAX_POOL_SIZE),
-                                     ("--max-queries-per-user", max_queries_per_user, 1, None),
+    check_samples(pool_size, "--pool-size", typer.BadParameter)
+    for option, value, low, high in (("--max-queries-per-user", max_queries_per_user, 1, None),
                                      ("--max-users", max_users, 1, None), ("--max-tokens", max_tokens, 1, 2048),
                                      ("--temperature", temperature, 0.0, None), ("--top-p", top_p, 0.0, 1.0),
                                      ("--n-ctx", n_ctx, 256, None), ("--request-timeout", request_timeout, 1.0, None),
@@ -178,7 +178,7 @@ def demo(
     max_queries_per_user: int = typer.Option(4, help="queries per user"),
 ) -> None:
     """Everything, end to end, on the two embedded mail tasks with modest sizes."""
-    _within("--pool-size", pool_size, 1, MAX_POOL_SIZE)
+    check_samples(pool_size, "--pool-size", typer.BadParameter)
     _within("--max-users", max_users, 3)
     _within("--max-queries-per-user", max_queries_per_user, 1)
     from ttp.tasks.embedded import embedded_task_dirs
@@ -213,7 +213,7 @@ def generate(
     server_concurrency: int = SERVER_CONCURRENCY,
 ) -> None:
     """Personalize one output at test time: sample adaptively, pick with the reward model."""
-    _within("--budget", budget, 1, MAX_POOL_SIZE)
+    check_samples(budget, "--budget", typer.BadParameter)
     _within("--min-gain", min_gain, 0.0)
     from ttp.personalize import Personalizer
 
@@ -265,7 +265,7 @@ def serve(
     from ttp.serve.app import ServeConfig, Server, create_app
     from ttp.serve.store import ProfileStore
 
-    _within("--budget", budget, 1, MAX_POOL_SIZE)
+    check_samples(budget, "--budget", typer.BadParameter)
     _within("--concurrency", concurrency, 1, 64)
     _within("--max-queue", max_queue, 0, 10_000)
     _within("--port", port, 1, 65535)

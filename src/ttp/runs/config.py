@@ -19,6 +19,15 @@ from ttp.tasks.utility import CONVENTIONS
 MAX_POOL_SIZE = 64     # candidates per query; also the largest budget of `ttp generate`
 
 
+def check_samples(value, what: str = "", error: type[Exception] = ValueError) -> int:
+    """``value`` if it is a number of samples one query may draw (1 to ``MAX_POOL_SIZE``); else
+    ``error``, naming ``what`` (each boundary raises its own kind: a CLI option, a request field)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_POOL_SIZE:
+        said = f"must be a whole number between 1 and {MAX_POOL_SIZE}, got {value!r}"
+        raise error(f"{what} {said}" if what else said)
+    return value
+
+
 class ConfigError(ValueError):
     """A run configuration is invalid; the message names the field."""
 
@@ -65,8 +74,7 @@ class RunConfig:
         unknown = set(self.policies) - set(PROMPT_STYLES)
         if unknown or not self.policies:
             raise ConfigError(f"policies must be some of {PROMPT_STYLES}, got {list(self.policies)}")
-        if self.sampling.n > MAX_POOL_SIZE:
-            raise ConfigError(f"pool size {self.sampling.n} is above the maximum of {MAX_POOL_SIZE}")
+        check_samples(self.sampling.n, "the pool size", ConfigError)
         if len(self.split) != 3 or min(self.split) <= 0 or abs(sum(self.split) - 1) > 1e-6:
             raise ConfigError(f"split must be three positive fractions (train, validation, test) summing "
                               f"to 1, got {tuple(self.split)}")

@@ -156,7 +156,7 @@ class Pipeline:
                 continue
             split = self.splits[task.name]
             frame = self.candidates(task, policy)
-            held_out = frame[frame["user"].isin(split.validation + split.test)]
+            held_out = frame[split.rows(frame["user"], "validation", "test")]
             with Progress(console=console, disable=not self.show_progress) as bar:
                 job = bar.add_task(f"{', '.join(wanted)} on {task.name} / {policy}", total=held_out.query_id.nunique())
                 table = zero_shot_scores(held_out, task.by_id(), task.layout, self.backend(),
@@ -230,7 +230,7 @@ class Pipeline:
         for task, policy in self.cells():
             table = self.features(task, policy)
             split = self.splits[task.name]
-            rows = {p: table["user"].isin(getattr(split, p)).to_numpy() for p in PARTS}
+            rows = {p: split.rows(table["user"], p) for p in PARTS}
             y, groups = table[PRIMARY].to_numpy(), table["query_id"].to_numpy()
             held_out = rows["validation"] | rows["test"]
             models, inputs = {}, self._inputs(task, policy)
