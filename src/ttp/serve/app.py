@@ -27,26 +27,25 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ttp.personalize import PLAIN_SELECTOR, Personalizer
-from ttp.policy import ContextOverflow
-from ttp.runs.config import MAX_POOL_SIZE
+from ttp.policy import ContextOverflow, SamplingParams
 from ttp.runs.results import read_diagnoses
+from ttp.serve.requests import (
+    APIError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    FeedbackRequest,
+    TTPOptions,
+    validated,
+)
 from ttp.serve.store import ProfileStore
 from ttp.tasks.data import Query
 from ttp.tasks.prompts import retrieve
 
 
-class APIError(Exception):
-    """An error answered as OpenAI does: ``{"error": {"message", "type", "param", "code"}}``."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers or {}
-
-    def response(self) -> JSONResponse:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        return JSONResponse({"error": {"message": self.message, "type": kind, "param": self.param,
-                                       "code": self.code}}, status_code=self.status, headers=self.headers)
+def _error_response(err: APIError) -> JSONResponse:
+    kind = "invalid_request_error" if err.status < 500 else "server_error"
+    return JSONResponse({"error": {"message": err.message, "type": kind, "param": err.param, "code": err.code}},
+                        status_code=err.status, headers=err.headers)
 
 
 @dataclass(frozen=True)
@@ -58,23 +57,18 @@ class ServeConfig:
     max_queue: int = 16                # requests waiting beyond those; more get 503
 
 
-def _integer(body: dict, key: str, default, low: int, high: int, param: str | None = None):
-    value = body.get(key)
-    if value is None:   # absent, or null as clients send every optional field they do not set
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise APIError(400, f"{param or key} must be a whole number between {low} and {high}, got {value!r}",
-                       param or key)
-    return value
-
-
-def _number(body: dict, key: str, default: float, low: float, high: float) -> float:
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise APIError(400, f"{key} must be a number between {low} and {high}, got {value!r}", key)
-    return float(value)
+@dataclass(frozen=True)
+class Job:
+    """One validated request, as the worker thread needs it."""
+    id: str
+    input: str
+    user: str | None              # a user the store knows; None is served by the plain policy
+    asked_user: str | None
+    n: int
+    budget: int
+    sampling: SamplingParams
+    stream: bool
+    include_usage: bool
 
 
 class Server:
@@ -97,18 +91,16 @@ class Server:
         self.queue = Gauge("ttp_queue_depth", "requests waiting or running", registry=self.registry)
 
     # ---- the work of one request, run in a worker thread --------------------------------------
-    def personalize(self, request: dict) -> dict:
+    def personalize(self, job: Job) -> dict:
         cfg = self.personalizer.config
-        user, text, n, budget = request["user"], request["input"], request["n"], request["budget"]
-        sampling = replace(cfg.sampling, max_tokens=request["max_tokens"], temperature=request["temperature"],
-                           top_p=request["top_p"], seed=request["seed"])
+        user, text, n, budget, sampling = job.user, job.input, job.n, job.budget, job.sampling
         input_tokens = self.personalizer.count_tokens(text)
         if input_tokens + sampling.max_tokens > cfg.engine.n_ctx:
             raise APIError(400, f"the input of {input_tokens} tokens and {sampling.max_tokens} new tokens exceed "
                                 f"the context of {cfg.engine.n_ctx} tokens; shorten the input", "prompt",
                            "context_length_exceeded")
         profile = self.store.profile(user) if user else ()
-        query = Query(request["id"], user or "", text, profile, gold="")
+        query = Query(job.id, user or "", text, profile, gold="")
         try:
             generation = self.personalizer.generate(query, budget, self.config.min_gain, at_least=n, sampling=sampling)
         except ContextOverflow as err:
@@ -138,51 +130,27 @@ class Server:
         }
 
     # ---- parsing ------------------------------------------------------------------------------
-    def parse(self, body: dict, chat: bool) -> dict:
-        if not isinstance(body, dict):
-            raise APIError(400, "the request body must be a JSON object")
-        if body.get("model") != self.config.model_name:
-            raise APIError(404, f"the model {body.get('model')!r} does not exist; this server serves "
+    def parse(self, body, chat: bool) -> Job:
+        request = validated(ChatCompletionRequest if chat else CompletionRequest, body)
+        if request.model != self.config.model_name:
+            raise APIError(404, f"the model {request.model!r} does not exist; this server serves "
                                 f"{self.config.model_name!r} (GET /v1/models)", "model", "model_not_found")
-        if chat:
-            messages = body.get("messages")
-            if not isinstance(messages, list) or not messages or not all(
-                    isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
-                raise APIError(400, "messages must be a non-empty list of {role, content} objects", "messages")
-            said = [m["content"] for m in messages if m.get("role") == "user"]
-            if not said:
-                raise APIError(400, "messages hold no user message to answer", "messages")
-            text = said[-1]
-        else:
-            text = body.get("prompt")
-            if isinstance(text, list) and len(text) == 1:
-                text = text[0]
-            if not isinstance(text, str):
-                raise APIError(400, "prompt must be one string", "prompt")
-        if not text.strip():
-            raise APIError(400, "the input text is empty", "prompt")
-        user = body.get("user") or body.get("safety_identifier")
-        if user is not None and not isinstance(user, str):
-            raise APIError(400, "user must be a string", "user")
-        n = _integer(body, "n", 1, 1, MAX_POOL_SIZE)
-        extra = body.get("ttp") or {}
-        if not isinstance(extra, dict):
-            raise APIError(400, "ttp must be an object, e.g. {\"budget\": 8}", "ttp")
-        best_of = None if chat else _integer(body, "best_of", None, 1, MAX_POOL_SIZE)
-        budget = _integer(extra, "budget", None, 1, MAX_POOL_SIZE, "ttp.budget")
-        budget = budget or best_of or max(self.config.default_budget, n)
+        if not request.text.strip():
+            raise APIError(400, "the input text is empty", "messages" if chat else "prompt")
+        n = request.n or 1
+        options = request.ttp or TTPOptions()
+        budget = options.budget or getattr(request, "best_of", None) or max(self.config.default_budget, n)
         if budget < n:
             raise APIError(400, f"best_of (the sample budget, {budget}) must be at least n ({n})", "best_of")
-        run = self.personalizer.config
-        limit = "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
-        options = body.get("stream_options") or {}
-        return {"id": uuid.uuid4().hex, "input": text, "user": user if user and self.store.has_user(user) else None,
-                "asked_user": user, "n": n, "budget": budget, "stream": bool(body.get("stream")),
-                "include_usage": isinstance(options, dict) and bool(options.get("include_usage")),
-                "max_tokens": _integer(body, limit, run.sampling.max_tokens, 1, run.engine.n_ctx, limit),
-                "temperature": _number(body, "temperature", run.sampling.temperature, 0.0, 2.0),
-                "top_p": _number(body, "top_p", run.sampling.top_p, 1e-6, 1.0),
-                "seed": _integer(body, "seed", run.sampling.seed, 0, 2**31 - 1)}
+        run = self.personalizer.config.sampling
+        asked = request.asked_user
+        asked_sampling = {"max_tokens": request.token_limit, "temperature": request.temperature,
+                          "top_p": request.top_p, "seed": request.seed}
+        sampling = replace(run, **{key: value for key, value in asked_sampling.items() if value is not None})
+        known = asked if asked and self.store.has_user(asked) else None
+        return Job(id=uuid.uuid4().hex, input=request.text, user=known, asked_user=asked, n=n, budget=budget,
+                   sampling=sampling, stream=bool(request.stream),
+                   include_usage=bool(request.stream_options and request.stream_options.include_usage))
 
     async def admit(self, work):
         """Run ``work`` in a thread once the gate lets it in; refuse at once when the queue is full."""
@@ -232,7 +200,7 @@ def create_app(server: Server) -> FastAPI:
         try:
             response = await call_next(request)
         except Exception as err:  # noqa: BLE001 - every failure answers in the API's own shape
-            response = APIError(500, f"internal error: {type(err).__name__}: {err}").response()
+            response = _error_response(APIError(500, f"internal error: {type(err).__name__}: {err}"))
         response.headers["x-request-id"] = rid
         endpoint = request.url.path
         server.requests.labels(endpoint, str(response.status_code)).inc()
@@ -241,7 +209,7 @@ def create_app(server: Server) -> FastAPI:
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, err: APIError):
-        return err.response()
+        return _error_response(err)
 
     async def body_of(request: Request):
         try:
@@ -252,14 +220,14 @@ def create_app(server: Server) -> FastAPI:
     async def answer(request: Request, kind: str):
         parsed = server.parse(await body_of(request), chat=kind == "chat")
         result = await server.admit(lambda: server.personalize(parsed))
-        if parsed["asked_user"] and not parsed["user"]:
-            result["ttp"]["stopped_because"] += f" (user {parsed['asked_user']!r} is unknown)"
-        head = {"id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{parsed['id']}",
-                "object": "chat.completion.chunk" if kind == "chat" and parsed["stream"] else
+        if parsed.asked_user and not parsed.user:
+            result["ttp"]["stopped_because"] += f" (user {parsed.asked_user!r} is unknown)"
+        head = {"id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{parsed.id}",
+                "object": "chat.completion.chunk" if kind == "chat" and parsed.stream else
                 ("chat.completion" if kind == "chat" else "text_completion"),
                 "created": int(time.time()), "model": server.config.model_name}
-        if parsed["stream"]:
-            return StreamingResponse(_chunks(kind, head, result, parsed["include_usage"]),
+        if parsed.stream:
+            return StreamingResponse(_chunks(kind, head, result, parsed.include_usage),
                                      media_type="text/event-stream")
         if kind == "chat":
             choices = [{"index": i, "message": {"role": "assistant", "content": p["text"]}, "logprobs": None,
@@ -293,17 +261,8 @@ def create_app(server: Server) -> FastAPI:
 
     @app.post("/v1/ttp/feedback")
     async def feedback(request: Request):
-        body = await body_of(request)
-        if not isinstance(body, dict):
-            raise APIError(400, "the request body must be a JSON object")
-        for key in ("user", "input", "output"):
-            if not isinstance(body.get(key), str) or not body[key].strip():
-                raise APIError(400, f"{key} must be a non-empty string", key)
-        rating = body.get("rating")
-        if rating is not None and (isinstance(rating, bool) or not isinstance(rating, (int, float))):
-            raise APIError(400, "rating must be a number or null", "rating")
-        items = await run_in_threadpool(server.store.add_feedback, body["user"], body["input"], body["output"],
-                                        rating)
-        return {"object": "ttp.feedback", "user": body["user"], "profile_items": items}
+        said = validated(FeedbackRequest, await body_of(request))
+        items = await run_in_threadpool(server.store.add_feedback, said.user, said.input, said.output, said.rating)
+        return {"object": "ttp.feedback", "user": said.user, "profile_items": items}
 
     return app
