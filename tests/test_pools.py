@@ -1,8 +1,9 @@
 import pytest
 
 from ttp.analysis.pools import Pools
-from ttp.policy import Completion, SamplingParams, clean_completion
+from ttp.policy import Completion, SamplingParams, cut_at_stop
 from ttp.runs.sampling import read_pools, sample_pools
+from ttp.tasks.data import LAYOUTS
 from ttp.tasks.prompts import PromptBuilder
 from ttp.tasks.utility import candidate_table
 
@@ -65,9 +66,23 @@ def test_utilities_are_rouge_against_the_gold(pep_task):
         matrix["score:x"]
 
 
-def test_completions_are_cleaned():
-    assert clean_completion(' "A Title"\nmore', ("\n",)) == "A Title"
-    assert clean_completion("Title: PEP Purpose", ("\n",)) == "PEP Purpose"
+def test_completions_are_cut_at_the_stop_then_cleaned_by_their_task():
+    titles, abstracts = LAYOUTS["lamp5-title"], LAYOUTS["longlamp-abstract"]
+    assert titles.clean(cut_at_stop(' "A Title"\nmore', ("\n",))) == "A Title"
+    assert titles.clean(cut_at_stop("Title: PEP Purpose", ("\n",))) == "PEP Purpose"
+    assert titles.clean("Subject: **Bold**") == "Bold"          # the short tasks share their labels
+    assert abstracts.clean("Abstract: This PEP proposes.") == "This PEP proposes."
+    assert abstracts.clean("Title: kept") == "Title: kept"      # a long task drops its own label only
+
+
+def test_pools_hold_completions_as_their_task_cleans_them(pep_task, tmp_path):
+    class Labelled(RecordingBackend):
+        def sample(self, prompt, params):
+            return [Completion(f'Title: "Pick {i}"', -1.0, 3) for i in range(params.n)]
+
+    pools = sample_pools(list(pep_task.queries[:1]), PromptBuilder(pep_task.layout, "plain"), Labelled(),
+                         SamplingParams(n=2), tmp_path / "pools.jsonl", show_progress=False)
+    assert pools[0]["texts"] == ["Pick 0", "Pick 1"]
 
 
 def test_sampling_params_are_validated():

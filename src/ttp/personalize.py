@@ -22,7 +22,7 @@ from ttp.policy.registry import EngineConfig
 from ttp.rewards.families import FAMILIES, Inputs, family_of
 from ttp.rewards.features import EmbeddingCache
 from ttp.rewards.selection import Selector, rule_scores
-from ttp.runs.config import MAX_POOL_SIZE, RunConfig
+from ttp.runs.config import MAX_POOL_SIZE, RunConfig, check_samples
 from ttp.runs.evaluation import selectors
 from ttp.runs.folder import RunFolder
 from ttp.runs.results import read_online_rules, read_table
@@ -119,8 +119,7 @@ class Personalizer:
         ``at_least`` samples), and pick by the reward model.  ``sampling`` overrides the run's
         ``SamplingParams`` (temperature, top-p, new tokens); ``rule`` the run's stopping rule.
         A query without a profile gets the plain policy and ``PLAIN_SELECTOR`` instead."""
-        if not 1 <= budget <= MAX_POOL_SIZE:
-            raise ValueError(f"budget must be between 1 and {MAX_POOL_SIZE} samples, got {budget}")
+        check_samples(budget, "budget")
         sampling = sampling or self.config.sampling
         if not query.profile:
             return self._plain(query, budget, sampling)
@@ -129,7 +128,7 @@ class Personalizer:
         drawn = []
 
         def draw(k: int) -> list[str]:
-            drawn.extend(self.backend.sample(prompt, replace(sampling, n=k, seed=sampling.seed + len(drawn))))
+            drawn.extend(self._sample(prompt, replace(sampling, n=k, seed=sampling.seed + len(drawn))))
             return [c.text for c in drawn[-k:]]
 
         def score(texts: list[str]):
@@ -139,11 +138,15 @@ class Personalizer:
                                  min_gain=min_gain, at_least=at_least, rule=rule or self.rule)
         return Generation(decision, list(drawn), prompt_tokens)
 
+    def _sample(self, prompt: str, sampling) -> list:
+        """Completions as the task writes them (its labels dropped), as the run's pools hold them."""
+        return [replace(c, text=self.task.layout.clean(c.text)) for c in self.backend.sample(prompt, sampling)]
+
     def _plain(self, query: Query, budget: int, sampling) -> Generation:
         """The whole budget from the plain prompt; the candidate of highest mean token
         log-probability (the first of equals)."""
         prompt = self.plain_prompts(query)
-        completions = self.backend.sample(prompt, replace(sampling, n=budget))
+        completions = self._sample(prompt, replace(sampling, n=budget))
         scores = [c.logprob / max(c.n_tokens, 1) if np.isfinite(c.logprob) else -np.inf for c in completions]
         best = int(np.argmax(scores))
         decision = Decision(completions[best].text, float(scores[best]), np.nan, np.nan, len(completions), PLAIN_REASON,

@@ -52,13 +52,10 @@ class PolicyBackend(Protocol):
         ...
 
 
-def clean_completion(text: str, stop: tuple[str, ...]) -> str:
-    """Cut at the first stop string and drop the quotes and labels small models like to add."""
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """The text before the first stop string, stripped (engines that stop on a string may still
+    return it, or a later one of several)."""
     for s in stop:
         if s and s in text:
             text = text[: text.index(s)]
-    text = text.strip()
-    for prefix in ("Answer:", "Title:", "Subject:", "Headline:", "**"):
-        if text.startswith(prefix):
-            text = text[len(prefix):].strip()
-    return text.strip().strip('"*').strip()
+    return text.strip()

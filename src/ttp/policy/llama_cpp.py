@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ttp.policy import Completion, ContextOverflow, SamplingParams, clean_completion
+from ttp.policy import Completion, ContextOverflow, SamplingParams, cut_at_stop
 
 GGML_LOG_ERROR = 3
 SHORTLIST_MARGIN = 10.0   # first shortlist of a draw: tokens within e^10 of the most likely one
@@ -183,7 +183,7 @@ class LlamaCppBackend:
                 break
             self._decode([(generated[s][-1], len(tokens) + step, s, True) for s in live])
             logits = self._logit_rows(len(live))
-        return [Completion(clean_completion(self._text(g), params.stop), float(logprob[s]), len(g))
+        return [Completion(cut_at_stop(self._text(g), params.stop), float(logprob[s]), len(g))
                 for s, g in enumerate(generated)]
 
     def _prompt_in_sequences(self, tokens: list[int], n: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from ttp.policy import Completion, SamplingParams, clean_completion
+from ttp.policy import Completion, SamplingParams, cut_at_stop
 
 RETRYABLE_STATUS = {408, 425, 429, 502, 503, 504}
 MAX_RETRY_AFTER = 60.0
@@ -125,7 +125,7 @@ class OpenAICompatibleBackend:
     def _completion(choice: dict, stop) -> Completion:
         logprobs = (choice.get("logprobs") or {}).get("token_logprobs") or []
         values = [lp for lp in logprobs if lp is not None]
-        return Completion(clean_completion(choice["text"], stop),
+        return Completion(cut_at_stop(choice["text"], stop),
                           float(sum(values)) if values else math.nan, len(logprobs))
 
     async def _batch(self, client, prompt: str, params: SamplingParams) -> list[dict]:

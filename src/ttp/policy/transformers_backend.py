@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ttp.policy import Completion, SamplingParams, clean_completion
+from ttp.policy import Completion, SamplingParams, cut_at_stop
 
 
 class TransformersBackend:
@@ -49,7 +49,7 @@ class TransformersBackend:
         for row, lps in zip(new.tolist(), token_lp.tolist()):
             length = next((i for i, t in enumerate(row) if t in stops), len(row))
             text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
-            completions.append(Completion(clean_completion(text, params.stop), float(sum(lps[:length])), length))
+            completions.append(Completion(cut_at_stop(text, params.stop), float(sum(lps[:length])), length))
         return completions
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from ttp.policy import Completion, SamplingParams, clean_completion
+from ttp.policy import Completion, SamplingParams, cut_at_stop
 
 
 class VLLMBackend:
@@ -40,6 +40,6 @@ class VLLMBackend:
 
     def sample(self, prompt: str, params: SamplingParams) -> list[Completion]:
         [request] = self.llm.generate([prompt], self._params(params), use_tqdm=False)
-        return [Completion(clean_completion(o.text, params.stop),
+        return [Completion(cut_at_stop(o.text, params.stop),
                            float(o.cumulative_logprob) if o.cumulative_logprob is not None else math.nan,
                            len(o.token_ids)) for o in request.outputs]

@@ -149,7 +149,7 @@ def draw_pool(backend: PolicyBackend, prompts: PromptBuilder, params: SamplingPa
         raise ContextOverflow(f"query {query.id!r} (user {query.user!r}): {err}") from None
     return {
         "query_id": query.id, "user": query.user,
-        "texts": [c.text for c in completions],
+        "texts": [prompts.layout.clean(c.text) for c in completions],
         "logprobs": [None if math.isnan(c.logprob) else c.logprob for c in completions],
         "n_tokens": [c.n_tokens for c in completions],
     }

@@ -16,6 +16,10 @@ import numpy as np
 
 from ttp.files import DataFileError, check_name, read_json, write_json_atomic
 
+# A small model asked for a title, a subject or a headline opens with any of these labels, so
+# each short task drops all three.
+SHORT_OUTPUT_LABELS = ("Answer:", "Title:", "Subject:", "Headline:", "**")
+
 
 @dataclass(frozen=True)
 class ProfileLayout:
@@ -24,6 +28,20 @@ class ProfileLayout:
     source_fields: tuple[str, ...]
     source_label: str   # how a prompt names the source ("Abstract") and the output ("Title")
     output_label: str
+    completion_labels: tuple[str, ...] = SHORT_OUTPUT_LABELS   # dropped from a completion's start
+
+    def clean(self, completion: str) -> str:
+        """A completion without the labels, quotes and bold marks small models like to add."""
+        text = completion.strip()
+        for label in self.completion_labels:
+            if text.startswith(label):
+                text = text[len(label):].strip()
+        return text.strip().strip('"*').strip()
+
+
+def _long(name, output_field, source_fields, source_label, output_label) -> ProfileLayout:
+    return ProfileLayout(name, output_field, source_fields, source_label, output_label,
+                         ("Answer:", f"{output_label}:", "**"))
 
 
 LAYOUTS = {
@@ -32,10 +50,9 @@ LAYOUTS = {
         ProfileLayout("lamp4-headline", "title", ("text",), "Article", "Headline"),
         ProfileLayout("lamp5-title", "title", ("abstract",), "Abstract", "Title"),
         ProfileLayout("lamp6-subject", "title", ("text",), "Email", "Subject"),
-        ProfileLayout("longlamp-abstract", "abstract", ("title",), "Title", "Abstract"),
-        ProfileLayout("longlamp-topic", "content", ("summary",), "Topic", "Post"),
-        ProfileLayout("longlamp-review", "reviewText", ("description", "overall", "summary"),
-                      "Product", "Review"),
+        _long("longlamp-abstract", "abstract", ("title",), "Title", "Abstract"),
+        _long("longlamp-topic", "content", ("summary",), "Topic", "Post"),
+        _long("longlamp-review", "reviewText", ("description", "overall", "summary"), "Product", "Review"),
     )
 }
 
@@ -210,6 +227,10 @@ class UserSplit:
     train: tuple[str, ...]
     validation: tuple[str, ...]
     test: tuple[str, ...]
+
+    def rows(self, users, *parts: str) -> np.ndarray:
+        """The mask of the rows whose user (``users``, one per row) is in any of ``parts``."""
+        return np.isin(np.asarray(users), [u for part in parts for u in getattr(self, part)])
 
 
 PARTS = ("train", "validation", "test")
