@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ttp.analysis.bon import bon_curves, oracle_curves, rank_weights
+from ttp.analysis.bon import bon_curves, oracle_curves, oracle_gain, rank_weights
 from ttp.analysis.copula import expected_by_score_rank, latent_intervals, normal_scores_regression
 from ttp.analysis.pools import Pools
 from ttp.analysis.stats import SPREAD_EPS
@@ -106,8 +106,7 @@ def main(run: str) -> None:
     for task, policy in pipeline.cells():
         pools = Pools.from_frame(pd.read_parquet(pipeline.folder.scores(task.name, policy, "test")))
         utilities = pools[PRIMARY]
-        oracle = oracle_curves(utilities).mean(axis=0)
-        gain = oracle[-1] - oracle[0]
+        gain = oracle_gain(oracle_curves(utilities).mean(axis=0))
         print(f"\n{task.name} / {policy} ({len(utilities)} test queries): copula per-query law's max error over N, "
               f"signed, as a share of the oracle gain; the family the pseudo-likelihood prefers")
         print(f"  {'selector':40s}" + "".join(f"{f:>10s}" for f in FAMILIES) + "   preferred")

@@ -27,7 +27,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from ttp.analysis.bon import bon_curves, oracle_curves
+from ttp.analysis.bon import bon_curves, oracle_curves, oracle_gain
 from ttp.analysis.copula import copula_correlation, copula_curves
 from ttp.analysis.copula_fit import posterior_copula_curves, top_compression
 from ttp.analysis.pools import Pools
@@ -46,8 +46,7 @@ NAMES = ("plug-in r̂", "posterior, λ = 1", "the law (λ̂)", "λ̂ of validati
 def errors(residual: np.ndarray, utilities: np.ndarray) -> tuple[float, float, np.ndarray]:
     """From each query's ``observed − law``: ``(max error over N as a share of the oracle gain,
     max error in paired standard errors, mean signed error at SIGNED_AT as a share of the gain)``."""
-    oracle = oracle_curves(utilities).mean(axis=0)
-    gain = oracle[-1] - oracle[0]
+    gain = oracle_gain(oracle_curves(utilities).mean(axis=0))
     se = residual.std(axis=0, ddof=1) / np.sqrt(len(residual))
     mean = residual.mean(axis=0)
     signed = mean[SIGNED_AT[SIGNED_AT <= len(mean)] - 1] / gain

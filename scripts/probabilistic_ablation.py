@@ -13,21 +13,21 @@ import sys
 import numpy as np
 import pandas as pd
 
-from ttp.analysis.bon import bon_curves, oracle_curves
+from ttp.analysis.bon import bon_curves, gain_share, oracle_curves
 from ttp.analysis.pools import Pools
 from ttp.analysis.stats import within_pool_correlation
 from ttp.rewards.features import FEATURES
 from ttp.rewards.models import RewardConfig, RewardModel
 from ttp.rewards.selection import selection_scores
 from ttp.runs.pipeline import Pipeline
+from ttp.tasks.data import PARTS
 from ttp.tasks.utility import PRIMARY
 
 
-def gain_share(frame: pd.DataFrame, scores: np.ndarray) -> float:
+def share_at_m(frame: pd.DataFrame, scores: np.ndarray) -> float:
     pools = Pools.from_frame(frame.assign(_s=scores))
     u, s = pools[PRIMARY], pools["_s"]
-    bon, oracle = bon_curves(s, u).mean(axis=0), oracle_curves(u).mean(axis=0)
-    return float((bon[-1] - bon[0]) / (oracle[-1] - oracle[0]))
+    return float(gain_share(bon_curves(s, u).mean(axis=0), oracle_curves(u).mean(axis=0))[-1])
 
 
 def main(run: str) -> None:
@@ -35,7 +35,7 @@ def main(run: str) -> None:
     for task, policy in pipeline.cells():
         table = pipeline.features(task, policy)
         split = pipeline.splits[task.name]
-        parts = {p: table[table.user.isin(getattr(split, p))] for p in ("train", "validation", "test")}
+        parts = {p: table[split.rows(table.user, p)] for p in PARTS}
         print(f"{task.name} / {policy}: {parts['test'].query_id.nunique()} test queries")
         for name, centered, beta in (("raw utility", False, 0.0), ("pool-centered utility", True, 0.0),
                                      ("beta-NLL 0.5", False, 0.5), ("centered + beta-NLL", True, 0.5)):
@@ -52,7 +52,7 @@ def main(run: str) -> None:
             mean, sd = model.predict(X, return_std=True)
             test_m = Pools.from_frame(test.assign(_m=mean, _sd=sd))
             coupling = float(within_pool_correlation(test_m["_m"], test_m["_sd"]).mean())
-            shares = {rule: gain_share(test, selection_scores(model, X, groups, rule)) for rule in ("mean", "lcb")}
+            shares = {rule: share_at_m(test, selection_scores(model, X, groups, rule)) for rule in ("mean", "lcb")}
             print(f"  {name:24s} gain share mean {shares['mean']:.2f}  lcb {shares['lcb']:.2f}  "
                   f"corr(mean, sd) {coupling:+.2f}")
 

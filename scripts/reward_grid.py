@@ -16,12 +16,13 @@ import sys
 import numpy as np
 from scipy import stats
 
-from ttp.analysis.bon import bon_curves, oracle_curves, user_bootstrap
+from ttp.analysis.bon import bon_curves, oracle_curves, oracle_gain, user_bootstrap
 from ttp.analysis.pools import Pools
 from ttp.analysis.stats import within_pool_correlation
 from ttp.rewards.features import FEATURES
 from ttp.rewards.models import RewardConfig, RewardModel, TrainingDiverged
 from ttp.runs.pipeline import Pipeline
+from ttp.tasks.data import PARTS
 from ttp.tasks.utility import PRIMARY
 
 GRID = {"hidden": (16, 32, 64), "lr": (1e-3, 3e-3, 1e-2), "weight_decay": (1e-4, 1e-2)}
@@ -39,7 +40,7 @@ def main(run: str) -> None:
     for task, policy in pipeline.cells():
         table = pipeline.features(task, policy)
         split = pipeline.splits[task.name]
-        parts = {p: table[table.user.isin(getattr(split, p))] for p in ("train", "validation", "test")}
+        parts = {p: table[split.rows(table.user, p)] for p in PARTS}
         train, validation, test = (arrays(parts[p]) for p in ("train", "validation", "test"))
         pools = Pools.from_frame(parts["test"])
         utilities = pools[PRIMARY]
@@ -65,7 +66,7 @@ def main(run: str) -> None:
             seeds = [trained(RewardConfig(kind=kind, seed=pipeline.config.seed + s)) for s in range(SEEDS)]
             base = results[(default.hidden, default.lr, default.weight_decay)]
             chosen = max(results, key=lambda v: results[v][0])
-            scale = oracle[-1] - oracle[0]
+            scale = oracle_gain(oracle)
             difference = user_bootstrap(((results[chosen][1] - base[1]) / scale)[:, None], pools.users, 1000)
             shares = {v: float(g.mean() / scale) for v, (_, g) in results.items()}
             ranking = stats.spearmanr([results[v][0] for v in results], [shares[v] for v in results])[0]

@@ -68,6 +68,21 @@ def oracle_curves(utilities: np.ndarray) -> np.ndarray:
     return bon_curves(utilities, utilities)
 
 
+def oracle_gain(oracle_curve) -> float:
+    """What perfect selection gains from N = 1 to the largest N: the scale that shares of the
+    oracle gain, and laws' errors, are taken of."""
+    return float(oracle_curve[-1] - oracle_curve[0])
+
+
+def gain_share(curve, oracle_curve) -> np.ndarray:
+    """The share of the oracle's gain a Best-of-N curve captures at every N,
+    ``(curve(N) − curve(1)) / (oracle(N) − oracle(1))`` along the last axis (nan where the
+    oracle gains nothing)."""
+    curve, oracle = np.asarray(curve, dtype=float), np.asarray(oracle_curve, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (curve - curve[..., :1]) / (oracle - oracle[..., :1])
+
+
 def random_curves(utilities: np.ndarray) -> np.ndarray:
     """Per-query random-selection curves: a constant score, the pool mean at every N."""
     utilities = np.asarray(utilities, dtype=float)

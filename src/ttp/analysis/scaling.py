@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import integrate, special, stats
 
-from ttp.analysis.bon import bon_curves, oracle_curves
+from ttp.analysis.bon import bon_curves, oracle_curves, oracle_gain
 from ttp.analysis.copula import copula_correlation, copula_curves
 from ttp.analysis.copula_fit import TopCompression, posterior_copula_curves, top_compression
 from ttp.analysis.stats import SPREAD_EPS, collapsed, group_index, group_means, within_pool_correlation
@@ -231,6 +231,135 @@ def held_out_top_compression(scores, utilities, users, collapse_tau: float = 0.1
     return measured if measured.standard_error is not None else None
 
 
+@dataclass(frozen=True)
+class Collapse:
+    """User-level collapse: users whose scores barely move within their pools."""
+    rate: float                  # c: the share of queries whose user collapsed
+    users: list                  # {user, score_spread, queries} per collapsed user
+    user_score_spread: dict      # each user's mean within-pool score spread
+    threshold: float             # the spread at or below which a user collapsed
+    per_query: np.ndarray        # True where the query's user collapsed
+
+
+def user_collapse(scores: np.ndarray, users: np.ndarray, collapse_tau: float) -> Collapse:
+    """A user is collapsed when the mean within-query spread of its scores is at most
+    ``collapse_tau`` times the median user's."""
+    user_ids, spread, collapsed_user, threshold, inverse = _user_collapse(scores, users, collapse_tau)
+    listed = [{"user": _jsonable(user_ids[i]), "score_spread": float(spread[i]), "queries": int((inverse == i).sum())}
+              for i in np.flatnonzero(collapsed_user)]
+    per_query = collapsed_user[inverse]
+    return Collapse(float(per_query.mean()), listed, dict(zip(user_ids.tolist(), spread.tolist())), threshold,
+                    per_query)
+
+
+@dataclass(frozen=True)
+class Hacking:
+    """Query-level reward hacking: pools where the scores run against the utility."""
+    share: float                 # h: the share of non-collapsed queries with ρ_q < 0
+    share_informative: float     # the same among pools whose utilities spread
+    share_expected_by_chance: float
+    rho_bar: float               # ρ̄ over non-collapsed queries, = (1 − h) ρ̄₊ − h |ρ̄₋|
+    rho_bar_pos: float
+    rho_bar_neg: float
+    queries: list                # {query, user, rho, p_value} of the significant ones, most negative first
+
+
+def query_hacking(rho_q: np.ndarray, flat: np.ndarray, active: np.ndarray, m: int, users: np.ndarray,
+                  query_ids: np.ndarray, hack_alpha: float) -> Hacking:
+    """A query is hacked when its score-utility correlation is negative; those with a one-sided
+    p-value below ``hack_alpha`` are listed, so noise and hacking can be told apart."""
+    # flat pools keep rho_q = 0 inside the average, so rho_bar = (1-h) rho_pos - h |rho_neg|
+    rho_active = rho_q[active]
+    hacked_mask = active & (rho_q < 0)
+    pos, neg = rho_active[rho_active >= 0], rho_active[rho_active < 0]
+    # sampling sd of a correlation from M points (Fisher z): if every informative pool had
+    # their mean correlation, this share of estimates would still come out negative by chance
+    # (flat pools, with no utility spread, say nothing about the RM)
+    informative = rho_q[active & ~flat]
+    typical = float(informative.mean()) if informative.size else 0.0
+    z_se = 1 / np.sqrt(max(m - 3, 1))
+    t = rho_q * np.sqrt(max(m - 2, 1) / np.maximum(1 - rho_q**2, 1e-12))
+    p_neg = stats.t.cdf(t, df=max(m - 2, 1))
+    listed = [{"query": _jsonable(query_ids[i]), "user": _jsonable(users[i]), "rho": float(rho_q[i]),
+               "p_value": float(p_neg[i])} for i in np.flatnonzero(hacked_mask & (p_neg < hack_alpha))]
+    listed.sort(key=lambda d: d["rho"])
+    return Hacking(
+        share=float(hacked_mask.sum() / max(int(active.sum()), 1)),
+        share_informative=float(hacked_mask.sum() / max(int((active & ~flat).sum()), 1)),
+        share_expected_by_chance=float(stats.norm.cdf(-np.arctanh(np.clip(typical, -0.999, 0.999)) / z_se)),
+        rho_bar=float(rho_active.mean()) if rho_active.size else 0.0,
+        rho_bar_pos=float(pos.mean()) if pos.size else 0.0,
+        rho_bar_neg=float(neg.mean()) if neg.size else 0.0,
+        queries=listed)
+
+
+@dataclass(frozen=True)
+class LawFit:
+    """The laws' curves beside the observed and oracle ones, and how far each is off."""
+    observed: np.ndarray
+    oracle: np.ndarray
+    observed_se: np.ndarray | None
+    laws: dict                   # each law's curve over N
+    errors: dict                 # each law's distance from the observed curve
+    gaps: dict                   # where the laws part: factorization vs non-Gaussian utilities
+    se: dict | None              # per law: standard error over queries of observed − law
+    chance_beyond_tolerance: dict | None
+    residuals: dict              # per law: each query's observed − law (Q x M)
+    copula_r: np.ndarray
+    copula_r_bar: float
+    compression: float
+    compression_se: float | None
+
+
+def fit_laws(scores: np.ndarray, utilities: np.ndarray, users: np.ndarray, rho_q: np.ndarray, active: np.ndarray,
+             collapse_rate: float, rho_bar: float, held_out: TopCompression | None) -> LawFit:
+    """Each law per query (its mean over queries is the law's curve), so that its error can be
+    measured against the chance left once it has had its say (``LawFit.se``)."""
+    q, m = scores.shape
+    mu_q, sigma_q = utilities.mean(axis=1), utilities.std(axis=1)
+    observed_q = bon_curves(scores, utilities)
+    observed = observed_q.mean(axis=0)
+    oracle_q = oracle_curves(utilities)
+    oracle = oracle_q.mean(axis=0)
+    e_n = expected_max_normal(m)
+    sigma_bar, c = float(sigma_q.mean()), collapse_rate
+    oracle_gain_q = oracle_q - mu_q[:, None]
+    # the copula laws keep each pool's own utilities and share the dataset's top compression;
+    # pooled, every non-collapsed query gets the dataset's one copula correlation and a
+    # collapsed one its random curve
+    r_q = copula_correlation(scores, utilities)
+    compression, compression_se, r_bar = top_compression(scores, utilities, active, users)
+    laws_q = {
+        "per_query": mu_q[:, None] + e_n * (rho_q * sigma_q)[:, None],
+        "four_quantity": mu_q[:, None] + e_n * sigma_bar * (1 - c) * rho_bar,
+        "per_query_oracle_anchored": mu_q[:, None] + rho_q[:, None] * oracle_gain_q,
+        "four_quantity_oracle_anchored": mu_q[:, None] + (1 - c) * rho_bar * oracle_gain_q,
+        "copula_per_query": posterior_copula_curves(scores, utilities, active, compression),
+        "copula_pooled": copula_curves(utilities, np.where(active, r_bar, 0.0), compression=compression),
+    }
+    if held_out is not None:
+        laws_q[HELD_OUT_LAW] = posterior_copula_curves(scores, utilities, active, held_out.compression)
+    laws = {k: v.mean(axis=0) for k, v in laws_q.items()}
+    residuals_q = {k: observed_q - v for k, v in laws_q.items()}
+    gain = oracle_gain(oracle)
+    scale = gain if gain > 0 else np.nan
+
+    def gap(a: str, b: str) -> float:
+        return float(np.abs(laws[a] - laws[b]).max() / scale)
+    return LawFit(
+        observed=observed, oracle=oracle,
+        observed_se=(observed_q - mu_q[:, None]).std(axis=0, ddof=1) / np.sqrt(q) if q > 1 else None,
+        laws=laws, errors={k: _curve_errors(v, observed, gain) for k, v in laws.items()},
+        gaps={"factorization_gaussian": gap("four_quantity", "per_query"),
+              "factorization_copula": gap("copula_pooled", "copula_per_query"),
+              "non_gaussian_utilities": gap("per_query", "copula_per_query")},
+        se={k: r.std(axis=0, ddof=1) / np.sqrt(q) for k, r in residuals_q.items()} if q > 1 else None,
+        chance_beyond_tolerance={k: chance_error_exceeds(r[:, 1:], LAW_TOLERANCE * gain)
+                                 for k, r in residuals_q.items()} if q > 1 and gain > 0 else None,
+        residuals=residuals_q, copula_r=r_q, copula_r_bar=r_bar, compression=compression,
+        compression_se=compression_se)
+
+
 def diagnose(
     scores: np.ndarray,
     utilities: np.ndarray,
@@ -243,13 +372,10 @@ def diagnose(
 ) -> Diagnosis:
     """Explain a reward model's Best-of-N curve by the scaling laws: the paper's Gaussian laws
     (per query, four quantities, oracle-anchored) and the Gaussian-copula laws that keep the
-    pools' own utilities (per query, pooled).
+    pools' own utilities (per query, pooled); find its collapsed users (``user_collapse``) and
+    hacked queries (``query_hacking``).
 
     ``scores``/``utilities`` are ``(Q, M)`` pools; ``users`` names each query's user.
-    A user is *collapsed* when the mean within-query spread of its scores is at most
-    ``collapse_tau`` times the median user's.  A query is *hacked* when its score-utility
-    correlation is negative; ``hacked_queries`` lists those with a one-sided p-value below
-    ``hack_alpha``, so noise and hacking can be told apart.
 
     The copula laws measure the top compression λ̂ on these same pools, as the per-query laws
     measure ρ_q.  ``held_out``, a λ̂ measured on other users' pools
@@ -265,105 +391,32 @@ def diagnose(
     if len(users) != q or len(query_ids) != q:
         raise ValueError(f"need one user and one query id per pool row: {q} rows, "
                          f"{len(users)} users, {len(query_ids)} query ids")
-
-    mu_q = utilities.mean(axis=1)
-    sigma_q = utilities.std(axis=1)
+    mu_q, sigma_q = utilities.mean(axis=1), utilities.std(axis=1)
     rho_q = within_pool_correlation(scores, utilities, method=correlation)
     flat = sigma_q <= SPREAD_EPS
-
-    user_ids, spread, collapsed_user, threshold, inverse = _user_collapse(scores, users, collapse_tau)
-    collapsed_q = collapsed_user[inverse]
-
-    # flat pools keep rho_q = 0 inside the average, so rho_bar = (1-h) rho_pos - h |rho_neg|
-    active = ~collapsed_q
-    rho_active = rho_q[active]
-    hacked_mask = active & (rho_q < 0)
-    hacked_share = float(hacked_mask.sum() / max(int(active.sum()), 1))
-    hacked_share_informative = float(hacked_mask.sum() / max(int((active & ~flat).sum()), 1))
-    pos, neg = rho_active[rho_active >= 0], rho_active[rho_active < 0]
-
-    # sampling sd of a correlation from M points (Fisher z): if every informative pool had
-    # their mean correlation, this share of estimates would still come out negative by chance
-    # (flat pools, with no utility spread, say nothing about the RM)
-    rho_bar = float(rho_active.mean()) if rho_active.size else 0.0
-    informative = rho_q[active & ~flat]
-    typical = float(informative.mean()) if informative.size else 0.0
-    z_se = 1 / np.sqrt(max(m - 3, 1))
-    chance_share = float(stats.norm.cdf(-np.arctanh(np.clip(typical, -0.999, 0.999)) / z_se))
-    t = rho_q * np.sqrt(max(m - 2, 1) / np.maximum(1 - rho_q**2, 1e-12))
-    p_neg = stats.t.cdf(t, df=max(m - 2, 1))
-    hacked_list = [
-        {"query": _jsonable(query_ids[i]), "user": _jsonable(users[i]),
-         "rho": float(rho_q[i]), "p_value": float(p_neg[i])}
-        for i in np.flatnonzero(hacked_mask & (p_neg < hack_alpha))
-    ]
-    hacked_list.sort(key=lambda d: d["rho"])
-    collapsed_list = [
-        {"user": _jsonable(user_ids[i]), "score_spread": float(spread[i]),
-         "queries": int((inverse == i).sum())}
-        for i in np.flatnonzero(collapsed_user)
-    ]
-
-    observed_q = bon_curves(scores, utilities)
-    observed = observed_q.mean(axis=0)
-    oracle_q = oracle_curves(utilities)
-    oracle = oracle_q.mean(axis=0)
-    e_n = expected_max_normal(m)
-    mu_bar, sigma_bar = float(mu_q.mean()), float(sigma_q.mean())
-    c = float(collapsed_q.mean())
-    oracle_gain_q = oracle_q - mu_q[:, None]
-    # the copula laws keep each pool's own utilities and share the dataset's top compression;
-    # pooled, every non-collapsed query gets the dataset's one copula correlation and a
-    # collapsed one its random curve
-    r_q = copula_correlation(scores, utilities)
-    compression, compression_se, r_bar = top_compression(scores, utilities, active, users)
-    # each law per query (its mean over queries is the law's curve), so that its error can be
-    # measured against the chance left once it has had its say (``law_se``)
-    laws_q = {
-        "per_query": mu_q[:, None] + e_n * (rho_q * sigma_q)[:, None],
-        "four_quantity": mu_q[:, None] + e_n * sigma_bar * (1 - c) * rho_bar,
-        "per_query_oracle_anchored": mu_q[:, None] + rho_q[:, None] * oracle_gain_q,
-        "four_quantity_oracle_anchored": mu_q[:, None] + (1 - c) * rho_bar * oracle_gain_q,
-        "copula_per_query": posterior_copula_curves(scores, utilities, active, compression),
-        "copula_pooled": copula_curves(utilities, np.where(active, r_bar, 0.0), compression=compression),
-    }
-    if held_out is not None:
-        laws_q[HELD_OUT_LAW] = posterior_copula_curves(scores, utilities, active, held_out.compression)
-    laws = {k: v.mean(axis=0) for k, v in laws_q.items()}
-    residuals_q = {k: observed_q - v for k, v in laws_q.items()}
-    law_se = {k: r.std(axis=0, ddof=1) / np.sqrt(q) for k, r in residuals_q.items()} if q > 1 else None
-    gain = float(oracle[-1] - oracle[0])
-    scale = gain if gain > 0 else np.nan
-
-    def gap(a: str, b: str) -> float:
-        return float(np.abs(laws[a] - laws[b]).max() / scale)
+    collapse = user_collapse(scores, users, collapse_tau)
+    active = ~collapse.per_query
+    hacking = query_hacking(rho_q, flat, active, m, users, query_ids, hack_alpha)
+    fit = fit_laws(scores, utilities, users, rho_q, active, collapse.rate, hacking.rho_bar, held_out)
     return Diagnosis(
-        mu_bar=mu_bar, sigma_bar=sigma_bar, collapse_rate=c, rho_bar=rho_bar,
-        hacked_share=hacked_share,
-        rho_bar_pos=float(pos.mean()) if pos.size else 0.0,
-        rho_bar_neg=float(neg.mean()) if neg.size else 0.0,
-        flat_pool_share=float(flat.mean()),
+        mu_bar=float(mu_q.mean()), sigma_bar=float(sigma_q.mean()), collapse_rate=collapse.rate,
+        rho_bar=hacking.rho_bar, hacked_share=hacking.share, rho_bar_pos=hacking.rho_bar_pos,
+        rho_bar_neg=hacking.rho_bar_neg, flat_pool_share=float(flat.mean()),
         zero_utility_share=float((utilities == 0).mean()),
         rho_sigma_correlation=float(within_pool_correlation(rho_q[None], sigma_q[None])[0]),
-        hacked_share_informative=hacked_share_informative,
-        hacked_share_expected_by_chance=chance_share,
-        collapsed_users=collapsed_list, hacked_queries=hacked_list,
-        observed=observed, oracle=oracle, laws=laws,
-        law_errors={k: _curve_errors(v, observed, gain) for k, v in laws.items()},
-        law_gaps={"factorization_gaussian": gap("four_quantity", "per_query"),
-                  "factorization_copula": gap("copula_pooled", "copula_per_query"),
-                  "non_gaussian_utilities": gap("per_query", "copula_per_query")},
-        copula_r_bar=r_bar, copula_top_compression=compression, copula_top_compression_se=compression_se,
+        hacked_share_informative=hacking.share_informative,
+        hacked_share_expected_by_chance=hacking.share_expected_by_chance,
+        collapsed_users=collapse.users, hacked_queries=hacking.queries,
+        observed=fit.observed, oracle=fit.oracle, laws=fit.laws, law_errors=fit.errors, law_gaps=fit.gaps,
+        copula_r_bar=fit.copula_r_bar, copula_top_compression=fit.compression,
+        copula_top_compression_se=fit.compression_se,
         held_out_top_compression=held_out.compression if held_out is not None else None,
         held_out_top_compression_se=held_out.standard_error if held_out is not None else None,
         per_query={"query": query_ids, "user": users, "mu": mu_q, "sigma": sigma_q,
-                   "rho": rho_q, "copula_r": r_q, "collapsed": collapsed_q, "flat": flat,
+                   "rho": rho_q, "copula_r": fit.copula_r, "collapsed": collapse.per_query, "flat": flat,
                    # rounded: they feed covariances, and diagnosis.json holds Q x M of them per law
-                   **{f"residual:{law}": np.round(residuals_q[law], 6) for law in PER_QUERY_LAWS if law in laws_q}},
-        user_score_spread=dict(zip(user_ids.tolist(), spread.tolist())),
-        collapse_threshold=threshold,
-        observed_se=(observed_q - mu_q[:, None]).std(axis=0, ddof=1) / np.sqrt(q) if q > 1 else None,
-        law_se=law_se,
-        chance_beyond_tolerance={k: chance_error_exceeds(r[:, 1:], LAW_TOLERANCE * gain)
-                                 for k, r in residuals_q.items()} if q > 1 and gain > 0 else None,
+                   **{f"residual:{law}": np.round(fit.residuals[law], 6) for law in PER_QUERY_LAWS
+                      if law in fit.residuals}},
+        user_score_spread=collapse.user_score_spread, collapse_threshold=collapse.threshold,
+        observed_se=fit.observed_se, law_se=fit.se, chance_beyond_tolerance=fit.chance_beyond_tolerance,
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ttp.analysis.bon import bon_curves, oracle_curves, user_bootstrap
+from ttp.analysis.bon import bon_curves, gain_share, oracle_curves, user_bootstrap
 from ttp.analysis.pools import Pools
 from ttp.analysis.stats import bootstrap_draws, group_index, group_sums, within_pool_correlation
 from ttp.rewards.features import FEATURES
@@ -53,9 +53,8 @@ def evaluate_selectors(pools: Pools, n_boot: int = 1000, seed: int = 0, metric: 
         curve = user_bootstrap(per_query, users, n_boot, seed=seed)
         # the share of oracle gain is a ratio of means: bootstrap it with the same user draws
         sums = group_sums(per_query - per_query[:, :1], inverse, len(user_ids))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            share = sums.sum(0) / oracle_sums.sum(0)
-            boot_share = (draws @ sums) / (draws @ oracle_sums)
+        share = gain_share(sums.sum(0), oracle_sums.sum(0))
+        boot_share = gain_share(draws @ sums, draws @ oracle_sums)
         entry = {
             "curve": curve.to_json(),
             "oracle_gain_share": {str(n): [float(share[n - 1]),

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ttp.analysis.allocation import REFERENCE_BUDGET, AllocationStudy
-from ttp.analysis.bon import Curve
+from ttp.analysis.bon import Curve, oracle_gain
 from ttp.analysis.scaling import HELD_OUT_LAW, LAW_TOLERANCE, LAWS, PER_QUERY_LAWS, Diagnosis, chance_misses
 from ttp.rewards.families import FAMILIES, family_of, head_of
 from ttp.rewards.selection import Selector
@@ -100,7 +100,7 @@ def laws_table(task: str, policy: str, diagnoses: dict[str, Diagnosis]) -> Table
     for name, d in diagnoses.items():
         in_se = d.error_in_se("copula_per_query")
         chance = (d.chance_beyond_tolerance or {}).get("copula_per_query")
-        gain = float(d.oracle[-1] - d.oracle[0])
+        gain = oracle_gain(d.oracle)
         rows.append([name, f"{d.copula_r_bar:.3f}", d.top_compression_text, d.held_out_compression_text,
                      *[f"{d.law_errors[law]['max_share_of_oracle_gain']:.1%}" if law in d.law_errors else "-"
                        for law in LAWS],
@@ -129,7 +129,7 @@ def law_gaps_table(task: str, policy: str, diagnoses: dict[str, Diagnosis]) -> T
 def _tolerance_caption(diagnoses: list[Diagnosis]) -> str:
     """How many selectors each per-query law fits within the target, against how many a law exact
     for every query would miss by chance (the selectors drawn jointly: they share pools)."""
-    gain = float(diagnoses[0].oracle[-1] - diagnoses[0].oracle[0]) if diagnoses else 0.0
+    gain = oracle_gain(diagnoses[0].oracle) if diagnoses else 0.0
     parts = []
     for law in [law for law in PER_QUERY_LAWS if all(law in d.law_errors for d in diagnoses)]:
         missed = sum(d.law_errors[law]["max_share_of_oracle_gain"] > LAW_TOLERANCE for d in diagnoses)
