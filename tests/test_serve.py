@@ -116,6 +116,20 @@ def test_every_optional_field_may_be_null(server, known_user, known):
     assert chat.choices[0].message.content is not None and chat.model_extra["ttp"]["personalized"] is known
 
 
+def test_chat_content_as_a_list_of_text_parts_is_read_as_its_text(server, known_user):
+    _, client = server
+    parts = [{"type": "text", "text": ABSTRACT}, {"type": "text", "text": "Pattern matching for Python."}]
+    r = client.chat.completions.create(model="ttp", messages=[{"role": "user", "content": parts}],
+                                       user=known_user, max_tokens=8, seed=5)
+    same = client.chat.completions.create(model="ttp", user=known_user, max_tokens=8, seed=5, messages=[
+        {"role": "user", "content": ABSTRACT + "Pattern matching for Python."}])
+    assert r.model_extra["ttp"]["personalized"]
+    assert r.model_extra["ttp"]["candidates"] == same.model_extra["ttp"]["candidates"]
+    with pytest.raises(openai.BadRequestError, match="only text parts"):
+        client.chat.completions.create(model="ttp", messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.org/x.png"}}]}])
+
+
 def test_n_with_best_of_and_usage_counting_every_sample(server, known_user):
     _, client = server
     r = client.completions.create(model="ttp", prompt=ABSTRACT + "Deprecate a module of the standard library.",
