@@ -1,6 +1,7 @@
 """The Gaussian-copula law on simulated pools where the truth is known."""
 import numpy as np
 import pytest
+from scipy import stats
 
 from ttp.analysis.bon import bon_curves, oracle_curves, random_curves
 from ttp.analysis.copula import compress_top, copula_correlation, copula_curves, top_statistic
@@ -140,6 +141,13 @@ def test_the_law_with_a_held_out_top_compression_is_the_law_itself_when_held_out
     assert same.compression == pytest.approx(0.6, abs=0.1)
     np.testing.assert_allclose(d.laws[HELD_OUT_LAW], d.laws["copula_per_query"])
     np.testing.assert_allclose(d.per_query[f"residual:{HELD_OUT_LAW}"], d.per_query["residual:copula_per_query"])
+    # built by hand from the planted truth: the prior leaves the planted collapsed users' pools out
+    planted_active = ~np.isin(sim.users, sim.collapsed_users)
+    assert (d.per_query["collapsed"] == ~planted_active).all()
+    by_hand = posterior_copula_curves(sim.scores, sim.utilities, planted_active, same.compression).mean(axis=0)
+    np.testing.assert_allclose(d.laws[HELD_OUT_LAW], by_hand)
+    assert np.abs(posterior_copula_curves(sim.scores, sim.utilities, None, same.compression).mean(axis=0)
+                  - by_hand).max() > 1e-4   # with the collapsed pools in the prior it would differ
     other = diagnose(sim.scores, sim.utilities, sim.users, held_out=same._replace(compression=1.5))
     assert np.abs(other.laws[HELD_OUT_LAW] - d.laws["copula_per_query"]).max() > 1e-3
     # without another λ̂ there is no such law; too few pools measure none
@@ -263,9 +271,14 @@ def test_diagnosis_says_how_likely_an_exact_law_misses_the_tolerance_on_its_own_
     residual = bon_curves(sim.scores, sim.utilities) - posterior_copula_curves(sim.scores, sim.utilities,
                                                                                compression=compression)
     np.testing.assert_allclose(d.per_query["residual:copula_per_query"], residual, atol=1e-6)
-    chance = chance_error_exceeds(residual[:, 1:], LAW_TOLERANCE * (d.oracle[-1] - d.oracle[0]))
+    tolerance = LAW_TOLERANCE * (d.oracle[-1] - d.oracle[0])
+    chance = chance_error_exceeds(residual[:, 1:], tolerance)
     assert d.chance_beyond_tolerance["copula_per_query"] == pytest.approx(chance)
-    assert 0 < chance < 1
+    # by hand, from each N's normal tail: at least the likeliest one N's miss, at most their sum
+    se = residual[:, 1:].std(axis=0, ddof=1) / np.sqrt(len(residual))
+    tails = 2 * stats.norm.sf(tolerance / se)
+    print(f"chance {chance:.3f}, within [{tails.max():.3f}, {min(tails.sum(), 1):.3f}]")
+    assert tails.max() - 0.03 <= chance <= min(tails.sum(), 1) + 0.03 and 0 < chance < 1
     # more queries, smaller standard errors: an exact law is less likely to miss by chance
     more = simulate(SimulationConfig(n_users=48, queries_per_user=10, pool_size=16, utility="zero_inflated", seed=2))
     assert diagnose(more.scores, more.utilities, more.users).chance_beyond_tolerance["copula_per_query"] < chance

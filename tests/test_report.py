@@ -123,7 +123,7 @@ def test_report_tables_are_the_cli_tables_and_hold_the_analysis_numbers(run):
     assert low <= need <= high
     stopping = next(r for r in allocation.rows if r[0] == "expected_improvement")
     high = "not reached" if high == float("inf") else f"{high:.2f}"   # a small run: some resamples never reach it
-    assert stopping[-1] == f"{need:.2f} [{low:.2f}, {high}]"
+    assert stopping[-1] == f"{need:.2f} ({need / 8:.0%}) [{low:.2f}, {high}]"
 
 
 def test_report_writes_every_figure_and_a_json_of_everything(run):

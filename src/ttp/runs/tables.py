@@ -176,16 +176,18 @@ def comparison_table(task: str, policy: str, ev: dict, diagnoses: dict[str, Diag
 
 
 def _samples_to_reach(study: AllocationStudy, policy: str) -> str:
-    """``need [low, high]``: the samples ``policy`` needs to reach uniform N = 8, with its band
-    over resampled users (a run folder from before the band shows the need alone)."""
+    """``need (share) [low, high]``: the samples ``policy`` needs to reach uniform N = 8, as a
+    share of those 8, with its band over resampled users (a run folder from before the band
+    shows the need alone)."""
     need = study.samples_to_reach_reference(policy)
     if need is None or math.isnan(need):
         return "not reached"
+    said = f"{need:.2f} ({need / REFERENCE_BUDGET:.0%})"
     band = study.reference_bands.get(policy)
     if band is None:
-        return f"{need:.2f}"
+        return said
     low, high = ("not reached" if math.isinf(v) else f"{v:.2f}" for v in band)
-    return f"{need:.2f} [{low}, {high}]"
+    return f"{said} [{low}, {high}]"
 
 
 def allocation_table(task: str, policy: str, study: AllocationStudy) -> Table:
