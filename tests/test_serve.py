@@ -71,7 +71,7 @@ def test_models_and_health(server):
 def test_completion_for_a_known_user_is_personalized(server, known_user):
     _, client = server
     r = client.completions.create(model="ttp", prompt=ABSTRACT + "A new syntax for structural pattern matching.",
-                                  user=known_user, max_tokens=10)
+                                  user=known_user, max_tokens=10, extra_body={"ttp": {"return_profile": True}})
     meta = r.model_extra["ttp"]
     assert r.id.startswith("cmpl-") and r.object == "text_completion" and r.created > 0 and r.model == "ttp"
     assert len(r.choices) == 1 and r.choices[0].finish_reason in ("stop", "length")
@@ -130,6 +130,50 @@ def test_chat_content_as_a_list_of_text_parts_is_read_as_its_text(server, known_
             {"type": "image_url", "image_url": {"url": "https://example.org/x.png"}}]}])
 
 
+def test_the_ttp_summary_header_repeats_the_body_without_per_candidate_lists(server, known_user):
+    url, _ = server
+    r = httpx.post(f"{url}/v1/completions", json={"model": "ttp", "prompt": ABSTRACT + "Headers.", "user": known_user,
+                                                  "max_tokens": 8}, timeout=120)
+    meta, summary = r.json()["ttp"], json.loads(r.headers["x-ttp"])
+    assert "retrieved_profile_items" not in meta      # listed only when asked for (ttp.return_profile)
+    assert summary == {k: v for k, v in meta.items() if k not in ("candidates", "scores", "candidate_tokens")}
+    assert summary["personalized"] and summary["samples"] == len(meta["candidates"])
+
+
+def _langchain(url, user, **settings):
+    """LangChain's two OpenAI clients as a new user points them at `ttp serve`: base_url, and the
+    user among the model's keyword arguments, the way LangChain passes a field it has no name for."""
+    from langchain_openai import ChatOpenAI, OpenAI
+
+    common = dict(base_url=f"{url}/v1", api_key="unused", model="ttp", max_retries=0, timeout=120,
+                  model_kwargs={"user": user}, **settings)
+    return ChatOpenAI(include_response_headers=True, **common), OpenAI(**common)
+
+
+def test_langchain_clients_get_the_personalized_pick_streamed_or_not(server, known_user):
+    url, client = server
+    text = ABSTRACT + "Type hints for the standard library."
+    chat, llm = _langchain(url, known_user, max_tokens=8, seed=11)
+    # the same request through the openai client: same seed, same pool, same pick
+    expected = client.chat.completions.create(model="ttp", messages=[{"role": "user", "content": text}],
+                                              user=known_user, max_tokens=8, seed=11)
+    answer = chat.invoke(text)
+    assert answer.content == expected.choices[0].message.content
+    summary = json.loads(answer.response_metadata["headers"]["x-ttp"])
+    assert summary["personalized"] and summary["user"] == known_user
+    assert summary["samples"] == expected.model_extra["ttp"]["samples"]
+    assert "".join(chunk.content for chunk in chat.stream(text)) == answer.content
+    # OpenAI(...) sends every field it does not set, "seed": null among them when none is given
+    completion = client.completions.create(model="ttp", prompt=text, user=known_user, max_tokens=8, seed=11,
+                                           temperature=0.7, top_p=1)
+    assert llm.invoke(text) == completion.choices[0].text
+    assert "".join(llm.stream(text)) == completion.choices[0].text
+    unseeded, _ = _langchain(url, known_user, max_tokens=8)
+    _, unseeded_llm = _langchain(url, known_user, max_tokens=8)
+    assert unseeded_llm.invoke(text) and unseeded.invoke([{"role": "user", "content": [
+        {"type": "text", "text": text}]}]).content
+
+
 def test_n_with_best_of_and_usage_counting_every_sample(server, known_user):
     _, client = server
     r = client.completions.create(model="ttp", prompt=ABSTRACT + "Deprecate a module of the standard library.",
@@ -171,7 +215,7 @@ def test_feedback_changes_what_the_next_request_retrieves(server, known_user):
 
     def retrieved():
         r = client.completions.create(model="ttp", prompt=question, user=known_user, max_tokens=6,
-                                      extra_body={"ttp": {"budget": 1}})
+                                      extra_body={"ttp": {"budget": 1, "return_profile": True}})
         return r.model_extra["ttp"]["retrieved_profile_items"]
 
     assert not any(item.startswith("feedback-") for item in retrieved())
@@ -236,7 +280,7 @@ def test_metrics_count_requests_samples_and_latency(server, known_user):
 
 def test_overload_answers_503_and_kill_9_keeps_every_acknowledged_feedback(run_folder, tmp_path, known_user):
     db = tmp_path / "profiles.sqlite"
-    proc, url = _start(run_folder, db, "--max-queue", "0")
+    proc, url = _start(run_folder, db, "--max-queue", "0", "--feedback-per-minute", "1000000")
     statuses = []
 
     def ask():
@@ -284,3 +328,53 @@ def test_overload_answers_503_and_kill_9_keeps_every_acknowledged_feedback(run_f
     finally:
         restarted.kill()
         restarted.wait()
+
+
+def test_keys_scope_users_and_feedback_is_capped(run_folder, tmp_path, known_user):
+    from ttp.serve.auth import add_key
+
+    keys = tmp_path / "keys.json"
+    app_key, alice = add_key(keys, "app", ["*"]), add_key(keys, "alice", [known_user, "lab-*"])
+    other = json.loads((run_folder / TASK / "split.json").read_text())["test"][1]
+    proc, url = _start(run_folder, tmp_path / "profiles.sqlite", "--api-keys", str(keys),
+                       "--feedback-per-minute", "3", "--max-feedback-chars", "100")
+    try:
+        def ask(key, user, **extra):
+            return httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {key}"} if key else {},
+                              json={"model": "ttp", "prompt": ABSTRACT + "Scopes.", "max_tokens": 6,
+                                    "ttp": {"budget": 2}, **({"user": user} if user else {}), **extra}, timeout=120)
+
+        for refused in (ask(None, known_user), ask("ttp-not-a-key", known_user)):
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+            assert refused.json()["error"]["code"] == "invalid_api_key"
+        assert httpx.get(f"{url}/v1/models").status_code == 401 and httpx.get(f"{url}/health").status_code == 200
+        mine = openai.OpenAI(base_url=f"{url}/v1", api_key=alice, max_retries=0, timeout=120)
+        r = mine.completions.create(model="ttp", prompt=ABSTRACT + "Mine.", user=known_user, max_tokens=6,
+                                    extra_body={"ttp": {"budget": 2, "return_profile": True}})
+        assert r.model_extra["ttp"]["personalized"] and len(r.model_extra["ttp"]["retrieved_profile_items"]) == 3
+        assert not ask(alice, None).json()["ttp"]["personalized"]            # no user: the plain policy
+        assert not ask(alice, "lab-new").json()["ttp"]["personalized"]       # in scope, not in the store
+        # another user, existing or not: one answer, so ids cannot be probed
+        exists, missing = ask(alice, other), ask(alice, "nobody-knows-me")
+        assert exists.status_code == missing.status_code == 403
+        assert exists.json()["error"] == missing.json()["error"] and "alice" in exists.json()["error"]["message"]
+        assert ask(app_key, other).json()["ttp"]["personalized"]
+
+        def feedback(key, user, output="Out"):
+            return httpx.post(f"{url}/v1/ttp/feedback", headers={"Authorization": f"Bearer {key}"},
+                              json={"user": user, "input": "In", "output": output})
+
+        assert feedback(alice, other).status_code == 403
+        assert feedback(alice, known_user, "x" * 200).status_code == 413
+        assert [feedback(alice, known_user).status_code for _ in range(3)] == [200] * 3
+        limited = feedback(alice, known_user)
+        assert limited.status_code == 429 and 0 < int(limited.headers["retry-after"]) <= 60
+        assert feedback(app_key, "lab-9").status_code == 200     # another user and key: their own minute
+        assert httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {alice}"}).status_code == 403
+        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {app_key}"})
+        assert metrics.status_code == 200 and "ttp_requests_total" in metrics.text
+        assert not any(secret in metrics.text for secret in (alice, app_key, known_user, "Scopes", "Out"))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not any(secret in proc.stderr.read().decode() + proc.stdout.read().decode() for secret in (alice, app_key))

@@ -257,28 +257,75 @@ def serve(
     server_model: Optional[str] = SERVER_MODEL,
     server_concurrency: int = SERVER_CONCURRENCY,
     selector: Optional[str] = typer.Option(None, help=SELECTOR_HELP),
+    api_keys: Optional[Path] = typer.Option(None, envvar="TTP_API_KEYS", help="key file (hashed keys and the "
+                                            "users each may act for; `ttp keys add` makes one); without it, no "
+                                            "key is asked for"),
+    insecure_no_auth: bool = typer.Option(False, help="serve a non-loopback --host without keys: anyone who "
+                                          "reaches the port may read and write every user's profile"),
+    max_feedback_chars: int = typer.Option(4000, help="characters of input and output per feedback item"),
+    feedback_per_minute: int = typer.Option(30, help="feedback items a minute per user and per key"),
 ) -> None:
     """Serve personalized Best-of-N behind an OpenAI-compatible API (completions, chat, models)."""
     import uvicorn
 
     from ttp.personalize import Personalizer
     from ttp.serve.app import ServeConfig, Server, create_app
+    from ttp.serve.auth import KeyRing
     from ttp.serve.store import ProfileStore
 
     check_samples(budget, "--budget", typer.BadParameter)
     _within("--concurrency", concurrency, 1, 64)
     _within("--max-queue", max_queue, 0, 10_000)
     _within("--port", port, 1, 65535)
+    _within("--max-feedback-chars", max_feedback_chars, 1)
+    _within("--feedback-per-minute", feedback_per_minute, 1)
     _check_server(server_url, server_model, server_concurrency)
+    if api_keys is None and not insecure_no_auth and not _loopback(host):
+        raise typer.BadParameter(f"--host {host} is reachable from other machines and no --api-keys is given; "
+                                 f"make keys with `ttp keys add`, or pass --insecure-no-auth to serve every "
+                                 f"user's profile to anyone who reaches the port")
+    keys = KeyRing.load(api_keys) if api_keys else None
     personalizer = Personalizer.from_run(run_folder, task, policy, selector=selector, server_url=server_url,
                                          server_model=server_model, server_concurrency=server_concurrency)
     store = ProfileStore(db or run_folder / "profiles.sqlite")
     if store.count_items() == 0:
         console.print(f"profile store {store.path}: {store.import_task(personalizer.task)} items imported "
                       f"from {task}")
-    config = ServeConfig(model_name, budget, min_gain, concurrency, max_queue)
-    console.print(f"serving {model_name} ({task} / {policy}, {personalizer.backend.name}) on http://{host}:{port}/v1")
-    uvicorn.run(create_app(Server(personalizer, store, config)), host=host, port=port, log_level="warning")
+    config = ServeConfig(model_name, budget, min_gain, concurrency, max_queue, max_feedback_chars,
+                         feedback_per_minute)
+    console.print(f"serving {model_name} ({task} / {policy}, {personalizer.backend.name}) on http://{host}:{port}/v1"
+                  + (f", {len(keys.keys)} API keys" if keys else ", no API keys"))
+    uvicorn.run(create_app(Server(personalizer, store, config, keys)), host=host, port=port, log_level="warning")
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+keys_app = typer.Typer(help="API keys of `ttp serve`: each with the users it may act for.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("add")
+def keys_add(
+    key_file: Path = typer.Argument(..., help="the key file (created if missing, mode 600)"),
+    name: str = typer.Option(..., help="the key's name, shown in errors (never the key)"),
+    users: List[str] = typer.Option(..., help="a user id or shell pattern it may act for (repeatable); "
+                                    "'*' for every user (an application key)"),
+) -> None:
+    """Make a random key, store its SHA-256 and scope, and print the key once."""
+    from ttp.serve.auth import add_key
+
+    key = add_key(key_file, name, list(users))
+    console.print(f"{key_file}: key {name!r} for {', '.join(users)} added; it is shown only now:")
+    print(key)
 
 
 profiles = typer.Typer(help="The profile store of `ttp serve`.", no_args_is_help=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -29,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from ttp.personalize import PLAIN_SELECTOR, Personalizer
 from ttp.policy import ContextOverflow, SamplingParams
 from ttp.runs.results import read_diagnoses
+from ttp.serve.auth import Key, KeyRing, RateLimit
 from ttp.serve.requests import (
     APIError,
     ChatCompletionRequest,
@@ -55,6 +57,8 @@ class ServeConfig:
     min_gain: float = 1e-3             # the stopping rule's threshold, utility per sample
     concurrency: int = 1               # requests sampled at once (1 for the embedded model)
     max_queue: int = 16                # requests waiting beyond those; more get 503
+    max_feedback_chars: int = 4000     # input and output of one feedback item; more get 413
+    feedback_per_minute: int = 30      # feedback items per user and per key; more get 429
 
 
 @dataclass(frozen=True)
@@ -69,13 +73,16 @@ class Job:
     sampling: SamplingParams
     stream: bool
     include_usage: bool
+    return_profile: bool
 
 
 class Server:
     """The warm state behind the app: personalizer (backend, encoder, reward model), store, metrics."""
 
-    def __init__(self, personalizer: Personalizer, store: ProfileStore, config: ServeConfig = ServeConfig()):
-        self.personalizer, self.store, self.config = personalizer, store, config
+    def __init__(self, personalizer: Personalizer, store: ProfileStore, config: ServeConfig = ServeConfig(),
+                 keys: KeyRing | None = None):
+        self.personalizer, self.store, self.config, self.keys = personalizer, store, config, keys
+        self.feedback_limit = RateLimit(config.feedback_per_minute)
         self.gate = asyncio.Semaphore(config.concurrency)
         self.waiting = 0
         folder, task, policy = personalizer.folder, personalizer.task.name, personalizer.policy
@@ -124,10 +131,27 @@ class Server:
                     "chosen": {"score": float(scores[order[0]]), "mean": mean, "sd": sd},
                     "scores": [float(s) for s in scores], "candidates": [c.text for c in completions],
                     "candidate_tokens": [c.n_tokens for c in completions],
-                    "retrieved_profile_items": retrieved,
+                    **({"retrieved_profile_items": retrieved} if job.return_profile else {}),
                     "collapsed_user": personalized and (user in self.collapsed_users
                                                         or reason.startswith("collapsed"))},
         }
+
+    # ---- who asks -----------------------------------------------------------------------------
+    def caller(self, request: Request) -> Key | None:
+        """The request's key (None where the server runs without keys); 401 without a valid one."""
+        if self.keys is None:
+            return None
+        key = self.keys.find(request.headers.get("authorization"))
+        if key is None:
+            raise APIError(401, "a valid API key is required: Authorization: Bearer KEY", code="invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+        return key
+
+    @staticmethod
+    def check_scope(key: Key | None, user: str | None) -> None:
+        """403 for a user outside the key's scope, the same whether or not the user exists."""
+        if key is not None and user is not None and not key.may_act_for(user):
+            raise APIError(403, f"this API key ({key.name}) may not act for that user", "user", "user_not_in_scope")
 
     # ---- parsing ------------------------------------------------------------------------------
     def parse(self, body, chat: bool) -> Job:
@@ -150,7 +174,8 @@ class Server:
         known = asked if asked and self.store.has_user(asked) else None
         return Job(id=uuid.uuid4().hex, input=request.text, user=known, asked_user=asked, n=n, budget=budget,
                    sampling=sampling, stream=bool(request.stream),
-                   include_usage=bool(request.stream_options and request.stream_options.include_usage))
+                   include_usage=bool(request.stream_options and request.stream_options.include_usage),
+                   return_profile=bool(options.return_profile))
 
     async def admit(self, work):
         """Run ``work`` in a thread once the gate lets it in; refuse at once when the queue is full."""
@@ -190,6 +215,15 @@ def _chunks(kind: str, head: dict, result: dict, include_usage: bool):
     yield "data: [DONE]\n\n"
 
 
+PER_CANDIDATE = ("candidates", "scores", "candidate_tokens", "retrieved_profile_items")
+
+
+def _summary(meta: dict) -> str:
+    """The ``ttp`` object without its per-candidate lists, as one ASCII JSON header: clients that
+    keep only the standard fields of a body (LangChain) still show it, with their response headers."""
+    return json.dumps({k: v for k, v in meta.items() if k not in PER_CANDIDATE}, separators=(",", ":"))
+
+
 def create_app(server: Server) -> FastAPI:
     app = FastAPI(title="ttp serve", docs_url=None, redoc_url=None)
 
@@ -218,7 +252,9 @@ def create_app(server: Server) -> FastAPI:
             raise APIError(400, f"the request body is not valid JSON ({err})") from None
 
     async def answer(request: Request, kind: str):
+        key = server.caller(request)
         parsed = server.parse(await body_of(request), chat=kind == "chat")
+        server.check_scope(key, parsed.asked_user)
         result = await server.admit(lambda: server.personalize(parsed))
         if parsed.asked_user and not parsed.user:
             result["ttp"]["stopped_because"] += f" (user {parsed.asked_user!r} is unknown)"
@@ -226,16 +262,18 @@ def create_app(server: Server) -> FastAPI:
                 "object": "chat.completion.chunk" if kind == "chat" and parsed.stream else
                 ("chat.completion" if kind == "chat" else "text_completion"),
                 "created": int(time.time()), "model": server.config.model_name}
+        headers = {"x-ttp": _summary(result["ttp"])}
         if parsed.stream:
             return StreamingResponse(_chunks(kind, head, result, parsed.include_usage),
-                                     media_type="text/event-stream")
+                                     media_type="text/event-stream", headers=headers)
         if kind == "chat":
             choices = [{"index": i, "message": {"role": "assistant", "content": p["text"]}, "logprobs": None,
                         "finish_reason": p["finish_reason"]} for i, p in enumerate(result["picks"])]
         else:
             choices = [{"index": i, "text": p["text"], "logprobs": None, "finish_reason": p["finish_reason"]}
                        for i, p in enumerate(result["picks"])]
-        return {**head, "choices": choices, "usage": result["usage"], "ttp": result["ttp"]}
+        return JSONResponse({**head, "choices": choices, "usage": result["usage"], "ttp": result["ttp"]},
+                            headers=headers)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -246,7 +284,8 @@ def create_app(server: Server) -> FastAPI:
         return await answer(request, "chat")
 
     @app.get("/v1/models")
-    async def models():
+    async def models(request: Request):
+        server.caller(request)
         return {"object": "list", "data": [{"id": server.config.model_name, "object": "model", "created": 0,
                                             "owned_by": "ttp"}]}
 
@@ -255,13 +294,28 @@ def create_app(server: Server) -> FastAPI:
         return {"status": "ok", "queue_depth": server.waiting}
 
     @app.get("/metrics")
-    async def metrics():
+    async def metrics(request: Request):
+        key = server.caller(request)
+        if key is not None and not key.every_user:
+            raise APIError(403, f"this API key ({key.name}) may not read the metrics; an every-user key may",
+                           code="not_permitted")
         return PlainTextResponse(generate_latest(server.registry).decode(),
                                  media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/ttp/feedback")
     async def feedback(request: Request):
+        key = server.caller(request)
         said = validated(FeedbackRequest, await body_of(request))
+        server.check_scope(key, said.user)
+        size, limit = len(said.input) + len(said.output), server.config.max_feedback_chars
+        if size > limit:
+            raise APIError(413, f"a feedback item holds at most {limit} characters of input and output, got {size}",
+                           "output", "feedback_too_large")
+        wait = server.feedback_limit.wait(f"user:{said.user}", *([f"key:{key.name}"] if key else []))
+        if wait:
+            raise APIError(429, f"at most {server.config.feedback_per_minute} feedback items a minute per user and "
+                                f"per key; retry in {math.ceil(wait)} s", code="rate_limited",
+                           headers={"Retry-After": str(math.ceil(wait))})
         items = await run_in_threadpool(server.store.add_feedback, said.user, said.input, said.output, said.rating)
         return {"object": "ttp.feedback", "user": said.user, "profile_items": items}
 

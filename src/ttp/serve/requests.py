@@ -47,6 +47,7 @@ class TTPOptions(BaseModel):
     """``extra_body={"ttp": {...}}``: what the OpenAI API has no field for."""
     model_config = ConfigDict(extra="forbid")
     budget: Samples = None
+    return_profile: StrictBool | None = None    # list the profile items the prompt showed
 
 
 class StreamOptions(BaseModel):
