@@ -15,6 +15,12 @@ def pep_titles_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def pep_abstracts_dir() -> Path:
+    """The committed pep-abstracts subset (tests/data/README.md): pep-titles-mini's queries, reversed."""
+    return PEP_TITLES_MINI.parent / "pep-abstracts-mini"
+
+
+@pytest.fixture(scope="session")
 def pep_task(pep_titles_dir):
     from ttp.tasks.data import load_task
 

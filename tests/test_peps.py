@@ -61,3 +61,18 @@ def test_a_broken_record_names_the_file_the_line_and_the_field(tmp_path):
     # the derivation itself needs no file
     questions, outputs = derive([json.loads(line) for line in lines], "pep-abstracts")
     assert outputs["task"] == "PEP-abstracts" and len(questions) == len(outputs["golds"])
+
+
+def test_the_committed_long_form_subset_is_the_titles_subset_reversed(tasks, pep_titles_dir, pep_abstracts_dir):
+    from ttp.tasks.prompts import PromptBuilder
+
+    titles, abstracts = load_task(pep_titles_dir), load_task(pep_abstracts_dir)
+    assert abstracts.layout.name == "longlamp-abstract" and len(abstracts.queries) == 60
+    full = tasks["pep-abstracts"].by_id()
+    for title, abstract in zip(titles.queries, abstracts.queries):
+        assert (abstract.id, abstract.user) == (title.id, title.user)
+        assert abstract.gold == full[abstract.id].gold                  # the gold abstract kept whole
+        assert [i.id for i in abstract.profile] == [i.id for i in title.profile]
+        assert all(len(i.output) <= 500 for i in abstract.profile)
+    prompt = PromptBuilder(abstracts.layout)(abstracts.queries[0])
+    assert prompt.startswith("Generate an abstract for the title.\n\n") and prompt.endswith("\nAbstract:")

@@ -3,7 +3,7 @@ from dataclasses import replace
 import pytest
 
 from ttp.tasks.data import ProfileItem
-from ttp.tasks.prompts import OUTPUT_CHARS, QUERY_CHARS, SOURCE_CHARS, PromptBuilder, retrieve, split_instruction
+from ttp.tasks.prompts import QUERY_CHARS, SOURCE_CHARS, PromptBuilder, example_output, retrieve, split_instruction
 
 
 def test_retrieval_finds_the_profile_item_about_the_query(pep_task):
@@ -20,7 +20,7 @@ def test_personalized_prompt_shows_retrieved_examples_and_plain_shows_none(pep_t
     personalized = PromptBuilder(pep_task.layout, "personalized", k=2)(query)
     plain = PromptBuilder(pep_task.layout, "plain")(query)
     shown = retrieve(query, 2)
-    assert all(item.output.strip()[:OUTPUT_CHARS] in personalized for item in shown)
+    assert all(item.output.strip()[:pep_task.layout.example_chars] in personalized for item in shown)
     assert not any(item.output.strip() in plain for item in query.profile)
     instruction, text = split_instruction(query.input)
     assert instruction.lower().startswith("generate a title") and text[:50] in plain
@@ -35,9 +35,10 @@ def test_every_text_is_cut_to_its_limit(pep_task):
     q = replace(query, input="Generate a title for the following abstract of a paper: " + "w " * 100_000,
                 profile=(huge,))
     prompt = PromptBuilder(pep_task.layout, "personalized", k=1)(q)
-    assert "T" * OUTPUT_CHARS in prompt and "T" * (OUTPUT_CHARS + 1) not in prompt
+    limit = pep_task.layout.example_chars
+    assert "T" * limit in prompt and "T" * (limit + 1) not in prompt
     assert "S" * SOURCE_CHARS in prompt and "S" * (SOURCE_CHARS + 1) not in prompt
-    assert len(prompt) < OUTPUT_CHARS + SOURCE_CHARS + QUERY_CHARS + 200
+    assert len(prompt) < limit + SOURCE_CHARS + QUERY_CHARS + 200
 
 
 def test_unknown_policy_is_refused(pep_task):
@@ -58,3 +59,37 @@ def test_lamp_retrieval_uses_whitespace_tokens_of_the_text_after_the_instruction
     assert by_instruction not in retrieve(q, 2, "lamp") and by_case not in retrieve(q, 2, "lamp")
     prompt = PromptBuilder(pep_task.layout, "personalized", k=1, convention="lamp")(q)
     assert "Zebra Handshake\n\n" in prompt
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('Generate an abstract for the title "Web Library Enhancements"',
+     ("Generate an abstract for the title", "Web Library Enhancements")),
+    ('Generate an abstract for the title "A B" using the following items: 1. x 2. y',      # LongLaMP's form
+     ("Generate an abstract for the title", "A B using the following items: 1. x 2. y")),
+    ('Generate a title for the following abstract of a paper: It adds "x": a colon, quoted',
+     ("Generate a title for the following abstract of a paper", 'It adds "x": a colon, quoted')),
+    ('No instruction "here"', ("", 'No instruction "here"')),
+], ids=["quoted title", "quoted, then items", "LaMP, quotes in the text", "none"])
+def test_instructions_are_split_from_lamp_and_longlamp_inputs(text, expected):
+    assert split_instruction(text) == expected
+
+
+def test_a_long_form_prompt_shows_the_title_in_the_example_format(pep_abstracts_dir):
+    from ttp.tasks.data import load_task
+
+    task = load_task(pep_abstracts_dir)
+    prompt = PromptBuilder(task.layout, "plain")(task.queries[0])
+    assert prompt == 'Generate an abstract for the title.\n\nTitle: Web Library Enhancements\nAbstract:'
+
+
+def test_a_long_example_ends_after_its_last_full_sentence_within_the_limit(pep_abstracts_dir):
+    from ttp.tasks.data import load_task
+
+    layout = load_task(pep_abstracts_dir).layout
+    sentence = "This PEP proposes one more thing. "
+    long = ProfileItem("p", sentence * 40, "T")
+    shown = example_output(long, layout)
+    assert len(shown) <= layout.example_chars and shown.endswith("thing.") and sentence.strip() in shown
+    assert len(shown) > layout.example_chars - len(sentence)
+    assert example_output(ProfileItem("p", "x" * 5000, "T"), layout) == "x" * layout.example_chars
+    assert example_output(ProfileItem("p", "  short  ", "T"), layout) == "short"

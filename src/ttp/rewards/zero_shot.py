@@ -21,7 +21,7 @@ import pandas as pd
 
 from ttp.rewards.features import EmbeddingCache, candidate_features
 from ttp.tasks.data import ProfileLayout, Query
-from ttp.tasks.prompts import OUTPUT_CHARS, QUERY_CHARS, PromptBuilder, retrieve, split_instruction
+from ttp.tasks.prompts import QUERY_CHARS, PromptBuilder, example_output, retrieve, split_instruction
 
 ZERO_SHOT = ("likelihood", "pmi", "judge", "profile_similarity")
 
@@ -29,7 +29,7 @@ ZERO_SHOT = ("likelihood", "pmi", "judge", "profile_similarity")
 def judge_prompt(query: Query, layout: ProfileLayout, k: int = 3, convention: str = "ttp") -> str:
     """The question put to the model: this user's own outputs, the new query, then the candidate."""
     out, src = layout.output_label.lower(), layout.source_label.lower()
-    examples = "".join(f"- {it.output[:OUTPUT_CHARS].strip()}\n" for it in retrieve(query, k, convention))
+    examples = "".join(f"- {example_output(it, layout)}\n" for it in retrieve(query, k, convention))
     _, text = split_instruction(query.input)
     return (f"Here are {out}s that one user wrote:\n{examples}\n"
             f"The user's next {src}: {text[:QUERY_CHARS]}\n\nA proposed {out}:")

@@ -1,6 +1,6 @@
 """Prompts: the user's most relevant profile items (BM25) as few-shot examples, then the query.
 
-Limits: ``SOURCE_CHARS``, ``OUTPUT_CHARS`` and ``QUERY_CHARS`` below.  The default model is a
+Limits: ``SOURCE_CHARS`` and ``QUERY_CHARS`` below, and each layout's ``example_chars``.  The default model is a
 base (not chat-tuned) model, so prompts are completion-style: the
 task's instruction, then ``Label: source`` / ``Label: output`` pairs, ending on the output
 label.  The non-personalized policy shows no profile items, so every experiment compares two
@@ -19,17 +19,35 @@ PROMPT_STYLES = ("personalized", "plain")
 # every text that enters a prompt is cut to a limit, so k examples fit a small model's context
 # and no single over-long record can make a prompt overflow it
 SOURCE_CHARS = 400   # the source of each few-shot example
-OUTPUT_CHARS = 300   # the user's output in each few-shot example
 QUERY_CHARS = 1500   # the query's own text
 # LaMP inputs open with an instruction ("Generate a title for the following abstract of a
-# paper: <text>"); the prompt shows it once on top and the text in the example format
-INSTRUCTION = re.compile(r"^\s*((?:generate|write|compose|create)\b[^:]{0,150}):\s*(.*)$", re.I | re.S)
+# paper: <text>"), LongLaMP's quote their text ('Generate an abstract for the title "<text>"',
+# perhaps followed by more); the prompt shows the instruction once on top and the text in the
+# example format
+INSTRUCTION = re.compile(r"^\s*((?:generate|write|compose|create)\b[^:\"]{0,150}):\s*(.*)$", re.I | re.S)
+QUOTED = re.compile(r"^\s*((?:generate|write|compose|create)\b[^:\"]{0,150}?)\s*\"([^\"]+)\"\s*(.*)$", re.I | re.S)
+
+
+def example_output(item: ProfileItem, layout: ProfileLayout) -> str:
+    """A profile item's output as an example shows it: at most ``layout.example_chars``, cut
+    after its last full sentence where one ends in the second half (a long output's example
+    then ends as a paragraph does), else at the limit."""
+    text, limit = item.output.strip(), layout.example_chars
+    if len(text) <= limit:
+        return text
+    end = text[:limit].rfind(". ")
+    return text[:end + 1] if end >= limit // 2 else text[:limit].strip()
 
 
 def split_instruction(query_input: str) -> tuple[str, str]:
     """``(instruction, text)`` of a LaMP-style input; no instruction gives ``("", input)``."""
     match = INSTRUCTION.match(query_input)
-    return (match.group(1).strip(), match.group(2).strip()) if match else ("", query_input.strip())
+    if match:
+        return match.group(1).strip(), match.group(2).strip()
+    match = QUOTED.match(query_input)
+    if match:
+        return match.group(1).strip(), f"{match.group(2).strip()} {match.group(3).strip()}".strip()
+    return "", query_input.strip()
 
 
 @lru_cache(maxsize=512)
@@ -93,7 +111,7 @@ class PromptBuilder:
         instruction, text = split_instruction(query.input)
         header = f"{instruction}.\n\n" if instruction else ""
         shots = "" if self.policy == "plain" else "".join(
-            f"{src}: {it.source[:SOURCE_CHARS].strip()}\n{out}: {it.output[:OUTPUT_CHARS].strip()}\n\n"
+            f"{src}: {it.source[:SOURCE_CHARS].strip()}\n{out}: {example_output(it, self.layout)}\n\n"
             for it in retrieve(query, self.k, self.convention)
         )
         return f"{header}{shots}{src}: {text[:QUERY_CHARS]}\n{out}:"
