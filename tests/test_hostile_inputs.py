@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 
 from ttp.cli import main
-from ttp.policy import Completion, ContextOverflow, SamplingParams
+from ttp.policy import Completion, ContextOverflow, PolicyBackend, SamplingParams
 from ttp.policy.openai_server import BackendError, OpenAICompatibleBackend
 from ttp.rewards.features import EmbeddingCache
 from ttp.rewards.models import ModelFileError, RewardModel
 from ttp.runs.config import ConfigError, RunConfig
 from ttp.runs.folder import RunFolder, RunInUse
-from ttp.runs.sampling import PoolFileError, draw_pool, read_pools, sample_pools
+from ttp.runs.sampling import PoolFileError, draw_pools, read_pools, sample_pools
 from ttp.tasks.data import TaskFormatError, load_task
 from ttp.tasks.prompts import PromptBuilder
 
@@ -210,7 +210,7 @@ def test_hand_edited_configs_are_refused(tmp_path, capsys, text, message):
 
 
 # ---- pool files -------------------------------------------------------------------------------
-class Replay:
+class Replay(PolicyBackend):
     """Deterministic candidates per query; counts the prompts it was asked for."""
 
     name = "replay"
@@ -388,13 +388,13 @@ def test_an_over_long_profile_item_still_makes_a_bounded_prompt(pep_task):
 
 
 def test_a_context_overflow_names_the_query(pep_task):
-    class Small:
+    class Small(PolicyBackend):
         def sample(self, prompt, params):
             raise ContextOverflow("a prompt of 9000 tokens exceeds the context of 8192")
 
     query = pep_task.queries[0]
     with pytest.raises(ContextOverflow, match=f"query '{query.id}' \\(user '{query.user}'\\): a prompt"):
-        draw_pool(Small(), PromptBuilder(pep_task.layout, "plain"), SamplingParams(n=2), query)
+        draw_pools(Small(), PromptBuilder(pep_task.layout, "plain"), SamplingParams(n=2), [query])
 
 
 # ---- servers that misbehave (loopback only, bounded in time) -------------------------------------
@@ -475,6 +475,31 @@ def test_a_trickling_server_hits_the_deadline(server):
     with pytest.raises(BackendError, match=r"no complete answer within 2 s.*too slow.*--request-timeout"):
         backend.sample("p", SamplingParams(n=1))
     assert time.monotonic() - start < 4
+
+
+def test_sample_many_keeps_requests_in_flight_across_queries_and_returns_pools_in_order(server):
+    lock, in_flight, most = threading.Lock(), [0], [0]
+
+    def slow(handler, body, count):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.3)
+        with lock:
+            in_flight[0] -= 1
+        _answer(handler, 200, {"choices": [{"text": f" {body['prompt']} {i}", "finish_reason": "stop",
+                                            "logprobs": {"token_logprobs": [-0.5]}} for i in range(body["n"])]})
+
+    s = server(slow)
+    backend = OpenAICompatibleBackend(s.url, "m", max_concurrency=3, retries=0)
+    prompts = [f"p{i}" for i in range(7)]
+    start = time.monotonic()
+    pools = backend.sample_many(prompts, [SamplingParams(n=2, seed=i) for i in range(7)])
+    elapsed = time.monotonic() - start
+    assert [[c.text for c in pool] for pool in pools] == [[f"p{i} 0", f"p{i} 1"] for i in range(7)]
+    assert all(c.finish_reason == "stop" and c.logprob == -0.5 for pool in pools for c in pool)
+    assert most[0] == 3 and backend.chunk_size == 3          # bounded across queries, and used
+    assert elapsed < 7 * 0.3                                  # one query at a time would take 2.1 s
 
 
 def test_a_server_that_refuses_large_n_still_yields_full_pools(server):

@@ -1,14 +1,14 @@
 import pytest
 
 from ttp.analysis.pools import Pools
-from ttp.policy import Completion, SamplingParams, cut_at_stop
+from ttp.policy import Completion, PolicyBackend, SamplingParams, cut_at_stop
 from ttp.runs.sampling import read_pools, sample_pools
 from ttp.tasks.data import LAYOUTS
 from ttp.tasks.prompts import PromptBuilder
 from ttp.tasks.utility import candidate_table
 
 
-class RecordingBackend:
+class RecordingBackend(PolicyBackend):
     """Replays profile titles as candidates and records which prompts it was asked for; it
     tests the resumable loop, not a language model (test_llama_backend.py does that)."""
 
@@ -73,6 +73,38 @@ def test_completions_are_cut_at_the_stop_then_cleaned_by_their_task():
     assert titles.clean("Subject: **Bold**") == "Bold"          # the short tasks share their labels
     assert abstracts.clean("Abstract: This PEP proposes.") == "This PEP proposes."
     assert abstracts.clean("Title: kept") == "Title: kept"      # a long task drops its own label only
+
+
+class ChunkedBackend(RecordingBackend):
+    """Draws chunks of three with one sample_many call, as a batching engine would."""
+
+    chunk_size = 3
+
+    def __init__(self, fail_on_chunk=None):
+        super().__init__()
+        self.chunks, self.fail_on_chunk = [], fail_on_chunk
+
+    def sample_many(self, prompts, params):
+        if len(self.chunks) == self.fail_on_chunk:
+            raise KeyboardInterrupt
+        self.chunks.append(len(prompts))
+        return super().sample_many(prompts, params)
+
+
+def test_sampling_in_chunks_draws_the_same_pools_and_a_kill_loses_at_most_the_chunk_in_flight(pep_task, tmp_path):
+    queries = list(pep_task.queries[:7])
+    prompts, params = PromptBuilder(pep_task.layout, "plain"), SamplingParams(n=2, seed=4)
+    alone = sample_pools(queries, prompts, RecordingBackend(), params, tmp_path / "a.jsonl", show_progress=False)
+    chunked = ChunkedBackend()
+    together = sample_pools(queries, prompts, chunked, params, tmp_path / "b.jsonl", show_progress=False)
+    assert chunked.chunks == [3, 3, 1] and together == alone     # each query seeded by its id, not its place
+    with pytest.raises(KeyboardInterrupt):
+        sample_pools(queries, prompts, ChunkedBackend(fail_on_chunk=1), params, tmp_path / "c.jsonl",
+                     show_progress=False)
+    assert [r["query_id"] for r in read_pools(tmp_path / "c.jsonl")] == [q.id for q in queries[:3]]
+    resumed = ChunkedBackend()
+    assert sample_pools(queries, prompts, resumed, params, tmp_path / "c.jsonl", show_progress=False) == alone
+    assert resumed.chunks == [3, 1]
 
 
 def test_pools_hold_completions_as_their_task_cleans_them(pep_task, tmp_path):

@@ -1,4 +1,5 @@
-"""Policy backends: one small interface, ``sample(prompt, params) -> list[Completion]``.
+"""Policy backends: one small interface, ``sample(prompt, params) -> list[Completion]`` for one
+pool and ``sample_many(prompts, params)`` for a chunk of them.
 
 The embedded default runs Gemma 3 270M with llama.cpp on the CPU; larger engines plug in
 behind the same interface.
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -38,18 +38,31 @@ class Completion:
     text: str
     logprob: float = math.nan   # sum of the sampled tokens' log-probabilities, if the backend gives it
     n_tokens: int = 0
+    finish_reason: str | None = None   # "stop" or "length", where the engine says
 
 
 class ContextOverflow(ValueError):
     """A prompt and its candidates do not fit the engine's context."""
 
 
-class PolicyBackend(Protocol):
-    name: str
+class PolicyBackend:
+    """What every engine does.  ``chunk_size``: how many queries' pools the engine is best given
+    at once (``sample_many``); the sampling stage hands it chunks of that size and appends each
+    chunk's pools when the chunk is done."""
+
+    name: str = "policy"
+    chunk_size: int = 1
 
     def sample(self, prompt: str, params: SamplingParams) -> list[Completion]:
         """Draw ``params.n`` independent completions of one prompt."""
-        ...
+        raise NotImplementedError
+
+    def sample_many(self, prompts: list[str], params: list[SamplingParams]) -> list[list[Completion]]:
+        """One pool per prompt, each with its own parameters (its seed), in the input order.
+        Engines that batch across prompts override it; the rest draw one pool after another."""
+        if len(prompts) != len(params):
+            raise ValueError(f"need one SamplingParams per prompt, got {len(prompts)} prompts and {len(params)}")
+        return [self.sample(prompt, p) for prompt, p in zip(prompts, params)]
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:

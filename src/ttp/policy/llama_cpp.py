@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ttp.policy import Completion, ContextOverflow, SamplingParams, cut_at_stop
+from ttp.policy import Completion, ContextOverflow, PolicyBackend, SamplingParams, cut_at_stop
 
 GGML_LOG_ERROR = 3
 SHORTLIST_MARGIN = 10.0   # first shortlist of a draw: tokens within e^10 of the most likely one
@@ -60,7 +60,7 @@ def model_label(model_path: str | Path | None = None) -> str:
     return f"llama.cpp:{(Path(model_path) if model_path else default_model_path()).name}"
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(PolicyBackend):
     """``sample(prompt, params)`` draws ``params.n`` candidates with one shared prompt pass."""
 
     def __init__(self, model_path: str | Path | None = None, n_ctx: int = 8192,
@@ -167,24 +167,27 @@ class LlamaCppBackend:
         logits = np.repeat(prompt_logits, n, axis=0)
         generated = [[] for _ in range(n)]
         logprob = np.zeros(n)
-        live = list(range(n))
+        live, stopped = list(range(n)), set()
         for step in range(params.max_tokens):
             drawn, drawn_lp = self._draw(logits, params, rng)
             still = []
             for seq, token, lp in zip(live, drawn.tolist(), drawn_lp.tolist()):
                 if self._lib.llama_vocab_is_eog(self._vocab, token):
+                    stopped.add(seq)
                     continue
                 generated[seq].append(token)
                 logprob[seq] += lp
-                if not self._hit_stop(generated[seq], params.stop):
+                if self._hit_stop(generated[seq], params.stop):
+                    stopped.add(seq)
+                else:
                     still.append(seq)
             live = still
             if not live or step == params.max_tokens - 1:
                 break
             self._decode([(generated[s][-1], len(tokens) + step, s, True) for s in live])
             logits = self._logit_rows(len(live))
-        return [Completion(cut_at_stop(self._text(g), params.stop), float(logprob[s]), len(g))
-                for s, g in enumerate(generated)]
+        return [Completion(cut_at_stop(self._text(g), params.stop), float(logprob[s]), len(g),
+                           "stop" if s in stopped else "length") for s, g in enumerate(generated)]
 
     def _prompt_in_sequences(self, tokens: list[int], n: int) -> np.ndarray:
         """Put the prompt in sequences ``0..n-1`` of the KV cache (shared cells) and return its

@@ -26,7 +26,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from ttp.policy import Completion, SamplingParams, cut_at_stop
+from ttp.policy import Completion, PolicyBackend, SamplingParams, cut_at_stop
 
 RETRYABLE_STATUS = {408, 425, 429, 502, 503, 504}
 MAX_RETRY_AFTER = 60.0
@@ -55,7 +55,7 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-class OpenAICompatibleBackend:
+class OpenAICompatibleBackend(PolicyBackend):
     def __init__(self, base_url: str, model: str, api_key: str | None = None, max_concurrency: int = 8,
                  request_timeout: float = 300.0, connect_timeout: float = 10.0, retries: int = 4,
                  backoff: float = 0.5, use_n: bool = True, seed: int | None = None):
@@ -64,7 +64,7 @@ class OpenAICompatibleBackend:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.retries, self.backoff, self.use_n = retries, backoff, use_n
-        self.max_concurrency = max_concurrency
+        self.max_concurrency = self.chunk_size = max_concurrency
         self.request_timeout, self.connect_timeout = request_timeout, connect_timeout
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.max_n: int | None = None     # learnt when the server refuses a larger n
@@ -103,7 +103,8 @@ class OpenAICompatibleBackend:
                 raise _Refused(f"{url} refused the request with HTTP {response.status_code}: {response.text[:300]}")
             try:
                 choices = response.json()["choices"]
-                return [{"text": str(c["text"]), "logprobs": c.get("logprobs")} for c in choices]
+                return [{"text": str(c["text"]), "logprobs": c.get("logprobs"), "finish_reason": c.get("finish_reason")}
+                        for c in choices]
             except (json.JSONDecodeError, KeyError, TypeError) as err:
                 raise BackendError(f"{url} answered something that is not a completions response "
                                    f"({type(err).__name__}: {err}); first bytes: {response.text[:200]!r}") from None
@@ -126,7 +127,7 @@ class OpenAICompatibleBackend:
         logprobs = (choice.get("logprobs") or {}).get("token_logprobs") or []
         values = [lp for lp in logprobs if lp is not None]
         return Completion(cut_at_stop(choice["text"], stop),
-                          float(sum(values)) if values else math.nan, len(logprobs))
+                          float(sum(values)) if values else math.nan, len(logprobs), choice.get("finish_reason"))
 
     async def _batch(self, client, prompt: str, params: SamplingParams) -> list[dict]:
         """One request with ``n`` (and no seed); a refusal of a large ``n`` halves it, once said."""
@@ -143,29 +144,41 @@ class OpenAICompatibleBackend:
                                   f"candidates per request from now on", stacklevel=2)
                 self.max_n, n = smaller, smaller
 
-    async def _sample(self, prompt: str, params: SamplingParams) -> list[Completion]:
-        timeout = httpx.Timeout(self.request_timeout, connect=self.connect_timeout)
-        limits = httpx.Limits(max_connections=self.max_concurrency)
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=limits,
-                                     headers=self.headers) as client:
-            choices = await self._batch(client, prompt, params) if self.use_n else []
-            missing = range(len(choices), params.n)
-            if missing:
-                gate = asyncio.Semaphore(self.max_concurrency)
+    async def _pool(self, client, gate: asyncio.Semaphore, prompt: str, params: SamplingParams) -> list[Completion]:
+        choices = []
+        if self.use_n:
+            async with gate:
+                choices = await self._batch(client, prompt, params)
 
-                async def one(i: int) -> dict:
-                    async with gate:
-                        extra = await self._post(client, self._body(prompt, params, 1,
-                                                                    zlib.crc32(f"{params.seed}:{i}".encode())))
-                    if not extra:
-                        raise BackendError(f"{self.base_url} returned no choices for a completion request")
-                    return extra[0]
+        async def one(i: int) -> dict:
+            seed = zlib.crc32(f"{params.seed}:{i}".encode())
+            async with gate:
+                extra = await self._post(client, self._body(prompt, params, 1, seed))
+            if not extra:
+                raise BackendError(f"{self.base_url} returned no choices for a completion request")
+            return extra[0]
 
-                choices += await asyncio.gather(*(one(i) for i in missing))
+        choices += await asyncio.gather(*(one(i) for i in range(len(choices), params.n)))
         return [self._completion(c, params.stop) for c in choices]
 
+    async def _many(self, prompts: list[str], params: list[SamplingParams]) -> list[list[Completion]]:
+        """Every pool of the chunk at once, at most ``max_concurrency`` requests in flight across
+        them, so the server batches several queries' candidates as it would several users'."""
+        timeout = httpx.Timeout(self.request_timeout, connect=self.connect_timeout)
+        limits = httpx.Limits(max_connections=self.max_concurrency)
+        gate = asyncio.Semaphore(self.max_concurrency)
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=limits,
+                                     headers=self.headers) as client:
+            return list(await asyncio.gather(*(self._pool(client, gate, prompt, p)
+                                               for prompt, p in zip(prompts, params))))
+
     def sample(self, prompt: str, params: SamplingParams) -> list[Completion]:
-        return asyncio.run(self._sample(prompt, params))
+        return self.sample_many([prompt], [params])[0]
+
+    def sample_many(self, prompts: list[str], params: list[SamplingParams]) -> list[list[Completion]]:
+        if len(prompts) != len(params):
+            raise ValueError(f"need one SamplingParams per prompt, got {len(prompts)} prompts and {len(params)}")
+        return asyncio.run(self._many(prompts, params))
 
     def _echoed(self, choice: dict, prompt: str, text: str) -> tuple[float, int]:
         """The continuation's share of an echoed prompt's log-probabilities: the tokens whose

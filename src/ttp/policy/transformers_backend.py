@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ttp.policy import Completion, SamplingParams, cut_at_stop
+from ttp.policy import Completion, PolicyBackend, SamplingParams, cut_at_stop
 
 
-class TransformersBackend:
+class TransformersBackend(PolicyBackend):
     def __init__(self, model: str | Path, device: str = "cpu", dtype: str = "float32"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -49,7 +49,8 @@ class TransformersBackend:
         for row, lps in zip(new.tolist(), token_lp.tolist()):
             length = next((i for i, t in enumerate(row) if t in stops), len(row))
             text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
-            completions.append(Completion(cut_at_stop(text, params.stop), float(sum(lps[:length])), length))
+            completions.append(Completion(cut_at_stop(text, params.stop), float(sum(lps[:length])), length,
+                                          "length" if length >= params.max_tokens else "stop"))
         return completions
 
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import math
 
-from ttp.policy import Completion, SamplingParams, cut_at_stop
+from ttp.policy import Completion, PolicyBackend, SamplingParams, cut_at_stop
 
 
-class VLLMBackend:
+class VLLMBackend(PolicyBackend):
     def __init__(self, model: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
-                 max_model_len: int | None = None, **engine_args):
+                 max_model_len: int | None = None, chunk_size: int = 64, **engine_args):
         """``gpu_memory_utilization`` defaults to 0.85 on a GPU and 0.4 on the CPU, where the rest of
         the process (encoder, reward models) shares the memory.  ``engine_args``: any other
-        ``vllm.LLM`` argument (e.g. ``max_num_seqs``, ``dtype``, ``enforce_eager``)."""
+        ``vllm.LLM`` argument (e.g. ``max_num_seqs``, ``dtype``, ``enforce_eager``).  ``chunk_size``:
+        the queries whose pools go to one ``generate`` call (a kill loses at most one chunk)."""
         try:
             import vllm
         except ImportError:
@@ -28,6 +29,7 @@ class VLLMBackend:
                             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                             **engine_args)
         self.name = f"vllm:{model}"
+        self.chunk_size = chunk_size
 
     def close(self) -> None:
         """Stop vLLM's engine process now rather than at interpreter exit."""
@@ -39,7 +41,15 @@ class VLLMBackend:
                                          stop=list(params.stop), logprobs=0)
 
     def sample(self, prompt: str, params: SamplingParams) -> list[Completion]:
-        [request] = self.llm.generate([prompt], self._params(params), use_tqdm=False)
-        return [Completion(cut_at_stop(o.text, params.stop),
-                           float(o.cumulative_logprob) if o.cumulative_logprob is not None else math.nan,
-                           len(o.token_ids)) for o in request.outputs]
+        return self.sample_many([prompt], [params])[0]
+
+    def sample_many(self, prompts: list[str], params: list[SamplingParams]) -> list[list[Completion]]:
+        """Every prompt in one ``generate`` call, each request with ``n = M`` and its own seed, so
+        that the engine batches the whole chunk (its continuous batching) and shares prefixes."""
+        if len(prompts) != len(params):
+            raise ValueError(f"need one SamplingParams per prompt, got {len(prompts)} prompts and {len(params)}")
+        requests = self.llm.generate(list(prompts), [self._params(p) for p in params], use_tqdm=False)
+        return [[Completion(cut_at_stop(o.text, p.stop),
+                            float(o.cumulative_logprob) if o.cumulative_logprob is not None else math.nan,
+                            len(o.token_ids), o.finish_reason) for o in request.outputs]
+                for request, p in zip(requests, params)]

@@ -1,6 +1,7 @@
-"""Ray executor for the sampling stage (optional extra ``ttp[ray]``): shards of queries go to
-Ray actors that each hold one policy backend; finished pools stream back to the driver, which
-appends them to the same resumable ``pools.jsonl``.  A cluster of GPU machines runs the same
+"""Ray executor for the sampling stage (optional extra ``ttp[ray]``): chunks of queries go to
+Ray actors that each hold one policy backend and draw a chunk with one ``sample_many`` call;
+finished chunks stream back to the driver, which appends them to the same resumable
+``pools.jsonl``.  A cluster of GPU machines runs the same
 command as one laptop: start Ray on the cluster, then pass ``--ray-workers`` / ``--ray-address``."""
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ class RayExecutor:
                 self.backend = factory()
 
             def run(self, queries, prompts, params):
-                from ttp.runs.sampling import draw_pool
+                from ttp.runs.sampling import draw_pools
 
-                return [draw_pool(self.backend, prompts, params, q) for q in queries]
+                return draw_pools(self.backend, prompts, params, queries)
 
         self.actors = [Sampler.remote(backend_factory) for _ in range(workers)]
         self.queries_per_task = queries_per_task

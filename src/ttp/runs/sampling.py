@@ -129,8 +129,9 @@ def sample_pools(
     with path.open("a", encoding="utf-8") as fh, _progress() as bar:
         job = bar.add_task(description, total=len(queries), completed=len(queries) - len(todo), rate="",
                            visible=show_progress)
+        chunks = [todo[i:i + backend.chunk_size] for i in range(0, len(todo), backend.chunk_size)] if backend else []
         results = executor(todo, prompts, params) if executor else (
-            draw_pool(backend, prompts, params, query) for query in todo)
+            record for chunk in chunks for record in draw_pools(backend, prompts, params, chunk))
         for i, record in enumerate(results, 1):
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
             fh.flush()
@@ -141,15 +142,19 @@ def sample_pools(
     return [by_id[q.id] for q in queries if q.id in by_id]
 
 
-def draw_pool(backend: PolicyBackend, prompts: PromptBuilder, params: SamplingParams, query: Query) -> dict:
-    """One query's pool as the record stored in ``pools.jsonl``."""
+def draw_pools(backend: PolicyBackend, prompts: PromptBuilder, params: SamplingParams,
+               queries: list[Query]) -> list[dict]:
+    """A chunk of queries' pools as the records stored in ``pools.jsonl``, in query order: one
+    ``sample_many`` call, each query seeded from the run's seed and its id, so that its pool is
+    the same whether it was drawn alone or in a chunk wherever the engine's numerics allow."""
     try:
-        completions = backend.sample(prompts(query), params.with_seed(query_seed(params.seed, query.id)))
+        pools = backend.sample_many([prompts(q) for q in queries],
+                                    [params.with_seed(query_seed(params.seed, q.id)) for q in queries])
     except ContextOverflow as err:
-        raise ContextOverflow(f"query {query.id!r} (user {query.user!r}): {err}") from None
-    return {
-        "query_id": query.id, "user": query.user,
-        "texts": [prompts.layout.clean(c.text) for c in completions],
-        "logprobs": [None if math.isnan(c.logprob) else c.logprob for c in completions],
-        "n_tokens": [c.n_tokens for c in completions],
-    }
+        which = ", ".join(f"{q.id!r} (user {q.user!r})" for q in queries)
+        raise ContextOverflow(f"query {which}: {err}" if len(queries) == 1 else f"one of queries {which}: {err}") \
+            from None
+    return [{"query_id": q.id, "user": q.user,
+             "texts": [prompts.layout.clean(c.text) for c in completions],
+             "logprobs": [None if math.isnan(c.logprob) else c.logprob for c in completions],
+             "n_tokens": [c.n_tokens for c in completions]} for q, completions in zip(queries, pools)]
