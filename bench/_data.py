@@ -5,10 +5,8 @@ import sys
 from pathlib import Path
 
 
-def pep_titles(description: str, argv=None) -> Path:
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--data", type=Path, default=None, help="pep-titles folder (default: the one ttp derives)")
-    data = parser.parse_args(argv).data
+def pep_titles_dir(data: Path | None = None) -> Path:
+    """``data``, or the pep-titles folder ttp derives; exits with a message where it is not a task."""
     if data is None:
         from ttp.tasks.peps import pep_task_dirs
 
@@ -16,3 +14,9 @@ def pep_titles(description: str, argv=None) -> Path:
     if not (data / "questions.json").exists():
         sys.exit(f"pep-titles not found at {data}: no questions.json there")
     return data
+
+
+def pep_titles(description: str, argv=None) -> Path:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", type=Path, default=None, help="pep-titles folder (default: the one ttp derives)")
+    return pep_titles_dir(parser.parse_args(argv).data)

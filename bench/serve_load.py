@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from _data import DEFAULT
+from _data import pep_titles_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TTP = [sys.executable, "-m", "ttp.cli"]
@@ -63,12 +63,12 @@ async def drive(url: str, bodies: list[dict], requests: int, concurrency: int):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "bench-serve")
-    parser.add_argument("--data", type=Path, default=DEFAULT)
+    parser.add_argument("--data", type=Path, default=None, help="pep-titles folder (default: the one ttp derives)")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--budget", type=int, default=8)
     args = parser.parse_args()
-    ensure_run(args.run, args.data)
+    ensure_run(args.run, pep_titles_dir(args.data))
 
     from ttp.runs.config import RunConfig
     from ttp.tasks.data import load_task

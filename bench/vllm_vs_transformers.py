@@ -11,7 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
-from _data import DEFAULT
+from _data import pep_titles_dir
 
 from ttp.policy import SamplingParams
 from ttp.tasks.data import load_task
@@ -38,11 +38,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if cuda else "cpu", choices=("cuda", "cpu"))
     parser.add_argument("--prompts", type=int, default=64 if cuda else 2)
     parser.add_argument("--dtype", default="bfloat16" if cuda else "float32")
-    parser.add_argument("--data", type=Path, default=DEFAULT, help="pep-titles folder")
+    parser.add_argument("--data", type=Path, default=None, help="pep-titles folder (default: the one ttp derives)")
     parser.add_argument("--model-dir", type=Path, default=Path("/tmp/ttp-gemma-3-270m"))
     args = parser.parse_args()
-    if not (args.data / "questions.json").exists():
-        parser.error(f"pep-titles not found at {args.data}; pass --data PATH")
 
     from ttp.policy.llama_cpp import default_model_path
     from ttp.policy.transformers_backend import TransformersBackend, export_model_folder
@@ -50,7 +48,7 @@ def main() -> None:
 
     model = export_model_folder(default_model_path(), args.model_dir.with_name(f"{args.model_dir.name}-{args.dtype}"),
                                 dtype=args.dtype)
-    task = load_task(args.data)
+    task = load_task(pep_titles_dir(args.data))
     prompts = [PromptBuilder(task.layout, "personalized")(q) for q in task.queries[:args.prompts]]
     params = SamplingParams(n=M, max_tokens=MAX_TOKENS)
     print(f"{describe(args.device)}; {args.dtype}; {args.prompts} prompts x {M} candidates, "

@@ -1,0 +1,178 @@
+"""Pools of a dataset drawn one query at a time against ``sample_many``'s chunks, side by side in
+one run, on every engine here: the embedded llama.cpp model, the llama.cpp server
+(llama-cpp-python's) with several requests in flight, and vLLM's CPU build (``.venv-vllm``, in
+a child process, since it lives in an environment of its own).  Then the engines against each
+other on the same prompts and model: TTP's embedded pools against vLLM with ``n = 16`` over all
+prompts at once, the way the closest research peer samples (the peer ratio for sampling).
+Prints candidates per second and each ratio; rounds alternate the two ways so that machine
+noise hits both alike.
+
+    .venv/bin/python bench/batching.py [--data PEP_TITLES] [--queries 8]
+
+On a CPU the embedded engine keeps the one-query loop: a pool already decodes its 16 sequences
+together, and the probe at the end (one pool of 32 against two of 16) shows whether a larger
+decode would buy anything on these cores."""
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _data import pep_titles_dir
+
+from ttp.policy import SamplingParams
+from ttp.tasks.data import load_task
+from ttp.tasks.prompts import PromptBuilder
+
+M, MAX_TOKENS, ROUNDS = 16, 24, 2
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _prompts(data: Path | None, queries: int) -> list[str]:
+    task = load_task(pep_titles_dir(data))
+    return [PromptBuilder(task.layout, "personalized")(q) for q in task.queries[:queries]]
+
+
+def _params(count: int, seed: int) -> list[SamplingParams]:
+    return [SamplingParams(n=M, max_tokens=MAX_TOKENS, seed=seed + i) for i in range(count)]
+
+
+def one_vs_many(backend, prompts: list[str]) -> dict:
+    """Candidates per second, one query at a time and through ``sample_many`` in the backend's
+    chunks, alternating over ``ROUNDS``."""
+    spent = {"one at a time": 0.0, "sample_many": 0.0}
+    drawn = 0
+    backend.sample(prompts[0], SamplingParams(n=M, max_tokens=MAX_TOKENS, seed=999))    # warm-up
+    for r in range(ROUNDS):
+        params = _params(len(prompts), 100 * r)
+        order = list(spent) if r % 2 == 0 else list(reversed(spent))
+        for way in order:
+            start = time.perf_counter()
+            if way == "one at a time":
+                pools = [backend.sample(p, q) for p, q in zip(prompts, params)]
+            else:
+                size = max(backend.chunk_size, 1)
+                pools = [pool for i in range(0, len(prompts), size)
+                         for pool in backend.sample_many(prompts[i:i + size], params[i:i + size])]
+            spent[way] += time.perf_counter() - start
+        drawn += sum(len(pool) for pool in pools)
+    return {way: drawn / seconds for way, seconds in spent.items()}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def llama_server(prompts: list[str], in_flight: int) -> dict:
+    import httpx
+
+    from ttp.policy.llama_cpp import default_model_path
+    from ttp.policy.openai_server import OpenAICompatibleBackend
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
+                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "8192"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the llama.cpp server did not start") from None
+                time.sleep(0.5)
+        one = OpenAICompatibleBackend(f"http://127.0.0.1:{port}", "gemma", max_concurrency=1)
+        many = OpenAICompatibleBackend(f"http://127.0.0.1:{port}", "gemma", max_concurrency=in_flight)
+
+        class Both:      # one at a time with one request in flight, sample_many with several
+            chunk_size = many.chunk_size
+            sample = one.sample
+            sample_many = many.sample_many
+
+        return one_vs_many(Both(), prompts)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def embedded(prompts: list[str]) -> tuple[dict, dict]:
+    from ttp.policy.llama_cpp import LlamaCppBackend
+
+    backend = LlamaCppBackend(n_ctx=8192, max_sequences=2 * M, prompt_cache=False)
+    rates = one_vs_many(backend, prompts)
+    # the probe: does one decode of 2M sequences beat two of M on these cores?
+    spent = {"two pools of 16": 0.0, "one pool of 32": 0.0}
+    drawn = {way: 0 for way in spent}
+    for r in range(ROUNDS):
+        for p in prompts[:4]:
+            start = time.perf_counter()
+            drawn["two pools of 16"] += sum(len(backend.sample(p, SamplingParams(n=M, max_tokens=MAX_TOKENS,
+                                                                                 seed=r * 10 + k))) for k in (0, 1))
+            spent["two pools of 16"] += time.perf_counter() - start
+            start = time.perf_counter()
+            drawn["one pool of 32"] += len(backend.sample(p, SamplingParams(n=2 * M, max_tokens=MAX_TOKENS, seed=r)))
+            spent["one pool of 32"] += time.perf_counter() - start
+    backend.close()
+    return rates, {way: drawn[way] / spent[way] for way in spent}
+
+
+def vllm(prompts: list[str]) -> dict:
+    """In .venv-vllm: one query at a time, ``sample_many`` (every prompt in one generate call)."""
+    from ttp.policy.llama_cpp import default_model_path
+    from ttp.policy.transformers_backend import export_model_folder
+    from ttp.policy.vllm_backend import VLLMBackend
+
+    folder = export_model_folder(default_model_path(), Path("/tmp/ttp-gemma-3-270m-bfloat16"))
+    backend = VLLMBackend(str(folder), max_model_len=2048, enforce_eager=True, chunk_size=len(prompts))
+    try:
+        return one_vs_many(backend, prompts)
+    finally:
+        backend.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=None, help="pep-titles folder (default: the one ttp derives)")
+    parser.add_argument("--queries", type=int, default=8, help="personalized pep-titles prompts")
+    parser.add_argument("--in-flight", type=int, default=4, help="requests in flight on the llama.cpp server")
+    parser.add_argument("--engine", choices=("vllm",), help=argparse.SUPPRESS)   # the child's part
+    args = parser.parse_args()
+    prompts = _prompts(args.data, args.queries)
+    if args.engine == "vllm":
+        print(json.dumps(vllm(prompts)))
+        return
+    print(f"{len(prompts)} personalized pep-titles prompts x {M} candidates, up to {MAX_TOKENS} tokens, "
+          f"{ROUNDS} rounds; candidates per second")
+    rows = {}
+    rows["embedded llama.cpp"], probe = embedded(prompts)
+    rows[f"llama.cpp server, {args.in_flight} in flight"] = llama_server(prompts, args.in_flight)
+    child = ROOT / ".venv-vllm" / "bin" / "python"
+    if child.exists():
+        done = subprocess.run([str(child), __file__, "--engine", "vllm", "--queries", str(args.queries),
+                               *(["--data", str(args.data)] if args.data else [])],
+                              capture_output=True, text=True, cwd=ROOT)
+        if done.returncode == 0:
+            rows["vLLM (CPU build)"] = json.loads(done.stdout.strip().splitlines()[-1])
+        else:
+            print(f"vLLM: the child process failed: {done.stderr.strip().splitlines()[-1:]}")
+    else:
+        print("vLLM: no .venv-vllm here (make .venv-vllm/bin/vllm builds it)")
+    print(f"{'engine':34s} {'one at a time':>14s} {'sample_many':>12s} {'ratio':>7s}")
+    for name, rates in rows.items():
+        print(f"{name:34s} {rates['one at a time']:14.1f} {rates['sample_many']:12.1f} "
+              f"{rates['sample_many'] / rates['one at a time']:6.2f}x")
+    print(f"probe, embedded: one pool of 32 {probe['one pool of 32']:.1f} vs two pools of 16 "
+          f"{probe['two pools of 16']:.1f} candidates/s ({probe['one pool of 32'] / probe['two pools of 16']:.2f}x)")
+    if "vLLM (CPU build)" in rows:
+        peer = rows["vLLM (CPU build)"]["sample_many"] / rows["embedded llama.cpp"]["one at a time"]
+        print(f"peer ratio for sampling: vLLM n = {M} over all prompts / TTP's embedded pools = {peer:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
