@@ -28,6 +28,30 @@ def pep_task(pep_titles_dir):
 
 
 @pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory):
+    """A real PostgreSQL server for this test session (the pgserver wheel: PostgreSQL 16 binaries),
+    stopped at its end; a fresh database per call of ``fresh_database``."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture
+def fresh_database(postgres_url):
+    """A new, empty database on the session's PostgreSQL server; its URL."""
+    import uuid
+
+    import psycopg
+
+    name = f"t{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    return postgres_url.replace("/postgres?", f"/{name}?")
+
+
+@pytest.fixture(scope="session")
 def llama_reference():
     """llama.cpp's own passes over the embedded model (tests/llama_reference.py)."""
     from llama_reference import LlamaReference

@@ -319,7 +319,7 @@ def test_overload_answers_503_and_kill_9_keeps_every_acknowledged_feedback(run_f
     stop.set()
     writer.join()
     store = ProfileStore(db)
-    assert store._db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert store._read("PRAGMA integrity_check") == [("ok",)]
     stored = {(user, text) for user in ("burst-0", "burst-1", "burst-2") for text, _, _ in store.feedback(user)}
     assert set(acknowledged) <= stored
     restarted, url = _start(run_folder, db)
@@ -378,3 +378,26 @@ def test_keys_scope_users_and_feedback_is_capped(run_folder, tmp_path, known_use
         proc.kill()
         proc.wait()
     assert not any(secret in proc.stderr.read().decode() + proc.stdout.read().decode() for secret in (alice, app_key))
+
+
+def test_feedback_sent_to_one_worker_is_retrieved_by_another_on_one_postgres(run_folder, fresh_database, known_user):
+    first, url_a = _start(run_folder, fresh_database)
+    second, url_b = _start(run_folder, fresh_database)
+    try:
+        question = ABSTRACT + "Marsupial quokka interpreters for wombat bytecode."
+
+        def retrieved(url):
+            body = {"model": "ttp", "prompt": question, "user": known_user, "max_tokens": 4,
+                    "ttp": {"budget": 1, "return_profile": True}}
+            r = httpx.post(f"{url}/v1/completions", json=body, timeout=120)
+            return r.json()["ttp"]["retrieved_profile_items"]
+
+        assert not any(item.startswith("feedback-") for item in retrieved(url_b))
+        said = httpx.post(f"{url_a}/v1/ttp/feedback", json={"user": known_user, "input": "marsupial quokka wombat "
+                          "interpreters bytecode", "output": "Quokka Bytecode for Wombats"})
+        assert said.status_code == 200
+        assert any(item.startswith("feedback-") for item in retrieved(url_b))
+    finally:
+        for proc in (first, second):
+            proc.kill()
+            proc.wait()

@@ -244,8 +244,9 @@ def serve(
     run_folder: Path = typer.Argument(..., help="a run folder with trained reward models"),
     task: str = typer.Option(..., help="task name in the run: its reward model and layout are served"),
     policy: str = typer.Option("personalized", help="the run's policy whose reward model picks"),
-    db: Optional[Path] = typer.Option(None, help="profile store (SQLite); default RUN/profiles.sqlite, "
-                                      "filled from the task on first start"),
+    db: Optional[str] = typer.Option(None, help="profile store: a SQLite file or a postgresql:// URL (several "
+                                     "workers may share one); default RUN/profiles.sqlite, filled from the "
+                                     "task on first start"),
     host: str = typer.Option("127.0.0.1", help="address to listen on (loopback by default)"),
     port: int = typer.Option(8000, help="port to listen on"),
     model_name: str = typer.Option("ttp", help="the model id clients send"),
@@ -289,7 +290,7 @@ def serve(
                                          server_model=server_model, server_concurrency=server_concurrency)
     store = ProfileStore(db or run_folder / "profiles.sqlite")
     if store.count_items() == 0:
-        console.print(f"profile store {store.path}: {store.import_task(personalizer.task)} items imported "
+        console.print(f"profile store {store}: {store.import_task(personalizer.task)} items imported "
                       f"from {task}")
     config = ServeConfig(model_name, budget, min_gain, concurrency, max_queue, max_feedback_chars,
                          feedback_per_minute)
@@ -335,15 +336,31 @@ app.add_typer(profiles, name="profiles")
 @profiles.command("import")
 def profiles_import(
     task_dir: Path = typer.Argument(..., help="a task folder in the LaMP layout"),
-    db: Path = typer.Option(..., help="the profile store (SQLite) to fill"),
+    db: str = typer.Option(..., help="the profile store to fill: a SQLite file or a postgresql:// URL"),
 ) -> None:
     """Load every user's profile items of a LaMP-layout task into the profile store."""
     from ttp.serve.store import ProfileStore
     from ttp.tasks.data import load_task
 
     task = load_task(task_dir)
-    added = ProfileStore(db).import_task(task)
-    console.print(f"{db}: {added} profile items of {len(task.users)} users added from {task.name}")
+    store = ProfileStore(db)
+    added = store.import_task(task)
+    console.print(f"{store}: {added} profile items of {len(task.users)} users added from {task.name}")
+
+
+@profiles.command("copy")
+def profiles_copy(
+    source: str = typer.Argument(..., help="the store to copy: a SQLite file or a postgresql:// URL"),
+    target: str = typer.Argument(..., help="the store to fill, e.g. a postgresql:// URL"),
+) -> None:
+    """Copy every user, profile item and feedback entry from one store into another (SQLite to
+    Postgres: the migration); what the target holds already is kept once, so a rerun adds nothing."""
+    from ttp.serve.store import ProfileStore, is_url
+
+    if not is_url(source) and not Path(source).exists():
+        raise typer.BadParameter(f"the source store {source} does not exist")
+    origin, destination = ProfileStore(source), ProfileStore(target)
+    console.print(f"{origin} -> {destination}: {origin.copy_to(destination)} profile items added")
 
 
 @app.command()
