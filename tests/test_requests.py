@@ -68,3 +68,10 @@ def test_feedback_needs_text_and_a_numeric_rating():
     assert (said.user, said.rating) == ("u", 1.0)
     assert _error(FeedbackRequest, {"user": "u", "input": "  ", "output": "o"}).param == "input"
     assert _error(FeedbackRequest, {"user": "u", "input": "i", "output": "o", "rating": False}).param == "rating"
+
+
+def test_only_completions_take_best_of_as_the_sample_budget():
+    chat = validated(ChatCompletionRequest, {"model": "ttp", "messages": [{"role": "user", "content": "x"}],
+                                             "best_of": 4})
+    assert chat.samples_asked is None
+    assert validated(CompletionRequest, {"model": "ttp", "prompt": "x", "best_of": 4}).samples_asked == 4

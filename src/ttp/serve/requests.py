@@ -92,6 +92,11 @@ class CompletionRequest(_Request):
         return self.prompt
 
     @property
+    def samples_asked(self) -> int | None:
+        """The sample budget the OpenAI field gives: ``best_of`` (chat has none)."""
+        return self.best_of
+
+    @property
     def token_limit(self) -> int | None:
         return self.max_tokens
 
@@ -133,6 +138,11 @@ class ChatCompletionRequest(_Request):
     @property
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def samples_asked(self) -> int | None:
+        """Chat has no ``best_of``: only ``ttp.budget`` or the default caps the samples."""
+        return None
 
 
 class FeedbackRequest(BaseModel):
