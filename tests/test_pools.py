@@ -84,11 +84,11 @@ class ChunkedBackend(RecordingBackend):
         super().__init__()
         self.chunks, self.fail_on_chunk = [], fail_on_chunk
 
-    def sample_many(self, prompts, params):
+    def _draw_many(self, prompts, params):
         if len(self.chunks) == self.fail_on_chunk:
             raise KeyboardInterrupt
         self.chunks.append(len(prompts))
-        return super().sample_many(prompts, params)
+        return super()._draw_many(prompts, params)
 
 
 def test_sampling_in_chunks_draws_the_same_pools_and_a_kill_loses_at_most_the_chunk_in_flight(pep_task, tmp_path):
@@ -105,6 +105,8 @@ def test_sampling_in_chunks_draws_the_same_pools_and_a_kill_loses_at_most_the_ch
     resumed = ChunkedBackend()
     assert sample_pools(queries, prompts, resumed, params, tmp_path / "c.jsonl", show_progress=False) == alone
     assert resumed.chunks == [3, 1]
+    with pytest.raises(ValueError, match="one SamplingParams per prompt, got 2 prompts and 1"):
+        ChunkedBackend().sample_many(["a", "b"], [params])
 
 
 def test_pools_hold_completions_as_their_task_cleans_them(pep_task, tmp_path):

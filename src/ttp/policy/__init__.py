@@ -58,10 +58,13 @@ class PolicyBackend:
         raise NotImplementedError
 
     def sample_many(self, prompts: list[str], params: list[SamplingParams]) -> list[list[Completion]]:
-        """One pool per prompt, each with its own parameters (its seed), in the input order.
-        Engines that batch across prompts override it; the rest draw one pool after another."""
+        """One pool per prompt, each with its own parameters (its seed), in the input order."""
         if len(prompts) != len(params):
             raise ValueError(f"need one SamplingParams per prompt, got {len(prompts)} prompts and {len(params)}")
+        return self._draw_many(list(prompts), list(params))
+
+    def _draw_many(self, prompts: list[str], params: list[SamplingParams]) -> list[list[Completion]]:
+        """Engines that batch across prompts override this; the rest draw one pool after another."""
         return [self.sample(prompt, p) for prompt, p in zip(prompts, params)]
 
 

@@ -175,9 +175,7 @@ class OpenAICompatibleBackend(PolicyBackend):
     def sample(self, prompt: str, params: SamplingParams) -> list[Completion]:
         return self.sample_many([prompt], [params])[0]
 
-    def sample_many(self, prompts: list[str], params: list[SamplingParams]) -> list[list[Completion]]:
-        if len(prompts) != len(params):
-            raise ValueError(f"need one SamplingParams per prompt, got {len(prompts)} prompts and {len(params)}")
+    def _draw_many(self, prompts: list[str], params: list[SamplingParams]) -> list[list[Completion]]:
         return asyncio.run(self._many(prompts, params))
 
     def _echoed(self, choice: dict, prompt: str, text: str) -> tuple[float, int]:

@@ -49,13 +49,11 @@ class VLLMBackend(PolicyBackend):
     def sample(self, prompt: str, params: SamplingParams) -> list[Completion]:
         return self.sample_many([prompt], [params])[0]
 
-    def sample_many(self, prompts: list[str], params: list[SamplingParams]) -> list[list[Completion]]:
+    def _draw_many(self, prompts: list[str], params: list[SamplingParams]) -> list[list[Completion]]:
         """Every prompt in one ``generate`` call, each request with ``n = M`` and its own seed, so
         that the engine batches the whole chunk (its continuous batching) and shares prefixes."""
-        if len(prompts) != len(params):
-            raise ValueError(f"need one SamplingParams per prompt, got {len(prompts)} prompts and {len(params)}")
         asked = [self._params(p) for p in params]
-        requests = self.llm.generate(list(prompts), asked, use_tqdm=False) if self.one_call else \
+        requests = self.llm.generate(prompts, asked, use_tqdm=False) if self.one_call else \
             [self.llm.generate([prompt], p, use_tqdm=False)[0] for prompt, p in zip(prompts, asked)]
         return [[Completion(cut_at_stop(o.text, p.stop),
                             float(o.cumulative_logprob) if o.cumulative_logprob is not None else math.nan,

@@ -121,8 +121,8 @@ class Server:
         self.samples.inc(len(completions))
         completion_tokens = sum(c.n_tokens for c in completions)
         return {
-            "picks": [{"text": c.text, "finish_reason": "length" if c.n_tokens >= sampling.max_tokens else "stop"}
-                      for c in picks],
+            "picks": [{"text": c.text, "finish_reason": c.finish_reason or
+                       ("length" if c.n_tokens >= sampling.max_tokens else "stop")} for c in picks],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
             "ttp": {"user": user, "personalized": personalized, "budget": budget, "samples": len(completions),
