@@ -114,8 +114,11 @@ class Server:
             raise APIError(400, str(err), "max_tokens", "context_length_exceeded") from None
         decision, completions, personalized = generation.decision, generation.completions, generation.personalized
         scores, prompt_tokens, reason = np.asarray(decision.scores), generation.prompt_tokens, decision.stopped_because
-        retrieved = [item.id for item in retrieve(query, cfg.shots, cfg.convention)] if personalized else []
         mean, sd = (decision.mean, decision.sd) if personalized else (None, None)
+        shown = {}       # retrieval is repeated only for a request that asks what the prompt showed
+        if job.return_profile:
+            shown["retrieved_profile_items"] = [item.id for item in retrieve(query, cfg.shots, cfg.convention)] \
+                if personalized else []
         order = np.argsort(-scores, kind="stable")[:n]
         picks = [completions[i] for i in order]
         self.samples.inc(len(completions))
@@ -131,7 +134,7 @@ class Server:
                     "chosen": {"score": float(scores[order[0]]), "mean": mean, "sd": sd},
                     "scores": [float(s) for s in scores], "candidates": [c.text for c in completions],
                     "candidate_tokens": [c.n_tokens for c in completions],
-                    **({"retrieved_profile_items": retrieved} if job.return_profile else {}),
+                    **shown,
                     "collapsed_user": personalized and (user in self.collapsed_users
                                                         or reason.startswith("collapsed"))},
         }
