@@ -477,20 +477,10 @@ def test_a_trickling_server_hits_the_deadline(server):
     assert time.monotonic() - start < 4
 
 
-def test_sample_many_keeps_requests_in_flight_across_queries_and_returns_pools_in_order(server):
-    lock, in_flight, most = threading.Lock(), [0], [0]
+def test_sample_many_keeps_requests_in_flight_across_queries_and_returns_pools_in_order():
+    from slow_upstream import SlowUpstream
 
-    def slow(handler, body, count):
-        with lock:
-            in_flight[0] += 1
-            most[0] = max(most[0], in_flight[0])
-        time.sleep(0.3)
-        with lock:
-            in_flight[0] -= 1
-        _answer(handler, 200, {"choices": [{"text": f" {body['prompt']} {i}", "finish_reason": "stop",
-                                            "logprobs": {"token_logprobs": [-0.5]}} for i in range(body["n"])]})
-
-    s = server(slow)
+    s = SlowUpstream(0.3, text=lambda body, i: f" {body['prompt']} {i}")
     backend = OpenAICompatibleBackend(s.url, "m", max_concurrency=3, retries=0)
     prompts = [f"p{i}" for i in range(7)]
     start = time.monotonic()
@@ -498,7 +488,8 @@ def test_sample_many_keeps_requests_in_flight_across_queries_and_returns_pools_i
     elapsed = time.monotonic() - start
     assert [[c.text for c in pool] for pool in pools] == [[f"p{i} 0", f"p{i} 1"] for i in range(7)]
     assert all(c.finish_reason == "stop" and c.logprob == -0.5 for pool in pools for c in pool)
-    assert most[0] == 3 and backend.chunk_size == 3          # bounded across queries, and used
+    s.close()
+    assert s.most == 3 and backend.chunk_size == 3           # bounded across queries, and used
     assert elapsed < 7 * 0.3                                  # one query at a time would take 2.1 s
 
 

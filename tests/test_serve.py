@@ -404,35 +404,11 @@ def test_feedback_sent_to_one_worker_is_retrieved_by_another_on_one_postgres(run
 
 
 def test_concurrent_requests_reach_an_upstream_engine_together(run_folder, tmp_path, known_user):
-    import http.server
+    from slow_upstream import SlowUpstream
 
-    lock, in_flight, most = threading.Lock(), [0], [0]
-
-    class Upstream(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            with lock:
-                in_flight[0] += 1
-                most[0] = max(most[0], in_flight[0])
-            time.sleep(0.5)
-            with lock:
-                in_flight[0] -= 1
-            data = json.dumps({"choices": [{"text": f" An upstream title {i}", "finish_reason": "stop",
-                                            "logprobs": {"token_logprobs": [-0.5, -0.7]}}
-                                           for i in range(body["n"])]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    proc, url = _start(run_folder, tmp_path / "profiles.sqlite", "--server-url",
-                       f"http://127.0.0.1:{upstream.server_address[1]}", "--server-model", "m", "--concurrency", "2")
+    upstream = SlowUpstream(0.5, text=lambda body, i: f" An upstream title {i}", token_logprobs=(-0.5, -0.7))
+    proc, url = _start(run_folder, tmp_path / "profiles.sqlite", "--server-url", upstream.url, "--server-model", "m",
+                       "--concurrency", "2")
     try:
         answers = []
 
@@ -447,8 +423,8 @@ def test_concurrent_requests_reach_an_upstream_engine_together(run_folder, tmp_p
             t.join()
         assert [a.status_code for a in answers] == [200, 200]
         assert all(a.json()["choices"][0]["text"].startswith("An upstream title") for a in answers)
-        assert most[0] >= 2        # the two users' candidates were at the upstream at the same time
+        assert upstream.most >= 2   # the two users' candidates were at the upstream at the same time
     finally:
         proc.kill()
         proc.wait()
-        upstream.shutdown()
+        upstream.close()
