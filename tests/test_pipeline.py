@@ -208,7 +208,7 @@ def test_zero_shot_scorers_are_judged_on_held_out_users(run_folder):
     # the stored likelihood is the backend's teacher-forced mean log-probability of the candidate
     from ttp.policy.llama_cpp import LlamaCppBackend
     from ttp.tasks.data import load_task
-    from ttp.tasks.prompts import PromptBuilder
+    from ttp.tasks.prompts import PromptBuilder, as_generated
 
     folder = RunFolder(run_folder)
     stored = pd.read_parquet(folder.external_scores(TASK, "plain", "likelihood"))
@@ -217,7 +217,7 @@ def test_zero_shot_scorers_are_judged_on_held_out_users(run_folder):
     task = load_task(json.loads(folder.config.read_text())["tasks"][0]["path"])
     # the pool scored in one call, as the stage scores it, by a fresh backend
     scored = LlamaCppBackend(n_ctx=4096, max_sequences=8).score(
-        PromptBuilder(task.layout, "personalized")(task.by_id()[query_id]), [f" {t}\n" for t in pool.text])
+        PromptBuilder(task.layout, "personalized")(task.by_id()[query_id]), [as_generated(t) for t in pool.text])
     mine = stored[stored.query_id == query_id].sort_values("candidate").score.to_numpy()
     assert mine == pytest.approx([logprob / n_tokens for logprob, n_tokens in scored], rel=1e-5)
 
@@ -257,7 +257,7 @@ def test_compare_trains_every_family_and_prints_one_table(run_folder):
     # the trained families can pick at test time: the personalizer reads what each model reads
     from ttp.personalize import Personalizer
     from ttp.rewards.cross_encoder import pair_texts
-    from ttp.tasks.prompts import PromptBuilder
+    from ttp.tasks.prompts import PromptBuilder, as_generated
 
     test_user = json.loads(folder.split(TASK).read_text())["test"][0]
     for selector in ("cross_encoder.probabilistic/mean", "hidden_state.pointwise"):
@@ -266,11 +266,11 @@ def test_compare_trains_every_family_and_prints_one_table(run_folder):
         decision = personalizer.generate(query, budget=3, rule="uniform").decision
         frame = pd.DataFrame({"query_id": query.id, "text": decision.candidates})
         if selector.startswith("cross_encoder"):
-            expected = personalizer.model.predict(pair_texts(frame, {query.id: query}))
+            expected = personalizer.scorer.model.predict(pair_texts(frame, {query.id: query}))
         else:
             prompt = PromptBuilder(personalizer.task.layout, "personalized")(query)
-            states = personalizer.backend.hidden_states(prompt, [f" {t}\n" for t in decision.candidates])
-            expected = personalizer.model.predict(np.stack(states))
+            states = personalizer.backend.hidden_states(prompt, [as_generated(t) for t in decision.candidates])
+            expected = personalizer.scorer.model.predict(np.stack(states))
         np.testing.assert_allclose(decision.scores, expected, rtol=1e-4, atol=1e-5)
         assert decision.score == max(decision.scores)
     result = runner.invoke(app, ["generate", str(run_folder), "--task", TASK, "--user", query.user,

@@ -93,3 +93,22 @@ def test_a_long_example_ends_after_its_last_full_sentence_within_the_limit(pep_a
     assert len(shown) > layout.example_chars - len(sentence)
     assert example_output(ProfileItem("p", "x" * 5000, "T"), layout) == "x" * layout.example_chars
     assert example_output(ProfileItem("p", "  short  ", "T"), layout) == "short"
+
+
+def test_a_profile_leaves_out_the_record_of_the_input_asked_for(pep_task):
+    from ttp.tasks.prompts import profile_for
+
+    users = {}
+    for query in pep_task.queries:
+        users.setdefault(query.user, {}).update({item.id: item for item in query.profile})
+    twins = 0
+    for query in pep_task.queries:
+        union = tuple(users[query.user].values())
+        # the task's own profile is the user's other records; its items hold the abstract cut short
+        left = {item.id for item in profile_for(union, query.input)}
+        assert left <= {item.id for item in query.profile}
+        # what else is left out is another record of the same text (PEP 452 repeats PEP 247's abstract)
+        twins += len({item.id for item in query.profile} - left)
+    assert twins == 3
+    item = ProfileItem("short", "Out", "In")
+    assert profile_for((item,), "In") == () and profile_for((item,), "In the beginning") == (item,)

@@ -23,7 +23,7 @@ import pandas as pd
 from ttp.files import write_bytes_atomic
 from ttp.policy import PolicyBackend
 from ttp.tasks.data import ProfileLayout, Query
-from ttp.tasks.prompts import PromptBuilder
+from ttp.tasks.prompts import PromptBuilder, as_generated
 
 LAYER = "result_norm (last layer, after the final norm)"
 POOLING = "last token of prompt + candidate + end of line"
@@ -54,7 +54,7 @@ def pool_states(backend: PolicyBackend, prompt: str, texts) -> np.ndarray:
     if not hasattr(backend, "hidden_states"):
         raise TypeError(f"the {backend.name} backend gives no hidden states; the hidden_state reward model "
                         f"needs the embedded llama-cpp backend")
-    return np.stack(backend.hidden_states(prompt, [f" {t}\n" for t in texts]))
+    return np.stack(backend.hidden_states(prompt, [as_generated(t) for t in texts]))
 
 
 def hidden_state_matrix(candidates: pd.DataFrame, queries: dict[str, Query], layout: ProfileLayout,

@@ -21,7 +21,7 @@ import pandas as pd
 
 from ttp.rewards.features import EmbeddingCache, candidate_features
 from ttp.tasks.data import ProfileLayout, Query
-from ttp.tasks.prompts import QUERY_CHARS, PromptBuilder, example_output, retrieve, split_instruction
+from ttp.tasks.prompts import QUERY_CHARS, PromptBuilder, as_generated, example_output, retrieve, split_instruction
 
 ZERO_SHOT = ("likelihood", "pmi", "judge", "profile_similarity")
 
@@ -74,7 +74,7 @@ def zero_shot_scores(candidates: pd.DataFrame, queries: dict[str, Query], layout
     blocks = []
     for query_id, pool in candidates.groupby("query_id", sort=False):
         query = queries[query_id]
-        texts = [f" {t}\n" for t in pool["text"]]
+        texts = [as_generated(t) for t in pool["text"]]
         block = {"query_id": query_id, "candidate": pool["candidate"].to_numpy()}
         if {"likelihood", "pmi"} & set(scorers):
             with_profile = backend.score(personalized(query), texts)

@@ -20,6 +20,7 @@ PROMPT_STYLES = ("personalized", "plain")
 # and no single over-long record can make a prompt overflow it
 SOURCE_CHARS = 400   # the source of each few-shot example
 QUERY_CHARS = 1500   # the query's own text
+SAME_RECORD_CHARS = 100   # the shortest opening that ``profile_for`` takes for the same record
 # LaMP inputs open with an instruction ("Generate a title for the following abstract of a
 # paper: <text>"), LongLaMP's quote their text ('Generate an abstract for the title "<text>"',
 # perhaps followed by more); the prompt shows the instruction once on top and the text in the
@@ -48,6 +49,30 @@ def split_instruction(query_input: str) -> tuple[str, str]:
     if match:
         return match.group(1).strip(), f"{match.group(2).strip()} {match.group(3).strip()}".strip()
     return "", query_input.strip()
+
+
+def as_generated(candidate: str) -> str:
+    """A candidate as the policy wrote it after a prompt: a space, its text, and the newline that
+    ended it; teacher forcing scores and reads candidates so."""
+    return f" {candidate}\n"
+
+
+def _words(text: str) -> str:
+    return " ".join(split_instruction(text)[1].split())
+
+
+def _same_record(a: str, b: str) -> bool:
+    """The same text, or one a shortened copy of the other (profiles often hold a record's
+    source cut to a few hundred characters), long enough that a shared opening is no accident."""
+    short, long = sorted((a, b), key=len)
+    return short == long or (len(short) >= SAME_RECORD_CHARS and long.startswith(short))
+
+
+def profile_for(profile: tuple[ProfileItem, ...], query_input: str) -> tuple[ProfileItem, ...]:
+    """The profile a new input sees: the user's items but those written for this very input, as
+    a LaMP query's profile holds everything the user wrote except the record asked for."""
+    own = _words(query_input)
+    return tuple(item for item in profile if not _same_record(_words(item.source), own))
 
 
 @lru_cache(maxsize=512)
