@@ -75,3 +75,30 @@ def test_only_completions_take_best_of_as_the_sample_budget():
                                              "best_of": 4})
     assert chat.samples_asked is None
     assert validated(CompletionRequest, {"model": "ttp", "prompt": "x", "best_of": 4}).samples_asked == 4
+
+
+def test_a_score_request_takes_texts_or_candidates_with_their_logprobs():
+    from ttp.serve.requests import ScoreRequest
+
+    texts = validated(ScoreRequest, {"user": "u", "input": "x", "candidates": ["a", "b"]})
+    assert [c.text for c in texts.candidates] == ["a", "b"] and not texts.has_logprobs and texts.model is None
+    sampled = validated(ScoreRequest, {"user": "u", "input": "x", "model": None, "candidates": [
+        {"text": "a", "logprob": -1.5, "n_tokens": 2}, {"text": "b", "logprob": 0, "n_tokens": 1}]})
+    assert sampled.has_logprobs and sampled.candidates[0].logprob == -1.5
+
+
+@pytest.mark.parametrize("body, param, message", [
+    ({"candidates": []}, "candidates", "at least 1 item"),
+    ({"candidates": ["a"] * 65}, "candidates", "at most 64 items"),
+    ({"candidates": [{"text": "a", "logprob": -1, "n_tokens": 1}, "b"]}, "candidates", "every candidate or for none"),
+    ({"candidates": [{"text": "a", "logprob": -1}]}, "candidates", "every candidate or for none"),
+    ({"candidates": [{"text": "a", "logprob": 2, "n_tokens": 1}]}, "candidates.logprob", "between"),
+    ({"candidates": [{"text": "a", "score": 1}]}, "candidates.score", "extra inputs"),
+    ({"candidates": ["a"], "user": " "}, "user", "non-empty"),
+], ids=["no candidates", "over a pool", "some logprobs", "logprob without tokens", "positive logprob",
+        "unknown field", "blank user"])
+def test_bad_score_bodies_name_the_field(body, param, message):
+    from ttp.serve.requests import ScoreRequest
+
+    err = _error(ScoreRequest, {"user": "u", "input": "x", **body})
+    assert err.param == param and message in err.message

@@ -370,6 +370,14 @@ def test_keys_scope_users_and_feedback_is_capped(run_folder, tmp_path, known_use
         limited = feedback(alice, known_user)
         assert limited.status_code == 429 and 0 < int(limited.headers["retry-after"]) <= 60
         assert feedback(app_key, "lab-9").status_code == 200     # another user and key: their own minute
+
+        def score(key, user):
+            return httpx.post(f"{url}/v1/ttp/score", headers={"Authorization": f"Bearer {key}"} if key else {},
+                              json={"user": user, "input": "x", "candidates": ["a"]}, timeout=120)
+
+        exists, missing = score(alice, other), score(alice, "nobody-knows-me")
+        assert exists.status_code == missing.status_code == 403 and exists.json() == missing.json()
+        assert score(None, known_user).status_code == 401 and score(alice, known_user).status_code == 200
         assert httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {alice}"}).status_code == 403
         metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {app_key}"})
         assert metrics.status_code == 200 and "ttp_requests_total" in metrics.text
@@ -428,3 +436,111 @@ def test_concurrent_requests_reach_an_upstream_engine_together(run_folder, tmp_p
         proc.kill()
         proc.wait()
         upstream.close()
+
+
+@pytest.fixture(scope="module")
+def scoring_server(run_folder, tmp_path_factory):
+    """A server whose store holds only the task's profiles: no test sends it feedback."""
+    proc, url = _start(run_folder, tmp_path_factory.mktemp("scoring") / "profiles.sqlite")
+    yield url
+    proc.kill()
+    proc.wait()
+
+
+def _held_out_pools(run_folder, part="test"):
+    import pandas as pd
+
+    from ttp.runs.config import RunConfig
+    from ttp.tasks.data import load_task
+
+    task = load_task(RunConfig.load(run_folder / "config.json").tasks[0].path)
+    table = pd.read_parquet(run_folder / TASK / "personalized" / f"{part}_scores.parquet")
+    return [(task.by_id()[q], pool) for q, pool in table.groupby("query_id", sort=False)]
+
+
+def test_the_score_endpoint_gives_the_runs_stored_scores_for_the_same_candidates(scoring_server, run_folder):
+    import numpy as np
+
+    url = scoring_server
+    pools = _held_out_pools(run_folder)
+    for query, pool in pools:
+        candidates = [{"text": t, "logprob": lp, "n_tokens": int(n)}
+                      for t, lp, n in zip(pool["text"], pool["logprob"], pool["n_tokens"])]
+        r = httpx.post(f"{url}/v1/ttp/score", json={"model": "ttp", "user": query.user, "input": query.input,
+                                                     "candidates": candidates}, timeout=120)
+        answer = r.json()
+        assert r.status_code == 200 and answer["selector"] == "probabilistic/mean" and answer["personalized"]
+        assert [d["index"] for d in answer["data"]] == list(range(len(pool)))
+        # the store's profile less this input's own record is the profile the run scored with
+        np.testing.assert_allclose([d["score"] for d in answer["data"]], pool["score:probabilistic/mean"],
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose([d["sd"] for d in answer["data"]], pool["sd:probabilistic"], rtol=1e-5, atol=1e-6)
+    query, pool = pools[0]
+    texts = httpx.post(f"{url}/v1/ttp/score", json={"user": query.user, "input": query.input,
+                                                    "candidates": list(pool["text"])}, timeout=120).json()
+    assert texts["personalized"] and all(d["sd"] > 0 for d in texts["data"])     # teacher-forced log-probabilities
+    plain = httpx.post(f"{url}/v1/ttp/score", json={"user": "nobody", "input": query.input,
+                                                    "candidates": ["A title", "Another title"]}, timeout=120).json()
+    assert plain["selector"] == "generic/mean_logprob" and not plain["personalized"]
+    assert all(d["mean"] is None and d["score"] < 0 for d in plain["data"])
+    wrong = httpx.post(f"{url}/v1/ttp/score", json={"model": "gpt-4", "user": "u", "input": "x", "candidates": ["a"]})
+    assert wrong.status_code == 404 and wrong.json()["error"]["code"] == "model_not_found"
+
+
+def _score_requests(url) -> float:
+    metrics = httpx.get(f"{url}/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("ttp_requests_total") and 'endpoint="/v1/ttp/score"' in line)
+
+
+def test_a_run_scored_by_another_serve_is_judged_and_served_like_its_stored_selector(scoring_server, run_folder,
+                                                                                      tmp_path, known_user):
+    import shutil
+
+    import numpy as np
+
+    from ttp.cli import main
+    from ttp.rewards.remote import RemoteScorer
+    from ttp.runs.pipeline import Pipeline
+
+    url = scoring_server
+    copy = shutil.copytree(run_folder, tmp_path / "run")
+    held_out = len(_held_out_pools(copy, "validation")) + len(_held_out_pools(copy))
+
+    class Interrupted(RemoteScorer):
+        calls = 0
+
+        def __call__(self, *args):
+            Interrupted.calls += 1
+            if Interrupted.calls == 3:
+                raise KeyboardInterrupt
+            return super().__call__(*args)
+
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline.resume(copy, show_progress=False).score_from_url(Interrupted(url), TASK, "personalized", "remote")
+    before = _score_requests(url)
+    assert main(["scores", str(copy), "--task", TASK, "--name", "remote", "--from-url", url]) == 0
+    assert _score_requests(url) - before == held_out - 2          # the two pools scored before are not asked again
+    cell = copy / TASK / "personalized"
+    evaluation = json.loads((cell / "reward_eval.json").read_text())["selectors"]
+    remote, stored = evaluation["remote"], evaluation["probabilistic/mean"]
+    for field in ("mean", "low", "high"):
+        np.testing.assert_allclose(remote["curve"][field], stored["curve"][field], atol=1e-6)
+    for n, share in stored["oracle_gain_share"].items():
+        np.testing.assert_allclose(remote["oracle_gain_share"][n], share, atol=1e-6)
+    diagnoses = json.loads((cell / "diagnosis.json").read_text())
+    assert diagnoses["remote"]["rho_bar"] == pytest.approx(diagnoses["probabilistic/mean"]["rho_bar"], abs=1e-6)
+    rules = json.loads((cell / "online_rules.json").read_text())
+    assert rules["remote"]["rule"] == rules["probabilistic/mean"]["rule"]
+    # online: a server on the copy picks with the first server's reward model, as the first server picks
+    proc, remote_url = _start(copy, tmp_path / "profiles.sqlite", "--reward-url", url, "--selector", "remote")
+    try:
+        body = {"model": "ttp", "prompt": ABSTRACT + "Remote rewards.", "user": known_user, "seed": 7,
+                "max_tokens": 8, "ttp": {"budget": 3}}
+        direct, relayed = (httpx.post(f"{u}/v1/completions", json=body, timeout=120).json() for u in (url, remote_url))
+        assert relayed["ttp"]["selector"] == "remote" and relayed["ttp"]["candidates"] == direct["ttp"]["candidates"]
+        np.testing.assert_allclose(relayed["ttp"]["scores"], direct["ttp"]["scores"], rtol=1e-6)
+        assert relayed["choices"][0]["text"] == direct["choices"][0]["text"]
+    finally:
+        proc.kill()
+        proc.wait()

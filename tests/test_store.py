@@ -71,3 +71,51 @@ def test_one_command_migrates_sqlite_to_postgres(tmp_path, fresh_database, pep_t
     assert main(["profiles", "copy", str(sqlite), fresh_database]) == 0       # a rerun adds nothing
     assert target.feedback("u1") == [("in", "out", 1.0)] and target.count_items() == source.count_items()
     assert "postgres" in capsys.readouterr().out and "password" not in str(target)
+
+
+def test_an_export_reads_back_into_either_store_and_names_a_bad_line(location, pep_task, tmp_path, capsys):
+    from ttp.cli import main
+    from ttp.serve.store import ExportError, read_export
+
+    source = ProfileStore(tmp_path / "source.sqlite")
+    source.import_task(pep_task)
+    source.add_feedback("ü-user", "Ein Eingang ✓", "Eine Ausgabe", 0.5)
+    export = tmp_path / "profiles.jsonl"
+    assert main(["profiles", "export", str(tmp_path / "source.sqlite"), str(export)]) == 0
+    assert len(export.read_text(encoding="utf-8").splitlines()) == len(pep_task.users) + 1
+    assert main(["profiles", "import", str(export), "--db", location]) == 0
+    target = ProfileStore(location)
+    assert target.records() == source.records()
+    assert main(["profiles", "import", str(export), "--db", location]) == 0    # a rerun adds nothing
+    assert target.records() == source.records()
+    lines = export.read_text(encoding="utf-8").splitlines()
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("\n".join([lines[0], lines[1].replace('"output"', '"outcome"', 1)]), encoding="utf-8")
+    with pytest.raises(ExportError, match=r"broken.jsonl: line 2: profile\[0\]: field 'output'"):
+        read_export(broken)
+    assert main(["profiles", "import", str(broken), "--db", location]) == 1
+    assert "line 2" in capsys.readouterr().err and target.records() == source.records()
+
+
+@pytest.mark.slow
+def test_a_restarted_postgres_is_reconnected_and_no_acknowledged_write_is_lost(tmp_path):
+    import pgserver
+    from pgserver._commands import pg_ctl
+
+    server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
+    try:
+        store = ProfileStore(server.get_uri())
+        store.add_feedback("u", "before", "out")
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+        assert [text for text, _, _ in store.feedback("u")] == ["before"]        # a read opens a new connection
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+        store.add_feedback("u", "after", "out")                                  # so does a write, before BEGIN
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+        from ttp.serve.store import StoreUnavailable
+
+        with pytest.raises(StoreUnavailable, match="cannot be reached now"):
+            store.add_feedback("u", "while down", "out")
+        server.ensure_postgres_running()
+        assert [text for text, _, _ in store.feedback("u")] == ["before", "after"]
+    finally:
+        server.cleanup()

@@ -36,6 +36,8 @@ SERVER_URL = typer.Option(None, "--server-url", "--upstream-url",
 SERVER_MODEL = typer.Option(None, "--server-model", "--upstream-model", help="the server's model name")
 SERVER_CONCURRENCY = typer.Option(8, "--server-concurrency", "--upstream-concurrency",
                                   help="requests in flight to the server")
+# the API key of a scoring endpoint (`ttp scores --from-url`, `ttp serve --reward-url`)
+REWARD_KEY = typer.Option(None, envvar="TTP_REWARD_KEY", help="API key of the scoring endpoint (or TTP_REWARD_KEY)")
 
 
 def _print_version(wanted: bool) -> None:
@@ -265,11 +267,16 @@ def serve(
                                           "reaches the port may read and write every user's profile"),
     max_feedback_chars: int = typer.Option(4000, help="characters of input and output per feedback item"),
     feedback_per_minute: int = typer.Option(30, help="feedback items a minute per user and per key"),
+    reward_url: Optional[str] = typer.Option(None, help="pick with the reward model behind this URL's "
+                                             "POST /v1/ttp/score (another `ttp serve`), named by --selector "
+                                             "as `ttp scores --from-url` stored it"),
+    reward_key: Optional[str] = REWARD_KEY,
 ) -> None:
     """Serve personalized Best-of-N behind an OpenAI-compatible API (completions, chat, models)."""
     import uvicorn
 
     from ttp.personalize import Personalizer
+    from ttp.rewards.remote import RemoteScorer
     from ttp.serve.app import ServeConfig, Server, create_app
     from ttp.serve.auth import KeyRing
     from ttp.serve.store import ProfileStore
@@ -286,8 +293,10 @@ def serve(
                                  f"make keys with `ttp keys add`, or pass --insecure-no-auth to serve every "
                                  f"user's profile to anyone who reaches the port")
     keys = KeyRing.load(api_keys) if api_keys else None
+    reward = RemoteScorer(reward_url, reward_key) if reward_url else None
     personalizer = Personalizer.from_run(run_folder, task, policy, selector=selector, server_url=server_url,
-                                         server_model=server_model, server_concurrency=server_concurrency)
+                                         server_model=server_model, server_concurrency=server_concurrency,
+                                         reward=reward)
     store = ProfileStore(db or run_folder / "profiles.sqlite")
     if store.count_items() == 0:
         console.print(f"profile store {store}: {store.import_task(personalizer.task)} items imported "
@@ -335,17 +344,38 @@ app.add_typer(profiles, name="profiles")
 
 @profiles.command("import")
 def profiles_import(
-    task_dir: Path = typer.Argument(..., help="a task folder in the LaMP layout"),
+    source: Path = typer.Argument(..., help="a task folder in the LaMP layout, or a .jsonl file that "
+                                  "`ttp profiles export` wrote"),
     db: str = typer.Option(..., help="the profile store to fill: a SQLite file or a postgresql:// URL"),
 ) -> None:
-    """Load every user's profile items of a LaMP-layout task into the profile store."""
+    """Load every user's profile items of a LaMP-layout task, or a store's export, into the
+    profile store; what it holds already is kept once."""
     from ttp.serve.store import ProfileStore
     from ttp.tasks.data import load_task
 
-    task = load_task(task_dir)
     store = ProfileStore(db)
+    if source.suffix == ".jsonl":
+        console.print(f"{store}: {store.import_export(source)} profile items added from {source}")
+        return
+    task = load_task(source)
     added = store.import_task(task)
     console.print(f"{store}: {added} profile items of {len(task.users)} users added from {task.name}")
+
+
+@profiles.command("export")
+def profiles_export(
+    db: str = typer.Argument(..., help="the store to export: a SQLite file or a postgresql:// URL"),
+    out: Path = typer.Argument(..., help="the JSON Lines file to write: one user a line, with their profile "
+                               "items and feedback"),
+) -> None:
+    """Write every user's profile items and feedback to one JSON Lines file, which `ttp profiles
+    import` reads into either store."""
+    from ttp.serve.store import ProfileStore, is_url
+
+    if not is_url(db) and not Path(db).exists():
+        raise typer.BadParameter(f"the store {db} does not exist")
+    store = ProfileStore(db)
+    console.print(f"{store} -> {out}: {store.export(out)} users")
 
 
 @profiles.command("copy")
@@ -366,15 +396,32 @@ def profiles_copy(
 @app.command()
 def scores(
     run_folder: Path = typer.Argument(..., help="a run folder whose pools the scores are for"),
-    file: Path = typer.Argument(..., help="Parquet or JSONL: query_id, candidate, score[, sd], one row per candidate"),
+    file: Optional[Path] = typer.Argument(None, help="Parquet or JSONL: query_id, candidate, score[, sd], one row "
+                                          "per candidate"),
     task: str = typer.Option(..., help="task name in the run"),
     policy: str = typer.Option("personalized", help="the run's policy whose pools were scored"),
     name: str = typer.Option(..., help="the selector's name in tables and figures"),
+    from_url: Optional[str] = typer.Option(None, help="instead of a file: ask this URL's POST /v1/ttp/score "
+                                           "(another `ttp serve`) for the held-out users' pools"),
+    reward_key: Optional[str] = REWARD_KEY,
 ) -> None:
-    """Bring scores from any other program into a run as a selector, then rerun the stages after
-    sampling (rewards, diagnose, allocate, report) so it is judged like the trained ones."""
+    """Bring scores from any other program (a file, or a scoring endpoint) into a run as a
+    selector, then rerun the stages after sampling (rewards, diagnose, allocate, report) so it is
+    judged like the trained ones."""
+    if (file is None) == (from_url is None):
+        raise typer.BadParameter("give a score FILE or --from-url URL, one of them")
+
     def store(pipeline: Pipeline) -> None:
-        table = pipeline.import_scores(file, task, policy, name)
+        if from_url:
+            from ttp.rewards.remote import RemoteScorer
+
+            scorer = RemoteScorer(from_url, reward_key)
+            try:
+                table = pipeline.score_from_url(scorer, task, policy, name)
+            finally:
+                scorer.close()
+        else:
+            table = pipeline.import_scores(file, task, policy, name)
         console.print(f"{len(table)} scores of {table.query_id.nunique()} pools stored as selector {name!r}")
 
     _run_stages(None, run_folder, AFTER_SCORES, first=store)

@@ -197,6 +197,12 @@ def family_of(model: str) -> str:
     return "external"
 
 
+def servable(model: str) -> bool:
+    """Whether ``ttp serve`` can pick with this selector's model: a trained family's, or scores
+    made outside the run (the endpoint that made them picks, ``--reward-url``)."""
+    return family_of(model) in (*FAMILIES, "external")
+
+
 def head_of(model: str) -> str:
     """The head of a trained model's name (the name itself for the features family and for
     scores not trained here)."""

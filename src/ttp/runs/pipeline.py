@@ -27,8 +27,9 @@ from ttp.analysis.scaling import diagnose, fit_ceiling, held_out_top_compression
 from ttp.files import read_json, write_json_atomic, write_parquet_atomic
 from ttp.policy.llama_cpp import model_label
 from ttp.rewards.external import check_selector_name, read_scores
-from ttp.rewards.families import FAMILIES, Inputs, check_families, family_of
+from ttp.rewards.families import FAMILIES, Inputs, check_families, servable
 from ttp.rewards.features import FEATURES, EmbeddingCache, candidate_features
+from ttp.rewards.remote import RemoteScorer, append_checkpoint, read_checkpoint
 from ttp.rewards.selection import Selector
 from ttp.rewards.zero_shot import ZERO_SHOT, zero_shot_scores
 from ttp.runs.config import ConfigError, RunConfig
@@ -178,6 +179,38 @@ class Pipeline:
         write_parquet_atomic(self.folder.external_scores(task, policy, name), table)
         return table
 
+    def score_from_url(self, scorer: RemoteScorer, task: str, policy: str, name: str) -> pd.DataFrame:
+        """The held-out users' pools of ``task`` / ``policy`` scored by an endpoint
+        (``RemoteScorer``), stored as the selector ``name``.  Each pool's scores are appended to
+        a checkpoint as they come, so an interrupted call asks again only for the pools left."""
+        check_selector_name(name, {"random", "constant", *self.config.reward_models})
+        the_task = next((t for t in self.tasks if t.name == task), None)
+        if the_task is None or policy not in self.config.policies:
+            raise KeyError(f"{task} / {policy} is not a cell of this run; cells: "
+                           f"{[f'{t.name} / {p}' for t, p in self.cells()]}")
+        frame = self.candidates(the_task, policy)
+        held_out = frame[self.splits[task].rows(frame["user"], "validation", "test")]
+        target = self.folder.external_scores(task, policy, name)
+        checkpoint = target.with_suffix(".partial.jsonl")
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        scored = read_checkpoint(checkpoint)
+        queries = the_task.by_id()
+        pools = [(q, pool) for q, pool in held_out.groupby("query_id", sort=False) if q not in scored]
+        with Progress(console=console, disable=not self.show_progress) as bar, open(checkpoint, "a") as out:
+            job = bar.add_task(f"scores from {scorer.url} ({task} / {policy})", total=len(pools))
+            for query_id, pool in pools:
+                query = queries[query_id]
+                score, _, sd = scorer(query.user, query.input, pool["text"].tolist(), pool["logprob"].tolist(),
+                                      pool["n_tokens"].tolist())
+                scored[query_id] = append_checkpoint(out, query_id, pool["candidate"].tolist(), score, sd)
+                bar.advance(job)
+        table = pd.concat([pd.DataFrame(scored[q]) for q in held_out["query_id"].unique()], ignore_index=True)
+        if table["sd"].isna().any():
+            table = table.drop(columns="sd")
+        write_parquet_atomic(target, table)
+        checkpoint.unlink()
+        return table
+
     def add_families(self, families=()) -> None:
         """Train these reward-model families from now on too (by default every registered family
         the run does not train yet); the run's configuration says so."""
@@ -291,7 +324,7 @@ class Pipeline:
             write_json_atomic(self.folder.allocation(task.name, policy), study.to_json())
             rules = {str(s): OnlineRule.choose(val[s.column], val[PRIMARY], val.users, controller, self.config.seed,
                                                study.online_choice if str(s) == study.selector else None)
-                     for s in selectors(val) if family_of(s.model) in FAMILIES}
+                     for s in selectors(val) if servable(s.model)}
             write_json_atomic(self.folder.online_rules(task.name, policy),
                               {name: rule._asdict() for name, rule in rules.items()})
 

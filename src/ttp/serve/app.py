@@ -36,12 +36,13 @@ from ttp.serve.requests import (
     ChatCompletionRequest,
     CompletionRequest,
     FeedbackRequest,
+    ScoreRequest,
     TTPOptions,
     validated,
 )
-from ttp.serve.store import ProfileStore
+from ttp.serve.store import ProfileStore, StoreUnavailable
 from ttp.tasks.data import Query
-from ttp.tasks.prompts import retrieve
+from ttp.tasks.prompts import profile_for, retrieve
 
 
 def _error_response(err: APIError) -> JSONResponse:
@@ -106,15 +107,14 @@ class Server:
             raise APIError(400, f"the input of {input_tokens} tokens and {sampling.max_tokens} new tokens exceed "
                                 f"the context of {cfg.engine.n_ctx} tokens; shorten the input", "prompt",
                            "context_length_exceeded")
-        profile = self.store.profile(user) if user else ()
-        query = Query(job.id, user or "", text, profile, gold="")
+        query = self.query(job.id, user, text)
         try:
             generation = self.personalizer.generate(query, budget, self.config.min_gain, at_least=n, sampling=sampling)
         except ContextOverflow as err:
             raise APIError(400, str(err), "max_tokens", "context_length_exceeded") from None
         decision, completions, personalized = generation.decision, generation.completions, generation.personalized
         scores, prompt_tokens, reason = np.asarray(decision.scores), generation.prompt_tokens, decision.stopped_because
-        mean, sd = (decision.mean, decision.sd) if personalized else (None, None)
+        mean, sd = (_finite(decision.mean), _finite(decision.sd)) if personalized else (None, None)
         shown = {}       # retrieval is repeated only for a request that asks what the prompt showed
         if job.return_profile:
             shown["retrieved_profile_items"] = [item.id for item in retrieve(query, cfg.shots, cfg.convention)] \
@@ -139,6 +139,30 @@ class Server:
                                                         or reason.startswith("collapsed"))},
         }
 
+    def query(self, request_id: str, user: str | None, text: str) -> Query:
+        """The request as a query: the user's profile from the store, less any item written for
+        this very input (``profile_for``); a user the store does not know has none."""
+        profile = profile_for(self.store.profile(user), text) if user else ()
+        return Query(request_id, user or "", text, profile, gold="")
+
+    def score(self, request: ScoreRequest) -> dict:
+        """``POST /v1/ttp/score``: the pick's scores of given candidates, run in a worker thread."""
+        user = request.user if self.store.has_user(request.user) else None
+        query = self.query(uuid.uuid4().hex, user, request.input)
+        given = request.has_logprobs
+        if not given and not hasattr(self.personalizer.backend, "score"):
+            raise APIError(400, f"the {self.personalizer.backend.name} backend cannot score a given text: send "
+                                f"each candidate's logprob and n_tokens as sampled", "candidates")
+        ratings = self.personalizer.rate(query, [c.text for c in request.candidates],
+                                         [c.logprob for c in request.candidates] if given else None,
+                                         [c.n_tokens for c in request.candidates] if given else None)
+        blank = [None] * len(ratings.score)
+        rows = zip(ratings.score, ratings.mean or blank, ratings.sd or blank)
+        return {"object": "list", "model": self.config.model_name, "selector": ratings.selector,
+                "personalized": ratings.mean is not None,
+                "data": [{"object": "ttp.score", "index": i, "score": score, "mean": _finite(mean), "sd": _finite(sd)}
+                         for i, (score, mean, sd) in enumerate(rows)]}
+
     # ---- who asks -----------------------------------------------------------------------------
     def caller(self, request: Request) -> Key | None:
         """The request's key (None where the server runs without keys); 401 without a valid one."""
@@ -156,12 +180,15 @@ class Server:
         if key is not None and user is not None and not key.may_act_for(user):
             raise APIError(403, f"this API key ({key.name}) may not act for that user", "user", "user_not_in_scope")
 
+    def check_model(self, model: str) -> None:
+        if model != self.config.model_name:
+            raise APIError(404, f"the model {model!r} does not exist; this server serves "
+                                f"{self.config.model_name!r} (GET /v1/models)", "model", "model_not_found")
+
     # ---- parsing ------------------------------------------------------------------------------
     def parse(self, body, chat: bool) -> Job:
         request = validated(ChatCompletionRequest if chat else CompletionRequest, body)
-        if request.model != self.config.model_name:
-            raise APIError(404, f"the model {request.model!r} does not exist; this server serves "
-                                f"{self.config.model_name!r} (GET /v1/models)", "model", "model_not_found")
+        self.check_model(request.model)
         if not request.text.strip():
             raise APIError(400, "the input text is empty", "messages" if chat else "prompt")
         n = request.n or 1
@@ -193,6 +220,11 @@ class Server:
         finally:
             self.waiting -= 1
             self.queue.set(self.waiting)
+
+
+def _finite(value: float | None) -> float | None:
+    """A number for JSON: NaN (a model without an sd) is null."""
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def _chunks(kind: str, head: dict, result: dict, include_usage: bool):
@@ -247,6 +279,10 @@ def create_app(server: Server) -> FastAPI:
     @app.exception_handler(APIError)
     async def api_error(request: Request, err: APIError):
         return _error_response(err)
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request: Request, err: StoreUnavailable):
+        return _error_response(APIError(503, str(err), code="store_unavailable", headers={"Retry-After": "1"}))
 
     async def body_of(request: Request):
         try:
@@ -304,6 +340,15 @@ def create_app(server: Server) -> FastAPI:
                            code="not_permitted")
         return PlainTextResponse(generate_latest(server.registry).decode(),
                                  media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/ttp/score")
+    async def score(request: Request):
+        key = server.caller(request)
+        asked = validated(ScoreRequest, await body_of(request))
+        if asked.model is not None:
+            server.check_model(asked.model)
+        server.check_scope(key, asked.user)
+        return await server.admit(lambda: server.score(asked))
 
     @app.post("/v1/ttp/feedback")
     async def feedback(request: Request):

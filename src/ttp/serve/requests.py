@@ -8,9 +8,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+)
 
-from ttp.runs.config import check_samples
+from ttp.runs.config import MAX_POOL_SIZE, check_samples
 
 
 class APIError(Exception):
@@ -39,6 +48,13 @@ def _number(low: float, high: float):
     return Annotated[float | None, BeforeValidator(check)]
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+NonBlank = Annotated[str, AfterValidator(_not_blank)]
 Samples = Annotated[int | None, BeforeValidator(lambda value: value if value is None else check_samples(value))]
 Tokens = _whole(1, 2**31 - 1)      # the context bounds it further, once the input's length is known
 
@@ -148,17 +164,47 @@ class ChatCompletionRequest(_Request):
 class FeedbackRequest(BaseModel):
     """``POST /v1/ttp/feedback``: one (input, output) the user wrote or approved, added to their profile."""
     model_config = ConfigDict(extra="allow")
-    user: str
-    input: str
-    output: str
+    user: NonBlank
+    input: NonBlank
+    output: NonBlank
     rating: _number(float("-inf"), float("inf")) = None
 
-    @field_validator("user", "input", "output")
+
+class ScoredCandidate(BaseModel):
+    """One candidate to score: its text, and where it was sampled, the policy's log-probability
+    of it (the sum over its ``n_tokens`` tokens), as a run's ``candidates.parquet`` holds them.
+    Without them the server scores the text by teacher forcing on its own policy model."""
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    logprob: _number(float("-inf"), 0.0) = None
+    n_tokens: _whole(0, 2**31 - 1) = None
+
+
+def _candidate(value):
+    return {"text": value} if isinstance(value, str) else value
+
+
+class ScoreRequest(BaseModel):
+    """``POST /v1/ttp/score``: the served reward model's score, predicted mean and sd of each
+    candidate for one user's input."""
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    user: NonBlank
+    input: NonBlank
+    candidates: list[Annotated[ScoredCandidate, BeforeValidator(_candidate)]] = Field(min_length=1,
+                                                                                     max_length=MAX_POOL_SIZE)
+
+    @field_validator("candidates")
     @classmethod
-    def _not_blank(cls, value):
-        if not value.strip():
-            raise ValueError("must be a non-empty string")
-        return value
+    def _all_or_no_logprobs(cls, candidates):
+        given = {c.logprob is not None and c.n_tokens is not None for c in candidates}
+        if len(given) > 1 or any((c.logprob is None) != (c.n_tokens is None) for c in candidates):
+            raise ValueError("give logprob and n_tokens for every candidate or for none")
+        return candidates
+
+    @property
+    def has_logprobs(self) -> bool:
+        return self.candidates[0].logprob is not None
 
 
 def validated(model: type[BaseModel], body: Any) -> BaseModel:
