@@ -8,7 +8,17 @@ under runs/bench-serve), sends a bounded number of requests (the test users' que
 each with its user and `best_of = budget`) with bounded concurrency, then stops the server.  Prints p50 and p99
 latency, requests/s, errors (target 0), samples per request; then the time of one cold
 `ttp generate` for the same request, and of one pool of `budget` candidates for the same
-prompt on the embedded backend.  Goal: warm p50 <= 1.5x that pool."""
+prompt on the embedded backend.  Goal: warm p50 <= 1.5x that pool.
+
+    python bench/serve_load.py --faults [--run RUN] [--seconds 40]
+
+The fault run instead: two `ttp serve` workers on one PostgreSQL (a pgserver started for the
+run), feedback writers and completion clients spread over both (a client whose worker is
+down goes to the other, as behind a load balancer), clients that drop a stream after its
+first chunk, and one client that sends its request a byte at a time.  A quarter of the way
+in, one worker is killed with SIGKILL; halfway, PostgreSQL is restarted.  It prints requests
+served, errors by kind, and acknowledged feedback missing from the store (target 0), and
+5xx answers other than the documented 503s (target 0)."""
 import argparse
 import asyncio
 import json
@@ -16,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -60,6 +71,178 @@ async def drive(url: str, bodies: list[dict], requests: int, concurrency: int):
         return np.array(latencies), errors, samples, time.perf_counter() - start
 
 
+def start_server(run: Path, task: str, db: str, *extra) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    server = subprocess.Popen([*TTP, "serve", str(run), "--task", task, "--port", str(port), "--db", db, *extra],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return server, url
+        except httpx.TransportError:
+            if server.poll() is not None:
+                sys.exit(server.stderr.read().decode())
+            time.sleep(0.3)
+
+
+class Tally:
+    """What the clients saw: answers by status, transport errors by kind, acknowledged feedback."""
+
+    def __init__(self):
+        self.kinds, self.acknowledged, self.served = Counter(), [], 0
+
+    def answer(self, r: httpx.Response) -> bool:
+        if r.status_code == 200:
+            self.served += 1
+            return True
+        code = r.json().get("error", {}).get("code") if "json" in r.headers.get("content-type", "") else None
+        self.kinds[f"HTTP {r.status_code} {code or ''}".strip()] += 1
+        return False
+
+
+async def faults(urls: list[str], bodies: list[dict], seconds: float, kill, restart_db) -> Tally:
+    """Clients over ``urls`` for ``seconds``; ``kill`` at a quarter, ``restart_db`` at half."""
+    tally, stop = Tally(), asyncio.Event()
+    down: set[str] = set()
+
+    async def post(client, path: str, body: dict, i: int):
+        """The request on the i-th worker, or on the next one where that one cannot be reached."""
+        for url in (urls[i % len(urls)], urls[(i + 1) % len(urls)]):
+            if url in down:
+                continue
+            try:
+                return await client.post(f"{url}{path}", json=body)
+            except httpx.ConnectError:
+                down.add(url)
+                tally.kinds["connection refused (worker down; retried on the other)"] += 1
+            except httpx.TransportError as err:
+                tally.kinds[f"{type(err).__name__} (in flight when the worker died)"] += 1
+                return None
+        return None
+
+    async def writer(w: int):
+        async with httpx.AsyncClient(timeout=30) as client:
+            i = 0
+            while not stop.is_set():
+                user, text = f"fault-{w}", f"input {w}-{i}"
+                r = await post(client, "/v1/ttp/feedback", {"user": user, "input": text, "output": f"out {i}"}, i)
+                if r is not None and tally.answer(r):
+                    tally.acknowledged.append((user, text))
+                i += 1
+                await asyncio.sleep(0.05)
+
+    async def completer():
+        async with httpx.AsyncClient(timeout=120) as client:
+            i = 0
+            while not stop.is_set():
+                r = await post(client, "/v1/completions", {**bodies[i % len(bodies)], "best_of": 2}, i)
+                if r is not None:
+                    tally.answer(r)
+                i += 1
+
+    async def dropper():
+        """Streams cut after their first chunk."""
+        async with httpx.AsyncClient(timeout=120) as client:
+            i = 0
+            while not stop.is_set():
+                url = next((u for u in urls if u not in down), None)
+                try:
+                    async with client.stream("POST", f"{url}/v1/completions",
+                                             json={**bodies[i % len(bodies)], "best_of": 1, "stream": True}) as r:
+                        async for _ in r.aiter_lines():
+                            tally.kinds["streams dropped after the first chunk"] += 1
+                            break
+                except httpx.TransportError as err:
+                    tally.kinds[f"{type(err).__name__} (stream)"] += 1
+                i += 1
+                await asyncio.sleep(1)
+
+    async def slow_client():
+        """One request sent a byte every 20 ms; the workers serve the others meanwhile."""
+        url = httpx.URL(next(u for u in urls if u not in down))
+        body = json.dumps({"user": "fault-slow", "input": "slow input", "output": "slow output"}).encode()
+        head = (f"POST /v1/ttp/feedback HTTP/1.1\r\nHost: {url.host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        try:
+            reader, writer_ = await asyncio.open_connection(url.host, url.port)
+            for byte in head + body:
+                writer_.write(bytes([byte]))
+                await writer_.drain()
+                await asyncio.sleep(0.02)
+            status = (await reader.readline()).decode().split(" ")[1]
+            writer_.close()
+            tally.kinds[f"slow client answered {status}"] += 1
+            if status == "200":
+                tally.served += 1
+                tally.acknowledged.append(("fault-slow", "slow input"))
+        except (OSError, IndexError) as err:
+            tally.kinds[f"slow client: {type(err).__name__}"] += 1
+
+    async def faults_on_time():
+        await asyncio.sleep(seconds / 4)
+        kill()
+        await asyncio.sleep(seconds / 4)
+        await asyncio.to_thread(restart_db)
+        await asyncio.sleep(seconds / 2)
+        stop.set()
+
+    await asyncio.gather(faults_on_time(), slow_client(), dropper(), completer(), *(writer(w) for w in range(4)))
+    return tally
+
+
+def fault_run(run: Path, seconds: float) -> None:
+    import tempfile
+
+    import pgserver
+    from pgserver._commands import pg_ctl
+
+    from ttp.runs.config import RunConfig
+    from ttp.serve.store import ProfileStore
+    from ttp.tasks.data import load_task
+
+    config = RunConfig.load(run / "config.json")
+    task = load_task(config.tasks[0].path)
+    bodies = [{"model": "ttp", "prompt": q.input, "user": q.user, "max_tokens": config.sampling.max_tokens}
+              for q in task.queries[:20]]
+    with tempfile.TemporaryDirectory() as scratch:
+        database = pgserver.get_server(Path(scratch) / "pg", cleanup_mode="stop")
+        url = database.get_uri()
+        workers = [start_server(run, task.name, url, "--feedback-per-minute", "100000", "--max-queue", "64")]
+        workers.append(start_server(run, task.name, url, "--feedback-per-minute", "100000", "--max-queue", "64"))
+        killed = workers[0][0]
+        restarts = []
+
+        def restart_db():
+            start = time.perf_counter()
+            pg_ctl(["-w", "-m", "fast", "restart"], pgdata=database.pgdata, user=database.system_user, timeout=60)
+            restarts.append(time.perf_counter() - start)
+
+        try:
+            start = time.perf_counter()
+            tally = asyncio.run(faults([u for _, u in workers], bodies, seconds, killed.kill, restart_db))
+            wall = time.perf_counter() - start
+            store = ProfileStore(url)
+            stored = {(user, text) for user in {u for u, _ in tally.acknowledged}
+                      for text, _, _ in store.feedback(user)}
+            survivor_up = httpx.get(f"{workers[1][1]}/health", timeout=5).status_code == 200
+        finally:
+            for proc, _ in workers:
+                proc.kill()
+                proc.wait()
+            database.cleanup()
+    lost = [a for a in tally.acknowledged if a not in stored]
+    other_5xx = sum(n for kind, n in tally.kinds.items()
+                    if kind.startswith("HTTP 5") and not kind.startswith("HTTP 503"))
+    print(f"fault run: 2 workers on one PostgreSQL, {wall:.0f} s; SIGKILL of one worker at {seconds / 4:.0f} s, "
+          f"PostgreSQL restarted at {seconds / 2:.0f} s (took {restarts[0]:.1f} s)")
+    print(f"requests served (200): {tally.served}; feedback acknowledged: {len(tally.acknowledged)}")
+    for kind, n in sorted(tally.kinds.items()):
+        print(f"  {kind}: {n}")
+    print(f"acknowledged feedback missing from the store: {len(lost)} (target 0)")
+    print(f"5xx other than 503: {other_5xx} (target 0); surviving worker healthy at the end: {survivor_up}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "bench-serve")
@@ -67,8 +250,13 @@ def main():
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--budget", type=int, default=8)
+    parser.add_argument("--faults", action="store_true", help="the fault run (two workers on one PostgreSQL)")
+    parser.add_argument("--seconds", type=float, default=40, help="length of the fault run")
     args = parser.parse_args()
     ensure_run(args.run, pep_titles_dir(args.data))
+    if args.faults:
+        fault_run(args.run, args.seconds)
+        return
 
     from ttp.runs.config import RunConfig
     from ttp.tasks.data import load_task
@@ -81,20 +269,9 @@ def main():
                "max_tokens": config.sampling.max_tokens} for q in queries]
     query = queries[0]
 
-    port = _free_port()
-    server = subprocess.Popen([*TTP, "serve", str(args.run), "--task", task.name, "--port", str(port),
-                               "--db", str(args.run / "bench-profiles.sqlite"), "--max-queue", str(args.requests)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server(args.run, task.name, str(args.run / "bench-profiles.sqlite"),
+                               "--max-queue", str(args.requests))
     try:
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if server.poll() is not None:
-                    sys.exit(server.stderr.read().decode())
-                time.sleep(0.3)
         latencies, errors, samples, wall = asyncio.run(drive(url, bodies, args.requests, args.concurrency))
     finally:
         server.kill()
