@@ -427,6 +427,22 @@ def scores(
     _run_stages(None, run_folder, AFTER_SCORES, first=store)
 
 
+@app.command()
+def history(
+    run_folder: Path = typer.Argument(..., help="a run folder with pools and utilities"),
+    items_per_user: int = typer.Option(4, help="profile items of each user sampled as history queries"),
+    pool_size: Optional[int] = typer.Option(None, help="candidates per history pool (default: the run's pool size)"),
+) -> None:
+    """Sample pools for the users' own profile items (held-out users' included; none a held-out
+    query's record), train the history family of reward models on them beside the training
+    users' pools, then rerun rewards, diagnose, allocate and report so they are judged like the
+    others.  Resumes where it stopped."""
+    _within("--items-per-user", items_per_user, 1)
+    if pool_size is not None:
+        check_samples(pool_size, "--pool-size", typer.BadParameter)
+    _run_stages(None, run_folder, ["sample", *AFTER_SCORES], first=lambda p: p.add_history(items_per_user, pool_size))
+
+
 @app.command("zero-shot")
 def zero_shot(
     run_folder: Path = typer.Argument(..., help="a run folder with pools and utilities"),

@@ -5,6 +5,9 @@ trained with every head (training objective) of ``ttp.rewards.objectives``.
 family         reads                                                           estimator
 =============  ==============================================================  ======================
 features       hand-made features of (profile, query, candidate)               ``RewardModel`` (MLP)
+history        the same features; also trained on every user's history pools   ``RewardModel`` (MLP)
+history_user   the same, with a per-user affine of the score fitted on the      ``PerUserRewardModel``
+               user's own pools (``ttp.rewards.per_user``)
 hidden_state   the policy model's final hidden state of prompt + candidate     ``RewardModel`` (MLP)
                (the closest peer's ranker; ``ttp.rewards.hidden_states``)
 cross_encoder  the text: candidate [SEP] the user's examples · the query       ``CrossEncoderRewardModel``
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from ttp.policy import PolicyBackend
@@ -32,9 +36,11 @@ from ttp.rewards.estimator import Estimator
 from ttp.rewards.features import FEATURES, EmbeddingCache, candidate_features
 from ttp.rewards.hidden_states import LAYER, POOLING, hidden_state_matrix, pool_states
 from ttp.rewards.models import REWARD_MODELS, RewardConfig, RewardModel
+from ttp.rewards.per_user import USER, PerUserRewardModel
 from ttp.rewards.zero_shot import ZERO_SHOT
 from ttp.tasks.data import ProfileLayout, Query
 from ttp.tasks.prompts import PromptBuilder
+from ttp.tasks.utility import PRIMARY
 
 HEADS = ("pointwise", "bradley_terry", "probabilistic")
 
@@ -54,6 +60,7 @@ class Inputs:
     hidden_states: Path | None = None          # the run's cache of states; None online
     # a progress display: track(description, total) -> a context giving advance(); total None: a spinner
     track: Callable[[str, int | None], AbstractContextManager[Callable[[], None]]] | None = None
+    history: pd.DataFrame | None = None        # the history pools' candidates with their features
 
 
 class Family:
@@ -63,6 +70,7 @@ class Family:
     name: str
     estimator: type[Estimator] = RewardModel
     backends: tuple[str, ...] | None = None
+    trains_on_history: bool = False      # learns from the history pools too (``training_set``)
 
     def heads(self, feature_models: tuple[str, ...]) -> tuple[str, ...]:
         """The heads a run trains for this family (``feature_models`` is the run's own list)."""
@@ -84,6 +92,11 @@ class Family:
         if self.backends is not None and backend not in self.backends:
             raise ValueError(f"the {self.name} family reads what only the {', '.join(self.backends)} backend "
                              f"gives, and this run samples with {backend}; leave it out")
+
+    def training_set(self, X, y, groups, inputs: Inputs):
+        """What the models learn from: the training users' pools ``(X, y, groups)``, and for a
+        family that learns from history pools, those too."""
+        return X, y, groups
 
     def batch_inputs(self, table: pd.DataFrame, inputs: Inputs):
         """``(X, note)``: what the models read, one row per row of ``table`` (candidates with
@@ -113,6 +126,45 @@ class FeaturesFamily(Family):
     def query_inputs(self, query, candidates, inputs):
         return candidate_features(candidates, {query.id: query}, inputs.embeddings, k=inputs.shots,
                                   convention=inputs.convention)
+
+
+class HistoryFamily(FeaturesFamily):
+    """The feature MLPs, trained on every user's history pools as well as the training users'
+    pools (``ttp.tasks.history``): held-out users' own past outputs become training examples."""
+
+    name = "history"
+    trains_on_history = True
+    columns = FEATURES
+
+    def heads(self, feature_models):
+        return HEADS
+
+    def model_name(self, head):
+        return f"{self.name}.{head}"
+
+    def batch_inputs(self, table, inputs):
+        return table[list(self.columns)], {"family": self.name}
+
+    def training_set(self, X, y, groups, inputs):
+        history = inputs.history
+        return (pd.concat([X, history[list(self.columns)]], ignore_index=True),
+                np.concatenate([y, history[PRIMARY].to_numpy()]),
+                np.concatenate([groups, history["query_id"].to_numpy()]))
+
+
+class PerUserHistoryFamily(HistoryFamily):
+    """The history family's model with a per-user affine of its output, fitted on each user's
+    own pools (``ttp.rewards.per_user``): it reads the user beside the features."""
+
+    name = "history_user"
+    estimator = PerUserRewardModel
+    columns = (*FEATURES, USER)
+
+    def new_model(self, head, seed=0):
+        return PerUserRewardModel(RewardConfig(kind=head, seed=seed, hidden=32))
+
+    def query_inputs(self, query, candidates, inputs):
+        return super().query_inputs(query, candidates, inputs).assign(**{USER: query.user})
 
 
 class HiddenStateFamily(Family):
@@ -165,7 +217,7 @@ def register_family(family: Family) -> Family:
     return family
 
 
-for _family in (FeaturesFamily(), HiddenStateFamily(), CrossEncoderFamily()):
+for _family in (FeaturesFamily(), HistoryFamily(), PerUserHistoryFamily(), HiddenStateFamily(), CrossEncoderFamily()):
     register_family(_family)
 
 

@@ -67,6 +67,8 @@ class RunConfig:
     collapse_tau: float = 0.1                        # collapse threshold, share of the median user's spread
     controller_selector: str = "probabilistic/mean"  # the selector whose scores drive allocation
     bootstrap: int = 1000
+    history_items: int = 0                           # profile items per user sampled as history queries
+    history_pool_size: int | None = None             # their pools' size (None: the run's pool size)
 
     def __post_init__(self):
         if not self.tasks:
@@ -89,6 +91,15 @@ class RunConfig:
                 FAMILIES[family].check_backend(self.engine.backend)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        if self.history_items < 0 or (self.history_pool_size is not None and self.history_pool_size < 1):
+            raise ConfigError(f"history_items must be 0 or more and history_pool_size 1 or more, got "
+                              f"{self.history_items!r} and {self.history_pool_size!r}")
+        if self.history_pool_size is not None:
+            check_samples(self.history_pool_size, "the history pool size", ConfigError)
+        needs_history = [f for f in self.families if FAMILIES[f].trains_on_history]
+        if needs_history and not self.history_items:
+            raise ConfigError(f"the {', '.join(needs_history)} family trains on history pools, and history_items "
+                              f"is 0; `ttp history RUN --items-per-user K` samples them")
         selector = Selector.parse(self.controller_selector)
         trained = trained_models(self.families, self.reward_models)
         if selector.model not in trained:

@@ -93,6 +93,12 @@ class RunFolder:
     def pools(self, task: str, policy: str) -> Path:
         return self.policy_dir(task, policy) / "pools.jsonl"
 
+    def history_pools(self, task: str, policy: str) -> Path:
+        return self.policy_dir(task, policy) / "history_pools.jsonl"
+
+    def history_features(self, task: str, policy: str) -> Path:
+        return self.policy_dir(task, policy) / "history_features.parquet"
+
     def candidates(self, task: str, policy: str) -> Path:
         return self.policy_dir(task, policy) / "candidates.parquet"
 

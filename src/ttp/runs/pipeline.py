@@ -38,7 +38,8 @@ from ttp.runs.folder import RunFolder
 from ttp.runs.report import write_report
 from ttp.runs.results import UNREADABLE_TABLE, read_table, write_diagnoses
 from ttp.runs.sampling import read_pools, sample_pools
-from ttp.tasks.data import PARTS, Task, UserSplit, load_task, split_users, subset
+from ttp.tasks.data import PARTS, Query, Task, UserSplit, load_task, split_users, subset
+from ttp.tasks.history import history_queries
 from ttp.tasks.prompts import PromptBuilder
 from ttp.tasks.utility import METRICS, PRIMARY, candidate_table
 
@@ -125,9 +126,52 @@ class Pipeline:
                              None if executor else self.backend(), c.sampling, path,
                              description=f"{task.name} / {policy}", show_progress=self.show_progress,
                              executor=executor)
+            for task, policy in self.cells() if c.history_items else ():
+                sample_pools(self.history_queries(task), PromptBuilder(task.layout, policy, c.shots, c.convention),
+                             self.backend(), self._history_sampling(), self.folder.history_pools(task.name, policy),
+                             description=f"{task.name} / {policy} history", show_progress=self.show_progress)
         finally:
             if executor is not None:
                 executor.shutdown()
+
+    def history_queries(self, task: Task) -> list[Query]:
+        """The users' profile items as queries (``ttp.tasks.history``), none a held-out query's record."""
+        split = self.splits[task.name]
+        held_out = [q for q in task.queries if split.rows([q.user], "validation", "test")[0]]
+        return history_queries(task, held_out, self.config.history_items, self.config.seed)
+
+    def _history_sampling(self):
+        return replace(self.config.sampling, n=self.config.history_pool_size or self.config.sampling.n)
+
+    def add_history(self, items_per_user: int, pool_size: int | None = None) -> None:
+        """Sample history pools from now on (``items_per_user`` per user, pools of ``pool_size``)
+        and train the history family on them; the run's configuration says so."""
+        c = self.config
+        if c.history_items and (c.history_items, c.history_pool_size) != (items_per_user, pool_size):
+            raise ConfigError(f"this run's history pools are drawn with {c.history_items} items per user and "
+                              f"pools of {c.history_pool_size or c.sampling.n}; copy the run folder to try others")
+        families = tuple(dict.fromkeys([*c.families, *(f for f in FAMILIES if FAMILIES[f].trains_on_history)]))
+        self.config = replace(c, history_items=items_per_user, history_pool_size=pool_size, families=families)
+        write_json_atomic(self.folder.config, self.config.to_json())
+
+    def history_features(self, task: Task, policy: str) -> pd.DataFrame:
+        """The history pools' candidates with their utilities and features (cached in the run folder)."""
+        path = self.folder.history_features(task.name, policy)
+        queries = {q.id: q for q in self.history_queries(task)}
+        cached = _cached(path)
+        if cached is not None and set(cached.query_id) == set(queries) and set(FEATURES) <= set(cached.columns):
+            return cached
+        pools = [p for p in read_pools(self.folder.history_pools(task.name, policy), self._history_sampling().n)
+                 if p["query_id"] in queries]
+        if len(pools) < len(queries):
+            raise RuntimeError(f"{self.folder.history_pools(task.name, policy)} has {len(pools)} of {len(queries)} "
+                               f"history pools: finish the sampling stage first (`ttp resume`)")
+        frame = candidate_table(pools, queries, self.config.convention)
+        feats = candidate_features(frame, queries, EmbeddingCache(self.folder.embeddings(task.name)),
+                                   k=self.config.shots, convention=self.config.convention)
+        table = pd.concat([frame, feats], axis=1)
+        write_parquet_atomic(path, table)
+        return table
 
     def candidates(self, task: Task, policy: str) -> pd.DataFrame:
         return read_table(self.folder.candidates(task.name, policy), f"ttp utilities {self.folder.root}")
@@ -255,9 +299,10 @@ class Pipeline:
                 job = bar.add_task(f"{description} ({task.name} / {policy})", total=total)
                 yield lambda: bar.advance(job)
 
+        history = self.history_features(task, policy) if c.history_items else None
         return Inputs(task.by_id(), task.layout, c.shots, c.convention, self.backend,
                       EmbeddingCache(self.folder.embeddings(task.name)), model_label(c.engine.model_path),
-                      self.folder.hidden_states(task.name, policy), track)
+                      self.folder.hidden_states(task.name, policy), track=track, history=history)
 
     def rewards(self) -> None:
         for task, policy in self.cells():
@@ -283,7 +328,7 @@ class Pipeline:
                         console.print(f"training {name} reward model on {task.name} / {policy}")
                         train, val = subset_rows["train"], subset_rows["validation"]
                         model = family.new_model(head, self.config.seed).fit(
-                            X[train], yw[train], gw[train], X[val], yw[val], gw[val])
+                            *family.training_set(X[train], yw[train], gw[train], inputs), X[val], yw[val], gw[val])
                         model.save(model_dir, note)
                     models[name] = (model, X, subset_rows)
             for part in ("validation", "test"):

@@ -57,13 +57,15 @@ def as_generated(candidate: str) -> str:
     return f" {candidate}\n"
 
 
-def _words(text: str) -> str:
+def record_text(text: str) -> str:
+    """What two records are compared by: the text after any instruction, spaces collapsed."""
     return " ".join(split_instruction(text)[1].split())
 
 
-def _same_record(a: str, b: str) -> bool:
-    """The same text, or one a shortened copy of the other (profiles often hold a record's
-    source cut to a few hundred characters), long enough that a shared opening is no accident."""
+def same_record(a: str, b: str) -> bool:
+    """Whether two ``record_text``s are one record: the same text, or one a shortened copy of
+    the other (profiles often hold a record's source cut to a few hundred characters), long
+    enough that a shared opening is no accident."""
     short, long = sorted((a, b), key=len)
     return short == long or (len(short) >= SAME_RECORD_CHARS and long.startswith(short))
 
@@ -71,8 +73,8 @@ def _same_record(a: str, b: str) -> bool:
 def profile_for(profile: tuple[ProfileItem, ...], query_input: str) -> tuple[ProfileItem, ...]:
     """The profile a new input sees: the user's items but those written for this very input, as
     a LaMP query's profile holds everything the user wrote except the record asked for."""
-    own = _words(query_input)
-    return tuple(item for item in profile if not _same_record(_words(item.source), own))
+    own = record_text(query_input)
+    return tuple(item for item in profile if not same_record(record_text(item.source), own))
 
 
 @lru_cache(maxsize=512)
