@@ -76,14 +76,22 @@ def start_server(run: Path, task: str, db: str, *extra) -> tuple[subprocess.Pope
     server = subprocess.Popen([*TTP, "serve", str(run), "--task", task, "--port", str(port), "--db", db, *extra],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    while True:
+    return wait_until_up(server, url, "/health"), url
+
+
+def wait_until_up(server: subprocess.Popen, url: str, path: str, timeout: float = 300) -> subprocess.Popen:
+    """``server`` once ``url + path`` answers 200; exits with its error output if it dies or times out."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return server, url
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
+                return server
         except httpx.TransportError:
             if server.poll() is not None:
-                sys.exit(server.stderr.read().decode())
+                sys.exit(server.stderr.read().decode() if server.stderr else f"{url} exited")
             time.sleep(0.3)
+    server.kill()
+    sys.exit(f"{url} did not answer {path} within {timeout:.0f} s")
 
 
 class Tally:

@@ -28,11 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import openai
 from _data import pep_titles_dir
-from serve_load import _free_port, start_server
+from serve_load import _free_port, start_server, wait_until_up
 
 from ttp.analysis.bon import user_bootstrap
 from ttp.runs.config import RunConfig
@@ -117,15 +116,7 @@ def start_llama_server(n_ctx: int) -> tuple[subprocess.Popen, str]:
                              "--port", str(port), "--verbose", "False"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.5)
-    proc.kill()
-    sys.exit("llama-cpp-python's server did not start within 300 s")
+    return wait_until_up(proc, url, "/v1/models"), url
 
 
 def table(arms: list[Arm], queries, convention: str, n_boot: int = 1000) -> None:
