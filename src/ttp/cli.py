@@ -464,7 +464,8 @@ def zero_shot(
 def compare(
     run_folder: Path = typer.Argument(..., help="a run folder with pools and utilities"),
     family: Optional[List[str]] = typer.Option(None, help="a family to add (repeatable; default: every "
-                                                          "registered family the run does not train yet)"),
+                                                          "registered family the run does not train yet; "
+                                                          "the history families come with `ttp history`)"),
 ) -> None:
     """Train the reward-model families on the run's training users (each with the pointwise,
     Bradley-Terry and probabilistic heads), judge every family x head x rule on the same held-out

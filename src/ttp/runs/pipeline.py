@@ -257,8 +257,10 @@ class Pipeline:
 
     def add_families(self, families=()) -> None:
         """Train these reward-model families from now on too (by default every registered family
-        the run does not train yet); the run's configuration says so."""
-        wanted = families or [f for f in FAMILIES if f not in self.config.families]
+        the run does not train yet and has the pools for); the run's configuration says so."""
+        # the families that learn from history pools come with them (``add_history``)
+        wanted = families or [f for f in FAMILIES if f not in self.config.families
+                              and (self.config.history_items or not FAMILIES[f].trains_on_history)]
         families = tuple(dict.fromkeys([*self.config.families, *wanted]))
         self.config = replace(self.config, families=check_families(families))
         write_json_atomic(self.folder.config, self.config.to_json())
