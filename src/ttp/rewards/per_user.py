@@ -52,13 +52,13 @@ class PerUserRewardModel:
         features, users = self._split(X)
         val = self._split(X_val)[0] if X_val is not None else None
         self.global_ = RewardModel(self.config).fit(features, y, groups, val, y_val, groups_val)
-        score = _centred(self.global_.predict(features), np.asarray(groups))
+        raw = self.global_.predict(features)
+        score = _centred(raw, np.asarray(groups))
         utility = _centred(np.asarray(y, dtype=float), np.asarray(groups))
         slope = float(score @ utility / max(score @ score, 1e-12))
         # a pool's worth of evidence: the median pool's sum of squared centred scores
         _, inverse = group_index(groups)
         weight = self.prior_pools * float(np.median(np.bincount(inverse, weights=score ** 2)))
-        raw = self.global_.predict(features)
         self.per_user_ = {}
         for user in np.unique(users):
             mine = users == user

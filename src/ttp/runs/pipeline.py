@@ -62,6 +62,7 @@ class Pipeline:
     def __init__(self, config: RunConfig, root, show_progress: bool = True):
         self.config, self.folder, self.show_progress = config, RunFolder(root), show_progress
         self._backend = None
+        self._history_queries: dict[tuple[str, int], list[Query]] = {}
         if self.folder.config.exists() and RunConfig.load(self.folder.config).to_json() != config.to_json():
             raise ConfigError(f"{self.folder.config} holds another run's configuration; resume it with "
                               f"`ttp resume {self.folder.root}` or use a new folder")
@@ -135,10 +136,14 @@ class Pipeline:
                 executor.shutdown()
 
     def history_queries(self, task: Task) -> list[Query]:
-        """The users' profile items as queries (``ttp.tasks.history``), none a held-out query's record."""
-        split = self.splits[task.name]
-        held_out = [q for q in task.queries if split.rows([q.user], "validation", "test")[0]]
-        return history_queries(task, held_out, self.config.history_items, self.config.seed)
+        """The users' profile items as queries (``ttp.tasks.history``), none a held-out query's
+        record; made once per task (every held-out query is compared with every item)."""
+        key = (task.name, self.config.history_items)
+        if key not in self._history_queries:
+            split = self.splits[task.name]
+            held_out = [q for q in task.queries if split.rows([q.user], "validation", "test")[0]]
+            self._history_queries[key] = history_queries(task, held_out, self.config.history_items, self.config.seed)
+        return self._history_queries[key]
 
     def _history_sampling(self):
         return replace(self.config.sampling, n=self.config.history_pool_size or self.config.sampling.n)
@@ -166,12 +171,7 @@ class Pipeline:
         if len(pools) < len(queries):
             raise RuntimeError(f"{self.folder.history_pools(task.name, policy)} has {len(pools)} of {len(queries)} "
                                f"history pools: finish the sampling stage first (`ttp resume`)")
-        frame = candidate_table(pools, queries, self.config.convention)
-        feats = candidate_features(frame, queries, EmbeddingCache(self.folder.embeddings(task.name)),
-                                   k=self.config.shots, convention=self.config.convention)
-        table = pd.concat([frame, feats], axis=1)
-        write_parquet_atomic(path, table)
-        return table
+        return self._with_features(candidate_table(pools, queries, self.config.convention), queries, task, path)
 
     def candidates(self, task: Task, policy: str) -> pd.DataFrame:
         return read_table(self.folder.candidates(task.name, policy), f"ttp utilities {self.folder.root}")
@@ -285,7 +285,11 @@ class Pipeline:
         cached = _cached(path)
         if cached is not None and len(cached) == len(frame) and set(FEATURES) <= set(cached.columns):
             return cached
-        feats = candidate_features(frame, task.by_id(), EmbeddingCache(self.folder.embeddings(task.name)),
+        return self._with_features(frame, task.by_id(), task, path)
+
+    def _with_features(self, frame: pd.DataFrame, queries: dict, task: Task, path) -> pd.DataFrame:
+        """``frame`` with its candidates' features beside it, written to ``path``."""
+        feats = candidate_features(frame, queries, EmbeddingCache(self.folder.embeddings(task.name)),
                                    k=self.config.shots, convention=self.config.convention)
         table = pd.concat([frame, feats], axis=1)
         write_parquet_atomic(path, table)
