@@ -126,8 +126,9 @@ def run(
     convention: str = typer.Option("ttp", help="utility and retrieval: ttp (ROUGE with stemming, BM25 over "
                                    "the input) or lamp (LaMP's: no stemming, BM25 over the text after the "
                                    "instruction)"),
-    model: Optional[Path] = typer.Option(None, help="GGUF file (llama-cpp, transformers) or model folder "
-                                         "(transformers, vllm); default: the embedded Gemma 3 270M GGUF"),
+    model: Optional[Path] = typer.Option(None, help="GGUF file or `ttp tune` folder (llama-cpp), GGUF file "
+                                         "(transformers) or model folder (transformers, vllm); default: the "
+                                         "embedded Gemma 3 270M GGUF"),
     n_ctx: int = typer.Option(8192, help="context window of the llama-cpp / vllm engine, tokens"),
     backend: str = typer.Option("llama-cpp", help=f"one of {', '.join(BACKENDS)}"),
     server_url: Optional[str] = SERVER_URL,
@@ -482,6 +483,49 @@ def compare(
         for policy in pipeline.config.policies:
             render(comparison_table(task.name, policy, read_reward_eval(pipeline.folder, task.name, policy),
                                     read_diagnoses(pipeline.folder, task.name, policy)))
+
+
+@app.command()
+def tune(
+    task: Path = typer.Argument(..., help="task folder (LaMP / LongLaMP layout) whose users' writing is learnt"),
+    out: Path = typer.Option(..., help="model folder to write; a rerun resumes a tune left there"),
+    items_per_user: int = typer.Option(4, help="profile items per user"),
+    max_examples: Optional[int] = typer.Option(256, help="examples in all (the first of a seeded order); 0: all"),
+    split: Tuple[float, float, float] = typer.Option((0.45, 0.15, 0.4), help="the run's train, validation, "
+                                                     "test shares of users: its held-out users give no gold"),
+    seed: int = typer.Option(0, help="the run's seed (its user split) and the examples' order"),
+    rank: int = typer.Option(8, help="LoRA rank"),
+    learning_rate: float = typer.Option(5e-4, help="AdamW's, decaying linearly to 0"),
+    epochs: int = typer.Option(1),
+    accumulation: int = typer.Option(8, help="examples per optimizer step"),
+    base_model: Optional[Path] = typer.Option(None, help="GGUF file to tune (default: the embedded Gemma 3 270M)"),
+) -> None:
+    """Fine-tune the policy model (LoRA, merged into a GGUF) on the task's own examples of its users'
+    writing: every user's profile items and the training users' queries.  `ttp run --model OUT` samples it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ttp.tasks.data import load_task
+    from ttp.tuning import TuneConfig
+    from ttp.tuning import tune as tune_model
+    from ttp.tuning.lora import LoraConfig
+
+    _within("--items-per-user", items_per_user, 1)
+    _within("--max-examples", max_examples, 0)
+    config = TuneConfig(items_per_user, max_examples or None, split, seed,
+                        str(base_model.resolve()) if base_model else None,
+                        LoraConfig(rank=rank, alpha=2.0 * rank, learning_rate=learning_rate, epochs=epochs,
+                                   accumulation=accumulation))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        job = bar.add_task(f"tuning on {task.name}", total=None, loss="-")
+        result = tune_model(load_task(task), out, config,
+                            on_step=lambda step, steps, loss: bar.update(job, completed=step, total=steps,
+                                                                         loss=f"{loss:.3f}"))
+    record = result.record
+    console.print(f"{result.model}: {record['steps']} steps in {record['train_seconds'] / 60:.1f} min; validation "
+                  f"loss {record['validation_loss']['before']:.3f} -> {record['validation_loss']['after']:.3f} "
+                  f"nats/token; model card {out / 'README.md'}")
 
 
 @app.command("export-model")

