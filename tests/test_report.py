@@ -261,14 +261,14 @@ def test_each_figure_draws_the_curves_it_names(run, monkeypatch):
     from ttp.runs import report as report_module
 
     folder, config, _, _, study = run
-    drawn, save = {}, report_module._save
+    drawn, save = {}, report_module.save_figure
 
     def capture(fig, path):
         drawn[path.name] = {line.get_label(): np.asarray(line.get_ydata(), dtype=float)
                             for ax in fig.axes for line in ax.get_lines()}
         return save(fig, path)
 
-    monkeypatch.setattr(report_module, "_save", capture)
+    monkeypatch.setattr(report_module, "save_figure", capture)
     write_report(folder, config, [TASK])
     curves = json.loads(folder.curves(TASK, POLICY).read_text())["rougeL"]
     ceiling = drawn[f"ceiling_{TASK}.png"]

@@ -528,6 +528,34 @@ def tune(
                   f"nats/token; model card {out / 'README.md'}")
 
 
+@app.command()
+def matrix(
+    out: Path = typer.Option(Path("runs/matrix"), help="matrix folder; a rerun resumes every part"),
+    task: Optional[List[Path]] = typer.Option(None, help="task folders (repeatable; default: pep-titles and "
+                                              "pep-abstracts)"),
+    model: List[str] = typer.Option(["base", "tuned"], help="policy models: base (the embedded Gemma) and tuned "
+                                    "(ttp tune on each task)"),
+    pool_size: int = typer.Option(16, help="candidates per query"),
+    max_queries_per_user: Optional[int] = typer.Option(3, help="seeded subset of each user's queries (0: all)"),
+    seed: int = 0,
+    split: Tuple[float, float, float] = typer.Option((0.45, 0.15, 0.4), help="train, validation, test shares"),
+) -> None:
+    """Run every cell of tasks x policy models x promptings (personalized, plain) and print one summary
+    row per cell: the ceiling, the best standard and the probabilistic RM, failures, the best law, speed."""
+    from ttp.runs.matrix import Matrix, MatrixConfig, MatrixTask
+    from ttp.tasks.peps import pep_task_dirs
+    from ttp.tuning import TuneConfig
+
+    check_samples(pool_size, "--pool-size", typer.BadParameter)
+    _within("--max-queries-per-user", max_queries_per_user, 0)
+    paths = [p.resolve() for p in task] if task else list(pep_task_dirs().values())
+    config = MatrixConfig(tuple(MatrixTask(str(p), max_queries_per_user or None) for p in paths), tuple(model),
+                          pool_size, split, seed, TuneConfig(split=split, seed=seed))
+    table = Matrix(config, out).run(on_cell=lambda label: console.rule(f"[bold]{label}"))
+    render(table)
+    console.print(f"summary: {out / 'summary.md'}")
+
+
 @app.command("export-model")
 def export_model(
     target: Path = typer.Argument(..., help="folder to write"),

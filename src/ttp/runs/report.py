@@ -38,12 +38,12 @@ from ttp.runs.tables import (  # noqa: E402
 from ttp.tasks.utility import PRIMARY  # noqa: E402
 
 
-def _band(ax, curve: Curve, label: str, **style):
+def band(ax, curve: Curve, label: str, **style):
     line, = ax.plot(curve.n, curve.mean, label=label, **style)
     ax.fill_between(curve.n, curve.low, curve.high, color=line.get_color(), alpha=0.15, linewidth=0)
 
 
-def _save(fig, path) -> str:
+def save_figure(fig, path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -62,8 +62,8 @@ def ceiling_section(folder: RunFolder, tasks: list[str], policies) -> tuple[str,
             data[f"{task}/{policy}"] = curves
             r = curves[PRIMARY]
             oracle = Curve.from_json(r["oracle"])
-            _band(ax, oracle, f"{policy}: oracle")
-            _band(ax, Curve.from_json(r["random"]), f"{policy}: random", linestyle=":")
+            band(ax, oracle, f"{policy}: oracle")
+            band(ax, Curve.from_json(r["random"]), f"{policy}: random", linestyle=":")
             best = r["ceiling_fits"][0]
             ax.plot(oracle.n, best["a"] + best["b"] * CEILING_FORMS[best["form"]](oracle.n.astype(int)),
                     color="black", linewidth=0.8, linestyle="--")
@@ -72,7 +72,7 @@ def ceiling_section(folder: RunFolder, tasks: list[str], policies) -> tuple[str,
         ax.set_ylabel(f"expected {PRIMARY} of the pick")
         ax.set_title(f"{task}: perfect selection vs random (dashed: best ceiling fit)")
         ax.legend(fontsize=8)
-        name = _save(fig, folder.figures / f"ceiling_{task}.png")
+        name = save_figure(fig, folder.figures / f"ceiling_{task}.png")
         text.append(f"### {task}\n\n![ceiling](figures/{name})\n")
         text.append(ceiling_table(task, by_policy).to_markdown())
     return "\n".join(text), data
@@ -86,15 +86,15 @@ def rewards_section(folder: RunFolder, cells) -> tuple[str, dict]:
         ev = read_reward_eval(folder, task, policy)
         data[f"{task}/{policy}"] = ev
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        _band(ax, Curve.from_json(ev["oracle"]), "oracle", color="black")
+        band(ax, Curve.from_json(ev["oracle"]), "oracle", color="black")
         for name, sel in ev["selectors"].items():
-            _band(ax, Curve.from_json(sel["curve"]), name, linestyle=":" if name == "random" else "-")
+            band(ax, Curve.from_json(sel["curve"]), name, linestyle=":" if name == "random" else "-")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("N")
         ax.set_ylabel(f"expected {PRIMARY} of the pick")
         ax.set_title(f"{task} / {policy}: Best-of-N by reward model ({ev['queries']} test queries)")
         ax.legend(fontsize=7, ncol=2)
-        name = _save(fig, folder.figures / f"rewards_{task}_{policy}.png")
+        name = save_figure(fig, folder.figures / f"rewards_{task}_{policy}.png")
         text.append(f"### {task} / {policy}\n")
         text.append(f"![rewards](figures/{name})\n")
         text.append(rewards_table(task, policy, ev).to_markdown())
@@ -178,7 +178,7 @@ def _law_figure(folder: RunFolder, task: str, policy: str, diagnoses: dict, name
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"{task} / {policy}: does the law predict each reward model's Best-of-N curve?")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))   # keep the panel titles clear of it
-    return _save(fig, folder.figures / f"law_{task}_{policy}.png")
+    return save_figure(fig, folder.figures / f"law_{task}_{policy}.png")
 
 
 def _failure_figure(folder: RunFolder, task: str, policy: str, diagnoses: dict, names: list[str]) -> str:
@@ -212,7 +212,7 @@ def _failure_figure(folder: RunFolder, task: str, policy: str, diagnoses: dict, 
     fig.suptitle(f"{task} / {policy}: where each reward model fails", fontsize=10)
     fig.tight_layout()
     fig.subplots_adjust(wspace=0.5)
-    return _save(fig, folder.figures / f"failures_{task}_{policy}.png")
+    return save_figure(fig, folder.figures / f"failures_{task}_{policy}.png")
 
 
 def _samples_needed_panel(ax, study: AllocationStudy) -> None:
@@ -260,7 +260,7 @@ def allocation_section(folder: RunFolder, cells) -> tuple[str, dict]:
             if name in REFERENCES:   # they know the full pools: a line to aim at, not a result with a band
                 ax.plot(curve.samples_per_query, curve.mean, linestyle="--", marker="o", markersize=3, label=name)
             else:
-                _band(ax, Curve(np.asarray(curve.samples_per_query), np.asarray(curve.mean), np.asarray(curve.low),
+                band(ax, Curve(np.asarray(curve.samples_per_query), np.asarray(curve.mean), np.asarray(curve.low),
                                 np.asarray(curve.high)), name, marker="o", markersize=3)
         if study.uniform_reference is not None:
             ax.axhline(study.uniform_reference, color="grey", linestyle=":", linewidth=1)
@@ -271,7 +271,7 @@ def allocation_section(folder: RunFolder, cells) -> tuple[str, dict]:
         ax.legend(fontsize=8)
         _samples_needed_panel(need_ax, study)
         fig.tight_layout()
-        name = _save(fig, folder.figures / f"allocation_{task}_{policy}.png")
+        name = save_figure(fig, folder.figures / f"allocation_{task}_{policy}.png")
         text.append(f"### {task} / {policy}\n\n![allocation](figures/{name})\n")
         text.append(allocation_table(task, policy, study).to_markdown())
         text.append(f"\n`ttp generate` and `ttp serve` draw with the **{study.online_rule}** rule here (expected "

@@ -30,6 +30,7 @@ class ProfileLayout:
     output_label: str
     completion_labels: tuple[str, ...] = SHORT_OUTPUT_LABELS   # dropped from a completion's start
     example_chars: int = 300    # of a profile item's output shown as a few-shot example
+    new_tokens: int = 24        # a candidate's most new tokens (docs/method.md, "Long outputs")
 
     def clean(self, completion: str) -> str:
         """A completion without the labels, quotes and bold marks small models like to add."""
@@ -44,7 +45,7 @@ def _long(name, output_field, source_fields, source_label, output_label) -> Prof
     # 700 characters hold a median PEP abstract (505) whole, and three of them leave a
     # context of 8192 room for 16 candidates of 160 tokens (docs/method.md, "Long outputs")
     return ProfileLayout(name, output_field, source_fields, source_label, output_label,
-                         ("Answer:", f"{output_label}:", "**"), example_chars=700)
+                         ("Answer:", f"{output_label}:", "**"), example_chars=700, new_tokens=160)
 
 
 LAYOUTS = {

@@ -68,6 +68,14 @@ def validation_examples(task: Task, config: TuneConfig) -> list[Example]:
     return [example(q, builder) for q in queries]
 
 
+def float32_base(base_gguf: Path) -> Path:
+    """``base_gguf`` de-quantized into a float32 model folder in the cache (made once)."""
+    from ttp.policy.transformers_backend import export_model_folder
+    from ttp.tasks.embedded import cache_dir
+
+    return export_model_folder(base_gguf, cache_dir() / "models" / f"{base_gguf.stem}-float32", "float32")
+
+
 def tune(task: Task, out: str | Path, config: TuneConfig = TuneConfig(),
          on_step: Callable[[int, int, float], None] | None = None) -> TuneResult:
     """Fine-tune the base on ``task``'s examples into the folder ``out``, resuming a tune left
@@ -75,8 +83,6 @@ def tune(task: Task, out: str | Path, config: TuneConfig = TuneConfig(),
     from filelock import FileLock, Timeout
 
     from ttp.policy.llama_cpp import model_file
-    from ttp.policy.transformers_backend import export_model_folder
-    from ttp.tasks.embedded import cache_dir
     from ttp.tuning.gguf_export import distribution_check, write_tuned_gguf
     from ttp.tuning.lora import LoraTrainer
 
@@ -93,7 +99,7 @@ def tune(task: Task, out: str | Path, config: TuneConfig = TuneConfig(),
         if done.exists() and read_json(done).get("settings") == _plain(settings):
             return TuneResult(out / f"{out.name}.gguf", read_json(done))
         base_gguf = model_file(config.base_model)
-        base_folder = export_model_folder(base_gguf, cache_dir() / "models" / f"{base_gguf.stem}-float32", "float32")
+        base_folder = float32_base(base_gguf)
         split = split_users(task.users, config.split, config.seed)
         examples = training_examples(task, split, config.items_per_user, config.seed)[:config.max_examples]
         validation = validation_examples(task, config)
