@@ -243,7 +243,8 @@ def summary_table(rows: list[dict]) -> Table:
 
 
 def matrix_figure(matrix: Matrix, rows: list[dict]) -> str:
-    """Each cell's oracle, random and best-RM curves, one panel per cell; the file's name."""
+    """Each cell's oracle, random and best standard RM curves on its test users, one panel per
+    cell; the file's name."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -254,16 +255,14 @@ def matrix_figure(matrix: Matrix, rows: list[dict]) -> str:
     fig, axes = plt.subplots(1, max(len(rows), 1), figsize=(3.2 * max(len(rows), 1), 3.0), squeeze=False)
     for ax, row in zip(axes[0], rows):
         task = next(t for t in matrix.config.tasks if matrix.task_names[t.path] == row["task"])
-        folder = RunFolder(matrix.run_folder(task, row["model"]))
-        curves = read_curves(folder, row["task"], row["prompting"])[PRIMARY]
-        ev = read_reward_eval(folder, row["task"], row["prompting"])
-        band(ax, Curve.from_json(curves["oracle"]), "oracle", color="black")
-        band(ax, Curve.from_json(ev["selectors"][row["best_rm"]]["curve"]), row["best_rm"], color="tab:blue")
-        band(ax, Curve.from_json(curves["random"]), "random", color="tab:gray")
+        ev = read_reward_eval(RunFolder(matrix.run_folder(task, row["model"])), row["task"], row["prompting"])
+        band(ax, Curve.from_json(ev["oracle"]), "oracle", color="black")
+        band(ax, Curve.from_json(ev["selectors"][row["best_rm"]]["curve"]), "best standard RM", color="tab:blue")
+        band(ax, Curve.from_json(ev["selectors"]["random"]["curve"]), "random", color="tab:gray")
         ax.set_xscale("log", base=2)
-        ax.set_title(f"{row['task']} / {row['model']} / {row['prompting']}", fontsize=8)
+        ax.set_title(f"{row['task']} / {row['model']} / {row['prompting']}\nRM: {row['best_rm']}", fontsize=8)
         ax.set_xlabel("N")
-    axes[0][0].set_ylabel(PRIMARY)
+    axes[0][0].set_ylabel(f"{PRIMARY} on test users")
     axes[0][0].legend(fontsize=6)
     fig.tight_layout()
     return save_figure(fig, matrix.root / "matrix.png")
