@@ -97,7 +97,7 @@ def tune(task: Task, out: str | Path, config: TuneConfig = TuneConfig(),
     try:
         done = out / "tune.json"
         if done.exists() and read_json(done).get("settings") == _plain(settings):
-            return TuneResult(out / f"{out.name}.gguf", read_json(done))
+            return TuneResult(model_file(out), read_json(done))
         base_gguf = model_file(config.base_model)
         base_folder = float32_base(base_gguf)
         split = split_users(task.users, config.split, config.seed)
@@ -128,8 +128,8 @@ def tune(task: Task, out: str | Path, config: TuneConfig = TuneConfig(),
             "gguf_check": check,
         }
         _plot_losses(progress.losses, out / "loss.png")
-        write_json_atomic(done, record)
         write_bytes_atomic(out / "README.md", model_card(out.name, record).encode("utf-8"))
+        write_json_atomic(done, record)      # last: a folder with tune.json is a finished tune
         return TuneResult(model, record)
     finally:
         lock.release()
