@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ttp.tasks.data import Query, Task, UserSplit
-from ttp.tasks.history import history_queries
+from ttp.tasks.history import history_queries, is_history
 from ttp.tasks.prompts import PromptBuilder, as_generated, record_text, same_record
 
 TUNE_PROMPT = "plain"   # the shortest prompt: a third of the personalized prompt's tokens per example
@@ -31,7 +31,7 @@ class Example:
 
     @property
     def kind(self) -> str:
-        return "profile" if self.id.startswith("history:") else "query"
+        return "profile" if is_history(self.id) else "query"
 
 
 def example(query: Query, builder: PromptBuilder) -> Example:
