@@ -26,6 +26,7 @@ from ttp.runs.config import ConfigError, RunConfig, TaskSpec
 from ttp.runs.folder import RunFolder
 from ttp.runs.pipeline import STAGES, Pipeline
 from ttp.runs.results import read_curves, read_diagnoses, read_reward_eval
+from ttp.runs.sampling import read_pools
 from ttp.runs.tables import LAW_LABELS, Table
 from ttp.tasks.data import load_task
 from ttp.tasks.utility import PRIMARY
@@ -75,9 +76,9 @@ class Matrix:
         if saved.exists() and read_json(saved) != config.to_json():
             raise ConfigError(f"{saved} holds another matrix's configuration; use a new folder")
         write_json_atomic(saved, config.to_json())
-        loaded = {t.path: load_task(t.path) for t in config.tasks}
-        self.task_names = {path: task.name for path, task in loaded.items()}
-        self.layouts = {path: task.layout for path, task in loaded.items()}
+        self.loaded = {t.path: load_task(t.path) for t in config.tasks}
+        self.task_names = {path: task.name for path, task in self.loaded.items()}
+        self.layouts = {path: task.layout for path, task in self.loaded.items()}
 
     def model_folder(self, task: MatrixTask) -> Path:
         return self.root / "models" / f"{self.task_names[task.path]}-tuned"
@@ -100,7 +101,7 @@ class Matrix:
             for model in self.config.models:
                 if model == "tuned":
                     self._announce(on_cell, f"tune {self.task_names[task.path]}")
-                    tune(load_task(task.path), self.model_folder(task), self.config.tune)
+                    tune(self.loaded[task.path], self.model_folder(task), self.config.tune)
                 self._announce(on_cell, f"{self.task_names[task.path]} / {model}")
                 self._run_one(task, model)
         return self.write_summary()
@@ -118,9 +119,10 @@ class Matrix:
             if folder.report.exists():
                 return
             started = time.perf_counter()
-            drawn_before = _candidates(folder)
+            drawn_before = _candidates(folder, self.config.pool_size)
             pipeline.sample()
-            self._add_sampling(folder.root.name, time.perf_counter() - started, _candidates(folder) - drawn_before)
+            drawn = _candidates(folder, self.config.pool_size) - drawn_before
+            self._add_sampling(folder.root.name, time.perf_counter() - started, drawn)
             for stage in STAGES[1:]:
                 getattr(pipeline, stage)()
 
@@ -160,13 +162,10 @@ class Matrix:
         return table
 
 
-def _candidates(folder: RunFolder) -> int:
+def _candidates(folder: RunFolder, pool_size: int) -> int:
     """Candidates in the run's pool files so far."""
-    total = 0
-    for path in folder.root.glob("*/*/pools.jsonl"):
-        with path.open(encoding="utf-8") as fh:
-            total += sum(len(json.loads(line)["texts"]) for line in fh if line.strip().endswith("}"))
-    return total
+    return sum(len(r["texts"]) for path in folder.root.glob("*/*/pools.jsonl")
+               for r in read_pools(path, pool_size, warn=False))
 
 
 def cell_summary(folder: RunFolder, task: str, policy: str) -> dict:
