@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from ttp.analysis.bon import Curve
 from ttp.analysis.scaling import CEILING_FORMS, LAW_TOLERANCE, PER_QUERY_LAWS
@@ -127,10 +128,14 @@ class Matrix:
                 getattr(pipeline, stage)()
 
     def _add_sampling(self, run: str, seconds: float, candidates: int) -> None:
+        """Add to ``sampling.json``, which the runs of one matrix share, under a lock of its own: each
+        run's writer lock does not keep two processes running different cells from losing an update."""
+        if not candidates:
+            return
         path = self.root / "sampling.json"
-        record = read_json(path) if path.exists() else {}
-        mine = record.get(run, {"seconds": 0.0, "candidates": 0})
-        if candidates:
+        with FileLock(self.root / ".sampling.lock"):
+            record = read_json(path) if path.exists() else {}
+            mine = record.get(run, {"seconds": 0.0, "candidates": 0})
             record[run] = {"seconds": mine["seconds"] + seconds, "candidates": mine["candidates"] + candidates}
             write_json_atomic(path, record)
 
