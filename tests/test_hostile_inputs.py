@@ -510,6 +510,17 @@ def test_a_server_that_refuses_large_n_still_yields_full_pools(server):
     assert all(c.n_tokens == 2 and c.logprob == pytest.approx(-0.75) for c in pool)
 
 
+def test_log_probabilities_in_llama_servers_content_shape_are_read(server):
+    # llama.cpp's own server answers completions' logprobs as a list of tokens, not token_logprobs
+    tokens = [{"id": 1, "token": " a", "logprob": -0.5, "bytes": [32, 97], "top_logprobs": []},
+              {"id": 2, "token": " b", "logprob": -0.25, "bytes": [32, 98], "top_logprobs": []}]
+    s = server(lambda h, body, count: _answer(h, 200, {"choices": [
+        {"text": " a b", "index": 0, "logprobs": {"content": tokens}, "finish_reason": "length"}]}))
+    [candidate] = OpenAICompatibleBackend(s.url, "m", retries=0).sample("p", SamplingParams(n=1))
+    assert (candidate.text, candidate.n_tokens, candidate.finish_reason) == ("a b", 2, "length")
+    assert candidate.logprob == pytest.approx(-0.75)
+
+
 def test_retry_after_is_honoured(server):
     def busy_once(handler, body, count):
         if count == 1:

@@ -1,11 +1,13 @@
 """The OpenAI-compatible backend against a real llama.cpp server on loopback (Gemma 270M),
 and against broken servers."""
 import http.server
+import math
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -24,21 +26,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int) -> subprocess.Popen:
+def wait_until_up(url: str, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 180
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.time() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError(f"the server behind {url} did not start within 180 s")
+        time.sleep(0.5)
+
+
+def start_server(port: int, *options: str) -> subprocess.Popen:
+    """llama-cpp-python's server on the embedded model."""
     from ttp.policy.llama_cpp import default_model_path
 
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
+                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", *options],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("llama.cpp server did not start within 180 s")
+    wait_until_up(f"http://127.0.0.1:{port}/v1/models", proc)
+    return proc
 
 
 @pytest.fixture()
@@ -81,6 +91,46 @@ def test_killed_server_gives_a_clear_error_and_a_resumable_pool(server, pep_task
         restarted.kill()
         restarted.wait()
     assert [p["query_id"] for p in pools] == [q.id for q in queries]
+
+
+def test_llama_servers_slots_draw_whole_pools_in_order_with_the_models_log_probabilities(pep_task, llama_reference):
+    """llama.cpp's own server (make .venv/bin/llama-server) with 4 slots: it refuses n above its
+    slots, so pools are topped up by seeded requests; its log-probabilities come in another shape."""
+    from ttp.policy.llama_cpp import default_model_path
+
+    build = PromptBuilder(pep_task.layout, "plain")
+    prompts = [build(q) for q in pep_task.queries[:3]]
+    greedy = SamplingParams(n=1, max_tokens=6, temperature=0, stop=())
+    binary = Path(sys.executable).with_name("llama-server")
+    assert binary.exists(), f"{binary} is missing: make .venv/bin/llama-server builds it"
+    port = free_port()
+    proc = subprocess.Popen([str(binary), "--model", str(default_model_path()), "--host", "127.0.0.1",
+                             "--port", str(port), "--parallel", "4", "--ctx-size", "4096", "--threads", "2",
+                             "--no-webui"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/health", proc)
+        backend = OpenAICompatibleBackend(f"http://127.0.0.1:{port}", "gemma", max_concurrency=4)
+        with pytest.warns(UserWarning, match="refused n = 6"):
+            pools = backend.sample_many(prompts, [SamplingParams(n=6, max_tokens=8, seed=i) for i in range(3)])
+        alone = [backend.sample(p, greedy)[0] for p in prompts]
+        together = [pool[0] for pool in backend.sample_many(prompts, [greedy] * 3)]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert backend.max_n == 3 and [len(pool) for pool in pools] == [6, 6, 6]
+    # a candidate that stops at once (a newline first) has no tokens; every other has its sum
+    drawn = [c for pool in pools for c in pool if c.n_tokens]
+    assert len(drawn) >= 12 and all(math.isfinite(c.logprob) and c.logprob < 0 for c in drawn)
+    assert len({c.text for c in alone}) == 3
+    # greedy continuations, each the model's own for its prompt (so in input order), up to what
+    # batching four slots moves (1.5% of a sum here); that can change a greedy token after a few, so a query's draw
+    # beside the others need not equal its draw alone (in this test, one title of three differs)
+    for prompt, own, beside in zip(prompts, alone, together):
+        assert own.text[:8] == beside.text[:8]
+        for c in (own, beside):
+            assert c.n_tokens == 6 and c.finish_reason == "length"
+            # (a candidate's text is stripped; the model wrote it after the label's space)
+            assert c.logprob == pytest.approx(llama_reference.logprob(prompt, " " + c.text), rel=0.05)
 
 
 class _Broken(http.server.BaseHTTPRequestHandler):
@@ -126,7 +176,7 @@ def test_unreachable_server_fails_fast():
 
 
 def test_scores_from_echoed_log_probabilities_match_the_embedded_model(pep_task, llama_reference):
-    from ttp.policy.llama_cpp import LlamaCppBackend, default_model_path
+    from ttp.policy.llama_cpp import LlamaCppBackend
 
     # the plain prompt (100 tokens, not the personalized 295): the llama.cpp server takes about a
     # third of a second per echoed token to list its top log-probabilities (207 s -> 76 s here)
@@ -139,17 +189,8 @@ def test_scores_from_echoed_log_probabilities_match_the_embedded_model(pep_task,
     one_pass = [llama_reference.logprob(prompt, text, "one") for text in texts]
     spread = max(llama_reference.spread(prompt, texts), 0.01)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
-                             "--logits_all", "true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_server(port, "--logits_all", "true")
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
         remote = OpenAICompatibleBackend(f"http://127.0.0.1:{port}", "gemma", max_concurrency=1).score(prompt, texts)
     finally:
         proc.kill()

@@ -55,6 +55,16 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+def _token_logprobs(logprobs: dict | None) -> list[float | None]:
+    """Each generated token's log-probability, from the completions API's ``token_logprobs``
+    (OpenAI, vLLM, llama-cpp-python) or from the ``content`` list that llama.cpp's own server
+    answers with."""
+    logprobs = logprobs or {}
+    if "token_logprobs" in logprobs:
+        return logprobs["token_logprobs"] or []
+    return [token.get("logprob") for token in logprobs.get("content") or []]
+
+
 class OpenAICompatibleBackend(PolicyBackend):
     def __init__(self, base_url: str, model: str, api_key: str | None = None, max_concurrency: int = 8,
                  request_timeout: float = 300.0, connect_timeout: float = 10.0, retries: int = 4,
@@ -124,7 +134,7 @@ class OpenAICompatibleBackend(PolicyBackend):
 
     @staticmethod
     def _completion(choice: dict, stop) -> Completion:
-        logprobs = (choice.get("logprobs") or {}).get("token_logprobs") or []
+        logprobs = _token_logprobs(choice.get("logprobs"))
         values = [lp for lp in logprobs if lp is not None]
         return Completion(cut_at_stop(choice["text"], stop),
                           float(sum(values)) if values else math.nan, len(logprobs), choice.get("finish_reason"))
