@@ -507,6 +507,8 @@ def test_a_server_that_refuses_large_n_still_yields_full_pools(server):
         second = backend.sample("p", SamplingParams(n=8, seed=1))
     assert len(pool) == 8 and len(second) == 8 and len({c.text for c in pool}) == 8
     assert len([w for w in said if "refused" in str(w.message)]) == 1     # said once
+    # the rest of each pool in requests of the n the server takes (each evaluates the prompt once)
+    assert sorted(b["n"] for b in s.bodies) == [2] * 8 + [4, 8] and not any("seed" in b for b in s.bodies)
     assert all(c.n_tokens == 2 and c.logprob == pytest.approx(-0.75) for c in pool)
 
 

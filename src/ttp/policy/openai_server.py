@@ -5,7 +5,8 @@ Candidates must be independent draws.  Some servers return identical samples whe
 with ``n > 1`` carries one seed, and some ignore ``n`` altogether, so a pool is asked for as
 one request with ``n`` and **no** seed, and whatever is missing is topped up by single requests
 that each carry a distinct seed derived from the pool's seed.  A server that refuses ``n``
-above its slot count is asked for smaller ``n`` from then on (said once).
+above its slot count is asked for smaller ``n`` from then on (said once), and the rest of each
+pool comes in further requests of that ``n``.
 
 Every request has an overall deadline (``request_timeout``), not only a per-read timeout, so a
 server that trickles bytes cannot hold a run.  429, 502, 503, 504 and dropped connections are
@@ -159,6 +160,18 @@ class OpenAICompatibleBackend(PolicyBackend):
         if self.use_n:
             async with gate:
                 choices = await self._batch(client, prompt, params)
+            if 1 < len(choices) == min(params.n, self.max_n or params.n) < params.n:
+                # n honoured up to a limit (llama-server's slots): the rest in requests of that many,
+                # each of which evaluates the prompt once for all its candidates
+                step = len(choices)
+
+                async def group(size: int) -> list[dict]:
+                    async with gate:
+                        return (await self._post(client, self._body(prompt, params, size, None)))[:size]
+
+                for extra in await asyncio.gather(*(group(min(step, params.n - k))
+                                                    for k in range(step, params.n, step))):
+                    choices += extra
 
         async def one(i: int) -> dict:
             seed = zlib.crc32(f"{params.seed}:{i}".encode())
