@@ -34,6 +34,8 @@ def test_the_matrix_runs_each_cell_sums_it_up_and_resumes(tmp_path, pep_titles_d
         low_high = row["best_rm_share"]
         assert low_high[1] <= low_high[0] <= low_high[2]
         assert 0 <= row["law_fits"] <= row["selectors"]
+        profile = row["candidates"]
+        assert 0 < profile["tokens"] <= 24 and all(0 <= profile[k] <= 1 for k in ("at_cap", "empty", "zero_utility"))
     # the tuned cells sampled the tuned GGUF, a policy of their own
     tuned_run = json.loads((tmp_path / "matrix" / "PEP-titles--tuned" / "config.json").read_text())
     assert tuned_run["engine"]["model_path"] == str(matrix.model_folder(config.tasks[0]))
@@ -77,3 +79,14 @@ def test_the_best_law_is_the_one_within_two_standard_errors_for_the_most_selecto
     medians = {first: np.median([0.05, 0.20, 0.06]), second: np.median([0.01, 0.02, 0.02]),
                third: np.median([0.04, 0.03, 0.09])}
     assert (law, fits) == (second, 2) and error == pytest.approx(medians[second])
+
+
+def test_a_cells_candidate_profile_counts_the_cap_empty_and_zero_candidates(tmp_path):
+    import pandas as pd
+
+    from ttp.runs.matrix import candidate_profile
+
+    path = tmp_path / "candidates.parquet"
+    pd.DataFrame({"text": ["", "a title", "a longer title here", "x"], "n_tokens": [0, 2, 8, 8],
+                  "rougeL": [0.0, 0.5, 0.25, 0.0]}).to_parquet(path)
+    assert candidate_profile(path, max_tokens=8) == {"tokens": 4.5, "at_cap": 0.5, "empty": 0.25, "zero_utility": 0.5}

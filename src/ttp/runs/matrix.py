@@ -173,6 +173,16 @@ def _candidates(folder: RunFolder, pool_size: int) -> int:
                for r in read_pools(path, pool_size, warn=False))
 
 
+def candidate_profile(candidates: Path, max_tokens: int) -> dict:
+    """What a cell's candidates look like, where long outputs differ from short ones: their mean
+    tokens and the shares that reach the token cap, are empty, and score zero."""
+    import pandas as pd
+
+    table = pd.read_parquet(candidates, columns=["text", "n_tokens", PRIMARY])
+    return {"tokens": float(table["n_tokens"].mean()), "at_cap": float((table["n_tokens"] >= max_tokens).mean()),
+            "empty": float((table["text"] == "").mean()), "zero_utility": float((table[PRIMARY] == 0).mean())}
+
+
 def cell_summary(folder: RunFolder, task: str, policy: str) -> dict:
     """The figures of one cell, read from its run folder."""
     curves = read_curves(folder, task, policy)[PRIMARY]
@@ -196,7 +206,9 @@ def cell_summary(folder: RunFolder, task: str, policy: str) -> dict:
             "probabilistic_share": shares.get(PROBABILISTIC),
             "probabilistic_failure": failure(PROBABILISTIC) if PROBABILISTIC in diagnoses else None,
             "best_law": law, "best_law_error": error, "law_fits": within,
-            "selectors": len([d for d in diagnoses if d != "random"])}
+            "selectors": len([d for d in diagnoses if d != "random"]),
+            "candidates": candidate_profile(folder.candidates(task, policy),
+                                            RunConfig.load(folder.config).sampling.max_tokens)}
 
 
 def _standard(selector: Selector) -> bool:
@@ -223,6 +235,11 @@ def _share(values) -> str:
     return "-" if not values else f"{values[0]:.2f} [{values[1]:.2f}, {values[2]:.2f}]"
 
 
+def _profile(candidates: dict) -> str:
+    return (f"{candidates['tokens']:.0f} ({candidates['at_cap']:.0%} / {candidates['empty']:.0%} / "
+            f"{candidates['zero_utility']:.0%})")
+
+
 def summary_table(rows: list[dict]) -> Table:
     def failure(f) -> str:
         return "-" if not f else f"{f['c']:.2f} / {f['h']:.2f} ({f['h_by_chance']:.2f})"
@@ -234,16 +251,18 @@ def summary_table(rows: list[dict]) -> Table:
              _share(r["probabilistic_share"]), failure(r["probabilistic_failure"]),
              f"{LAW_LABELS.get(r['best_law'], r['best_law'])}: {r['best_law_error']:.1%}, {r['law_fits']} / "
              f"{r['selectors']}",
+             _profile(r["candidates"]),
              "-" if r["samples_per_second"] is None else f"{r['samples_per_second']:.1f}"] for r in rows]
     return Table(f"One row per cell: ROUGE-L of one sample (μ̄), the oracle at N = {n} and the log fit's "
                  f"slope (all queries); the share of the oracle gain at N = {n} (95% CI over test users) of the best "
                  f"standard RM on the test users and of the probabilistic RM; c (collapse) and h (hacked share of "
                  f"pools with spread, by chance in brackets); the per-query law fitting the most selectors within "
                  f"{WITHIN_SE:.0f} paired SE (its median worst error as a share of the oracle gain, target "
-                 f"{LAW_TOLERANCE:.0%}); candidates sampled per second",
+                 f"{LAW_TOLERANCE:.0%}); the candidates' mean tokens, and their shares at the token cap, empty "
+                 f"and of ROUGE-L 0; candidates sampled per second",
                  ["task", "model", "prompting", "queries (test)", "μ̄ (N=1)", f"oracle N={n}", "log slope",
                   "best standard RM: gain share", "its c / h (chance)", "probabilistic: gain share",
-                  "its c / h (chance)", "best law: error, fits", "samples/s"], body)
+                  "its c / h (chance)", "best law: error, fits", "tokens (cap / empty / zero)", "samples/s"], body)
 
 
 def matrix_figure(matrix: Matrix, rows: list[dict]) -> str:
