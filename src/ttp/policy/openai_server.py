@@ -22,6 +22,7 @@ import math
 import random
 import warnings
 import zlib
+from dataclasses import replace
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
@@ -167,7 +168,7 @@ class OpenAICompatibleBackend(PolicyBackend):
 
                 async def group(size: int) -> list[dict]:
                     async with gate:
-                        return (await self._post(client, self._body(prompt, params, size, None)))[:size]
+                        return await self._batch(client, prompt, replace(params, n=size))
 
                 for extra in await asyncio.gather(*(group(min(step, params.n - k))
                                                     for k in range(step, params.n, step))):
