@@ -523,6 +523,15 @@ def test_log_probabilities_in_llama_servers_content_shape_are_read(server):
     assert candidate.logprob == pytest.approx(-0.75)
 
 
+@pytest.mark.parametrize("logprobs", [{"content": ["-0.5", "-0.25"]}, {"content": [{"logprob": "x"}]},
+                                      {"token_logprobs": 3}])
+def test_malformed_log_probabilities_name_the_server(server, logprobs):
+    s = server(lambda h, body, count: _answer(h, 200, {"choices": [
+        {"text": " a b", "index": 0, "logprobs": logprobs, "finish_reason": "length"}]}))
+    with pytest.raises(BackendError, match=rf"{s.url}.*neither the token_logprobs nor the content shape"):
+        OpenAICompatibleBackend(s.url, "m", retries=0).sample("p", SamplingParams(n=1))
+
+
 def test_retry_after_is_honoured(server):
     def busy_once(handler, body, count):
         if count == 1:

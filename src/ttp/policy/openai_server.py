@@ -134,10 +134,14 @@ class OpenAICompatibleBackend(PolicyBackend):
             body["seed"] = seed
         return body
 
-    @staticmethod
-    def _completion(choice: dict, stop) -> Completion:
-        logprobs = _token_logprobs(choice.get("logprobs"))
-        values = [lp for lp in logprobs if lp is not None]
+    def _completion(self, choice: dict, stop) -> Completion:
+        try:
+            logprobs = _token_logprobs(choice.get("logprobs"))
+            values = [float(lp) for lp in logprobs if lp is not None]
+        except (AttributeError, TypeError, ValueError) as err:
+            raise BackendError(f"{self.base_url} answered log-probabilities in neither the token_logprobs nor the "
+                               f"content shape ({type(err).__name__}: {err}); first bytes: "
+                               f"{str(choice.get('logprobs'))[:200]!r}") from None
         return Completion(cut_at_stop(choice["text"], stop),
                           float(sum(values)) if values else math.nan, len(logprobs), choice.get("finish_reason"))
 
