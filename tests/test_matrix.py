@@ -7,6 +7,7 @@ import pytest
 
 from ttp.runs.config import ConfigError
 from ttp.runs.matrix import Matrix, MatrixConfig, MatrixTask, best_law
+from ttp.runs.pipeline import Pipeline
 from ttp.tuning import TuneConfig
 from ttp.tuning.lora import LoraConfig
 
@@ -38,7 +39,7 @@ def test_the_matrix_runs_each_cell_sums_it_up_and_resumes(tmp_path, pep_titles_d
         assert 0 < profile["tokens"] <= 24 and all(0 <= profile[k] <= 1 for k in ("at_cap", "empty", "zero_utility"))
     # the tuned cells sampled the tuned GGUF, a policy of their own
     tuned_run = json.loads((tmp_path / "matrix" / "PEP-titles--tuned" / "config.json").read_text())
-    assert tuned_run["engine"]["model_path"] == str(matrix.model_folder(config.tasks[0]))
+    assert tuned_run["engine"]["model_path"] == "../models/PEP-titles-tuned"
     pools = {model: (tmp_path / "matrix" / f"PEP-titles--{model}" / "PEP-titles" / "plain" / "pools.jsonl").read_text()
              for model in ("base", "tuned")}
     assert pools["base"] != pools["tuned"]
@@ -54,6 +55,14 @@ def test_the_matrix_runs_each_cell_sums_it_up_and_resumes(tmp_path, pep_titles_d
     assert (tmp_path / "matrix" / "models" / "PEP-titles-tuned" / "tune.json").stat().st_mtime_ns == tuned_model
     with pytest.raises(ConfigError, match="another matrix"):
         Matrix(MatrixConfig(config.tasks, pool_size=8, tune=config.tune), tmp_path / "matrix")
+
+    # a moved matrix folder still finds its tuned model and resumes as it is
+    moved = tmp_path / "elsewhere" / "matrix"
+    moved.parent.mkdir()
+    (tmp_path / "matrix").rename(moved)
+    assert Matrix(config, moved).run().rows == table.rows
+    tuned = Pipeline.resume(moved / "PEP-titles--tuned", show_progress=False)
+    assert tuned.engine.model_path == str((moved / "models" / "PEP-titles-tuned").resolve())
 
 
 def test_the_best_law_is_the_one_within_two_standard_errors_for_the_most_selectors():

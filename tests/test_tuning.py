@@ -76,6 +76,9 @@ def test_a_run_refuses_a_model_tuned_on_the_golds_of_users_it_holds_out(tmp_path
                        engine=EngineConfig(model_path=str(model)))
     with pytest.raises(ConfigError, match="tuned on the golds"):
         Pipeline(config, tmp_path / "run", show_progress=False)
+    relative = replace(config, engine=EngineConfig(model_path="../tuned"))     # read from the run folder
+    with pytest.raises(ConfigError, match=f"{model} was tuned on the golds"):
+        Pipeline(relative, tmp_path / "run", show_progress=False)
     (model / "tune.json").write_text(json.dumps({"query_users": list(split.train)}))
     Pipeline(config, tmp_path / "run2", show_progress=False)      # the run's own training users: fine
 

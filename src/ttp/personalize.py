@@ -100,7 +100,7 @@ class Personalizer:
         self.prompts = PromptBuilder(task.layout, policy, config.shots, config.convention)
         self.plain_prompts = PromptBuilder(task.layout, "plain", config.shots, config.convention)
         # another engine than the run's may sample (a GPU server), its pools alike the run's
-        self.backend = backend or (engine or config.engine).make(MAX_POOL_SIZE)
+        self.backend = backend or (engine or config.engine.located(folder.root)).make(MAX_POOL_SIZE)
         self.scorer = self._scorer(reward)
 
     def _scorer(self, reward: RemoteScorer | None):

@@ -5,6 +5,7 @@ the HTTP client are optional and slow to import."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from ttp.policy import PolicyBackend
 
@@ -16,7 +17,8 @@ class EngineConfig:
     """Which engine samples, and how it is reached; checked when built."""
 
     backend: str = "llama-cpp"          # one of BACKENDS
-    model_path: str | None = None       # llama-cpp: GGUF file (default: embedded Gemma); transformers, vllm: a model
+    model_path: str | None = None       # llama-cpp: GGUF file (default: embedded Gemma); transformers, vllm: a model;
+                                        # relative: read from the run folder (see ``located``)
     n_ctx: int = 8192                   # context of the llama-cpp / vllm engine, tokens
     server_url: str | None = None       # openai: e.g. http://127.0.0.1:8000
     server_model: str | None = None     # openai: the served model's name
@@ -33,6 +35,13 @@ class EngineConfig:
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"out of range: {', '.join(f'{k} = {getattr(self, k)!r}' for k in bad)}")
+
+    def located(self, run_folder: str | Path) -> "EngineConfig":
+        """The engine with a relative model path read from ``run_folder``: a matrix keeps its tuned
+        models beside its runs that way, so the folder still runs after it is moved or copied."""
+        if not self.model_path or Path(self.model_path).is_absolute():
+            return self
+        return replace(self, model_path=str((Path(run_folder) / self.model_path).resolve()))
 
     def on_server(self, url: str, model: str | None, concurrency: int | None = None) -> "EngineConfig":
         """The same engine settings, sampling from an OpenAI-compatible server instead."""

@@ -5,6 +5,7 @@ one table, one row per cell.  ``Matrix(config, root).run()`` tunes the models a 
 
 The folder: ``matrix.json`` (the configuration), ``models/<task>-tuned/`` (the tuned models),
 ``<task>--<model>/`` (the runs) and ``sampling.json`` (seconds spent drawing each run's pools).
+A tuned run names its model relative to itself, so the folder can be moved or copied whole.
 """
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ class Matrix:
 
     def run_config(self, task: MatrixTask, model: str) -> RunConfig:
         c = self.config
-        model_path = str(self.model_folder(task)) if model == "tuned" else None
+        model_path = f"../models/{self.model_folder(task).name}" if model == "tuned" else None
         return RunConfig(tasks=(TaskSpec(str(task.path), max_queries_per_user=task.max_queries_per_user),),
                          sampling=SamplingParams(n=c.pool_size, max_tokens=self.layouts[task.path].new_tokens,
                                                  seed=c.seed),

@@ -62,6 +62,7 @@ class Pipeline:
 
     def __init__(self, config: RunConfig, root, show_progress: bool = True):
         self.config, self.folder, self.show_progress = config, RunFolder(root), show_progress
+        self.engine = config.engine.located(self.folder.root)
         self._backend = None
         self._history_queries: dict[tuple[str, int], list[Query]] = {}
         if self.folder.config.exists() and RunConfig.load(self.folder.config).to_json() != config.to_json():
@@ -80,9 +81,9 @@ class Pipeline:
         """The task's saved user split, or a new one checked before any sampling; either must hold
         out no user whose golds the policy model was tuned on."""
         split = self._saved_split(task)
-        learnt = users_with_learnt_golds(self.config.engine.model_path) & set(split.validation + split.test)
+        learnt = users_with_learnt_golds(self.engine.model_path) & set(split.validation + split.test)
         if learnt:
-            raise ConfigError(f"the model {self.config.engine.model_path} was tuned on the golds of "
+            raise ConfigError(f"the model {self.engine.model_path} was tuned on the golds of "
                               f"{sorted(learnt)[:3]} ({len(learnt)} users), whom this run holds out; tune it "
                               f"with the run's --split and --seed")
         return split
@@ -113,7 +114,7 @@ class Pipeline:
                                            f"ttp rewards {self.folder.root}"))
 
     def _factory(self):
-        return partial(self.config.engine.make, self.config.sampling.n)
+        return partial(self.engine.make, self.config.sampling.n)
 
     def backend(self):
         """The policy backend, made on first use and kept for the run."""
@@ -318,7 +319,7 @@ class Pipeline:
 
         history = self.history_features(task, policy) if c.history_items else None
         return Inputs(task.by_id(), task.layout, c.shots, c.convention, self.backend,
-                      EmbeddingCache(self.folder.embeddings(task.name)), model_label(c.engine.model_path),
+                      EmbeddingCache(self.folder.embeddings(task.name)), model_label(self.engine.model_path),
                       self.folder.hidden_states(task.name, policy), track=track, history=history)
 
     def rewards(self) -> None:
