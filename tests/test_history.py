@@ -100,15 +100,59 @@ def test_ttp_history_trains_on_history_pools_and_resumes_without_drawing_again(s
     train = split.rows(table["user"], "train")
     _, _, groups = FAMILIES["history"].training_set(table[train], table.rougeL[train].to_numpy(),
                                                     table.query_id[train].to_numpy(),
-                                                    pipeline._inputs(task, "personalized"))
+                                                    pipeline.reward_inputs(task, "personalized"))
     assert not set(groups) & {q.id for q in held_out} and set(history.query_id) <= set(groups)
     evaluation = json.loads((cell / "reward_eval.json").read_text())["selectors"]
     assert {"history.pointwise", "history.bradley_terry", "history.probabilistic/mean",
             "history_user.probabilistic/mean"} <= set(evaluation)
     again = CliRunner().invoke(app, ["history", str(small_run), "--items-per-user", "1"])
     assert again.exit_code == 0 and (cell / "history_pools.jsonl").read_bytes() == pools     # nothing drawn again
+
+    # the learning curve: k = the run's items per user refits the stage's own history models, and
+    # k = 0 (no history) the features family's, so both ends must give the stage's figures
+    curve = CliRunner().invoke(app, ["learning-curve", str(small_run), "--items", "0", "--items", "1"])
+    assert curve.exit_code == 0, curve.output + repr(curve.exception)
+    points = json.loads((cell / "learning_curve.json").read_text())["points"]
+    assert [p["items_per_user"] for p in points] == [0, 1]
+    assert points[0]["history_pools"] == 0 and points[1]["history_pools"] == history.query_id.nunique()
+    m = str(points[0]["pool_size"])
+    for name in ("history.pointwise", "history.bradley_terry", "history_user.probabilistic/mean"):
+        assert points[1]["selectors"][name]["oracle_gain_share"][m] == pytest.approx(
+            evaluation[name]["oracle_gain_share"][m])
+    for head in ("pointwise", "bradley_terry"):
+        assert points[0]["selectors"][f"history.{head}"]["oracle_gain_share"][m] == pytest.approx(
+            evaluation[head]["oracle_gain_share"][m])
+        # no held-out user has pools of their own at k = 0: the per-user model is the global one
+        assert points[0]["selectors"][f"history_user.{head}"]["oracle_gain_share"][m] == pytest.approx(
+            points[0]["selectors"][f"history.{head}"]["oracle_gain_share"][m])
+    assert (small_run / "figures" / "learning_curve.png").stat().st_size > 0
+    fitted = (cell / "learning_curve.json").stat().st_mtime_ns
+    resumed = CliRunner().invoke(app, ["learning-curve", str(small_run), "--items", "1"])
+    assert resumed.exit_code == 0 and "fitting" not in resumed.output
+    assert (cell / "learning_curve.json").stat().st_mtime_ns == fitted
+    beyond = CliRunner().invoke(app, ["learning-curve", str(small_run), "--items", "2"])
+    assert beyond.exit_code != 0 and "0..1" in beyond.output
     other = CliRunner().invoke(app, ["history", str(small_run), "--items-per-user", "2"])
     assert other.exit_code != 0 and "copy the run folder" in str(other.exception)
+
+
+def test_the_learning_curves_items_are_a_seeded_nested_choice_per_user():
+    import pandas as pd
+
+    from ttp.runs.learning_curve import nested_items
+
+    history = pd.DataFrame([{"user": f"u{u}", "query_id": f"history:u{u}:{i}", "candidate": c}
+                            for u in range(5) for i in range(4 if u else 2) for c in range(3)])
+    kept = [set(history.query_id[nested_items(history, k, seed=0)]) for k in range(5)]
+    assert kept[0] == set() and kept[4] == set(history.query_id)
+    for k in range(1, 5):
+        assert kept[k - 1] <= kept[k]
+        per_user = history[history.query_id.isin(kept[k])].groupby("user").query_id.nunique()
+        assert (per_user == per_user.index.map(lambda u: min(k, 2 if u == "u0" else 4))).all()
+    mask = nested_items(history, 2, seed=0)
+    assert (mask == nested_items(history, 2, seed=0)).all() and (mask != nested_items(history, 2, seed=1)).any()
+    # a pool is kept or dropped whole
+    assert history[mask].groupby("query_id").size().eq(3).all()
 
 
 def test_only_the_per_user_affine_recovers_a_user_whose_taste_runs_against_everyone_elses():

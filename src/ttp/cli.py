@@ -444,6 +444,32 @@ def history(
     _run_stages(None, run_folder, ["sample", *AFTER_SCORES], first=lambda p: p.add_history(items_per_user, pool_size))
 
 
+@app.command("learning-curve")
+def learning_curve(
+    run_folder: Path = typer.Argument(..., help="a run folder with history pools (`ttp history`)"),
+    items: List[int] = typer.Option([0, 1, 2], help="history items per user to refit on (repeatable; "
+                                    "0: the training users' pools alone)"),
+) -> None:
+    """Refit the history reward models on the first k history items of every user, for each k,
+    judge each on the test users' pools, and print the share of the oracle gain by k, with
+    learning_curve.png in the run's figures.  Resumes at the first k not yet fitted."""
+    from ttp.runs.learning_curve import learning_curve as curve
+    from ttp.runs.learning_curve import learning_curve_figure
+    from ttp.runs.tables import learning_curve_table
+
+    folder = RunFolder.existing(run_folder)
+    with folder.lock():
+        pipeline = Pipeline.resume(run_folder)
+        try:
+            results = curve(pipeline, items, on_point=lambda task, policy, k: console.print(
+                f"fitting the history RMs on {k} items per user ({task} / {policy})"))
+        except ValueError as err:
+            raise typer.BadParameter(str(err)) from None
+    for (task, policy), result in results.items():
+        render(learning_curve_table(task, policy, result))
+    console.print(f"figure: {folder.figures / learning_curve_figure(results, folder.figures / 'learning_curve.png')}")
+
+
 @app.command("zero-shot")
 def zero_shot(
     run_folder: Path = typer.Argument(..., help="a run folder with pools and utilities"),

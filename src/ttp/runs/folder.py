@@ -19,6 +19,8 @@ policy names become folders only after ``ttp.files.check_name``, so no name can 
     <run>/<task>/<policy>/diagnosis.json     the scaling-law diagnosis of every selector
     <run>/<task>/<policy>/diagnosis_per_query.parquet  its per-query values (one row per selector and query)
     <run>/<task>/<policy>/allocation.json    law-guided allocation vs uniform N at equal budget
+    <run>/<task>/<policy>/history_pools.jsonl, history_features.parquet  pools of the users' profile items
+    <run>/<task>/<policy>/learning_curve.json  the history RMs refitted on k history items per user
     <run>/<task>/<policy>/online_rules.json  the stopping rule and calibration of every trained selector
     <run>/report.md, <run>/figures/*.png
 """
@@ -130,6 +132,9 @@ class RunFolder:
 
     def online_rules(self, task: str, policy: str) -> Path:
         return self.policy_dir(task, policy) / "online_rules.json"
+
+    def learning_curve(self, task: str, policy: str) -> Path:
+        return self.policy_dir(task, policy) / "learning_curve.json"
 
     def reward_eval(self, task: str, policy: str) -> Path:
         return self.policy_dir(task, policy) / "reward_eval.json"

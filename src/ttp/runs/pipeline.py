@@ -307,7 +307,7 @@ class Pipeline:
         write_parquet_atomic(path, table)
         return table
 
-    def _inputs(self, task: Task, policy: str) -> Inputs:
+    def reward_inputs(self, task: Task, policy: str) -> Inputs:
         """What the reward-model families read of this task and policy, beyond the candidates."""
         c = self.config
 
@@ -329,7 +329,7 @@ class Pipeline:
             rows = {p: split.rows(table["user"], p) for p in PARTS}
             y, groups = table[PRIMARY].to_numpy(), table["query_id"].to_numpy()
             held_out = rows["validation"] | rows["test"]
-            models, inputs = {}, self._inputs(task, policy)
+            models, inputs = {}, self.reward_inputs(task, policy)
             for family in map(FAMILIES.get, self.config.families):
                 dirs = {family.model_name(h): (h, self.folder.reward_model(task.name, policy, family.model_name(h)))
                         for h in family.heads(self.config.reward_models)}

@@ -82,6 +82,20 @@ def rewards_table(task: str, policy: str, ev: dict) -> Table:
                  ["selector", *[f"N={n}" for n in points], f"gain share N={m}", "Spearman", "corr(mean, sd)"], rows)
 
 
+def learning_curve_table(task: str, policy: str, result: dict) -> Table:
+    """``result``: a cell's ``learning_curve.json``; one row per selector, one column per k."""
+    points = result["points"]
+    m = str(points[0]["pool_size"])
+    rows = [[name, *[_share(p["selectors"][name]["oracle_gain_share"].get(m)) for p in points]]
+            for name in points[0]["selectors"]]
+    sizes = "; ".join(f"k = {p['items_per_user']}: {p['history_pools']} history pools, "
+                      f"{p['history_candidates']} candidates" for p in points)
+    return Table(f"{task} / {policy}: share of the oracle gain at N = {m} on test users (95% CI) by history "
+                 f"items per user k",
+                 ["selector", *[f"k = {p['items_per_user']}" for p in points]], rows,
+                 f"beside {points[0]['training_candidates']} candidates of the training users' pools; {sizes}")
+
+
 def diagnosis_table(task: str, policy: str, diagnoses: dict[str, Diagnosis]) -> Table:
     rows = []
     for name, d in diagnoses.items():
