@@ -125,6 +125,18 @@ def test_ttp_history_trains_on_history_pools_and_resumes_without_drawing_again(s
         # no held-out user has pools of their own at k = 0: the per-user model is the global one
         assert points[0]["selectors"][f"history_user.{head}"]["oracle_gain_share"][m] == pytest.approx(
             points[0]["selectors"][f"history.{head}"]["oracle_gain_share"][m])
+    # the allocation study of k = 0's probabilistic mean is the allocate stage's (its controller)
+    allocation = json.loads((cell / "allocation.json").read_text())
+    at_zero = points[0]["allocation"]["history.probabilistic/mean"]
+    assert at_zero["curves"] == allocation["curves"] and at_zero["kappa"] == pytest.approx(allocation["kappa"])
+    assert set(points[1]["allocation"]) == {"history.probabilistic/mean", "history_user.probabilistic/mean"}
+    from ttp.runs.tables import learning_curve_table
+
+    table = learning_curve_table(task_name, "personalized", json.loads((cell / "learning_curve.json").read_text()))
+    assert table.columns == ["selector", "k = 0", "k = 1"]
+    assert [r[0] for r in table.rows][-2:] == [f"{s}: expected improvement's samples to reach uniform N=8"
+                                               for s in ("history.probabilistic/mean",
+                                                         "history_user.probabilistic/mean")]
     assert (small_run / "figures" / "learning_curve.png").stat().st_size > 0
     fitted = (cell / "learning_curve.json").stat().st_mtime_ns
     resumed = CliRunner().invoke(app, ["learning-curve", str(small_run), "--items", "1"])

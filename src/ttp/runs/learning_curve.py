@@ -1,7 +1,9 @@
 """How much of the oracle gain the history-trained reward models capture as each user's history
 grows: ``learning_curve(pipeline, items)`` refits the history families on the first ``k``
 history items of every user, for each ``k`` in ``items``, and judges every fit on the run's test
-pools as the rewards stage judges its models.
+pools as the rewards stage judges its models, with the allocate stage's study of each family's
+counterpart of the run's controller selector (how many samples expected improvement needs to
+match uniform N = 8).
 
 ``k = 0`` is the training users' pools alone, which is what the features family learns from;
 ``k`` = the run's own items per user is the history family the rewards stage trained.  The
@@ -19,7 +21,8 @@ import pandas as pd
 
 from ttp.analysis.pools import Pools
 from ttp.files import read_json, write_json_atomic
-from ttp.rewards.families import FAMILIES, HEADS
+from ttp.rewards.families import FAMILIES, HEADS, family_of, head_of
+from ttp.rewards.selection import Selector
 from ttp.runs.evaluation import evaluate_selectors, selector_scores
 from ttp.tasks.utility import PRIMARY
 
@@ -62,6 +65,10 @@ def learning_curve(pipeline, items: Sequence[int], heads: Sequence[str] = HEADS,
         inputs = pipeline.reward_inputs(task, policy)
         family_inputs = {name: FAMILIES[name].batch_inputs(table, inputs)[0] for name in CURVE_FAMILIES}
         train, val = rows["train"], rows["validation"]
+        # each family's counterpart of the run's controller selector (probabilistic/mean by default)
+        controller = Selector.parse(config.controller_selector)
+        allocated = [Selector(FAMILIES[name].model_name(head_of(controller.model)), controller.rule)
+                     for name in CURVE_FAMILIES]
         for k in sorted(set(items) - done):
             if on_point:
                 on_point(task.name, policy, k)
@@ -73,12 +80,19 @@ def learning_curve(pipeline, items: Sequence[int], heads: Sequence[str] = HEADS,
                     model = family.new_model(head, config.seed).fit(
                         *family.training_set(X[train], y[train], groups[train], replace(inputs, history=history)),
                         X[val], y[val], groups[val])
-                    models[family.model_name(head)] = (model, X[rows["test"]])
-            scores = selector_scores(models, table[rows["test"]], kappa=config.lcb_kappa)
-            evaluation = evaluate_selectors(Pools.from_frame(scores), config.bootstrap, config.seed)
+                    models[family.model_name(head)] = model
+            val_pools, test_pools = (
+                Pools.from_frame(selector_scores({name: (model, family_inputs[family_of(name)][rows[part]])
+                                                  for name, model in models.items()},
+                                                 table[rows[part]], kappa=config.lcb_kappa))
+                for part in ("validation", "test"))
+            evaluation = evaluate_selectors(test_pools, config.bootstrap, config.seed)
+            allocation = {str(s): pipeline.allocation_study(s, val_pools, test_pools).to_json()
+                          for s in allocated if s.model in models}
             points.append({"items_per_user": k, "history_pools": int(history.query_id.nunique()),
                            "history_candidates": int(len(history)), "training_candidates": int(rows["train"].sum()),
-                           "pool_size": evaluation["pool_size"], "selectors": evaluation["selectors"]})
+                           "pool_size": evaluation["pool_size"], "selectors": evaluation["selectors"],
+                           "allocation": allocation})
             points.sort(key=lambda p: p["items_per_user"])
             write_json_atomic(path, {"settings": settings, "points": points})
         results[(task.name, policy)] = {"settings": settings, "points": points}

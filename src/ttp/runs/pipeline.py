@@ -381,15 +381,21 @@ class Pipeline:
         controller = ControllerConfig(collapse_tau=self.config.collapse_tau)
         for task, policy in self.cells():
             val, test = (self._pools(task, policy, part) for part in ("validation", "test"))
-            study = allocation_study(str(selector), (val[selector.column], val[PRIMARY]),
-                                     (test[selector.column], test[PRIMARY], test.users), controller,
-                                     self.config.bootstrap, self.config.seed, validation_users=val.users)
+            study = self.allocation_study(selector, val, test)
             write_json_atomic(self.folder.allocation(task.name, policy), study.to_json())
             rules = {str(s): OnlineRule.choose(val[s.column], val[PRIMARY], val.users, controller, self.config.seed,
                                                study.online_choice if str(s) == study.selector else None)
                      for s in selectors(val) if servable(s.model)}
             write_json_atomic(self.folder.online_rules(task.name, policy),
                               {name: rule._asdict() for name, rule in rules.items()})
+
+    def allocation_study(self, selector: Selector, validation: Pools, test: Pools):
+        """Every allocation policy for ``selector`` at equal budgets on the ``test`` pools, its
+        calibration and online rule chosen on the ``validation`` pools."""
+        return allocation_study(str(selector), (validation[selector.column], validation[PRIMARY]),
+                                (test[selector.column], test[PRIMARY], test.users),
+                                ControllerConfig(collapse_tau=self.config.collapse_tau), self.config.bootstrap,
+                                self.config.seed, validation_users=validation.users)
 
     def report(self) -> str:
         return write_report(self.folder, self.config, [t.name for t in self.tasks])

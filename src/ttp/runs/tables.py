@@ -88,10 +88,15 @@ def learning_curve_table(task: str, policy: str, result: dict) -> Table:
     m = str(points[0]["pool_size"])
     rows = [[name, *[_share(p["selectors"][name]["oracle_gain_share"].get(m)) for p in points]]
             for name in points[0]["selectors"]]
+    rows += [[f"{name}: expected improvement's samples to reach uniform N={REFERENCE_BUDGET}",
+              *[_samples_to_reach(AllocationStudy.from_json(p["allocation"][name]), "expected_improvement")
+                for p in points]]
+             for name in points[0]["allocation"]]
     sizes = "; ".join(f"k = {p['items_per_user']}: {p['history_pools']} history pools, "
                       f"{p['history_candidates']} candidates" for p in points)
-    return Table(f"{task} / {policy}: share of the oracle gain at N = {m} on test users (95% CI) by history "
-                 f"items per user k",
+    return Table(f"{task} / {policy} by history items per user k: share of the oracle gain at N = {m} on test "
+                 f"users (95% CI), and the samples expected improvement needs to match uniform N = "
+                 f"{REFERENCE_BUDGET}",
                  ["selector", *[f"k = {p['items_per_user']}" for p in points]], rows,
                  f"beside {points[0]['training_candidates']} candidates of the training users' pools; {sizes}")
 
