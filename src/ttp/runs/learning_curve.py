@@ -47,16 +47,17 @@ def learning_curve(pipeline, items: Sequence[int], heads: Sequence[str] = HEADS,
     config = pipeline.config
     if not config.history_items:
         raise ValueError(f"{pipeline.folder.root} has no history pools: run `ttp history` on it first")
-    too_many = [k for k in items if not 0 <= k <= config.history_items]
-    if too_many:
+    outside = [k for k in items if not 0 <= k <= config.history_items]
+    if outside:
         raise ValueError(f"items per user must lie in 0..{config.history_items} (the run's history holds "
-                         f"{config.history_items} per user), got {too_many}")
+                         f"{config.history_items} per user), got {outside}")
     results = {}
     for task, policy in pipeline.cells():
         path = pipeline.folder.learning_curve(task.name, policy)
         saved = read_json(path) if path.exists() else {}
         settings = {"heads": list(heads), "history_items": config.history_items, "seed": config.seed}
-        points = saved.get("points", []) if saved.get("settings") == settings else []
+        # points fitted with other settings (or a file that is not this module's) are fitted again
+        points = saved.get("points", []) if isinstance(saved, dict) and saved.get("settings") == settings else []
         done = {p["items_per_user"] for p in points}
         table = pipeline.features(task, policy)
         split = pipeline.splits[task.name]
