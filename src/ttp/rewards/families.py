@@ -98,6 +98,12 @@ class Family:
         family that learns from history pools, those too."""
         return X, y, groups
 
+    def fit(self, head: str, seed: int, X, y, groups, train, validation, inputs: Inputs) -> Estimator:
+        """A new model of ``head``, trained on the ``train`` rows (and what ``training_set`` adds)
+        and stopped early on the ``validation`` rows: the one way a run trains a reward model."""
+        return self.new_model(head, seed).fit(*self.training_set(X[train], y[train], groups[train], inputs),
+                                              X[validation], y[validation], groups[validation])
+
     def batch_inputs(self, table: pd.DataFrame, inputs: Inputs):
         """``(X, note)``: what the models read, one row per row of ``table`` (candidates with
         their features), and a note of it saved beside each model."""

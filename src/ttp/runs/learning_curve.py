@@ -21,7 +21,7 @@ import pandas as pd
 
 from ttp.analysis.pools import Pools
 from ttp.files import read_json, write_json_atomic
-from ttp.rewards.families import FAMILIES, HEADS, family_of, head_of
+from ttp.rewards.families import FAMILIES, HEADS, head_of
 from ttp.rewards.selection import Selector
 from ttp.runs.evaluation import evaluate_selectors, selector_scores
 from ttp.tasks.utility import PRIMARY
@@ -65,7 +65,6 @@ def learning_curve(pipeline, items: Sequence[int], heads: Sequence[str] = HEADS,
         y, groups = table[PRIMARY].to_numpy(), table["query_id"].to_numpy()
         inputs = pipeline.reward_inputs(task, policy)
         family_inputs = {name: FAMILIES[name].batch_inputs(table, inputs)[0] for name in CURVE_FAMILIES}
-        train, val = rows["train"], rows["validation"]
         # each family's counterpart of the run's controller selector (probabilistic/mean by default)
         controller = Selector.parse(config.controller_selector)
         allocated = [Selector(FAMILIES[name].model_name(head_of(controller.model)), controller.rule)
@@ -74,17 +73,12 @@ def learning_curve(pipeline, items: Sequence[int], heads: Sequence[str] = HEADS,
             if on_point:
                 on_point(task.name, policy, k)
             history = inputs.history[nested_items(inputs.history, k, config.seed)]
-            models = {}
-            for name, X in family_inputs.items():
-                family = FAMILIES[name]
-                for head in heads:
-                    model = family.new_model(head, config.seed).fit(
-                        *family.training_set(X[train], y[train], groups[train], replace(inputs, history=history)),
-                        X[val], y[val], groups[val])
-                    models[family.model_name(head)] = model
+            models = {FAMILIES[name].model_name(head): (FAMILIES[name].fit(
+                          head, config.seed, X, y, groups, rows["train"], rows["validation"],
+                          replace(inputs, history=history)), X)
+                      for name, X in family_inputs.items() for head in heads}
             val_pools, test_pools = (
-                Pools.from_frame(selector_scores({name: (model, family_inputs[family_of(name)][rows[part]])
-                                                  for name, model in models.items()},
+                Pools.from_frame(selector_scores({name: (model, X[rows[part]]) for name, (model, X) in models.items()},
                                                  table[rows[part]], kappa=config.lcb_kappa))
                 for part in ("validation", "test"))
             evaluation = evaluate_selectors(test_pools, config.bootstrap, config.seed)

@@ -344,9 +344,8 @@ class Pipeline:
                         model = family.load(model_dir)
                     else:
                         console.print(f"training {name} reward model on {task.name} / {policy}")
-                        train, val = subset_rows["train"], subset_rows["validation"]
-                        model = family.new_model(head, self.config.seed).fit(
-                            *family.training_set(X[train], yw[train], gw[train], inputs), X[val], yw[val], gw[val])
+                        model = family.fit(head, self.config.seed, X, yw, gw, subset_rows["train"],
+                                           subset_rows["validation"], inputs)
                         model.save(model_dir, note)
                     models[name] = (model, X, subset_rows)
             for part in ("validation", "test"):
