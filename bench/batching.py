@@ -14,7 +14,6 @@ together, and the probe at the end (one pool of 32 against two of 16) shows whet
 decode would buy anything on these cores."""
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -61,51 +60,20 @@ def one_vs_many(backend, prompts: list[str]) -> dict:
     return {way: drawn / seconds for way, seconds in spent.items()}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def llama_server(prompts: list[str], slots: int) -> dict:
+def llama_server_rates(prompts: list[str], slots: int) -> dict:
     """llama.cpp's own server (``make .venv/bin/llama-server``) with ``slots`` slots, which it
     decodes together: one query's pool at a time against ``sample_many`` over the chunk, both
     with ``slots`` requests in flight, and beside them one request in flight at a time (each
     request asks for up to ``slots`` candidates, so one request already fills the slots)."""
-    import httpx
-
-    from ttp.policy.llama_cpp import default_model_path
+    from ttp.policy.llama_server import llama_server
     from ttp.policy.openai_server import OpenAICompatibleBackend
 
-    binary = Path(sys.executable).with_name("llama-server")
-    if not binary.exists():
-        raise FileNotFoundError(f"{binary} is not built; make .venv/bin/llama-server builds it")
-    port = _free_port()
-    # the slots share the context: each holds a prompt and its candidates (as many as n asks for)
-    proc = subprocess.Popen([str(binary), "--model", str(default_model_path()), "--host", "127.0.0.1",
-                             "--port", str(port), "--parallel", str(slots), "--ctx-size", str(2048 * slots),
-                             "--threads", "2", "--no-webui"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.time() > deadline or proc.poll() is not None:
-                raise RuntimeError("llama-server did not start")
-            time.sleep(0.5)
-        url = f"http://127.0.0.1:{port}"
+    with llama_server(slots) as url:
         alone = OpenAICompatibleBackend(url, "gemma", max_concurrency=1)
         many = OpenAICompatibleBackend(url, "gemma", max_concurrency=slots)
         rates = one_vs_many(many, prompts)
         rates["one request in flight"] = one_vs_many(alone, prompts[:max(len(prompts) // 2, 1)])["one at a time"]
         return rates
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def embedded(prompts: list[str]) -> tuple[dict, dict]:
@@ -168,7 +136,7 @@ def main() -> None:
     print(f"probe, embedded: one pool of 32 {probe['one pool of 32']:.1f} vs two pools of 16 "
           f"{probe['two pools of 16']:.1f} candidates/s ({probe['one pool of 32'] / probe['two pools of 16']:.2f}x)",
           flush=True)
-    served = llama_server(prompts, args.slots)
+    served = llama_server_rates(prompts, args.slots)
     show(f"llama-server, {args.slots} slots, {args.slots} in flight", served)
     print(f"{'':40s} one request in flight {served['one request in flight']:7.1f}: {args.slots} in flight give "
           f"{served['one at a time'] / served['one request in flight']:.2f}x that, one query at a time", flush=True)

@@ -2,42 +2,20 @@
 and against broken servers."""
 import http.server
 import math
-import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-import httpx
 import pytest
 
 from ttp.policy import SamplingParams
+from ttp.policy.llama_server import free_port, llama_server, wait_until_up
 from ttp.policy.openai_server import BackendError, OpenAICompatibleBackend
 from ttp.runs.sampling import read_pools, sample_pools
 from ttp.tasks.prompts import PromptBuilder
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_up(url: str, proc: subprocess.Popen) -> None:
-    deadline = time.time() + 180
-    while True:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.time() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise RuntimeError(f"the server behind {url} did not start within 180 s")
-        time.sleep(0.5)
 
 
 def start_server(port: int, *options: str) -> subprocess.Popen:
@@ -96,27 +74,15 @@ def test_killed_server_gives_a_clear_error_and_a_resumable_pool(server, pep_task
 def test_llama_servers_slots_draw_whole_pools_in_order_with_the_models_log_probabilities(pep_task, llama_reference):
     """llama.cpp's own server (make .venv/bin/llama-server) with 4 slots: it refuses n above its
     slots, so pools are topped up by seeded requests; its log-probabilities come in another shape."""
-    from ttp.policy.llama_cpp import default_model_path
-
     build = PromptBuilder(pep_task.layout, "plain")
     prompts = [build(q) for q in pep_task.queries[:3]]
     greedy = SamplingParams(n=1, max_tokens=6, temperature=0, stop=())
-    binary = Path(sys.executable).with_name("llama-server")
-    assert binary.exists(), f"{binary} is missing: make .venv/bin/llama-server builds it"
-    port = free_port()
-    proc = subprocess.Popen([str(binary), "--model", str(default_model_path()), "--host", "127.0.0.1",
-                             "--port", str(port), "--parallel", "4", "--ctx-size", "4096", "--threads", "2",
-                             "--no-webui"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}/health", proc)
-        backend = OpenAICompatibleBackend(f"http://127.0.0.1:{port}", "gemma", max_concurrency=4)
+    with llama_server(slots=4, ctx_per_slot=1024) as url:
+        backend = OpenAICompatibleBackend(url, "gemma", max_concurrency=4)
         with pytest.warns(UserWarning, match="refused n = 6"):
             pools = backend.sample_many(prompts, [SamplingParams(n=6, max_tokens=8, seed=i) for i in range(3)])
         alone = [backend.sample(p, greedy)[0] for p in prompts]
         together = [pool[0] for pool in backend.sample_many(prompts, [greedy] * 3)]
-    finally:
-        proc.kill()
-        proc.wait()
     assert backend.max_n == 3 and [len(pool) for pool in pools] == [6, 6, 6]
     # a candidate that stops at once (a newline first) has no tokens; every other has its sum
     drawn = [c for pool in pools for c in pool if c.n_tokens]
