@@ -22,7 +22,6 @@ served, errors by kind, and acknowledged feedback missing from the store (target
 import argparse
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -33,14 +32,10 @@ import httpx
 import numpy as np
 from _data import pep_titles_dir
 
+from ttp.local_servers import free_port, wait_until_up
+
 ROOT = Path(__file__).resolve().parents[1]
 TTP = [sys.executable, "-m", "ttp.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_run(run: Path, data: Path) -> None:
@@ -72,26 +67,20 @@ async def drive(url: str, bodies: list[dict], requests: int, concurrency: int):
 
 
 def start_server(run: Path, task: str, db: str, *extra) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([*TTP, "serve", str(run), "--task", task, "--port", str(port), "--db", db, *extra],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    return wait_until_up(server, url, "/health"), url
+    return up_or_exit(server, url, "/health"), url
 
 
-def wait_until_up(server: subprocess.Popen, url: str, path: str, timeout: float = 300) -> subprocess.Popen:
-    """``server`` once ``url + path`` answers 200; exits with its error output if it dies or times out."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
-            if server.poll() is not None:
-                sys.exit(server.stderr.read().decode() if server.stderr else f"{url} exited")
-            time.sleep(0.3)
-    server.kill()
-    sys.exit(f"{url} did not answer {path} within {timeout:.0f} s")
+def up_or_exit(server: subprocess.Popen, url: str, path: str) -> subprocess.Popen:
+    """``server`` once ``url + path`` answers; the benchmark ends with the server's error if it does not."""
+    try:
+        wait_until_up(f"{url}{path}", server, timeout_s=300)
+    except RuntimeError as err:
+        sys.exit(str(err))
+    return server
 
 
 class Tally:

@@ -31,9 +31,10 @@ from pathlib import Path
 import numpy as np
 import openai
 from _data import pep_titles_dir
-from serve_load import _free_port, start_server, wait_until_up
+from serve_load import start_server, up_or_exit
 
 from ttp.analysis.bon import user_bootstrap
+from ttp.local_servers import free_port
 from ttp.runs.config import RunConfig
 from ttp.tasks.data import load_task
 from ttp.tasks.utility import rouge
@@ -110,13 +111,13 @@ def ask_optillm(arms: list[Arm], queries, max_tokens: int, url: str) -> None:
 def start_llama_server(n_ctx: int) -> tuple[subprocess.Popen, str]:
     from ttp.policy.llama_cpp import default_model_path
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
                              "--model_alias", "gemma", "--chat_format", "gemma", "--n_ctx", str(n_ctx),
                              "--port", str(port), "--verbose", "False"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    return wait_until_up(proc, url, "/v1/models"), url
+    return up_or_exit(proc, url, "/v1/models"), url
 
 
 def table(arms: list[Arm], queries, convention: str, n_boot: int = 1000) -> None:

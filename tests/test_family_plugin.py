@@ -1,13 +1,10 @@
 """A reward-model family defined in this file alone, made known by ``register_family``: `ttp
 compare` trains and judges it, and `ttp serve` picks with it, with no other file of ttp naming it."""
 import json
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import openai
 import pandas as pd
@@ -15,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ttp.cli import app
+from ttp.local_servers import free_port, wait_until_up
 from ttp.rewards.families import FAMILIES, Family, register_family
 
 pytestmark = pytest.mark.slow
@@ -52,12 +50,6 @@ def toy_family():
     FAMILIES.pop("toy_length")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_family_of_one_test_file_is_trained_compared_and_served(toy_family, small_run, tmp_path):
     result = CliRunner().invoke(app, ["compare", str(small_run), "--family", "toy_length"])
     assert result.exit_code == 0, result.output + repr(result.exception)
@@ -69,7 +61,7 @@ def test_a_family_of_one_test_file_is_trained_compared_and_served(toy_family, sm
     assert model.feature_names_in_ == ["words", "chars"] and model.inputs_["reads"] == "words, chars"
 
     # `ttp serve` in a process of its own that knows the family only by importing this file
-    port = _free_port()
+    port = free_port()
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_family_plugin; "
             f"test_family_plugin.register(); from ttp.cli import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", code, "serve", str(small_run), "--task", TASK, "--db",
@@ -77,16 +69,7 @@ def test_a_family_of_one_test_file_is_trained_compared_and_served(toy_family, sm
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(proc.stderr.read().decode())
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.time() < deadline, "ttp serve did not start within 120 s"
-                time.sleep(0.3)
+        wait_until_up(f"{url}/health", proc, timeout_s=120)
         user = json.loads((small_run / TASK / "split.json").read_text())["test"][0]
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
         r = client.completions.create(model="ttp", user=user, max_tokens=10, extra_body={"ttp": {"budget": 4}},

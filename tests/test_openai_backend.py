@@ -9,8 +9,9 @@ import time
 
 import pytest
 
+from ttp.local_servers import free_port, wait_until_up
 from ttp.policy import SamplingParams
-from ttp.policy.llama_server import free_port, llama_server, wait_until_up
+from ttp.policy.llama_server import llama_server
 from ttp.policy.openai_server import BackendError, OpenAICompatibleBackend
 from ttp.runs.sampling import read_pools, sample_pools
 from ttp.tasks.prompts import PromptBuilder

@@ -3,7 +3,6 @@ loopback: personalized and plain requests, n with best_of, streaming, usage, fee
 changes retrieval, OpenAI-style errors, overload, and kill -9 during a burst of feedback."""
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -13,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from ttp.local_servers import free_port, wait_until_up
 from ttp.serve.store import ProfileStore
 
 pytestmark = pytest.mark.slow
@@ -25,28 +25,13 @@ def run_folder(small_run):
     return small_run
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(run_folder, db, *extra):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "ttp.cli", "serve", str(run_folder), "--task", TASK, "--db",
                              str(db), "--port", str(port), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.3)
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stderr.read().decode())
-    proc.kill()
-    raise RuntimeError("ttp serve did not start within 120 s")
+    wait_until_up(f"{url}/health", proc, timeout_s=120)
+    return proc, url
 
 
 @pytest.fixture(scope="module")

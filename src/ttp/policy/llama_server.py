@@ -7,38 +7,13 @@ decode together, for benchmarks, tests and a one-machine scale-out.
 """
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
-STARTUP_S = 180
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_up(url: str, proc: subprocess.Popen, timeout_s: float = STARTUP_S) -> None:
-    """Returns once ``url`` answers 200; kills ``proc`` and raises if it exits or stays silent."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise RuntimeError(f"the server behind {url} did not start within {timeout_s:.0f} s")
-        time.sleep(0.5)
+from ttp.local_servers import free_port, wait_until_up
 
 
 def server_binary() -> Path:
