@@ -26,6 +26,7 @@ from ttp.tasks.data import load_task
 from ttp.tasks.prompts import PromptBuilder
 
 M, MAX_TOKENS, ROUNDS = 16, 24, 2
+DECODE_BATCHES, STEPS = (1, 16, 64, 256, 512), 16
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -97,8 +98,26 @@ def embedded(prompts: list[str]) -> tuple[dict, dict]:
     return rates, {way: drawn[way] / spent[way] for way in spent}
 
 
+def vllm_decode_rates(backend, prompt: str) -> dict[int, float]:
+    """vLLM's own decode: tokens per second with ``k`` sequences in each engine step, from pools
+    of ``k`` that all run ``STEPS`` tokens (EOS ignored) against pools that run 4, so that the
+    prompt's pass cancels out."""
+    vllm = backend._vllm
+    rates = {}
+    for k in DECODE_BATCHES:
+        seconds = {}
+        for steps in (4, 4 + STEPS):
+            params = vllm.SamplingParams(n=k, max_tokens=steps, min_tokens=steps, ignore_eos=True, seed=k)
+            start = time.perf_counter()
+            backend.llm.generate([prompt], params, use_tqdm=False)
+            seconds[steps] = time.perf_counter() - start
+        rates[k] = k * STEPS / (seconds[4 + STEPS] - seconds[4])
+    return rates
+
+
 def vllm(prompts: list[str]) -> dict:
-    """In .venv-vllm: one query at a time, ``sample_many`` (every prompt in one generate call)."""
+    """In .venv-vllm: one query at a time, ``sample_many`` (every prompt in one generate call),
+    and the engine's decode rate by sequences per step."""
     from ttp.policy.llama_cpp import default_model_path
     from ttp.policy.transformers_backend import export_model_folder
     from ttp.policy.vllm_backend import VLLMBackend
@@ -106,7 +125,9 @@ def vllm(prompts: list[str]) -> dict:
     folder = export_model_folder(default_model_path(), Path("/tmp/ttp-gemma-3-270m-bfloat16"))
     backend = VLLMBackend(str(folder), max_model_len=2048, enforce_eager=True, chunk_size=len(prompts))
     try:
-        return one_vs_many(backend, prompts)
+        rates = one_vs_many(backend, prompts)
+        rates["decode"] = vllm_decode_rates(backend, prompts[0])
+        return rates
     finally:
         backend.close()
 
@@ -114,7 +135,7 @@ def vllm(prompts: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None, help="pep-titles folder (default: the one ttp derives)")
-    parser.add_argument("--queries", type=int, default=8, help="personalized pep-titles prompts")
+    parser.add_argument("--queries", type=int, default=32, help="personalized pep-titles prompts (vLLM: per call)")
     parser.add_argument("--slots", type=int, default=4, help="llama-server's slots, and requests in flight")
     parser.add_argument("--engine", choices=("vllm",), help=argparse.SUPPRESS)   # the child's part
     args = parser.parse_args()
@@ -149,8 +170,14 @@ def main() -> None:
                                *(["--data", str(args.data)] if args.data else [])],
                               capture_output=True, text=True, cwd=ROOT)
         if done.returncode == 0:
-            show("vLLM (one call per chunk on a GPU; one prompt per call on the CPU build, which crashes on "
-                 "larger seeded calls)", json.loads(done.stdout.strip().splitlines()[-1]))
+            rates = json.loads(done.stdout.strip().splitlines()[-1])
+            decode = {int(k): v for k, v in rates.pop("decode").items()}
+            show(f"vLLM, {len(prompts)} prompts per call", rates)
+            print(f"{'':40s} its decode, tokens/s by sequences per step: "
+                  + ", ".join(f"{k}: {v:.0f}" for k, v in decode.items())
+                  + f"; a chunk can gain at most {max(decode.values()) / decode[M]:.2f}x over pools of {M} "
+                  "one at a time",
+                  flush=True)
         else:
             print(f"vLLM: the child process failed: {done.stderr.strip().splitlines()[-1:]}")
     else:
