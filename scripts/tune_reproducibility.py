@@ -11,8 +11,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import torch
-
 from ttp.policy.llama_cpp import default_model_path
 from ttp.tasks.data import load_task, split_users
 from ttp.tasks.peps import pep_task_dirs
@@ -33,8 +31,7 @@ def main() -> None:
     base = float32_base(default_model_path())
     tuned = {}
     for name, threads in (("first, 2 threads", 2), ("second, 2 threads", 2), ("1 thread", 1)):
-        torch.set_num_threads(threads)
-        trainer = LoraTrainer(base, LoraConfig(), config.seed)
+        trainer = LoraTrainer(base, LoraConfig(threads=threads), config.seed)
         with tempfile.TemporaryDirectory() as folder:
             losses = trainer.fit(examples, Path(folder)).losses
         tuned[name] = trainer.merged_weights()

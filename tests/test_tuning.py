@@ -93,7 +93,11 @@ def test_tune_resumes_exactly_and_its_gguf_gives_the_tuned_distribution(tmp_path
     from ttp.tuning import tune
 
     task = load_task(pep_titles_dir)
-    config = TuneConfig(max_examples=6, lora=LoraConfig(accumulation=2, checkpoint_every=1, learning_rate=2e-3))
+    import torch
+
+    config = TuneConfig(max_examples=6, lora=LoraConfig(accumulation=2, checkpoint_every=1, learning_rate=2e-3,
+                                                        threads=1))
+    threads_before = torch.get_num_threads()
 
     def stop_after_two(step, steps, loss):
         if step == 2:
@@ -103,8 +107,10 @@ def test_tune_resumes_exactly_and_its_gguf_gives_the_tuned_distribution(tmp_path
         tune(task, tmp_path / "resumed", config, on_step=stop_after_two)
     assert json.loads((tmp_path / "resumed" / "checkpoint" / "progress.json").read_text())["losses"].__len__() == 2
     steps_seen = []
-    resumed = tune(task, tmp_path / "resumed", config, on_step=lambda step, steps, loss: steps_seen.append(step))
-    assert steps_seen == [3]                                     # only the step left is trained
+    resumed = tune(task, tmp_path / "resumed", config,
+                   on_step=lambda step, steps, loss: steps_seen.append((step, torch.get_num_threads())))
+    assert steps_seen == [(3, 1)]              # only the step left is trained, on the pinned thread count
+    assert torch.get_num_threads() == threads_before                # and the caller's count is restored
     straight = tune(task, tmp_path / "straight", config)
     a = load_file(tmp_path / "resumed" / "checkpoint" / "adapter.safetensors")
     b = load_file(tmp_path / "straight" / "checkpoint" / "adapter.safetensors")
@@ -122,7 +128,7 @@ def test_tune_resumes_exactly_and_its_gguf_gives_the_tuned_distribution(tmp_path
     assert check["kl_tuned_gguf_vs_tuned_weights"] < 0.25 * check["kl_tuned_weights_vs_base_weights"]
     assert record["validation_loss"]["after"] != record["validation_loss"]["before"]
     card = (tmp_path / "straight" / "README.md").read_text()
-    assert "Gemma Terms of Use" in card and f"{record['steps']} steps" in card
+    assert "Gemma Terms of Use" in card and f"{record['steps']} steps" in card and "1 torch thread" in card
     assert (tmp_path / "straight" / "loss.png").stat().st_size > 0
 
     # a finished folder is returned as it is; the pipeline's backend takes the folder

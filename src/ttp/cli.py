@@ -524,6 +524,7 @@ def tune(
     learning_rate: float = typer.Option(5e-4, help="AdamW's, decaying linearly to 0"),
     epochs: int = typer.Option(1),
     accumulation: int = typer.Option(8, help="examples per optimizer step"),
+    threads: int = typer.Option(2, help="torch threads: the weights reproduce bitwise with the same seed and threads"),
     base_model: Optional[Path] = typer.Option(None, help="GGUF file to tune (default: the embedded Gemma 3 270M)"),
 ) -> None:
     """Fine-tune the policy model (LoRA, merged into a GGUF) on the task's own examples of its users'
@@ -540,7 +541,7 @@ def tune(
     config = TuneConfig(items_per_user, max_examples or None, split, seed,
                         str(base_model.resolve()) if base_model else None,
                         LoraConfig(rank=rank, alpha=2.0 * rank, learning_rate=learning_rate, epochs=epochs,
-                                   accumulation=accumulation))
+                                   accumulation=accumulation, threads=threads))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:

@@ -187,7 +187,8 @@ record of one of their queries entered.
 ## Training
 LoRA r = {lora['rank']}, alpha = {lora['alpha']} on the attention projections; AdamW, learning rate
 {lora['learning_rate']} decaying linearly to 0; {lora['accumulation']} examples per step, {lora['epochs']} epoch(s):
-{record['steps']} steps in {record['train_seconds'] / 60:.1f} min on this machine. Loss (nats per target
+{record['steps']} steps in {record['train_seconds'] / 60:.1f} min on this machine, on {lora['threads']} torch thread(s)
+(with the same seed and threads the weights reproduce bitwise). Loss (nats per target
 token): {record['losses'][0]:.3f} at the first step, {record['losses'][-1]:.3f} at the last (`loss.png`).
 
 Validation users' golds ({v['queries']} queries, {v['target_tokens']} tokens, never trained on):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -36,11 +37,13 @@ class LoraConfig:
     accumulation: int = 8            # examples per optimizer step
     max_prompt_tokens: int = 384     # a longer prompt keeps its end (the query and the output label)
     checkpoint_every: int = 4        # optimizer steps
+    threads: int = 2                 # torch's float32 sums follow the thread count: pinned, a tune reproduces
 
     def __post_init__(self):
         checks = {"rank": self.rank >= 1, "alpha": self.alpha > 0, "learning_rate": self.learning_rate > 0,
                   "epochs": self.epochs >= 1, "accumulation": self.accumulation >= 1,
-                  "max_prompt_tokens": self.max_prompt_tokens >= 16, "checkpoint_every": self.checkpoint_every >= 1}
+                  "max_prompt_tokens": self.max_prompt_tokens >= 16, "checkpoint_every": self.checkpoint_every >= 1,
+                  "threads": self.threads >= 1}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"out of range: {', '.join(f'{k} = {getattr(self, k)!r}' for k in bad)}")
@@ -91,7 +94,7 @@ class LoraTrainer:
         without gradients."""
         total, tokens = 0.0, 0
         self.model.eval()
-        with self._torch.no_grad():
+        with self._torch.no_grad(), self._pinned_threads():
             for example in examples:
                 loss, n = self._loss(example)
                 total, tokens = total + float(loss), tokens + n
@@ -117,27 +120,37 @@ class LoraTrainer:
         identity = {"config": asdict(self.config), "examples": [e.id for e in examples]}
         progress = self._resume(folder, identity)
         self.model.train()
-        for step in range(len(progress.losses), steps):
-            started = time.perf_counter()
-            batch = schedule[step * self.config.accumulation:(step + 1) * self.config.accumulation]
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.config.learning_rate * (1 - step / steps)
-            self.optimizer.zero_grad()
-            n_tokens = sum(self.encode(e)[1] for e in batch)
-            total = 0.0
-            for example in batch:
-                loss, _ = self._loss(example)
-                (loss / n_tokens).backward()
-                total += float(loss.detach())
-            self.optimizer.step()
-            progress.losses.append(total / n_tokens)
-            progress.seconds.append(time.perf_counter() - started)
-            done = len(progress.losses)
-            if done % self.config.checkpoint_every == 0 or done == steps:
-                self._save(folder, identity, progress)
-            if on_step:
-                on_step(done, steps, progress.losses[-1])
+        with self._pinned_threads():
+            for step in range(len(progress.losses), steps):
+                started = time.perf_counter()
+                batch = schedule[step * self.config.accumulation:(step + 1) * self.config.accumulation]
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.config.learning_rate * (1 - step / steps)
+                self.optimizer.zero_grad()
+                n_tokens = sum(self.encode(e)[1] for e in batch)
+                total = 0.0
+                for example in batch:
+                    loss, _ = self._loss(example)
+                    (loss / n_tokens).backward()
+                    total += float(loss.detach())
+                self.optimizer.step()
+                progress.losses.append(total / n_tokens)
+                progress.seconds.append(time.perf_counter() - started)
+                done = len(progress.losses)
+                if done % self.config.checkpoint_every == 0 or done == steps:
+                    self._save(folder, identity, progress)
+                if on_step:
+                    on_step(done, steps, progress.losses[-1])
         return progress
+
+    @contextmanager
+    def _pinned_threads(self):
+        previous = self._torch.get_num_threads()
+        self._torch.set_num_threads(self.config.threads)
+        try:
+            yield
+        finally:
+            self._torch.set_num_threads(previous)
 
     def _save(self, folder: Path, identity: dict, progress: FitProgress) -> None:
         from peft import get_peft_model_state_dict
