@@ -2,7 +2,11 @@
 Gemma 3 270M exported as a regular model folder.  ``make test`` runs this file in .venv-vllm;
 where vLLM is not installed it is skipped.  Eager mode skips torch.compile, which would add
 minutes to the engine's start on two cores."""
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,13 +20,37 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory):
+def model_folder(tmp_path_factory) -> Path:
     from ttp.policy.llama_cpp import default_model_path
     from ttp.policy.transformers_backend import export_model_folder
+
+    return export_model_folder(default_model_path(), tmp_path_factory.mktemp("model") / "gemma-3-270m")
+
+
+def test_ttp_run_goes_end_to_end_on_vllm(model_folder, pep_titles_dir, tmp_path):
+    """The command a GPU box runs, every stage; first in this file, so that its engine (in a
+    process of its own) never holds memory beside the module's."""
+    out = tmp_path / "run"
+    ttp = Path(sys.executable).parent / "ttp"
+    subprocess.run([str(ttp), "run", "--task", str(pep_titles_dir), "--out", str(out), "--backend", "vllm",
+                    "--model", str(model_folder), "--pool-size", "4", "--max-users", "6",
+                    "--max-queries-per-user", "2"], check=True, timeout=1500)
+    for policy in ("personalized", "plain"):
+        pools = [json.loads(line) for line in (out / "PEP-titles" / policy / "pools.jsonl").read_text().splitlines()]
+        texts = [t for p in pools for t in p["texts"]]
+        assert len(pools) == 12 and all(len(p["texts"]) == 4 for p in pools)
+        assert sum(map(bool, texts)) > 0.8 * len(texts)        # a candidate may stop at once, at the newline
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["engine"]["backend"] == "vllm"
+    assert {"ceiling", "rewards", "diagnosis", "allocation"} <= report.keys()
+    assert "backend vllm" in (out / "report.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def backend(model_folder):
     from ttp.policy.vllm_backend import VLLMBackend
 
-    folder = export_model_folder(default_model_path(), tmp_path_factory.mktemp("model") / "gemma-3-270m")
-    backend = VLLMBackend(str(folder), max_model_len=2048, enforce_eager=True, max_num_seqs=16)
+    backend = VLLMBackend(str(model_folder), max_model_len=2048, enforce_eager=True, max_num_seqs=16)
     yield backend
     backend.close()
 

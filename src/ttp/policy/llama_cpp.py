@@ -69,11 +69,6 @@ def model_file(model_path: str | Path | None = None) -> Path:
     return path
 
 
-def model_label(model_path: str | Path | None = None) -> str:
-    """The name a backend on ``model_path`` (default: the embedded Gemma) goes by."""
-    return f"llama.cpp:{model_file(model_path).name}"
-
-
 class LlamaCppBackend(PolicyBackend):
     """``sample(prompt, params)`` draws ``params.n`` candidates with one shared prompt pass."""
 
@@ -101,7 +96,7 @@ class LlamaCppBackend(PolicyBackend):
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.n_embd = llama_cpp.llama_model_n_embd(self.llm._model.model)
         self.n_ctx, self.max_sequences, self.n_batch = n_ctx, max_sequences, n_batch
-        self.name = model_label(path)
+        self.name = f"llama.cpp:{path.name}"
         self.prompt_cache = prompt_cache   # off: every call evaluates its prompt (benchmarks)
         self._cached_prompt: list[int] | None = None
         self._cached_logits: np.ndarray | None = None

@@ -25,7 +25,6 @@ from ttp.analysis.control import ControllerConfig
 from ttp.analysis.pools import Pools
 from ttp.analysis.scaling import diagnose, fit_ceiling, held_out_top_compression
 from ttp.files import read_json, write_json_atomic, write_parquet_atomic
-from ttp.policy.llama_cpp import model_label
 from ttp.rewards.external import check_selector_name, read_scores
 from ttp.rewards.families import FAMILIES, Inputs, check_families, servable
 from ttp.rewards.features import FEATURES, EmbeddingCache, candidate_features
@@ -319,7 +318,7 @@ class Pipeline:
 
         history = self.history_features(task, policy) if c.history_items else None
         return Inputs(task.by_id(), task.layout, c.shots, c.convention, self.backend,
-                      EmbeddingCache(self.folder.embeddings(task.name)), model_label(self.engine.model_path),
+                      EmbeddingCache(self.folder.embeddings(task.name)),
                       self.folder.hidden_states(task.name, policy), track=track, history=history)
 
     def rewards(self) -> None:
