@@ -44,3 +44,23 @@ def test_exported_model_folder_generates_what_the_gguf_generates(backend, pep_ta
     [original] = backend.sample(prompt, greedy)
     assert (exported.text, exported.n_tokens) == (original.text, original.n_tokens)
     assert exported.logprob == pytest.approx(original.logprob, abs=1e-4)
+
+
+def test_a_chunk_in_one_generate_gives_each_prompt_its_own_pool_in_order(backend, pep_task, monkeypatch):
+    from ttp.tasks.prompts import PromptBuilder
+
+    build = PromptBuilder(pep_task.layout, "personalized")
+    prompts = [build(q) for q in pep_task.queries[:3]]            # prompts of different lengths: left padding
+    monkeypatch.setattr(backend, "chunk_size", 2)
+    greedy = SamplingParams(n=2, temperature=0, max_tokens=10)
+    chunked = backend.sample_many(prompts, [greedy] * 3)
+    alone = [backend.sample(p, greedy) for p in prompts]
+    assert [[c.text for c in pool] for pool in chunked] == [[c.text for c in pool] for pool in alone]
+    for pool, reference in zip(chunked, alone):
+        assert [c.n_tokens for c in pool] == [c.n_tokens for c in reference]
+        assert [c.logprob for c in pool] == pytest.approx([c.logprob for c in reference], abs=1e-3)
+    sampled = [SamplingParams(n=3, max_tokens=10, seed=s) for s in (5, 6, 7)]
+    pools = backend.sample_many(prompts, sampled)
+    assert [len(pool) for pool in pools] == [3, 3, 3] and backend.sample_many(prompts, sampled) == pools
+    mixed = backend.sample_many(prompts[:2], [SamplingParams(n=2, max_tokens=8), SamplingParams(n=3, max_tokens=8)])
+    assert [len(pool) for pool in mixed] == [2, 3]                # a chunk of unlike parameters: one call each
