@@ -225,6 +225,7 @@ def test_zero_shot_scorers_are_judged_on_held_out_users(run_folder):
 def test_compare_trains_every_family_and_prints_one_table(run_folder):
     import numpy as np
 
+    from ttp.policy.llama_cpp import default_model_path
     from ttp.rewards.cross_encoder import CrossEncoderRewardModel
     from ttp.rewards.models import RewardModel
 
@@ -240,6 +241,7 @@ def test_compare_trains_every_family_and_prints_one_table(run_folder):
     # the hidden-state model records what it reads, and reads 640 states per candidate
     hidden = RewardModel.load(folder.reward_model(TASK, "personalized", "hidden_state.pointwise"))
     assert hidden.n_features_in_ == 640 and hidden.inputs_["layer"].startswith("result_norm")
+    assert hidden.inputs_["policy_model"] == f"llama.cpp:{default_model_path().name}"
     with np.load(folder.hidden_states(TASK, "personalized"), allow_pickle=False) as cache:
         assert cache["states"].shape[1] == 640
     encoder = CrossEncoderRewardModel.load(folder.reward_model(TASK, "plain", "cross_encoder.probabilistic"))

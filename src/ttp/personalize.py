@@ -69,7 +69,7 @@ class TrainedScorer:
         self.model = self.family.load(folder.reward_model(task.name, policy, selector.model))
         self.rule, self.lcb_kappa = selector.rule or "mean", config.lcb_kappa
         self.inputs = Inputs({}, task.layout, config.shots, config.convention, lambda: backend,
-                             EmbeddingCache(folder.embeddings(task.name), persist=False))
+                             EmbeddingCache(folder.embeddings(task.name), persist=False), backend.name)
 
     def __call__(self, query: Query, texts: list[str], logprobs, n_tokens):
         frame = pd.DataFrame({"query_id": query.id, "user": query.user, "candidate": range(len(texts)),

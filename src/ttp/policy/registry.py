@@ -56,6 +56,18 @@ class EngineConfig:
                             max_sequences=max_sequences, n_ctx=self.n_ctx, request_timeout=self.request_timeout,
                             max_concurrency=self.server_concurrency)
 
+    @property
+    def label(self) -> str:
+        """What the policy is called in a saved note, known without building the engine (which
+        loads the model)."""
+        if self.backend == "openai":
+            return f"openai:{self.server_model}"
+        if self.backend == "llama-cpp":
+            from ttp.policy.llama_cpp import model_file
+
+            return f"llama.cpp:{model_file(self.model_path).name}"
+        return f"{self.backend}:{Path(self.model_path).name}"
+
 
 def make_backend(name: str, model_path: str | None = None, server_url: str | None = None,
                  server_model: str | None = None, max_sequences: int = 16, n_ctx: int = 8192,

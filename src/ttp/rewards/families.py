@@ -56,6 +56,7 @@ class Inputs:
     convention: str
     backend: Callable[[], PolicyBackend]
     embeddings: EmbeddingCache
+    policy_model: str                          # the policy's name, for the saved note
     hidden_states: Path | None = None          # the run's cache of states; None online
     # a progress display: track(description, total) -> a context giving advance(); total None: a spinner
     track: Callable[[str, int | None], AbstractContextManager[Callable[[], None]]] | None = None
@@ -184,7 +185,7 @@ class HiddenStateFamily(Family):
             states = hidden_state_matrix(table, inputs.queries, inputs.layout, inputs.backend, inputs.hidden_states,
                                          inputs.shots, inputs.convention, progress=advance)
         return (pd.DataFrame(states, columns=[f"h{i}" for i in range(states.shape[1])], index=table.index),
-                {"family": self.name, "policy_model": inputs.backend().name, "layer": LAYER, "pooling": POOLING,
+                {"family": self.name, "policy_model": inputs.policy_model, "layer": LAYER, "pooling": POOLING,
                  "prompt": "personalized", "shots": inputs.shots, "convention": inputs.convention})
 
     def query_inputs(self, query, candidates, inputs):

@@ -318,7 +318,7 @@ class Pipeline:
 
         history = self.history_features(task, policy) if c.history_items else None
         return Inputs(task.by_id(), task.layout, c.shots, c.convention, self.backend,
-                      EmbeddingCache(self.folder.embeddings(task.name)),
+                      EmbeddingCache(self.folder.embeddings(task.name)), self.engine.label,
                       self.folder.hidden_states(task.name, policy), track=track, history=history)
 
     def rewards(self) -> None:
