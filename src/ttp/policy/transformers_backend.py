@@ -50,11 +50,12 @@ class TransformersBackend(PolicyBackend):
     def _draw_many(self, prompts: list[str], params: list[SamplingParams]) -> list[list[Completion]]:
         pools = []
         for i in range(0, len(prompts), self.chunk_size):
-            chunk, first = prompts[i:i + self.chunk_size], params[i]
-            if all(replace(p, seed=first.seed) == first for p in params[i:i + self.chunk_size]):
+            chunk, chunk_params = prompts[i:i + self.chunk_size], params[i:i + self.chunk_size]
+            first = chunk_params[0]
+            if all(replace(p, seed=first.seed) == first for p in chunk_params):
                 pools.extend(self._generate(chunk, first))
             else:                                            # one generate call takes one set of parameters
-                pools.extend(self.sample(prompt, p) for prompt, p in zip(chunk, params[i:i + len(chunk)]))
+                pools.extend(self.sample(prompt, p) for prompt, p in zip(chunk, chunk_params))
         return pools
 
     def _generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
