@@ -32,6 +32,9 @@ class TransformersBackend(PolicyBackend):
             raise FileNotFoundError(f"model {path} not found; pass a local model directory or GGUF file")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         on_gpu = device.startswith("cuda")
+        self.chunk_size = (4 if on_gpu else 1) if chunk_size is None else chunk_size
+        if self.chunk_size < 1:                               # refused before the slow load
+            raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
         self._torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         self.tokenizer.padding_side = "left"                 # every prompt ends where generation starts
@@ -39,9 +42,6 @@ class TransformersBackend(PolicyBackend):
         self.model = AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, dtype), **kwargs).to(device)
         self.model.eval()
         self.device = device
-        self.chunk_size = chunk_size or (4 if on_gpu else 1)
-        if self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
         self.name = f"transformers:{path.name}"
 
     def sample(self, prompt: str, params: SamplingParams) -> list[Completion]:
