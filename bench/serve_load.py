@@ -18,7 +18,18 @@ down goes to the other, as behind a load balancer), clients that drop a stream a
 first chunk, and one client that sends its request a byte at a time.  A quarter of the way
 in, one worker is killed with SIGKILL; halfway, PostgreSQL is restarted.  It prints requests
 served, errors by kind, and acknowledged feedback missing from the store (target 0), and
-5xx answers other than the documented 503s (target 0)."""
+5xx answers other than the documented 503s (target 0).
+
+    python bench/serve_load.py --abuse [--run RUN]
+
+The abuse run: two `ttp serve` workers with API keys on one PostgreSQL (a pgserver started for
+the run), then, one after another, each bounded in count and time: a key flooding feedback
+across both workers; a key asking for users outside its scope on every endpoint; a revoked key
+reused; an erasure while a stream for that user is in flight; a worker killed with SIGKILL in
+the middle of a burst of writes.  It prints, for each, what was accepted, refused and lost,
+beside what should hold: 0 writes outside a key's scope, 0 acknowledged writes lost, the
+feedback limit held to within one request across the workers, 0 accepted uses of a revoked key
+a second after its revocation."""
 import argparse
 import asyncio
 import json
@@ -240,6 +251,196 @@ def fault_run(run: Path, seconds: float) -> None:
     print(f"5xx other than 503: {other_5xx} (target 0); surviving worker healthy at the end: {survivor_up}")
 
 
+class Abuse:
+    """The abuse run's setting: two workers with keys on one store; ``say`` prints one scenario's row."""
+
+    def __init__(self, urls: list[str], keys: dict[str, str], store, key_file: Path, limit: int):
+        self.urls, self.keys, self.store, self.key_file, self.limit = urls, keys, store, key_file, limit
+        self.rows: list[tuple[str, str, str, str]] = []
+
+    def post(self, client: httpx.Client, i: int, path: str, key: str, body: dict, method: str = "POST"):
+        return client.request(method, f"{self.urls[i % len(self.urls)]}{path}", json=body if body else None,
+                              headers={"Authorization": f"Bearer {self.keys[key]}"})
+
+    def say(self, scenario: str, accepted: str, refused: Counter | str, check: str) -> None:
+        refused = refused if isinstance(refused, str) else \
+            ", ".join(f"{n} x {code}" for code, n in sorted(refused.items())) or "none"
+        self.rows.append((scenario, accepted, refused, check))
+
+
+def flood(abuse: Abuse, requests: int = 60) -> None:
+    """One key sends ``requests`` feedback items for one user, 8 at a time, over both workers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with httpx.Client(timeout=30) as client, ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda i: abuse.post(client, i, "/v1/ttp/feedback", "flooder",
+                                                   {"user": "flood-1", "input": f"flood {i}", "output": "x"})
+                              .status_code, range(requests)))
+    written = sum(1 for f in abuse.store.records("flood-1")[0]["feedback"] if f["written_by"] == "flooder")
+    accepted = codes.count(200)
+    abuse.say(f"a key floods feedback ({requests} requests, limit {abuse.limit} a minute)",
+              f"{accepted} (store: {written})", Counter(c for c in codes if c != 200),
+              f"over the limit: {accepted - abuse.limit} (goal: at most 1)")
+
+
+def out_of_scope(abuse: Abuse, mine: str, others: list[str]) -> None:
+    """A key scoped to ``mine`` asks for other users (existing and not) on every endpoint, on both workers."""
+    before = {user: abuse.store.user_record(user) for user in others}
+    codes, accepted = Counter(), 0
+    with httpx.Client(timeout=120) as client:
+        for i, user in enumerate(others * 2):
+            for method, path, body in (
+                    ("POST", "/v1/ttp/feedback", {"user": user, "input": "not mine", "output": "x"}),
+                    ("POST", "/v1/completions", {"model": "ttp", "prompt": "x", "user": user, "max_tokens": 2}),
+                    ("POST", "/v1/ttp/score", {"user": user, "input": "x", "candidates": ["a"]}),
+                    ("GET", f"/v1/ttp/users/{user}/profile", {}),
+                    ("DELETE", f"/v1/ttp/users/{user}", {})):
+                r = abuse.post(client, i, path, "scoped", body, method)
+                accepted += r.status_code == 200
+                codes[r.status_code] += r.status_code != 200
+    changed = sum(abuse.store.user_record(user) != before[user] for user in others)
+    outside = abuse.store._read("SELECT COUNT(*) FROM feedback WHERE written_by = 'scoped' AND user_id <> ?",
+                                (mine,))[0][0]
+    abuse.say(f"a key asks for {len(others)} users outside its scope (5 endpoints, both workers)", str(accepted),
+              codes, f"writes outside the scope: {outside}, users changed: {changed} (goal: 0)")
+
+
+def revoked(abuse: Abuse, seconds: float = 3.0) -> None:
+    """A leaked key writes on both workers; it is revoked; its holder goes on for ``seconds``."""
+    from ttp.serve.auth import revoke_key
+
+    codes, late, first_refusal = Counter(), 0, {}
+    with httpx.Client(timeout=30) as client:
+        for i in range(10):
+            codes[abuse.post(client, i, "/v1/ttp/feedback", "leaked", {"user": "leak-1", "input": f"before {i}",
+                                                                      "output": "x"}).status_code] += 1
+        revoke_key(abuse.key_file, "leaked")
+        revoked_at, i = time.monotonic(), 0
+        while time.monotonic() - revoked_at < seconds:
+            r = abuse.post(client, i, "/v1/ttp/feedback", "leaked", {"user": "leak-1", "input": f"after {i}",
+                                                                    "output": "x"})
+            since = time.monotonic() - revoked_at
+            if r.status_code == 401:
+                first_refusal.setdefault(i % 2, since)
+            late += r.status_code == 200 and since > 1.0
+            codes[r.status_code] += 1
+            i += 1
+    erased = abuse.store.erase_written_by("leaked")
+    refusal = max(first_refusal.values()) if len(first_refusal) == 2 else float("nan")
+    abuse.say("a leaked key revoked while in use (then `ttp profiles delete --written-by`)",
+              f"{codes[200]} (erased after: {erased['feedback']})",
+              Counter({code: n for code, n in codes.items() if code != 200}),
+              f"refused by both workers {refusal * 1000:.0f} ms after revocation; accepted after 1 s: {late} (goal: 0)")
+
+
+def erase_during_stream(abuse: Abuse, user: str) -> None:
+    """A stream for ``user`` is in flight on one worker while the other erases the user."""
+    import threading
+
+    outcome = {}
+
+    def stream():
+        body = {"model": "ttp", "prompt": "Generate a title for the following abstract of a paper: erasure",
+                "user": user, "max_tokens": 16, "best_of": 8, "stream": True}
+        with httpx.Client(timeout=120) as client, client.stream(
+                "POST", f"{abuse.urls[0]}/v1/completions", json=body,
+                headers={"Authorization": f"Bearer {abuse.keys['admin']}"}) as r:
+            outcome["status"] = r.status_code
+            outcome["done"] = any(line == "data: [DONE]" for line in r.iter_lines())
+
+    streaming = threading.Thread(target=stream)
+    streaming.start()
+    time.sleep(0.3)
+    with httpx.Client(timeout=30) as client:
+        erased = abuse.post(client, 1, f"/v1/ttp/users/{user}", "admin", {}, "DELETE")
+    streaming.join()
+    rows = sum(abuse.store._read(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", (user,))[0][0]
+               for table, column in (("items", "user_id"), ("feedback", "user_id"), ("users", "id")))
+    abuse.say("a user erased while a stream for them is in flight",
+              f"erasure {erased.status_code}, stream {outcome.get('status')} "
+              f"({'finished' if outcome.get('done') else 'cut'})", "none",
+              f"rows of the user left: {rows} (goal: 0)")
+
+
+def killed_mid_write(abuse: Abuse, workers: list[subprocess.Popen], seconds: float = 4.0) -> None:
+    """Four writers over both workers; one worker gets SIGKILL a quarter of the way in."""
+    import threading
+
+    acknowledged, failed, stop = [], Counter(), threading.Event()
+
+    def writer(w: int):
+        with httpx.Client(timeout=10) as client:
+            i = 0
+            while not stop.is_set():
+                user, text = f"kill-{w}", f"write {w}-{i}"
+                try:
+                    r = abuse.post(client, i, "/v1/ttp/feedback", "admin", {"user": user, "input": text, "output": "x"})
+                    if r.status_code == 200:
+                        acknowledged.append((user, text))
+                    else:
+                        failed[r.status_code] += 1
+                except httpx.TransportError as err:
+                    failed[type(err).__name__] += 1
+                i += 1
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds / 4)
+    workers[0].kill()
+    time.sleep(seconds * 3 / 4)
+    stop.set()
+    for t in threads:
+        t.join()
+    stored = {(user, text) for user in {u for u, _ in acknowledged} for text, _, _ in abuse.store.feedback(user)}
+    lost = sum(a not in stored for a in acknowledged)
+    abuse.say("a worker killed (SIGKILL) in a burst of writes", str(len(acknowledged)), failed,
+              f"acknowledged writes lost: {lost} (goal: 0)")
+
+
+def abuse_run(run: Path) -> None:
+    import tempfile
+
+    import pgserver
+
+    from ttp.runs.config import RunConfig
+    from ttp.serve.auth import add_key
+    from ttp.serve.store import ProfileStore
+    from ttp.tasks.data import load_task
+
+    config = RunConfig.load(run / "config.json")
+    task = load_task(config.tasks[0].path)
+    users = sorted(task.users)
+    mine, others, erased = users[0], [users[1], "nobody-at-all"], users[2]
+    limit = 20
+    with tempfile.TemporaryDirectory() as scratch:
+        key_file = Path(scratch) / "keys.json"
+        keys = {name: add_key(key_file, name, scope) for name, scope in
+                (("admin", ["*"]), ("flooder", ["flood-*"]), ("scoped", [mine]), ("leaked", ["*"]))}
+        database = pgserver.get_server(Path(scratch) / "pg", cleanup_mode="stop")
+        url = database.get_uri()
+        workers = [start_server(run, task.name, url, "--api-keys", str(key_file), "--feedback-per-minute", str(limit))
+                   for _ in range(2)]
+        store = ProfileStore(url)
+        abuse = Abuse([u for _, u in workers], keys, store, key_file, limit)
+        start = time.perf_counter()
+        try:
+            flood(abuse)
+            out_of_scope(abuse, mine, others)
+            revoked(abuse)
+            erase_during_stream(abuse, erased)
+            killed_mid_write(abuse, [proc for proc, _ in workers])
+        finally:
+            for proc, _ in workers:
+                proc.kill()
+                proc.wait()
+            store.close()
+            database.cleanup()
+    print(f"abuse run: 2 workers with API keys on one PostgreSQL, {time.perf_counter() - start:.0f} s")
+    for scenario, accepted, refused, check in abuse.rows:
+        print(f"- {scenario}\n    accepted: {accepted}; refused: {refused}\n    {check}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "bench-serve")
@@ -249,10 +450,14 @@ def main():
     parser.add_argument("--budget", type=int, default=8)
     parser.add_argument("--faults", action="store_true", help="the fault run (two workers on one PostgreSQL)")
     parser.add_argument("--seconds", type=float, default=40, help="length of the fault run")
+    parser.add_argument("--abuse", action="store_true", help="the abuse run (keys, two workers, one PostgreSQL)")
     args = parser.parse_args()
     ensure_run(args.run, pep_titles_dir(args.data))
     if args.faults:
         fault_run(args.run, args.seconds)
+        return
+    if args.abuse:
+        abuse_run(args.run)
         return
 
     from ttp.runs.config import RunConfig

@@ -373,6 +373,107 @@ def test_keys_scope_users_and_feedback_is_capped(run_folder, tmp_path, known_use
     assert not any(secret in proc.stderr.read().decode() + proc.stdout.read().decode() for secret in (alice, app_key))
 
 
+def test_keys_are_revoked_rotated_and_added_on_a_running_server(run_folder, tmp_path, known_user):
+    from ttp.serve.auth import add_key, revoke_key, rotate_key
+
+    keys = tmp_path / "keys.json"
+    alice = add_key(keys, "alice", [known_user])
+    proc, url = _start(run_folder, tmp_path / "profiles.sqlite", "--api-keys", str(keys))
+    try:
+        def models(key, scheme="Bearer"):
+            return httpx.get(f"{url}/v1/models", headers={"Authorization": f"{scheme} {key}"}).status_code
+
+        assert models(alice) == models(alice, "bearer") == models(alice, "BEARER") == 200
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=alice, max_retries=0, timeout=120)
+        assert client.models.list().data[0].id == "ttp"
+        bob = add_key(keys, "bob", ["bob"])              # a key added while serving works at once
+        assert models(bob) == 200
+        new = rotate_key(keys, "alice")
+        assert models(new) == 200 and models(alice) == 401
+        revoke_key(keys, "alice")
+        revoked_at = time.monotonic()
+        refused = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {new}"})
+        assert time.monotonic() - revoked_at < 1.0
+        assert refused.status_code == 401 and "(alice) is revoked" in refused.json()["error"]["message"]
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{url}/v1", api_key=new, max_retries=0).models.list()
+        assert httpx.get(f"{url}/health").json()["key_file"] == "ok"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_user_exports_and_erases_their_data_and_is_then_served_as_unknown(run_folder, tmp_path, known_user):
+    from ttp.serve.auth import add_key
+
+    keys = tmp_path / "keys.json"
+    mine, app_key = add_key(keys, "mine", [known_user]), add_key(keys, "app", ["*"])
+    other = json.loads((run_folder / TASK / "split.json").read_text())["test"][1]
+    db = tmp_path / "profiles.sqlite"
+    proc, url = _start(run_folder, db, "--api-keys", str(keys))
+    try:
+        def call(method, path, key, **body):
+            return httpx.request(method, f"{url}{path}", headers={"Authorization": f"Bearer {key}"},
+                                 timeout=120, **({"json": body} if body else {}))
+
+        assert call("POST", "/v1/ttp/feedback", mine, user=known_user, input="My input", output="My output").is_success
+        exported = call("GET", f"/v1/ttp/users/{known_user}/profile", mine).json()
+        assert exported["object"] == "ttp.user" and exported["user"] == known_user
+        assert exported["feedback"][0]["written_by"] == "mine" and len(exported["profile"]) > 1
+        # another user's data, existing or not: one answer
+        exists, missing = call("GET", f"/v1/ttp/users/{other}/profile", mine), \
+            call("GET", "/v1/ttp/users/nobody/profile", mine)
+        assert exists.status_code == missing.status_code == 403 and exists.json() == missing.json()
+        assert call("DELETE", f"/v1/ttp/users/{other}", mine).status_code == 403
+        assert ProfileStore(db).has_user(other)
+
+        asked = {"prompt": ABSTRACT + "Erasure.", "user": known_user, "max_tokens": 6, "ttp": {"budget": 2}}
+        assert call("POST", "/v1/completions", mine, model="ttp", **asked).json()["ttp"]["personalized"]
+        erased = call("DELETE", f"/v1/ttp/users/{known_user}", mine)
+        assert erased.json() == {"id": known_user, "object": "ttp.user", "deleted": True,
+                                 "profile_items": len(exported["profile"]), "feedback": 1}
+        after = call("POST", "/v1/completions", mine, model="ttp", **asked).json()["ttp"]
+        assert not after["personalized"] and "is unknown" in after["stopped_because"]
+        assert call("GET", f"/v1/ttp/users/{known_user}/profile", mine).status_code == 404
+        assert call("DELETE", f"/v1/ttp/users/{known_user}", mine).status_code == 404
+        store = ProfileStore(db)
+        assert store.user_record(known_user) is None and store.has_user(other)
+        for table, column in (("items", "user_id"), ("feedback", "user_id"), ("users", "id"),
+                              ("limit_events", "subject")):
+            value = known_user if column != "subject" else f"user:{known_user}"
+            assert store._read(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", (value,)) == [(0,)]
+    finally:
+        proc.kill()
+        proc.wait()
+    restarted, url = _start(run_folder, db, "--api-keys", str(keys))      # a restart imports nothing again
+    try:
+        assert not ProfileStore(db).has_user(known_user)
+        assert call("GET", f"/v1/ttp/users/{other}/profile", app_key).status_code == 200
+    finally:
+        restarted.kill()
+        restarted.wait()
+
+
+def test_two_workers_on_one_postgres_hold_one_feedback_limit_and_one_erasure(run_folder, fresh_database, known_user):
+    first, url_a = _start(run_folder, fresh_database, "--feedback-per-minute", "5")
+    second, url_b = _start(run_folder, fresh_database, "--feedback-per-minute", "5")
+    try:
+        statuses = [httpx.post(f"{url}/v1/ttp/feedback", json={"user": known_user, "input": f"in {i}",
+                                                                "output": "out"}).status_code
+                    for i, url in zip(range(12), [url_a, url_b] * 6)]
+        assert statuses.count(200) == 5 and statuses.count(429) == 7          # one worker alone would allow 5
+        assert httpx.delete(f"{url_b}/v1/ttp/users/{known_user}").json()["deleted"]
+        body = {"model": "ttp", "prompt": ABSTRACT + "x", "user": known_user, "max_tokens": 4, "ttp": {"budget": 1}}
+        assert not httpx.post(f"{url_a}/v1/completions", json=body, timeout=120).json()["ttp"]["personalized"]
+        # the erased user's counters went with them: feedback is allowed again
+        assert httpx.post(f"{url_a}/v1/ttp/feedback", json={"user": known_user, "input": "i",
+                                                            "output": "o"}).status_code == 200
+    finally:
+        for proc in (first, second):
+            proc.kill()
+            proc.wait()
+
+
 def test_feedback_sent_to_one_worker_is_retrieved_by_another_on_one_postgres(run_folder, fresh_database, known_user):
     first, url_a = _start(run_folder, fresh_database)
     second, url_b = _start(run_folder, fresh_database)

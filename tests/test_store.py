@@ -1,5 +1,8 @@
 """The profile store on both engines, SQLite and a real PostgreSQL server started by the test
-run: the same tests, two workers sharing one store, and the migration from one to the other."""
+run: the same tests, two workers sharing one store and its limits, a user's export and erasure,
+provenance, and the migration from one to the other."""
+import json
+
 import pytest
 
 from ttp.serve.store import ProfileStore
@@ -75,7 +78,7 @@ def test_one_command_migrates_sqlite_to_postgres(tmp_path, fresh_database, pep_t
 
 def test_an_export_reads_back_into_either_store_and_names_a_bad_line(location, pep_task, tmp_path, capsys):
     from ttp.cli import main
-    from ttp.serve.store import ExportError, read_export
+    from ttp.serve.export_file import ExportError, read_export
 
     source = ProfileStore(tmp_path / "source.sqlite")
     source.import_task(pep_task)
@@ -119,3 +122,109 @@ def test_a_restarted_postgres_is_reconnected_and_no_acknowledged_write_is_lost(t
         assert [text for text, _, _ in store.feedback("u")] == ["before", "after"]
     finally:
         server.cleanup()
+
+
+def test_a_limit_is_a_sliding_minute_shared_by_every_connection_and_counting_only_what_it_lets_through(location):
+    a, b = ProfileStore(location), ProfileStore(location)          # two workers on one store
+    assert a.take("feedback", 2, "alice", "k", now=0.0) == 0
+    assert b.take("feedback", 2, "alice", "k", now=1.0) == 0
+    assert a.take("feedback", 2, "alice", "k", now=2.0) == pytest.approx(58)
+    assert b.take("feedback", 2, "bob", "k", now=2.0) == pytest.approx(58)      # the key is spent, whichever user
+    assert b.take("feedback", 2, "bob", "j", now=30.0) == 0                     # refused above: bob counted nothing
+    assert a.take("requests", 2, "alice", "k", now=30.0) == 0                   # another bucket, its own count
+    assert a.take("feedback", 2, "alice", "k", now=60.0) == 0                   # the event of t = 0 has left
+    assert a.take("feedback", 1, None, None) == 0                               # nobody to count: no limit
+
+
+@pytest.mark.slow
+def test_workers_racing_on_one_postgres_let_through_exactly_the_limit(fresh_database):
+    import threading
+
+    stores = [ProfileStore(fresh_database) for _ in range(4)]
+    allowed, start = [], threading.Barrier(len(stores))
+
+    def flood(store):
+        start.wait()
+        allowed.extend(store.take("feedback", 25, "alice", "app", now=100.0) == 0 for _ in range(20))
+
+    threads = [threading.Thread(target=flood, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(allowed) == 25 and len(allowed) == 80
+
+
+def test_a_users_data_is_exported_and_erased_to_the_last_row(location, pep_task):
+    store = ProfileStore(location)
+    store.import_task(pep_task)
+    user = pep_task.queries[0].user
+    other = next(q.user for q in pep_task.queries if q.user != user)
+    store.add_feedback(user, "in", "out", 1.0, written_by="alice-app")
+    store.take("feedback", 5, user, "alice-app")
+    record = store.user_record(user)
+    assert record["user"] == user and len(record["profile"]) == len(store.profile(user))
+    assert record["feedback"][0] | {"created": 0} == {"input": "in", "output": "out", "rating": 1.0,
+                                                     "created": 0, "written_by": "alice-app"}
+    assert record["profile"][-1]["written_by"] == "alice-app" and record["profile"][0]["written_by"] is None
+    others_before = store.user_record(other)
+
+    assert store.erase_user(user) == {"profile_items": len(record["profile"]), "feedback": 1}
+    assert store.user_record(user) is None and not store.has_user(user) and store.erase_user(user) is None
+    for table, column in (("items", "user_id"), ("feedback", "user_id"), ("users", "id")):
+        assert store._read(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", (user,)) == [(0,)]
+    assert store._read("SELECT subject FROM limit_events") == [("key:alice-app",)]   # the key's count is no user's
+    assert store.user_record(other) == others_before
+    # serving again does not import the task again, which would bring the erased user back
+    assert store.imported(pep_task.name) and not store.has_user(user)
+
+
+def test_what_one_key_wrote_is_erased_and_nothing_else(location):
+    store = ProfileStore(location)
+    store.add_feedback("u", "kept", "out", written_by="good")
+    store.add_feedback("u", "gone", "out", written_by="leaked")
+    store.add_feedback("v", "gone too", "out", written_by="leaked")
+    store.add_feedback("v", "no key", "out")
+    assert store.erase_written_by("leaked") == {"profile_items": 2, "feedback": 2}
+    assert [f[0] for f in store.feedback("u")] == ["kept"] and [f[0] for f in store.feedback("v")] == ["no key"]
+    assert [item.source for item in store.profile("v")] == ["no key"]
+
+
+def test_a_store_made_before_provenance_gains_its_columns_and_an_old_export_still_loads(tmp_path, pep_task):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE users (id TEXT PRIMARY KEY, created REAL NOT NULL)")
+    db.execute("CREATE TABLE feedback (id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, "
+               "input TEXT NOT NULL, output TEXT NOT NULL, rating REAL, created REAL NOT NULL)")
+    db.execute("INSERT INTO users VALUES ('u', 1.0)")
+    db.execute("INSERT INTO feedback (user_id, input, output, rating, created) VALUES ('u', 'i', 'o', NULL, 1.0)")
+    db.commit()
+    db.close()
+    store = ProfileStore(path)
+    assert store.user_record("u")["feedback"] == [{"input": "i", "output": "o", "rating": None, "created": 1.0,
+                                                   "written_by": None}]
+    export = tmp_path / "old.jsonl"
+    export.write_text('{"user": "w", "created": 2.0, "profile": [{"id": "a", "input": "i", "output": "o", '
+                      '"created": 2.0, "origin": "x"}], "feedback": []}\n')
+    fresh = ProfileStore(tmp_path / "fresh.sqlite")
+    assert fresh.import_export(export) == 1 and fresh.user_record("w")["profile"][0]["written_by"] is None
+
+
+def test_profiles_delete_and_a_one_user_export_from_the_command_line(tmp_path, capsys):
+    from ttp.cli import main
+
+    db = str(tmp_path / "profiles.sqlite")
+    store = ProfileStore(db)
+    store.add_feedback("u", "in", "out", written_by="leaked")
+    store.add_feedback("v", "in", "out")
+    out = tmp_path / "u.jsonl"
+    assert main(["profiles", "export", db, str(out), "--user", "u"]) == 0
+    assert [line["user"] for line in map(json.loads, out.read_text().splitlines())] == ["u"]
+    assert main(["profiles", "delete", "--written-by", "leaked", "--db", db]) == 0
+    assert "1 feedback entries" in capsys.readouterr().out and store.feedback("u") == []
+    assert main(["profiles", "delete", "v", "--db", db]) == 0 and not store.has_user("v")
+    assert main(["profiles", "delete", "v", "--db", db]) == 2
+    assert "holds no data of user 'v'" in capsys.readouterr().err
+    assert main(["profiles", "delete", "--db", db]) == 2

@@ -267,7 +267,10 @@ def serve(
     insecure_no_auth: bool = typer.Option(False, help="serve a non-loopback --host without keys: anyone who "
                                           "reaches the port may read and write every user's profile"),
     max_feedback_chars: int = typer.Option(4000, help="characters of input and output per feedback item"),
-    feedback_per_minute: int = typer.Option(30, help="feedback items a minute per user and per key"),
+    feedback_per_minute: int = typer.Option(30, help="feedback items a minute per user and per key, counted in "
+                                            "the store (shared by the workers on it)"),
+    requests_per_minute: int = typer.Option(120, help="completions, chats and scores a minute per user and per "
+                                            "key, counted in the store (shared by the workers on it)"),
     reward_url: Optional[str] = typer.Option(None, help="pick with the reward model behind this URL's "
                                              "POST /v1/ttp/score (another `ttp serve`), named by --selector "
                                              "as `ttp scores --from-url` stored it"),
@@ -279,7 +282,7 @@ def serve(
     from ttp.personalize import Personalizer
     from ttp.rewards.remote import RemoteScorer
     from ttp.serve.app import ServeConfig, Server, create_app
-    from ttp.serve.auth import KeyRing
+    from ttp.serve.auth import KeyFile
     from ttp.serve.store import ProfileStore
 
     check_samples(budget, "--budget", typer.BadParameter)
@@ -288,24 +291,25 @@ def serve(
     _within("--port", port, 1, 65535)
     _within("--max-feedback-chars", max_feedback_chars, 1)
     _within("--feedback-per-minute", feedback_per_minute, 1)
+    _within("--requests-per-minute", requests_per_minute, 1)
     _check_server(server_url, server_model, server_concurrency)
     if api_keys is None and not insecure_no_auth and not _loopback(host):
         raise typer.BadParameter(f"--host {host} is reachable from other machines and no --api-keys is given; "
                                  f"make keys with `ttp keys add`, or pass --insecure-no-auth to serve every "
                                  f"user's profile to anyone who reaches the port")
-    keys = KeyRing.load(api_keys) if api_keys else None
+    keys = KeyFile(api_keys) if api_keys else None
     reward = RemoteScorer(reward_url, reward_key) if reward_url else None
     personalizer = Personalizer.from_run(run_folder, task, policy, selector=selector, server_url=server_url,
                                          server_model=server_model, server_concurrency=server_concurrency,
                                          reward=reward)
     store = ProfileStore(db or run_folder / "profiles.sqlite")
-    if store.count_items() == 0:
+    if not store.imported(task):     # once: a user erased since is not brought back
         console.print(f"profile store {store}: {store.import_task(personalizer.task)} items imported "
                       f"from {task}")
     config = ServeConfig(model_name, budget, min_gain, concurrency, max_queue, max_feedback_chars,
-                         feedback_per_minute)
+                         feedback_per_minute, requests_per_minute)
     console.print(f"serving {model_name} ({task} / {policy}, {personalizer.backend.name}) on http://{host}:{port}/v1"
-                  + (f", {len(keys.keys)} API keys" if keys else ", no API keys"))
+                  + (f", API keys from {api_keys} (followed while serving)" if keys else ", no API keys"))
     uvicorn.run(create_app(Server(personalizer, store, config, keys)), host=host, port=port, log_level="warning")
 
 
@@ -324,18 +328,86 @@ keys_app = typer.Typer(help="API keys of `ttp serve`: each with the users it may
 app.add_typer(keys_app, name="keys")
 
 
+def _users(values: List[str]) -> list[str]:
+    """Repeated options and comma lists alike: ``--users a,b --users c``."""
+    return [u.strip() for value in values for u in value.split(",") if u.strip()]
+
+
+def _expiry(text: Optional[str]) -> Optional[float]:
+    from ttp.serve.auth import parse_expiry
+
+    try:
+        return None if text is None else parse_expiry(text)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
+EXPIRES = typer.Option(None, help="when the key stops working: a duration from now (30d, 12h, 90m, 2w) or an "
+                       "ISO date (UTC unless a zone is given); default never")
+
+
 @keys_app.command("add")
 def keys_add(
     key_file: Path = typer.Argument(..., help="the key file (created if missing, mode 600)"),
-    name: str = typer.Option(..., help="the key's name, shown in errors (never the key)"),
-    users: List[str] = typer.Option(..., help="a user id or shell pattern it may act for (repeatable); "
-                                    "'*' for every user (an application key)"),
+    name: str = typer.Option(..., help="the key's name, shown in errors and stored beside what it writes "
+                             "(never the key); never reused"),
+    users: List[str] = typer.Option(..., help="user ids or shell patterns it may act for (comma list, or "
+                                    "repeated); '*' for every user (an application key)"),
+    expires: Optional[str] = EXPIRES,
 ) -> None:
-    """Make a random key, store its SHA-256 and scope, and print the key once."""
+    """Make a random key, store its SHA-256, scope and dates, and print the key once."""
     from ttp.serve.auth import add_key
 
-    key = add_key(key_file, name, list(users))
-    console.print(f"{key_file}: key {name!r} for {', '.join(users)} added; it is shown only now:")
+    scope = _users(users)
+    key = add_key(key_file, name, scope, _expiry(expires))
+    console.print(f"{key_file}: key {name!r} for {', '.join(scope)} added; it is shown only now:")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list(key_file: Path = typer.Argument(..., help="the key file")) -> None:
+    """Every key's name, scope, dates and state (active, expired, revoked); never the keys."""
+    import time
+    from datetime import datetime, timezone
+
+    from ttp.serve.auth import list_keys
+
+    def when(t):
+        return "" if t is None else datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    table = RichTable("name", "users", "created", "expires", "state")
+    now = time.time()
+    for key in list_keys(key_file):
+        table.add_row(key.name, ", ".join(key.users), when(key.created), when(key.expires),
+                      key.state(now) + (f" {when(key.revoked)}" if key.revoked else ""))
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_file: Path = typer.Argument(..., help="the key file"),
+    name: str = typer.Argument(..., help="the key's name"),
+) -> None:
+    """Revoke a key: a running `ttp serve` following the file refuses it from its next request."""
+    from ttp.serve.auth import revoke_key
+
+    revoke_key(key_file, name)
+    console.print(f"{key_file}: key {name!r} revoked; what it wrote stays until "
+                  f"`ttp profiles delete --written-by {name} --db DB`")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_file: Path = typer.Argument(..., help="the key file"),
+    name: str = typer.Argument(..., help="the key's name"),
+    expires: Optional[str] = EXPIRES,
+) -> None:
+    """Give a key a new secret (same name and scope) and print it once; the old one is refused
+    from a running server's next request."""
+    from ttp.serve.auth import rotate_key
+
+    key = rotate_key(key_file, name, _expiry(expires))
+    console.print(f"{key_file}: key {name!r} rotated; the new key is shown only now:")
     print(key)
 
 
@@ -363,20 +435,52 @@ def profiles_import(
     console.print(f"{store}: {added} profile items of {len(task.users)} users added from {task.name}")
 
 
+def _existing_store(db: str):
+    from ttp.serve.store import ProfileStore, is_url
+
+    if not is_url(db) and not Path(db).exists():
+        raise typer.BadParameter(f"the store {db} does not exist")
+    return ProfileStore(db)
+
+
 @profiles.command("export")
 def profiles_export(
     db: str = typer.Argument(..., help="the store to export: a SQLite file or a postgresql:// URL"),
     out: Path = typer.Argument(..., help="the JSON Lines file to write: one user a line, with their profile "
                                "items and feedback"),
+    user: Optional[str] = typer.Option(None, help="only this user's data (what GET /v1/ttp/users/USER/profile "
+                                       "answers)"),
 ) -> None:
-    """Write every user's profile items and feedback to one JSON Lines file, which `ttp profiles
-    import` reads into either store."""
-    from ttp.serve.store import ProfileStore, is_url
+    """Write every user's (or one user's) profile items and feedback to one JSON Lines file,
+    which `ttp profiles import` reads into either store."""
+    store = _existing_store(db)
+    if user is not None and not store.has_user(user):
+        raise typer.BadParameter(f"the store {store} holds no data of user {user!r}")
+    console.print(f"{store} -> {out}: {store.export(out, user)} users")
 
-    if not is_url(db) and not Path(db).exists():
-        raise typer.BadParameter(f"the store {db} does not exist")
-    store = ProfileStore(db)
-    console.print(f"{store} -> {out}: {store.export(out)} users")
+
+@profiles.command("delete")
+def profiles_delete(
+    user: Optional[str] = typer.Argument(None, help="the user whose every row is erased (profile items, "
+                                         "feedback, limit counters)"),
+    db: str = typer.Option(..., help="the store: a SQLite file or a postgresql:// URL"),
+    written_by: Optional[str] = typer.Option(None, help="instead of a user: erase every feedback entry (and "
+                                             "the profile item it made) that this API key wrote"),
+) -> None:
+    """Erase one user's data, as DELETE /v1/ttp/users/USER does, or what one key wrote."""
+    if (user is None) == (written_by is None):
+        raise typer.BadParameter("give a USER or --written-by KEYNAME, one of them")
+    store = _existing_store(db)
+    if written_by is not None:
+        erased = store.erase_written_by(written_by)
+        console.print(f"{store}: {erased['feedback']} feedback entries and {erased['profile_items']} profile items "
+                      f"written by key {written_by!r} erased")
+        return
+    erased = store.erase_user(user)
+    if erased is None:
+        raise typer.BadParameter(f"the store {store} holds no data of user {user!r}")
+    console.print(f"{store}: user {user!r} erased ({erased['profile_items']} profile items, "
+                  f"{erased['feedback']} feedback entries)")
 
 
 @profiles.command("copy")
@@ -386,11 +490,9 @@ def profiles_copy(
 ) -> None:
     """Copy every user, profile item and feedback entry from one store into another (SQLite to
     Postgres: the migration); what the target holds already is kept once, so a rerun adds nothing."""
-    from ttp.serve.store import ProfileStore, is_url
+    from ttp.serve.store import ProfileStore
 
-    if not is_url(source) and not Path(source).exists():
-        raise typer.BadParameter(f"the source store {source} does not exist")
-    origin, destination = ProfileStore(source), ProfileStore(target)
+    origin, destination = _existing_store(source), ProfileStore(target)
     console.print(f"{origin} -> {destination}: {origin.copy_to(destination)} profile items added")
 
 

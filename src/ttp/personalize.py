@@ -28,7 +28,7 @@ from ttp.runs.evaluation import selectors
 from ttp.runs.folder import RunFolder
 from ttp.runs.results import read_online_rules, read_table
 from ttp.tasks.data import Query, Task, load_task
-from ttp.tasks.prompts import PromptBuilder, as_generated, profile_for
+from ttp.tasks.prompts import PromptBuilder, as_generated, forget_indexes, profile_for
 from ttp.tasks.utility import PRIMARY
 
 # a query with no profile (an unknown user): the plain policy, picked as vLLM's best_of picked
@@ -70,6 +70,9 @@ class TrainedScorer:
         self.rule, self.lcb_kappa = selector.rule or "mean", config.lcb_kappa
         self.inputs = Inputs({}, task.layout, config.shots, config.convention, lambda: backend,
                              EmbeddingCache(folder.embeddings(task.name), persist=False), backend.name)
+
+    def forget_encoded(self) -> None:
+        self.inputs.embeddings.forget_encoded()
 
     def __call__(self, query: Query, texts: list[str], logprobs, n_tokens):
         frame = pd.DataFrame({"query_id": query.id, "user": query.user, "candidate": range(len(texts)),
@@ -209,6 +212,13 @@ class Personalizer:
         decision = Decision(completions[best].text, float(scores[best]), np.nan, np.nan, len(completions), PLAIN_REASON,
                             [c.text for c in completions], [float(s) for s in scores])
         return Generation(decision, list(completions), self.count_tokens(prompt), personalized=False)
+
+    def forget_requests(self) -> None:
+        """Drop what requests left in memory that may hold a user's texts (the trained scorer's
+        embeddings and the profile indexes), once a user's data is erased."""
+        forget_indexes()
+        if isinstance(self.scorer, TrainedScorer):
+            self.scorer.forget_encoded()
 
     def count_tokens(self, text: str) -> int:
         """The backend's token count of ``text`` (0 where it cannot count)."""

@@ -69,6 +69,12 @@ class EmbeddingCache:
             except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
                 # a cache is only a cache: recompute rather than stop, and never unpickle
                 warnings.warn(f"{self.path}: unreadable embedding cache ({err}); encoding again")
+        self._read = set(self._vectors)
+
+    def forget_encoded(self) -> None:
+        """Drop every vector encoded since the file was read: a server's, once a user's data is
+        erased, since what it encoded for requests (profile items, candidates) may be theirs."""
+        self._vectors = {key: vector for key, vector in self._vectors.items() if key in self._read}
 
     @staticmethod
     def _key(text: str) -> str:
@@ -76,13 +82,14 @@ class EmbeddingCache:
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         keys = [self._key(t) for t in texts]
-        missing = {k: t for k, t in zip(keys, texts) if k not in self._vectors}
+        known = self._vectors          # this call's dict, whatever ``forget_encoded`` does meanwhile
+        missing = {k: t for k, t in zip(keys, texts) if k not in known}
         if missing:
             vectors = _encoder().encode(list(missing.values()), batch_size=batch_size,
                                         normalize_embeddings=True, show_progress_bar=False)
-            self._vectors.update(zip(missing.keys(), vectors))
+            known.update(zip(missing.keys(), vectors))
             self.save()
-        return np.stack([self._vectors[k] for k in keys]) if keys else np.zeros((0, 384))
+        return np.stack([known[k] for k in keys]) if keys else np.zeros((0, 384))
 
     def save(self) -> None:
         if self.path is None or not self.persist:

@@ -11,6 +11,11 @@ served by the plain policy, picked by the generic score (mean token log-probabil
 ``ttp.budget`` (``extra_body={"ttp": {"budget": 8}}`` with the ``openai`` client) caps the
 samples.  ``usage`` counts every sample drawn.  Requests run one at a time on the embedded model
 (``--concurrency``), waiting in a bounded queue; a full queue answers 503 with ``Retry-After``.
+
+A user's own data: ``GET /v1/ttp/users/{user}/profile`` exports it, ``DELETE /v1/ttp/users/{user}``
+erases it (and the retrieval indexes built from it in this process), both within the key's scope.
+The limits (requests and feedback a minute, per user and per key) are counted in the profile
+store, so that workers sharing one store share them.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from ttp.personalize import PLAIN_SELECTOR, Personalizer
 from ttp.policy import ContextOverflow, SamplingParams
 from ttp.runs.results import read_diagnoses
-from ttp.serve.auth import Key, KeyRing, RateLimit
+from ttp.serve.auth import Key, KeyFile, KeyRefused
 from ttp.serve.requests import (
     APIError,
     ChatCompletionRequest,
@@ -60,6 +65,7 @@ class ServeConfig:
     max_queue: int = 16                # requests waiting beyond those; more get 503
     max_feedback_chars: int = 4000     # input and output of one feedback item; more get 413
     feedback_per_minute: int = 30      # feedback items per user and per key; more get 429
+    requests_per_minute: int = 120     # completions, chats and scores per user and per key; more get 429
 
 
 @dataclass(frozen=True)
@@ -81,9 +87,8 @@ class Server:
     """The warm state behind the app: personalizer (backend, encoder, reward model), store, metrics."""
 
     def __init__(self, personalizer: Personalizer, store: ProfileStore, config: ServeConfig = ServeConfig(),
-                 keys: KeyRing | None = None):
+                 keys: KeyFile | None = None):
         self.personalizer, self.store, self.config, self.keys = personalizer, store, config, keys
-        self.feedback_limit = RateLimit(config.feedback_per_minute)
         self.gate = asyncio.Semaphore(config.concurrency)
         self.waiting = 0
         folder, task, policy = personalizer.folder, personalizer.task.name, personalizer.policy
@@ -168,11 +173,19 @@ class Server:
         """The request's key (None where the server runs without keys); 401 without a valid one."""
         if self.keys is None:
             return None
-        key = self.keys.find(request.headers.get("authorization"))
-        if key is None:
-            raise APIError(401, "a valid API key is required: Authorization: Bearer KEY", code="invalid_api_key",
-                           headers={"WWW-Authenticate": "Bearer"})
-        return key
+        try:
+            return self.keys.find(request.headers.get("authorization"))
+        except KeyRefused as refused:
+            raise APIError(401, str(refused), code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}) from None
+
+    async def limit(self, bucket: str, per_minute: int, what: str, user: str | None, key: Key | None) -> None:
+        """429 with ``Retry-After`` once the user or the key has had ``per_minute`` of ``bucket``
+        in the last minute, counted across every worker on the store."""
+        wait = await run_in_threadpool(self.store.take, bucket, per_minute, user, key.name if key else None)
+        if wait:
+            seconds = math.ceil(wait)
+            raise APIError(429, f"at most {per_minute} {what} a minute per user and per key; retry in {seconds} s",
+                           code="rate_limited", headers={"Retry-After": str(seconds)})
 
     @staticmethod
     def check_scope(key: Key | None, user: str | None) -> None:
@@ -294,6 +307,8 @@ def create_app(server: Server) -> FastAPI:
         key = server.caller(request)
         parsed = server.parse(await body_of(request), chat=kind == "chat")
         server.check_scope(key, parsed.asked_user)
+        # a user the store does not know is counted by the key alone: no row names an erased user again
+        await server.limit("requests", server.config.requests_per_minute, "requests", parsed.user, key)
         result = await server.admit(lambda: server.personalize(parsed))
         if parsed.asked_user and not parsed.user:
             result["ttp"]["stopped_because"] += f" (user {parsed.asked_user!r} is unknown)"
@@ -330,7 +345,8 @@ def create_app(server: Server) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "queue_depth": server.waiting}
+        keys = {} if server.keys is None else {"key_file": server.keys.problem or "ok"}
+        return {"status": "ok", "queue_depth": server.waiting, **keys}
 
     @app.get("/metrics")
     async def metrics(request: Request):
@@ -348,6 +364,8 @@ def create_app(server: Server) -> FastAPI:
         if asked.model is not None:
             server.check_model(asked.model)
         server.check_scope(key, asked.user)
+        known = asked.user if await run_in_threadpool(server.store.has_user, asked.user) else None
+        await server.limit("requests", server.config.requests_per_minute, "requests", known, key)
         return await server.admit(lambda: server.score(asked))
 
     @app.post("/v1/ttp/feedback")
@@ -359,12 +377,29 @@ def create_app(server: Server) -> FastAPI:
         if size > limit:
             raise APIError(413, f"a feedback item holds at most {limit} characters of input and output, got {size}",
                            "output", "feedback_too_large")
-        wait = server.feedback_limit.wait(f"user:{said.user}", *([f"key:{key.name}"] if key else []))
-        if wait:
-            raise APIError(429, f"at most {server.config.feedback_per_minute} feedback items a minute per user and "
-                                f"per key; retry in {math.ceil(wait)} s", code="rate_limited",
-                           headers={"Retry-After": str(math.ceil(wait))})
-        items = await run_in_threadpool(server.store.add_feedback, said.user, said.input, said.output, said.rating)
+        await server.limit("feedback", server.config.feedback_per_minute, "feedback items", said.user, key)
+        items = await run_in_threadpool(server.store.add_feedback, said.user, said.input, said.output, said.rating,
+                                        key.name if key else None)
         return {"object": "ttp.feedback", "user": said.user, "profile_items": items}
+
+    # a user id may hold "/" (sent as %2F): the path converter takes it whole
+    @app.get("/v1/ttp/users/{user:path}/profile")
+    async def export_user(request: Request, user: str):
+        key = server.caller(request)
+        server.check_scope(key, user)
+        record = await run_in_threadpool(server.store.user_record, user)
+        if record is None:
+            raise APIError(404, "the store holds no data of this user", "user", "user_not_found")
+        return {"object": "ttp.user", **record}
+
+    @app.delete("/v1/ttp/users/{user:path}")
+    async def erase_user(request: Request, user: str):
+        key = server.caller(request)
+        server.check_scope(key, user)
+        erased = await run_in_threadpool(server.store.erase_user, user)
+        server.personalizer.forget_requests()
+        if erased is None:
+            raise APIError(404, "the store holds no data of this user", "user", "user_not_found")
+        return {"id": user, "object": "ttp.user", "deleted": True, **erased}
 
     return app

@@ -97,6 +97,11 @@ def _index(items: tuple[ProfileItem, ...], convention: str):
     return retriever
 
 
+def forget_indexes() -> None:
+    """Drop every cached profile index: a server does so once a user's data is erased."""
+    _index.cache_clear()
+
+
 def retrieve(query: Query, k: int, convention: str = "ttp") -> list[ProfileItem]:
     """The ``k`` profile items whose text is most similar to the query (BM25).
 
