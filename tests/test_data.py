@@ -87,3 +87,28 @@ def test_user_split_is_disjoint_complete_and_seeded(pep_task):
     assert sum(len(p) for p in parts) == len(pep_task.users)
     with pytest.raises(ValueError, match="summing to 1"):
         split_users(pep_task.users, fractions=(0.5, 0.5, 0.5))
+
+
+def test_lamp_files_load_as_downloaded_by_folder_or_by_file(pep_task, tmp_path):
+    write_task(pep_task, tmp_path / "made")
+    lamp = tmp_path / "LaMP_5" / "dev"
+    lamp.mkdir(parents=True)
+    for split in ("dev",):
+        (lamp / f"{split}_questions.json").write_text((tmp_path / "made" / "questions.json").read_text())
+        (lamp / f"{split}_outputs.json").write_text((tmp_path / "made" / "outputs.json").read_text())
+    assert load_task(lamp).queries == pep_task.queries                 # the folder of one pair
+    assert load_task(lamp / "dev_questions.json").queries == pep_task.queries
+    assert load_task(lamp).name == pep_task.name                       # outputs.json's "task" names it
+    both = tmp_path / "LaMP_5" / "all"
+    both.mkdir()
+    for split in ("train", "dev"):
+        (both / f"{split}_questions.json").write_text((lamp / "dev_questions.json").read_text())
+        (both / f"{split}_outputs.json").write_text((lamp / "dev_outputs.json").read_text())
+    with pytest.raises(TaskFormatError, match=r"holds 2 tasks \(dev_questions.json, train_questions.json\)"):
+        load_task(both)
+    assert load_task(both / "train_questions.json").queries == pep_task.queries
+    (both / "test_questions.json").write_text((lamp / "dev_questions.json").read_text())
+    with pytest.raises(TaskFormatError, match=r"test_outputs.json: file not found.*LaMP's test split ships none"):
+        load_task(both / "test_questions.json")
+    with pytest.raises(TaskFormatError, match="questions.json: file not found, nor a LaMP"):
+        load_task(tmp_path / "made" / "..")

@@ -3,6 +3,10 @@
 ``questions.json``: ``[{"id", "input", "profile": [...], "user"?}]``
 ``outputs.json``:   ``{"task"?, "golds": [{"id", "output"}]}``
 
+LaMP's files keep the names they are downloaded with: a folder holding one pair
+``dev_questions.json`` / ``dev_outputs.json`` (or ``train_...``) loads as it is, and a folder
+holding several pairs loads by naming one questions file (``LaMP_5/train_questions.json``).
+
 A profile item holds one past document of the user; its *layout* says which field is the
 user's own output (what a few-shot example should show as the answer) and which fields
 are the source it was written from.
@@ -129,10 +133,39 @@ def detect_layout(profile_keys: set[str], first_input: str) -> ProfileLayout:
     )
 
 
-def load_task(directory: str | Path, name: str | None = None, layout: str | None = None) -> Task:
-    """Read ``questions.json`` and ``outputs.json`` from ``directory`` and check every record."""
-    directory = Path(directory)
-    q_path, o_path = directory / "questions.json", directory / "outputs.json"
+QUESTIONS, OUTPUTS = "questions.json", "outputs.json"
+
+
+def task_files(location: str | Path) -> tuple[Path, Path]:
+    """The questions and outputs files of a task: ``location`` is a folder holding
+    ``questions.json`` and ``outputs.json`` or one LaMP pair ``SPLIT_questions.json`` /
+    ``SPLIT_outputs.json``, or a questions file whose outputs file lies beside it."""
+    location = Path(location)
+    if location.is_file() or location.name.endswith(QUESTIONS):
+        if not location.name.endswith(QUESTIONS):
+            raise TaskFormatError(f"{location}: a task file is named questions.json or SPLIT_questions.json")
+        return location, location.with_name(location.name[:-len(QUESTIONS)] + OUTPUTS)
+    if not location.is_dir():
+        raise TaskFormatError(f"{location / QUESTIONS}: file not found (the folder {location} does not exist)")
+    if (location / QUESTIONS).exists():
+        return location / QUESTIONS, location / OUTPUTS
+    pairs = sorted(location.glob(f"*_{QUESTIONS}"))
+    if len(pairs) == 1:
+        return task_files(pairs[0])
+    if pairs:
+        raise TaskFormatError(f"{location}: holds {len(pairs)} tasks ({', '.join(p.name for p in pairs)}); "
+                              f"name one of those files instead of the folder")
+    raise TaskFormatError(f"{location / QUESTIONS}: file not found, nor a LaMP SPLIT_{QUESTIONS} beside it "
+                          f"(dev_questions.json with dev_outputs.json)")
+
+
+def load_task(location: str | Path, name: str | None = None, layout: str | None = None) -> Task:
+    """Read a task's questions and outputs (``task_files``) and check every record."""
+    q_path, o_path = task_files(location)
+    directory = q_path.parent
+    if not o_path.exists() and q_path.exists():
+        raise TaskFormatError(f"{o_path}: file not found: the gold outputs of {q_path.name} (LaMP's test "
+                              f"split ships none; use its train or dev split)")
     questions, outputs = _read_json(q_path), _read_json(o_path)
     if not isinstance(questions, list) or not questions:
         raise TaskFormatError(f"{q_path}: expected a non-empty JSON list of query records")
