@@ -264,7 +264,7 @@ class Abuse:
 
     def say(self, scenario: str, accepted: str, refused: Counter | str, check: str) -> None:
         refused = refused if isinstance(refused, str) else \
-            ", ".join(f"{n} x {code}" for code, n in sorted(refused.items())) or "none"
+            ", ".join(f"{n} x {code}" for code, n in sorted(refused.items(), key=str)) or "none"
         self.rows.append((scenario, accepted, refused, check))
 
 
@@ -419,8 +419,11 @@ def abuse_run(run: Path) -> None:
                 (("admin", ["*"]), ("flooder", ["flood-*"]), ("scoped", [mine]), ("leaked", ["*"]))}
         database = pgserver.get_server(Path(scratch) / "pg", cleanup_mode="stop")
         url = database.get_uri()
-        workers = [start_server(run, task.name, url, "--api-keys", str(key_file), "--feedback-per-minute", str(limit))
-                   for _ in range(2)]
+        def pair(feedback_per_minute: int):
+            return [start_server(run, task.name, url, "--api-keys", str(key_file), "--feedback-per-minute",
+                                 str(feedback_per_minute)) for _ in range(2)]
+
+        workers = pair(limit)
         store = ProfileStore(url)
         abuse = Abuse([u for _, u in workers], keys, store, key_file, limit)
         start = time.perf_counter()
@@ -429,6 +432,11 @@ def abuse_run(run: Path) -> None:
             out_of_scope(abuse, mine, others)
             revoked(abuse)
             erase_during_stream(abuse, erased)
+            for proc, _ in workers:            # the burst of writes is not to be limited: a pair without a limit
+                proc.kill()
+                proc.wait()
+            workers = pair(1_000_000)
+            abuse.urls = [u for _, u in workers]
             killed_mid_write(abuse, [proc for proc, _ in workers])
         finally:
             for proc, _ in workers:

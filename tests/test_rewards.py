@@ -117,10 +117,12 @@ def test_models_follow_scikit_learn_conventions_and_keep_their_feature_names(tmp
 def test_hidden_states_come_from_the_cache_without_loading_the_model_once_it_is_complete(pep_task, tmp_path):
     import pandas as pd
 
+    from ttp.policy import HIDDEN_STATES, PolicyBackend
     from ttp.rewards.hidden_states import hidden_state_matrix
 
-    class States:
+    class States(PolicyBackend):
         name = "fake"
+        capabilities = frozenset({HIDDEN_STATES})
 
         def hidden_states(self, prompt, continuations):
             return [np.full(4, float(len(c))) for c in continuations]

@@ -17,7 +17,7 @@ from ttp.analysis.allocation import OnlineRule
 from ttp.analysis.control import ControllerConfig, validation_calibration
 from ttp.analysis.online import Decision, choose_online
 from ttp.analysis.pools import Pools
-from ttp.policy import Completion, PolicyBackend
+from ttp.policy import COUNT_TOKENS, SCORE, Completion, PolicyBackend
 from ttp.policy.registry import EngineConfig
 from ttp.rewards.families import FAMILIES, Inputs, family_of, servable
 from ttp.rewards.features import EmbeddingCache
@@ -163,9 +163,7 @@ class Personalizer:
         by teacher forcing under the prompt the policy would have used."""
         prompts = self.prompts if query.profile else self.plain_prompts
         if logprobs is None:
-            if not hasattr(self.backend, "score"):
-                raise TypeError(f"the {self.backend.name} backend cannot score a given text: send each "
-                                f"candidate's logprob and n_tokens as sampled")
+            self.backend.require(SCORE, "rating candidates sent without their logprob and n_tokens")
             logprobs, n_tokens = zip(*self.backend.score(prompts(query), [as_generated(t) for t in texts]))
         if not query.profile:
             return Ratings(PLAIN_SELECTOR, [_mean_logprob(lp, n) for lp, n in zip(logprobs, n_tokens)])
@@ -222,8 +220,7 @@ class Personalizer:
 
     def count_tokens(self, text: str) -> int:
         """The backend's token count of ``text`` (0 where it cannot count)."""
-        count = getattr(self.backend, "count_tokens", None)
-        return count(text) if count else 0
+        return self.backend.count_tokens(text) if self.backend.can(COUNT_TOKENS) else 0
 
     @classmethod
     def from_run(cls, root, task_name: str, policy: str = "personalized", backend: PolicyBackend | None = None,

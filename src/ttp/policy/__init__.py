@@ -1,6 +1,10 @@
 """Policy backends: one small interface, ``sample(prompt, params) -> list[Completion]`` for one
 pool and ``sample_many(prompts, params)`` for a chunk of them.
 
+What a backend can do beyond sampling it declares in ``capabilities`` (``CAPABILITIES`` names
+them); a reward-model family or a scorer asks ``backend.require(capability, who)`` for what it
+needs, never for a backend by name.
+
 The embedded default runs Gemma 3 270M with llama.cpp on the CPU; larger engines plug in
 behind the same interface.
 """
@@ -45,13 +49,39 @@ class ContextOverflow(ValueError):
     """A prompt and its candidates do not fit the engine's context."""
 
 
+# what a backend may do beyond sampling, each a method of the same name, and what it is
+SCORE, HIDDEN_STATES = "score", "hidden_states"
+NEXT_TOKEN_LOGPROBS, COUNT_TOKENS = "next_token_logprobs", "count_tokens"
+CAPABILITIES = {
+    SCORE: "score a given text (its log-probability after a prompt, teacher-forced)",
+    HIDDEN_STATES: "give the final hidden state of a given text",
+    NEXT_TOKEN_LOGPROBS: "give next-token log-probabilities after a given text",
+    COUNT_TOKENS: "count a text's tokens",
+}
+
+
+class MissingCapability(TypeError):
+    """A backend was asked for what it does not declare; the message names both."""
+
+
 class PolicyBackend:
     """What every engine does.  ``chunk_size``: how many queries' pools the engine is best given
     at once (``sample_many``); the sampling stage hands it chunks of that size and appends each
-    chunk's pools when the chunk is done."""
+    chunk's pools when the chunk is done.  ``capabilities``: which of ``CAPABILITIES`` it offers."""
 
     name: str = "policy"
     chunk_size: int = 1
+    capabilities: frozenset[str] = frozenset()
+
+    def can(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+    def require(self, capability: str, who: str) -> None:
+        """Nothing where the backend offers ``capability``; else ``MissingCapability`` saying that
+        ``who`` (a family, a scorer, an endpoint) needs it."""
+        if capability not in self.capabilities:
+            raise MissingCapability(f"{who} needs a backend that can {CAPABILITIES[capability]}, and the "
+                                    f"{self.name} backend cannot")
 
     def sample(self, prompt: str, params: SamplingParams) -> list[Completion]:
         """Draw ``params.n`` independent completions of one prompt."""

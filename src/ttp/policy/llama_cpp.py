@@ -15,7 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ttp.policy import Completion, ContextOverflow, PolicyBackend, SamplingParams, cut_at_stop
+from ttp.policy import (
+    COUNT_TOKENS,
+    HIDDEN_STATES,
+    NEXT_TOKEN_LOGPROBS,
+    SCORE,
+    Completion,
+    ContextOverflow,
+    PolicyBackend,
+    SamplingParams,
+    cut_at_stop,
+)
 
 GGML_LOG_ERROR = 3
 SHORTLIST_MARGIN = 10.0   # first shortlist of a draw: tokens within e^10 of the most likely one
@@ -71,6 +81,8 @@ def model_file(model_path: str | Path | None = None) -> Path:
 
 class LlamaCppBackend(PolicyBackend):
     """``sample(prompt, params)`` draws ``params.n`` candidates with one shared prompt pass."""
+
+    capabilities = frozenset({SCORE, HIDDEN_STATES, NEXT_TOKEN_LOGPROBS, COUNT_TOKENS})
 
     def __init__(self, model_path: str | Path | None = None, n_ctx: int = 8192,
                  max_sequences: int = 64, n_threads: int | None = None, n_batch: int = 512,

@@ -28,7 +28,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from ttp.policy import Completion, PolicyBackend, SamplingParams, cut_at_stop
+from ttp.policy import SCORE, Completion, PolicyBackend, SamplingParams, cut_at_stop
 
 RETRYABLE_STATUS = {408, 425, 429, 502, 503, 504}
 MAX_RETRY_AFTER = 60.0
@@ -68,6 +68,8 @@ def _token_logprobs(logprobs: dict | None) -> list[float | None]:
 
 
 class OpenAICompatibleBackend(PolicyBackend):
+    capabilities = frozenset({SCORE})      # where the server echoes the prompt's log-probabilities
+
     def __init__(self, base_url: str, model: str, api_key: str | None = None, max_concurrency: int = 8,
                  request_timeout: float = 300.0, connect_timeout: float = 10.0, retries: int = 4,
                  backoff: float = 0.5, use_n: bool = True, seed: int | None = None):

@@ -69,31 +69,45 @@ class EngineConfig:
         return f"{self.backend}:{Path(self.model_path).name}"
 
 
+def backend_class(name: str) -> type[PolicyBackend]:
+    """The class of a backend by name, its module imported now (each imports its engine only when built)."""
+    if name == "llama-cpp":
+        from ttp.policy.llama_cpp import LlamaCppBackend
+
+        return LlamaCppBackend
+    if name == "openai":
+        from ttp.policy.openai_server import OpenAICompatibleBackend
+
+        return OpenAICompatibleBackend
+    if name == "transformers":
+        from ttp.policy.transformers_backend import TransformersBackend
+
+        return TransformersBackend
+    if name == "vllm":
+        from ttp.policy.vllm_backend import VLLMBackend
+
+        return VLLMBackend
+    raise ValueError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+
+
+def backends_that_can(capability: str) -> list[str]:
+    """The backends whose class declares ``capability`` (``ttp.policy.CAPABILITIES``)."""
+    return [name for name in BACKENDS if capability in backend_class(name).capabilities]
+
+
 def make_backend(name: str, model_path: str | None = None, server_url: str | None = None,
                  server_model: str | None = None, max_sequences: int = 16, n_ctx: int = 8192,
                  request_timeout: float = 300.0, max_concurrency: int = 8) -> PolicyBackend:
     """A backend ready to ``sample``: ``llama-cpp`` (default model: the embedded Gemma GGUF),
     ``openai`` (any OpenAI-compatible server), ``transformers`` or ``vllm`` (a local model)."""
+    engine = backend_class(name)
     if name == "llama-cpp":
-        from ttp.policy.llama_cpp import LlamaCppBackend
-
-        return LlamaCppBackend(model_path, n_ctx=n_ctx, max_sequences=max(max_sequences, 1))
+        return engine(model_path, n_ctx=n_ctx, max_sequences=max(max_sequences, 1))
     if name == "openai":
-        from ttp.policy.openai_server import OpenAICompatibleBackend
-
         if not (server_url and server_model):
             raise ValueError("the openai backend needs a server address and model name "
                              "(--server-url, --server-model)")
-        return OpenAICompatibleBackend(server_url, server_model, request_timeout=request_timeout,
-                                       max_concurrency=max_concurrency)
-    if name in ("transformers", "vllm"):
-        if not model_path:
-            raise ValueError(f"the {name} backend needs a local model (--model): a folder or GGUF file")
-        if name == "transformers":
-            from ttp.policy.transformers_backend import TransformersBackend
-
-            return TransformersBackend(model_path)
-        from ttp.policy.vllm_backend import VLLMBackend
-
-        return VLLMBackend(model_path, max_model_len=n_ctx)
-    raise ValueError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+        return engine(server_url, server_model, request_timeout=request_timeout, max_concurrency=max_concurrency)
+    if not model_path:
+        raise ValueError(f"the {name} backend needs a local model (--model): a folder or GGUF file")
+    return engine(model_path) if name == "transformers" else engine(model_path, max_model_len=n_ctx)

@@ -30,7 +30,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ttp.policy import PolicyBackend
+from ttp.policy import CAPABILITIES, HIDDEN_STATES, PolicyBackend
+from ttp.policy.registry import backend_class, backends_that_can
 from ttp.rewards.cross_encoder import PAIR_TEMPLATE, CrossEncoderConfig, CrossEncoderRewardModel, encode, pair_texts
 from ttp.rewards.estimator import Estimator
 from ttp.rewards.features import FEATURES, EmbeddingCache, candidate_features
@@ -64,12 +65,12 @@ class Inputs:
 
 
 class Family:
-    """One family: ``name``, its ``estimator`` class, the backends it can read from (None: any),
-    and its inputs.  Subclasses define ``batch_inputs`` and ``query_inputs``."""
+    """One family: ``name``, its ``estimator`` class, the backend capabilities it ``needs``, and
+    its inputs.  Subclasses define ``batch_inputs`` and ``query_inputs``."""
 
     name: str
     estimator: type[Estimator] = RewardModel
-    backends: tuple[str, ...] | None = None
+    needs: tuple[str, ...] = ()          # the backend capabilities it reads (ttp.policy.CAPABILITIES)
     trains_on_history: bool = False      # learns from the history pools too (``training_set``)
 
     def heads(self, feature_models: tuple[str, ...]) -> tuple[str, ...]:
@@ -89,9 +90,12 @@ class Family:
         return self.estimator.is_saved(path)
 
     def check_backend(self, backend: str) -> None:
-        if self.backends is not None and backend not in self.backends:
-            raise ValueError(f"the {self.name} family reads what only the {', '.join(self.backends)} backend "
-                             f"gives, and this run samples with {backend}; leave it out")
+        """Before a run starts: refuse a backend that lacks a capability the family ``needs``."""
+        for capability in self.needs:
+            if capability not in backend_class(backend).capabilities:
+                raise ValueError(f"the {self.name} family needs a backend that can {CAPABILITIES[capability]} "
+                                 f"({', '.join(backends_that_can(capability))}), and this run samples with "
+                                 f"{backend}; leave it out")
 
     def training_set(self, X, y, groups, inputs: Inputs):
         """What the models learn from: the training users' pools ``(X, y, groups)``, and for a
@@ -175,7 +179,7 @@ class PerUserHistoryFamily(HistoryFamily):
 
 class HiddenStateFamily(Family):
     name = "hidden_state"
-    backends = ("llama-cpp",)
+    needs = (HIDDEN_STATES,)
 
     def new_model(self, head, seed=0):
         return RewardModel(RewardConfig(kind=head, seed=seed, hidden=64))

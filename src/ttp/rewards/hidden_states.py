@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ttp.files import write_bytes_atomic
-from ttp.policy import PolicyBackend
+from ttp.policy import HIDDEN_STATES, PolicyBackend
 from ttp.tasks.data import ProfileLayout, Query
 from ttp.tasks.prompts import PromptBuilder, as_generated
 
@@ -51,9 +51,7 @@ def _save(path: Path, states: dict[tuple[str, int], np.ndarray]) -> None:
 
 def pool_states(backend: PolicyBackend, prompt: str, texts) -> np.ndarray:
     """The states of one pool's candidates after ``prompt`` (the personalized prompt)."""
-    if not hasattr(backend, "hidden_states"):
-        raise TypeError(f"the {backend.name} backend gives no hidden states; the hidden_state reward model "
-                        f"needs the embedded llama-cpp backend")
+    backend.require(HIDDEN_STATES, "the hidden_state reward model")
     return np.stack(backend.hidden_states(prompt, [as_generated(t) for t in texts]))
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ttp.policy import NEXT_TOKEN_LOGPROBS, SCORE
 from ttp.rewards.features import EmbeddingCache, candidate_features
 from ttp.tasks.data import ProfileLayout, Query
 from ttp.tasks.prompts import QUERY_CHARS, PromptBuilder, as_generated, example_output, retrieve, split_instruction
@@ -49,7 +50,7 @@ def judge_scores(backend, prompt: str, layout: ProfileLayout, texts) -> list[flo
     scores both answers as continuations, which differ in their last token only, so the
     difference of their sums is the same log-odds."""
     questions = [judge_question(layout, t) for t in texts]
-    if hasattr(backend, "next_token_logprobs"):
+    if backend.can(NEXT_TOKEN_LOGPROBS):
         lp = backend.next_token_logprobs(prompt, questions, list(ANSWERS))
         return (lp[:, 0] - lp[:, 1]).tolist()
     yes = backend.score(prompt, [q + ANSWERS[0] for q in questions])
@@ -64,9 +65,8 @@ def zero_shot_scores(candidates: pd.DataFrame, queries: dict[str, Query], layout
     unknown = sorted(set(scorers) - set(ZERO_SHOT))
     if unknown:
         raise ValueError(f"unknown zero-shot scorers {unknown}; choose from {ZERO_SHOT}")
-    if set(scorers) - {"profile_similarity"} and not hasattr(backend, "score"):
-        raise TypeError(f"the {backend.name} backend cannot score a given text; the likelihood, pmi and judge "
-                        f"scorers need one that can (llama-cpp, or a server that echoes log-probabilities)")
+    if set(scorers) - {"profile_similarity"}:
+        backend.require(SCORE, "the likelihood, pmi and judge scorers")
     personalized = PromptBuilder(layout, "personalized", shots, convention)
     plain = PromptBuilder(layout, "plain", shots, convention)
     if "profile_similarity" in scorers:

@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ttp.personalize import PLAIN_SELECTOR, Personalizer
-from ttp.policy import ContextOverflow, SamplingParams
+from ttp.policy import SCORE, ContextOverflow, SamplingParams
 from ttp.runs.results import read_diagnoses
 from ttp.serve.auth import Key, KeyFile, KeyRefused
 from ttp.serve.requests import (
@@ -155,7 +155,7 @@ class Server:
         user = request.user if self.store.has_user(request.user) else None
         query = self.query(uuid.uuid4().hex, user, request.input)
         given = request.has_logprobs
-        if not given and not hasattr(self.personalizer.backend, "score"):
+        if not given and not self.personalizer.backend.can(SCORE):
             raise APIError(400, f"the {self.personalizer.backend.name} backend cannot score a given text: send "
                                 f"each candidate's logprob and n_tokens as sampled", "candidates")
         ratings = self.personalizer.rate(query, [c.text for c in request.candidates],
