@@ -347,18 +347,20 @@ def erase_during_stream(abuse: Abuse, user: str) -> None:
                 headers={"Authorization": f"Bearer {abuse.keys['admin']}"}) as r:
             outcome["status"] = r.status_code
             outcome["done"] = any(line == "data: [DONE]" for line in r.iter_lines())
+        outcome["finished"] = time.monotonic()
 
     streaming = threading.Thread(target=stream)
     streaming.start()
     time.sleep(0.3)
     with httpx.Client(timeout=30) as client:
         erased = abuse.post(client, 1, f"/v1/ttp/users/{user}", "admin", {}, "DELETE")
+    erased_at = time.monotonic()
     streaming.join()
     rows = sum(abuse.store._read(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", (user,))[0][0]
                for table, column in (("items", "user_id"), ("feedback", "user_id"), ("users", "id")))
     abuse.say("a user erased while a stream for them is in flight",
-              f"erasure {erased.status_code}, stream {outcome.get('status')} "
-              f"({'finished' if outcome.get('done') else 'cut'})", "none",
+              f"erasure {erased.status_code}, {outcome['finished'] - erased_at:.1f} s before the stream "
+              f"{outcome.get('status')} {'finished' if outcome.get('done') else 'was cut'}", "none",
               f"rows of the user left: {rows} (goal: 0)")
 
 

@@ -17,8 +17,9 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 import ttp
+from ttp.options import model_options
 from ttp.policy import SamplingParams
-from ttp.policy.registry import BACKENDS, EngineConfig
+from ttp.policy.registry import EngineConfig
 from ttp.runs.config import RunConfig, TaskSpec, check_samples
 from ttp.runs.folder import RunFolder
 from ttp.runs.pipeline import AFTER_SCORES, STAGES, Pipeline
@@ -112,31 +113,22 @@ def prepare() -> None:
 
 
 @app.command()
+@model_options(EngineConfig, "engine")
 def run(
+    engine: EngineConfig,
     task: List[Path] = typer.Option(..., help="task folder(s) in the LaMP layout (questions.json, outputs.json)"),
     out: Path = typer.Option(Path("runs/latest"), help="run folder"),
     pool_size: int = typer.Option(16, help="candidates per query (M, the largest N)"),
     max_queries_per_user: Optional[int] = typer.Option(None, help="seeded subset: queries per user"),
     max_users: Optional[int] = typer.Option(None, help="seeded subset: number of users"),
     max_tokens: int = typer.Option(24, help="new tokens per candidate"),
-    temperature: float = typer.Option(1.0),
-    top_p: float = typer.Option(0.95),
-    seed: int = 0,
+    temperature: float = typer.Option(1.0, help="sampling temperature of the policy"),
+    top_p: float = typer.Option(0.95, help="nucleus sampling: the smallest set of tokens holding this probability"),
+    seed: int = typer.Option(0, help="seeds the user split, the subsets, sampling and training"),
     split: Tuple[float, float, float] = typer.Option((0.45, 0.15, 0.4), help="train, validation, test shares of users"),
     convention: str = typer.Option("ttp", help="utility and retrieval: ttp (ROUGE with stemming, BM25 over "
                                    "the input) or lamp (LaMP's: no stemming, BM25 over the text after the "
                                    "instruction)"),
-    model: Optional[Path] = typer.Option(None, help="GGUF file or `ttp tune` folder (llama-cpp), GGUF file "
-                                         "(transformers) or model folder (transformers, vllm); default: the "
-                                         "embedded Gemma 3 270M GGUF"),
-    n_ctx: int = typer.Option(8192, help="context window of the llama-cpp / vllm engine, tokens"),
-    backend: str = typer.Option("llama-cpp", help=f"one of {', '.join(BACKENDS)}"),
-    server_url: Optional[str] = SERVER_URL,
-    server_model: Optional[str] = SERVER_MODEL,
-    server_concurrency: int = SERVER_CONCURRENCY,
-    request_timeout: float = typer.Option(300.0, help="openai backend: overall deadline per request, s"),
-    ray_workers: int = typer.Option(0, help="sample with this many Ray actors (0: in this process)"),
-    ray_address: Optional[str] = typer.Option(None, help="address of a running Ray cluster"),
     family: List[str] = typer.Option(["features"], help="reward-model families to train (repeatable): "
                                      "features, hidden_state, cross_encoder"),
     stages: List[str] = typer.Option(list(STAGES), help="stages to run, in order"),
@@ -145,21 +137,18 @@ def run(
     check_samples(pool_size, "--pool-size", typer.BadParameter)
     for option, value, low, high in (("--max-queries-per-user", max_queries_per_user, 1, None),
                                      ("--max-users", max_users, 1, None), ("--max-tokens", max_tokens, 1, 2048),
-                                     ("--temperature", temperature, 0.0, None), ("--top-p", top_p, 0.0, 1.0),
-                                     ("--n-ctx", n_ctx, 256, None), ("--request-timeout", request_timeout, 1.0, None),
-                                     ("--ray-workers", ray_workers, 0, None),
-                                     ("--server-concurrency", server_concurrency, 1, 256)):
+                                     ("--temperature", temperature, 0.0, None), ("--top-p", top_p, 0.0, 1.0)):
         _within(option, value, low, high)
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise typer.BadParameter(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
+    if engine.model_path:
+        engine = engine.model_copy(update={"model_path": str(Path(engine.model_path).resolve())})
     config = RunConfig(
         tasks=tuple(TaskSpec(str(t.resolve()), max_queries_per_user=max_queries_per_user, max_users=max_users)
                     for t in task),
         sampling=SamplingParams(n=pool_size, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
-        split=split, seed=seed, convention=convention, families=_families(family),
-        engine=EngineConfig(backend, str(model.resolve()) if model else None, n_ctx, server_url, server_model,
-                            request_timeout, server_concurrency, ray_workers, ray_address),
+        split=split, seed=seed, convention=convention, families=_families(family), engine=engine,
     )
     _run_stages(config, out, stages)
 

@@ -38,7 +38,7 @@ class TransformersBackend(PolicyBackend):
         self._torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         self.tokenizer.padding_side = "left"                 # every prompt ends where generation starts
-        dtype = dtype or ("bfloat16" if on_gpu else "float32")
+        dtype = ("bfloat16" if on_gpu else "float32") if dtype in (None, "auto") else dtype
         self.model = AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, dtype), **kwargs).to(device)
         self.model.eval()
         self.device = device

@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from ttp.files import DataFileError, check_name, read_json
 from ttp.policy import SamplingParams
 from ttp.policy.registry import EngineConfig
@@ -112,7 +114,7 @@ class RunConfig:
             raise ConfigError(f"out of range: {', '.join(f'{k} = {getattr(self, k)!r}' for k in bad)}")
 
     def to_json(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
+        return json.loads(json.dumps({**asdict(self), "engine": self.engine.model_dump()}))
 
     @classmethod
     def from_json(cls, data: dict) -> "RunConfig":
@@ -120,7 +122,7 @@ class RunConfig:
             raise ConfigError("expected a JSON object")
         data = dict(data)
         # a config file written before the engine's fields were grouped holds them at the top level
-        flat = {k: data.pop(k) for k in [f.name for f in fields(EngineConfig)] if k in data}
+        flat = {k: data.pop(k) for k in EngineConfig.model_fields if k in data}
         known = {f.name for f in fields(cls)}
         extra = set(data) - known
         if extra:
@@ -129,7 +131,12 @@ class RunConfig:
             engine = data.get("engine", {})
             if not isinstance(engine, dict):
                 raise ConfigError(f"field 'engine' must be an object, got {engine!r}")
-            data["engine"] = EngineConfig(**{**flat, **engine})
+            try:
+                data["engine"] = EngineConfig(**{**flat, **engine})
+            except ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join(["engine", *map(str, first["loc"])]) if engine else ".".join(map(str, first["loc"]))
+                raise ConfigError(f"field {where!r}: {first['msg']} (got {first.get('input')!r})") from None
             data["tasks"] = tuple(TaskSpec(**t) for t in data["tasks"])
             sampling = dict(data.get("sampling", {}))
             data["sampling"] = SamplingParams(**{**sampling, "stop": tuple(sampling.get("stop", ("\n",)))})

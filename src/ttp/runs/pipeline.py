@@ -131,9 +131,11 @@ class Pipeline:
                 if all(q.id in done for q in task.queries):
                     continue
                 if c.engine.ray_workers > 0 and executor is None:
-                    from ttp.runs.ray_executor import RayExecutor
+                    from ttp.runs.ray_executor import RAY_CHUNK, RayExecutor
 
-                    executor = RayExecutor(self._factory(), c.engine.ray_workers, c.engine.ray_address)
+                    executor = RayExecutor(self._factory(), c.engine.ray_workers, c.engine.ray_address,
+                                           c.engine.ray_cpus_per_worker, c.engine.ray_gpus_per_worker,
+                                           c.engine.chunk_size or RAY_CHUNK)
                 sample_pools(list(task.queries), PromptBuilder(task.layout, policy, c.shots, c.convention),
                              None if executor else self.backend(), c.sampling, path,
                              description=f"{task.name} / {policy}", show_progress=self.show_progress,

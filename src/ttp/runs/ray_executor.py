@@ -2,19 +2,23 @@
 Ray actors that each hold one policy backend and draw a chunk with one ``sample_many`` call;
 finished chunks stream back to the driver, which appends them to the same resumable
 ``pools.jsonl``.  A cluster of GPU machines runs the same
-command as one laptop: start Ray on the cluster, then pass ``--ray-workers`` / ``--ray-address``."""
+command as one laptop: start Ray on the cluster, then pass ``--ray-workers`` / ``--ray-address``;
+``--ray-gpus-per-worker`` reserves GPUs for each actor, and each call hands an actor the engine's
+``--chunk-size`` of queries."""
 from __future__ import annotations
 
 from ttp.policy import SamplingParams
 from ttp.tasks.data import Query
 from ttp.tasks.prompts import PromptBuilder
 
+RAY_CHUNK = 4     # queries an actor draws in one call where the engine sets no chunk size
+
 
 class RayExecutor:
     """``executor(queries, prompts, params)`` yields pool records as the actors finish them."""
 
     def __init__(self, backend_factory, workers: int = 2, address: str | None = None,
-                 cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, queries_per_task: int = 4):
+                 cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, queries_per_task: int = RAY_CHUNK):
         try:
             import ray
         except ImportError:
