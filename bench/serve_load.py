@@ -79,7 +79,7 @@ async def drive(url: str, bodies: list[dict], requests: int, concurrency: int):
 
 def start_server(run: Path, task: str, db: str, *extra) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    server = subprocess.Popen([*TTP, "serve", str(run), "--task", task, "--port", str(port), "--db", db, *extra],
+    server = subprocess.Popen([*TTP, "serve", str(run), "--task-name", task, "--port", str(port), "--db", db, *extra],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     return up_or_exit(server, url, "/health"), url
@@ -490,7 +490,7 @@ def main():
         server.wait()
 
     start = time.perf_counter()
-    subprocess.run([*TTP, "generate", str(args.run), "--task", task.name, "--query-id", query.id,
+    subprocess.run([*TTP, "generate", str(args.run), "--task-name", task.name, "--query-id", query.id,
                     "--budget", str(args.budget)], check=True, stdout=subprocess.DEVNULL)
     cold = time.perf_counter() - start
 

@@ -68,7 +68,7 @@ def test_keys_add_prints_the_key_once_and_serve_refuses_other_machines_without_k
     assert main(["keys", "add", str(path), "--name", "app", "--users", "*"]) == 0
     key = capsys.readouterr().out.strip().splitlines()[-1]
     assert key.startswith("ttp-") and KeyRing.load(path).find(f"Bearer {key}").name == "app"
-    assert main(["serve", str(tmp_path), "--task", "t", "--host", "0.0.0.0"]) == 2
+    assert main(["serve", str(tmp_path), "--task-name", "t", "--host", "0.0.0.0"]) == 2
     said = capsys.readouterr().err
     assert "no --api-keys" in said and "--insecure-no-auth" in said
 

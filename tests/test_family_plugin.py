@@ -64,7 +64,7 @@ def test_a_family_of_one_test_file_is_trained_compared_and_served(toy_family, sm
     port = free_port()
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_family_plugin; "
             f"test_family_plugin.register(); from ttp.cli import main; sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.Popen([sys.executable, "-c", code, "serve", str(small_run), "--task", TASK, "--db",
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", str(small_run), "--task-name", TASK, "--db",
                              str(tmp_path / "profiles.sqlite"), "--port", str(port), "--selector", SELECTOR],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

@@ -111,8 +111,8 @@ def test_broken_task_files(tmp_path, questions, outputs, raw_q, raw_o, message):
 def _cli_cases(run: str):
     task = str(FIXTURE)
     return [
-        ("max users zero", ["run", "--task", task, "--out", run, "--max-users", "0"],
-         r"--max-users must be at least 1, got 0"),
+        ("negative max users", ["run", "--task", task, "--out", run, "--max-users", "-2"],
+         r"--max-users must be at least 0, got -2"),
         ("negative queries per user", ["run", "--task", task, "--out", run, "--max-queries-per-user", "-1"],
          r"--max-queries-per-user"),
         ("pool size zero", ["run", "--task", task, "--out", run, "--pool-size", "0"], r"--pool-size"),
@@ -132,10 +132,10 @@ def _cli_cases(run: str):
         ("missing task folder", ["run", "--task", run + "/nowhere", "--out", run], r"questions.json: file not found"),
         ("resume a folder that is no run", ["resume", run], r"is not a run folder"),
         ("stage on a folder that is no run", ["rewards", run], r"is not a run folder"),
-        ("generate with a huge budget", ["generate", run, "--task", "t", "--budget", "100000"], r"--budget"),
-        ("generate with no budget", ["generate", run, "--task", "t", "--budget", "0"], r"--budget"),
-        ("generate on a folder that is no run", ["generate", run, "--task", "t"], r"is not a run folder"),
-        ("scores into a folder that is no run", ["scores", run, run + "/s.jsonl", "--task", "t", "--name", "x"],
+        ("generate with a huge budget", ["generate", run, "--task-name", "t", "--budget", "100000"], r"--budget"),
+        ("generate with no budget", ["generate", run, "--task-name", "t", "--budget", "0"], r"--budget"),
+        ("generate on a folder that is no run", ["generate", run, "--task-name", "t"], r"is not a run folder"),
+        ("scores into a folder that is no run", ["scores", run, run + "/s.jsonl", "--task-name", "t", "--name", "x"],
          r"is not a run folder"),
         ("zero-shot on a folder that is no run", ["zero-shot", run], r"is not a run folder"),
         ("compare on a folder that is no run", ["compare", run], r"is not a run folder"),

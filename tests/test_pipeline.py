@@ -124,7 +124,7 @@ def test_generate_spends_at_most_the_budget_and_returns_a_candidate(run_folder):
     assert decision.text in decision.candidates and len(decision.candidates) == decision.samples
     assert decision.score == max(decision.scores) and len(decision.scores) == decision.samples
     assert (decision.stopped_because == "budget spent") == (decision.samples == 5)
-    result = runner.invoke(app, ["generate", str(run_folder), "--task", TASK, "--user", query.user,
+    result = runner.invoke(app, ["generate", str(run_folder), "--task-name", TASK, "--user", query.user,
                                  "--text", query.input, "--budget", "3"])
     assert result.exit_code == 0, result.output
     assert "samples spent" in result.output
@@ -164,8 +164,8 @@ def test_imported_scores_are_judged_like_trained_reward_models(run_folder, tmp_p
         rows.to_json(tmp_path / f"{name}.jsonl", orient="records", lines=True)
     for name in ("copy_of_utility", "flat"):
         source = "copy_of_utility" if name == "copy_of_utility" else "constant"
-        result = runner.invoke(app, ["scores", str(run_folder), str(tmp_path / f"{source}.jsonl"), "--task", TASK,
-                                     "--policy", "personalized", "--name", name])
+        result = runner.invoke(app, ["scores", str(run_folder), str(tmp_path / f"{source}.jsonl"), "--task-name", TASK,
+                                     "--prompting", "personalized", "--name", name])
         assert result.exit_code == 0, result.output + repr(result.exception)
     evaluation = json.loads(folder.reward_eval(TASK, "personalized").read_text())
     oracle, selectors = evaluation["oracle"]["mean"], evaluation["selectors"]
@@ -275,7 +275,7 @@ def test_compare_trains_every_family_and_prints_one_table(run_folder):
             expected = personalizer.scorer.model.predict(np.stack(states))
         np.testing.assert_allclose(decision.scores, expected, rtol=1e-4, atol=1e-5)
         assert decision.score == max(decision.scores)
-    result = runner.invoke(app, ["generate", str(run_folder), "--task", TASK, "--user", query.user,
+    result = runner.invoke(app, ["generate", str(run_folder), "--task-name", TASK, "--user", query.user,
                                  "--text", query.input, "--budget", "2", "--selector", "vibes/mean"])
     assert result.exit_code != 0 and "is not one of this run's" in str(result.exception)
     for selector in ("pointwise/lcb", "cross_encoder.probabilistic"):   # a rule the model lacks, a rule missing

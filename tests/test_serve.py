@@ -27,7 +27,7 @@ def run_folder(small_run):
 
 def _start(run_folder, db, *extra):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ttp.cli", "serve", str(run_folder), "--task", TASK, "--db",
+    proc = subprocess.Popen([sys.executable, "-m", "ttp.cli", "serve", str(run_folder), "--task-name", TASK, "--db",
                              str(db), "--port", str(port), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     wait_until_up(f"{url}/health", proc, timeout_s=120)
@@ -605,7 +605,7 @@ def test_a_run_scored_by_another_serve_is_judged_and_served_like_its_stored_sele
     with pytest.raises(KeyboardInterrupt):
         Pipeline.resume(copy, show_progress=False).score_from_url(Interrupted(url), TASK, "personalized", "remote")
     before = _score_requests(url)
-    assert main(["scores", str(copy), "--task", TASK, "--name", "remote", "--from-url", url]) == 0
+    assert main(["scores", str(copy), "--task-name", TASK, "--name", "remote", "--from-url", url]) == 0
     assert _score_requests(url) - before == held_out - 2          # the two pools scored before are not asked again
     cell = copy / TASK / "personalized"
     evaluation = json.loads((cell / "reward_eval.json").read_text())["selectors"]

@@ -49,7 +49,9 @@ def _print_version(wanted: bool) -> None:
 
 @app.callback()
 def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                          help="Print ttp's version and exit.")) -> None:
+                                          help="Print ttp's version and exit."),
+             debug: bool = typer.Option(False, "--debug", help="Show an error's traceback instead of one line "
+                                        "(anywhere on the command line, or TTP_DEBUG=1).")) -> None:
     """Test-time personalization: Best-of-N with personalized reward models."""
 
 
@@ -65,6 +67,16 @@ def render(table: Table) -> None:
     for row in rows:
         out.add_row(*row)
     console.print(out)
+
+
+def _listed(values) -> list[str]:
+    """A list option given as a comma list, repeated, or both: ``--family a,b --family c``."""
+    return [item.strip() for value in values or () for item in value.split(",") if item.strip()]
+
+
+ALL = "0 or omitted: all"
+PROMPTING_HELP = "the prompting: personalized (the user's profile items in the prompt) or plain"
+TASK_NAME_HELP = "the task's name in the run (`ttp run` prints it; a LaMP task's outputs file names it)"
 
 
 def _within(option: str, value, low, high=None) -> None:
@@ -119,8 +131,8 @@ def run(
     task: List[Path] = typer.Option(..., help="task folder(s) in the LaMP layout (questions.json, outputs.json)"),
     out: Path = typer.Option(Path("runs/latest"), help="run folder"),
     pool_size: int = typer.Option(16, help="candidates per query (M, the largest N)"),
-    max_queries_per_user: Optional[int] = typer.Option(None, help="seeded subset: queries per user"),
-    max_users: Optional[int] = typer.Option(None, help="seeded subset: number of users"),
+    max_queries_per_user: Optional[int] = typer.Option(None, help=f"seeded subset: queries per user ({ALL})"),
+    max_users: Optional[int] = typer.Option(None, help=f"seeded subset: number of users ({ALL})"),
     max_tokens: int = typer.Option(24, help="new tokens per candidate"),
     temperature: float = typer.Option(1.0, help="sampling temperature of the policy"),
     top_p: float = typer.Option(0.95, help="nucleus sampling: the smallest set of tokens holding this probability"),
@@ -129,24 +141,25 @@ def run(
     convention: str = typer.Option("ttp", help="utility and retrieval: ttp (ROUGE with stemming, BM25 over "
                                    "the input) or lamp (LaMP's: no stemming, BM25 over the text after the "
                                    "instruction)"),
-    family: List[str] = typer.Option(["features"], help="reward-model families to train (repeatable): "
-                                     "features, hidden_state, cross_encoder"),
-    stages: List[str] = typer.Option(list(STAGES), help="stages to run, in order"),
+    family: List[str] = typer.Option(["features"], help="reward-model families to train (comma list or "
+                                     "repeated): features, hidden_state, cross_encoder"),
+    stages: List[str] = typer.Option(list(STAGES), help="stages to run, in order (comma list or repeated)"),
 ) -> None:
     """Run the stages on any task; a rerun on the same folder resumes where it stopped."""
     check_samples(pool_size, "--pool-size", typer.BadParameter)
-    for option, value, low, high in (("--max-queries-per-user", max_queries_per_user, 1, None),
-                                     ("--max-users", max_users, 1, None), ("--max-tokens", max_tokens, 1, 2048),
+    for option, value, low, high in (("--max-queries-per-user", max_queries_per_user, 0, None),
+                                     ("--max-users", max_users, 0, None), ("--max-tokens", max_tokens, 1, 2048),
                                      ("--temperature", temperature, 0.0, None), ("--top-p", top_p, 0.0, 1.0)):
         _within(option, value, low, high)
+    stages = _listed(stages)
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise typer.BadParameter(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
     if engine.model_path:
         engine = engine.model_copy(update={"model_path": str(Path(engine.model_path).resolve())})
     config = RunConfig(
-        tasks=tuple(TaskSpec(str(t.resolve()), max_queries_per_user=max_queries_per_user, max_users=max_users)
-                    for t in task),
+        tasks=tuple(TaskSpec(str(t.resolve()), max_queries_per_user=max_queries_per_user or None,
+                             max_users=max_users or None) for t in task),
         sampling=SamplingParams(n=pool_size, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
         split=split, seed=seed, convention=convention, families=_families(family), engine=engine,
     )
@@ -157,7 +170,7 @@ def _families(names) -> tuple[str, ...]:
     from ttp.rewards.families import check_families
 
     try:
-        return check_families(tuple(dict.fromkeys(["features", *names])))
+        return check_families(tuple(dict.fromkeys(["features", *_listed(names)])))
     except ValueError as err:
         raise typer.BadParameter(f"--family: {err}") from None
 
@@ -167,16 +180,16 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), help="run folder"),
     pool_size: int = typer.Option(8, help="candidates per query"),
     max_users: int = typer.Option(12, help="users per task"),
-    max_queries_per_user: int = typer.Option(4, help="queries per user"),
+    max_queries_per_user: int = typer.Option(4, help="queries per user (0: all)"),
 ) -> None:
     """Everything, end to end, on the two embedded mail tasks with modest sizes."""
     check_samples(pool_size, "--pool-size", typer.BadParameter)
     _within("--max-users", max_users, 3)
-    _within("--max-queries-per-user", max_queries_per_user, 1)
+    _within("--max-queries-per-user", max_queries_per_user, 0)
     from ttp.tasks.embedded import embedded_task_dirs
 
     config = RunConfig(
-        tasks=tuple(TaskSpec(str(p), max_queries_per_user=max_queries_per_user, max_users=max_users)
+        tasks=tuple(TaskSpec(str(p), max_queries_per_user=max_queries_per_user or None, max_users=max_users)
                     for p in embedded_task_dirs().values()),
         sampling=SamplingParams(n=pool_size, max_tokens=24),
     )
@@ -190,12 +203,12 @@ SELECTOR_HELP = ("the reward model and rule that pick, e.g. ensemble/mean or cro
 @app.command()
 def generate(
     run_folder: Path = typer.Argument(..., help="a run folder with trained reward models"),
-    task: str = typer.Option(..., help="task name in the run"),
+    task_name: str = typer.Option(..., help=TASK_NAME_HELP),
     budget: int = typer.Option(8, help="most samples to spend"),
     query_id: Optional[str] = typer.Option(None, help="a query of the task (its user and profile are used)"),
     user: Optional[str] = typer.Option(None, help="or: a user of the task ..."),
     text: Optional[str] = typer.Option(None, help="... and a new input for that user"),
-    policy: str = typer.Option("personalized", help="personalized or plain"),
+    prompting: str = typer.Option("personalized", help=PROMPTING_HELP),
     min_gain: float = typer.Option(1e-3, help="stop when one more sample is predicted to gain less"),
     rule: Optional[str] = typer.Option(None, help="stopping rule: uniform, law or expected_improvement "
                                        "(default: the one the allocate stage chose on validation users)"),
@@ -210,12 +223,12 @@ def generate(
     from ttp.personalize import Personalizer
 
     _check_server(server_url, server_model, server_concurrency)
-    personalizer = Personalizer.from_run(run_folder, task, policy, selector=selector, server_url=server_url,
+    personalizer = Personalizer.from_run(run_folder, task_name, prompting, selector=selector, server_url=server_url,
                                          server_model=server_model, server_concurrency=server_concurrency)
     if query_id is not None:
         queries = personalizer.task.by_id()
         if query_id not in queries:
-            raise KeyError(f"query {query_id!r} is not in task {task}")
+            raise KeyError(f"query {query_id!r} is not in task {task_name}")
         query = queries[query_id]
     elif user is not None and text is not None:
         query = personalizer.query_for(user, text)
@@ -234,8 +247,9 @@ def generate(
 @app.command()
 def serve(
     run_folder: Path = typer.Argument(..., help="a run folder with trained reward models"),
-    task: str = typer.Option(..., help="task name in the run: its reward model and layout are served"),
-    policy: str = typer.Option("personalized", help="the run's policy whose reward model picks"),
+    task_name: str = typer.Option(..., help=TASK_NAME_HELP + "; its reward model and layout are served"),
+    prompting: str = typer.Option("personalized", help=PROMPTING_HELP + "; the reward model trained on its "
+                                  "pools picks"),
     db: Optional[str] = typer.Option(None, help="profile store: a SQLite file or a postgresql:// URL (several "
                                      "workers may share one); default RUN/profiles.sqlite, filled from the "
                                      "task on first start"),
@@ -288,16 +302,16 @@ def serve(
                                  f"user's profile to anyone who reaches the port")
     keys = KeyFile(api_keys) if api_keys else None
     reward = RemoteScorer(reward_url, reward_key) if reward_url else None
-    personalizer = Personalizer.from_run(run_folder, task, policy, selector=selector, server_url=server_url,
+    personalizer = Personalizer.from_run(run_folder, task_name, prompting, selector=selector, server_url=server_url,
                                          server_model=server_model, server_concurrency=server_concurrency,
                                          reward=reward)
     store = ProfileStore(db or run_folder / "profiles.sqlite")
-    if not store.imported(task):     # once: a user erased since is not brought back
+    if not store.imported(task_name):     # once: a user erased since is not brought back
         console.print(f"profile store {store}: {store.import_task(personalizer.task)} items imported "
-                      f"from {task}")
+                      f"from {task_name}")
     config = ServeConfig(model_name, budget, min_gain, concurrency, max_queue, max_feedback_chars,
                          feedback_per_minute, requests_per_minute)
-    console.print(f"serving {model_name} ({task} / {policy}, {personalizer.backend.name}) on http://{host}:{port}/v1"
+    console.print(f"serving {model_name} ({task_name} / {prompting}, {personalizer.backend.name}) on http://{host}:{port}/v1"
                   + (f", API keys from {api_keys} (followed while serving)" if keys else ", no API keys"))
     uvicorn.run(create_app(Server(personalizer, store, config, keys)), host=host, port=port, log_level="warning")
 
@@ -315,11 +329,6 @@ def _loopback(host: str) -> bool:
 
 keys_app = typer.Typer(help="API keys of `ttp serve`: each with the users it may act for.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-
-
-def _users(values: List[str]) -> list[str]:
-    """Repeated options and comma lists alike: ``--users a,b --users c``."""
-    return [u.strip() for value in values for u in value.split(",") if u.strip()]
 
 
 def _expiry(text: Optional[str]) -> Optional[float]:
@@ -347,7 +356,7 @@ def keys_add(
     """Make a random key, store its SHA-256, scope and dates, and print the key once."""
     from ttp.serve.auth import add_key
 
-    scope = _users(users)
+    scope = _listed(users)
     key = add_key(key_file, name, scope, _expiry(expires))
     console.print(f"{key_file}: key {name!r} for {', '.join(scope)} added; it is shown only now:")
     print(key)
@@ -490,8 +499,8 @@ def scores(
     run_folder: Path = typer.Argument(..., help="a run folder whose pools the scores are for"),
     file: Optional[Path] = typer.Argument(None, help="Parquet or JSONL: query_id, candidate, score[, sd], one row "
                                           "per candidate"),
-    task: str = typer.Option(..., help="task name in the run"),
-    policy: str = typer.Option("personalized", help="the run's policy whose pools were scored"),
+    task_name: str = typer.Option(..., help=TASK_NAME_HELP),
+    prompting: str = typer.Option("personalized", help=PROMPTING_HELP + "; the pools that were scored"),
     name: str = typer.Option(..., help="the selector's name in tables and figures"),
     from_url: Optional[str] = typer.Option(None, help="instead of a file: ask this URL's POST /v1/ttp/score "
                                            "(another `ttp serve`) for the held-out users' pools"),
@@ -509,11 +518,11 @@ def scores(
 
             scorer = RemoteScorer(from_url, reward_key)
             try:
-                table = pipeline.score_from_url(scorer, task, policy, name)
+                table = pipeline.score_from_url(scorer, task_name, prompting, name)
             finally:
                 scorer.close()
         else:
-            table = pipeline.import_scores(file, task, policy, name)
+            table = pipeline.import_scores(file, task_name, prompting, name)
         console.print(f"{len(table)} scores of {table.query_id.nunique()} pools stored as selector {name!r}")
 
     _run_stages(None, run_folder, AFTER_SCORES, first=store)
@@ -538,8 +547,8 @@ def history(
 @app.command("learning-curve")
 def learning_curve(
     run_folder: Path = typer.Argument(..., help="a run folder with history pools (`ttp history`)"),
-    items: List[int] = typer.Option([0, 1, 2], help="history items per user to refit on (repeatable; "
-                                    "0: the training users' pools alone)"),
+    items: List[str] = typer.Option(["0", "1", "2"], help="history items per user to refit on (comma list or "
+                                    "repeated; 0: the training users' pools alone)"),
 ) -> None:
     """Refit the history reward models on the first k history items of every user, for each k,
     judge each on the test users' pools, and print the share of the oracle gain by k, with
@@ -548,11 +557,15 @@ def learning_curve(
     from ttp.runs.learning_curve import learning_curve_figure
     from ttp.runs.tables import learning_curve_table
 
+    try:
+        counts = [int(item) for item in _listed(items)]
+    except ValueError:
+        raise typer.BadParameter(f"--items takes whole numbers, got {items}") from None
     folder = RunFolder.existing(run_folder)
     with folder.lock():
         pipeline = Pipeline.resume(run_folder)
         try:
-            results = curve(pipeline, items, on_point=lambda task, policy, k: console.print(
+            results = curve(pipeline, counts, on_point=lambda task, policy, k: console.print(
                 f"fitting the history RMs on {k} items per user ({task} / {policy})"))
         except ValueError as err:
             raise typer.BadParameter(str(err)) from None
@@ -564,25 +577,26 @@ def learning_curve(
 @app.command("zero-shot")
 def zero_shot(
     run_folder: Path = typer.Argument(..., help="a run folder with pools and utilities"),
-    scorer: Optional[List[str]] = typer.Option(None, help="a scorer to compute (repeatable; default: every "
-                                                          "one the run does not have yet)"),
+    scorer: Optional[List[str]] = typer.Option(None, help="scorers to compute (comma list or repeated; default: "
+                                                          "every one the run does not have yet)"),
 ) -> None:
     """Score the held-out users' pools with the zero-shot scorers (likelihood, pmi, judge,
     profile_similarity) on the run's own model, then rerun rewards, diagnose, allocate and report
     so they are judged like the trained reward models."""
     from ttp.rewards.zero_shot import ZERO_SHOT
 
-    for name in scorer or ():
+    scorers = tuple(_listed(scorer))
+    for name in scorers:
         if name not in ZERO_SHOT:
             raise typer.BadParameter(f"--scorer {name!r}: choose from {', '.join(ZERO_SHOT)}")
-    _run_stages(None, run_folder, AFTER_SCORES, first=lambda pipeline: pipeline.zero_shot(tuple(scorer or ())))
+    _run_stages(None, run_folder, AFTER_SCORES, first=lambda pipeline: pipeline.zero_shot(scorers))
 
 
 @app.command()
 def compare(
     run_folder: Path = typer.Argument(..., help="a run folder with pools and utilities"),
-    family: Optional[List[str]] = typer.Option(None, help="a family to add (repeatable; default: every "
-                                                          "registered family the run does not train yet; "
+    family: Optional[List[str]] = typer.Option(None, help="families to add (comma list or repeated; default: "
+                                                          "every registered family the run does not train yet; "
                                                           "the history families come with `ttp history`)"),
 ) -> None:
     """Train the reward-model families on the run's training users (each with the pointwise,
@@ -592,9 +606,10 @@ def compare(
     from ttp.runs.results import read_diagnoses, read_reward_eval
     from ttp.runs.tables import comparison_table
 
-    if family:
-        _families(family)
-    pipeline = _run_stages(None, run_folder, AFTER_SCORES, first=lambda p: p.add_families(tuple(family or ())))
+    families = tuple(_listed(family))
+    if families:
+        _families(families)
+    pipeline = _run_stages(None, run_folder, AFTER_SCORES, first=lambda p: p.add_families(families))
     console.rule("[bold]families compared")
     for task in pipeline.tasks:
         for policy in pipeline.config.policies:
@@ -604,7 +619,10 @@ def compare(
 
 @app.command()
 def tune(
-    task: Path = typer.Argument(..., help="task folder (LaMP / LongLaMP layout) whose users' writing is learnt"),
+    task: Optional[Path] = typer.Option(None, help="task folder (LaMP / LongLaMP layout) whose users' writing is "
+                                        "learnt"),
+    old_task: Optional[Path] = typer.Argument(None, hidden=True, help="the task folder as a positional argument "
+                                              "(the old spelling of --task)"),
     out: Path = typer.Option(..., help="model folder to write; a rerun resumes a tune left there"),
     items_per_user: int = typer.Option(4, help="profile items per user"),
     max_examples: Optional[int] = typer.Option(256, help="examples in all (the first of a seeded order); 0: all"),
@@ -613,7 +631,7 @@ def tune(
     seed: int = typer.Option(0, help="the run's seed (its user split) and the examples' order"),
     rank: int = typer.Option(8, help="LoRA rank"),
     learning_rate: float = typer.Option(5e-4, help="AdamW's, decaying linearly to 0"),
-    epochs: int = typer.Option(1),
+    epochs: int = typer.Option(1, help="passes over the examples"),
     accumulation: int = typer.Option(8, help="examples per optimizer step"),
     threads: int = typer.Option(2, help="torch threads: the weights reproduce bitwise with the same seed and threads"),
     base_model: Optional[Path] = typer.Option(None, help="GGUF file to tune (default: the embedded Gemma 3 270M)"),
@@ -627,6 +645,12 @@ def tune(
     from ttp.tuning import tune as tune_model
     from ttp.tuning.lora import LoraConfig
 
+    if old_task is not None:
+        warnings.warn(f"`ttp tune {old_task}` is spelled `ttp tune --task {old_task}` now; the positional "
+                      f"task goes in the next release")
+    task = task or old_task
+    if task is None:
+        raise typer.BadParameter("give the task folder: --task PATH")
     _within("--items-per-user", items_per_user, 1)
     _within("--max-examples", max_examples, 0)
     config = TuneConfig(items_per_user, max_examples or None, split, seed,
@@ -651,11 +675,12 @@ def matrix(
     out: Path = typer.Option(Path("runs/matrix"), help="matrix folder; a rerun resumes every part"),
     task: Optional[List[Path]] = typer.Option(None, help="task folders (repeatable; default: pep-titles and "
                                               "pep-abstracts)"),
-    model: List[str] = typer.Option(["base", "tuned"], help="policy models: base (the embedded Gemma) and tuned "
+    policy_models: List[str] = typer.Option(["base", "tuned"], help="policy models (comma list or repeated): base "
+                                            "(the embedded Gemma) and tuned "
                                     "(ttp tune on each task)"),
     pool_size: int = typer.Option(16, help="candidates per query"),
     max_queries_per_user: Optional[int] = typer.Option(3, help="seeded subset of each user's queries (0: all)"),
-    seed: int = 0,
+    seed: int = typer.Option(0, help="seeds the user split, the subsets, sampling, tuning and training"),
     split: Tuple[float, float, float] = typer.Option((0.45, 0.15, 0.4), help="train, validation, test shares"),
 ) -> None:
     """Run every cell of tasks x policy models x promptings (personalized, plain) and print one summary
@@ -667,7 +692,8 @@ def matrix(
     check_samples(pool_size, "--pool-size", typer.BadParameter)
     _within("--max-queries-per-user", max_queries_per_user, 0)
     paths = [p.resolve() for p in task] if task else list(pep_task_dirs().values())
-    config = MatrixConfig(tuple(MatrixTask(str(p), max_queries_per_user or None) for p in paths), tuple(model),
+    config = MatrixConfig(tuple(MatrixTask(str(p), max_queries_per_user or None) for p in paths),
+                          tuple(_listed(policy_models)),
                           pool_size, split, seed, TuneConfig(split=split, seed=seed))
     table = Matrix(config, out).run(on_cell=lambda label: console.rule(f"[bold]{label}"))
     render(table)
@@ -688,7 +714,7 @@ def export_model(
 
 
 @app.command()
-def resume(run_folder: Path) -> None:
+def resume(run_folder: Path = typer.Argument(..., help="run folder made by `ttp run` or `ttp demo`")) -> None:
     """Continue a run from where it stopped, with its saved configuration."""
     _run_stages(None, run_folder, STAGES)
 
@@ -719,12 +745,33 @@ def _is_usage_error(err: BaseException) -> bool:
         isinstance(err, typer.TyperException) and hasattr(err, "format_message") and hasattr(err, "exit_code"))
 
 
+# options that meant another thing in these commands than in the rest: the old spelling is read
+# for one release, with a warning
+RENAMED = {"generate": {"--task": "--task-name", "--policy": "--prompting"},
+           "serve": {"--task": "--task-name", "--policy": "--prompting"},
+           "scores": {"--task": "--task-name", "--policy": "--prompting"},
+           "matrix": {"--model": "--policy-models"}}
+
+
+def _renamed(args: list[str]) -> list[str]:
+    command = next((a for a in args if not a.startswith("-")), None)
+    renames, spelled = RENAMED.get(command, {}), []
+    for arg in args:
+        old, equals, value = arg.partition("=")
+        if old in renames:
+            warnings.warn(f"`ttp {command} {old}` is spelled {renames[old]} now; {old} goes in the next release")
+            arg = renames[old] + equals + value
+        spelled.append(arg)
+    return spelled
+
+
 def main(argv: list[str] | None = None) -> int:
     """The console entry point: runs the app and turns any error into one line on stderr."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("TTP_DEBUG") == "1" or "--debug" in args
     args = [a for a in args if a != "--debug"]
     warnings.formatwarning = lambda message, *_, **__: f"ttp: warning: {' '.join(str(message).split())}\n"
+    args = _renamed(args)
     try:
         app(args=args, prog_name="ttp", standalone_mode=False)
     except click.exceptions.Exit as done:

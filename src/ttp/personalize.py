@@ -114,7 +114,7 @@ class Personalizer:
                              f"online by giving the endpoint that made them (--reward-url)")
         if reward is not None and not served_elsewhere:
             raise ValueError(f"--reward-url picks with scores the run has judged: score its pools first "
-                             f"(`ttp scores RUN --from-url URL --task {self.task.name} --name NAME`), then "
+                             f"(`ttp scores RUN --from-url URL --task-name {self.task.name} --name NAME`), then "
                              f"serve with --selector NAME")
         if reward is not None:
             return lambda query, texts, logprobs, n_tokens: reward(query.user, query.input, texts, logprobs, n_tokens)

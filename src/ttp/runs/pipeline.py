@@ -353,8 +353,8 @@ class Pipeline:
                 scores = selector_scores({n: (m, X[r[part]]) for n, (m, X, r) in models.items()},
                                          table[rows[part]], kappa=self.config.lcb_kappa)
                 for path in sorted(self.folder.external_scores(task.name, policy).glob("*.parquet")):
-                    imported = read_table(path, f"ttp scores {self.folder.root} YOUR_SCORES --task {task.name} "
-                                                f"--policy {policy} --name {path.stem}")
+                    imported = read_table(path, f"ttp scores {self.folder.root} YOUR_SCORES --task-name {task.name} "
+                                                f"--prompting {policy} --name {path.stem}")
                     imported = imported.rename(columns={"score": f"score:{path.stem}", "sd": f"sd:{path.stem}"})
                     scores = scores.merge(imported, on=["query_id", "candidate"], how="left", validate="1:1")
                 write_parquet_atomic(self.folder.scores(task.name, policy, part), scores)

@@ -1,0 +1,70 @@
+"""The command line as a whole: every option of every command has help, an option name means one
+thing in every command (old spellings still read, with a warning), list options take comma lists,
+and --debug is in the help."""
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from ttp.cli import app, main
+
+
+def _commands(command, path=()):
+    subcommands = getattr(command, "commands", None)
+    if subcommands:
+        for name, sub in subcommands.items():
+            yield from _commands(sub, (*path, name))
+    else:
+        yield " ".join(path), command
+
+
+def test_every_option_of_every_command_has_help():
+    missing = [f"ttp {name} {param.opts[0]}" for name, command in _commands(typer.main.get_command(app))
+               for param in command.params if not getattr(param, "help", None) and not getattr(param, "hidden", False)]
+    assert missing == []
+    assert "--debug" in CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+
+
+def test_an_option_name_means_one_thing_in_every_command():
+    """--task is a task folder and --model a model path wherever they appear; a task's name is
+    --task-name, the prompting --prompting, matrix's base/tuned --policy-models."""
+    meanings = {}
+    for name, command in _commands(typer.main.get_command(app)):
+        for param in command.params:
+            for opt in param.opts:
+                meanings.setdefault(opt, set()).add(param.name)
+    assert meanings["--task"] == {"task"} and meanings["--model"] == {"option__model_path"}
+    assert "--policy" not in meanings and meanings["--prompting"] == {"prompting"}
+    assert meanings["--task-name"] == {"task_name"}
+
+
+@pytest.mark.parametrize("args, old, new", [
+    (["generate", "RUN", "--task", "t"], "--task", "--task-name"),
+    (["scores", "RUN", "--task=t", "--policy", "plain", "--name", "x", "--from-url", "http://127.0.0.1:9"],
+     "--policy", "--prompting"),
+    (["serve", "RUN", "--task", "t"], "--task", "--task-name"),
+])
+def test_an_old_spelling_still_works_and_says_its_new_name(tmp_path, capsys, args, old, new):
+    args = [str(tmp_path / "nowhere") if a == "RUN" else a for a in args]
+    with pytest.warns(UserWarning, match=f"is spelled {new} now; {old} goes in the next release"):
+        assert main(args) == 1                          # it got as far as the run folder
+    assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_lists_take_commas_and_repeats_alike(tmp_path, capsys):
+    from ttp.cli import _listed
+
+    assert _listed(["a,b", " c ", "d,,"]) == ["a", "b", "c", "d"] and _listed(None) == []
+    assert main(["run", "--task", str(tmp_path), "--out", str(tmp_path / "r"), "--stages", "sample,dance"]) == 2
+    assert "unknown stages ['dance']" in capsys.readouterr().err
+    assert main(["run", "--task", str(tmp_path), "--out", str(tmp_path / "r"), "--family", "features,vibes"]) == 2
+    assert "vibes" in capsys.readouterr().err
+    assert main(["learning-curve", str(tmp_path), "--items", "0,two"]) == 2
+    assert "--items takes whole numbers" in capsys.readouterr().err
+
+
+def test_tune_takes_its_task_as_an_option_and_the_old_positional_with_a_warning(tmp_path, capsys):
+    with pytest.warns(UserWarning, match="is spelled `ttp tune --task"):
+        assert main(["tune", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m")]) == 1
+    assert "questions.json: file not found" in capsys.readouterr().err
+    assert main(["tune", "--out", str(tmp_path / "m")]) == 2
+    assert "give the task folder: --task PATH" in capsys.readouterr().err
