@@ -1,7 +1,7 @@
 """Batching on a GPU, measured: pools of 16 drawn one query per engine call against a chunk of
 queries in one call, side by side in one run, and one decode step's time by sequences per step,
-wall clock and GPU kernels alone.  It puts a measurement under docs/scale-out.md's figure for a
-GPU (a chunk can gain up to ``max_num_seqs`` / 16 in decode).
+wall clock and GPU kernels alone, with each batch's decode throughput over a pool of 16's (the
+ratios docs/scale-out.md quotes for a GPU).
 
     python bench/gpu_batching.py [--config MODEL_FOLDER] [--device cuda]
 
@@ -135,9 +135,10 @@ def main() -> None:
               flush=True)
     for label, index in (("wall", 0), ("kernels", 1)):
         if M in steps and steps[M][index]:
-            best = max(batch / step[index] for batch, step in steps.items())
-            print(f"decode throughput, {label}: the best batch gives {best / (M / steps[M][index]):.1f}x "
-                  f"a pool of {M} per step", flush=True)
+            pool = M / steps[M][index]
+            ratios = ", ".join(f"{batch}: {batch / step[index] / pool:.1f}x" for batch, step in steps.items()
+                               if batch > M and step[index])
+            print(f"decode throughput by sequences per step, {label}, over a pool of {M}'s: {ratios}", flush=True)
     if args.device.startswith("cuda"):
         try:
             show("transformers generate, static cache (compiled with CUDA graphs where transformers can)",

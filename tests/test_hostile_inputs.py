@@ -290,14 +290,14 @@ def test_a_damaged_pool_line_is_warned_about_once_when_a_run_resumes(pep_titles_
                        sampling=SamplingParams(n=3))
     pipeline = Pipeline(config, tmp_path / "run", show_progress=False)
     pipeline._backend = Replay()
-    pipeline.sample()
+    pipeline.run("sample")
     [(task, policy)] = pipeline.cells()
     path = pipeline.folder.pools(task.name, policy)
     lines = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(b"".join(lines[:2] + [b"{garbage\n"] + lines[3:]))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pipeline.sample()
+        pipeline.run("sample")
     said = [str(w.message) for w in caught]
     assert len(said) == 1 and "line 3 skipped" in said[0], said
     assert len(read_pools(path)) == len(task.queries)

@@ -86,9 +86,9 @@ def test_a_damaged_table_names_itself_and_the_command_that_writes_it_or_is_made_
         assert str(err.value).endswith(f"`{command} {copy}` writes it again") and "\n" not in str(err.value)
     # and that command makes it again, like any cache of the run (the features)
     folder.features(TASK, "plain").write_text("not a table")
-    Pipeline.resume(copy).utilities()
+    Pipeline.resume(copy).run("utilities")
     pd.testing.assert_frame_equal(pd.read_parquet(folder.candidates(TASK, "plain")), intact)
-    Pipeline.resume(copy).rewards()
+    Pipeline.resume(copy).run("rewards")
     assert len(pd.read_parquet(folder.features(TASK, "plain"))) == len(intact)
     pd.testing.assert_frame_equal(pd.read_parquet(folder.scores(TASK, "plain")), scores)
 
@@ -104,7 +104,7 @@ def test_missing_utilities_and_split_users_give_clear_errors(run_folder, tmp_pat
     folder.candidates(TASK, "plain").unlink()
     folder.features(TASK, "plain").unlink()
     with pytest.raises(FileNotFoundError, match=f"candidates.parquet is missing: run `ttp utilities {copy}` first"):
-        Pipeline.resume(copy).rewards()
+        Pipeline.resume(copy).run("rewards")
     split = json.loads(folder.split(TASK).read_text())
     split["test"] = split["test"][1:]
     folder.split(TASK).write_text(json.dumps(split))

@@ -70,7 +70,7 @@ def test_actors_reserve_the_gpus_and_cpus_the_engine_asks_for(ray_executor, pep_
     original, module.RayExecutor = module.RayExecutor, Recording
     try:
         with pytest.raises(RuntimeError, match="enough"):
-            Pipeline(config, tmp_path / "run").sample()
+            Pipeline(config, tmp_path / "run").run("sample")
     finally:
         module.RayExecutor = original
     assert made == [(2, None, 0.5, 0.5, 3)]

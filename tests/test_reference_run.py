@@ -30,8 +30,8 @@ def reference_run(tmp_path_factory):
     for part in ("validation", "test"):
         shutil.copy(REFERENCE / f"{part}_scores.parquet", root / CELL[0] / CELL[1] / f"{part}_scores.parquet")
     pipeline = Pipeline.resume(root, show_progress=False)
-    pipeline.diagnose()
-    pipeline.allocate()
+    pipeline.run("diagnose")
+    pipeline.run("allocate")
     return pipeline
 
 

@@ -587,6 +587,7 @@ def test_a_run_scored_by_another_serve_is_judged_and_served_like_its_stored_sele
 
     from ttp.cli import main
     from ttp.rewards.remote import RemoteScorer
+    from ttp.runs.additions import score_from_url
     from ttp.runs.pipeline import Pipeline
 
     url = scoring_server
@@ -603,7 +604,7 @@ def test_a_run_scored_by_another_serve_is_judged_and_served_like_its_stored_sele
             return super().__call__(*args)
 
     with pytest.raises(KeyboardInterrupt):
-        Pipeline.resume(copy, show_progress=False).score_from_url(Interrupted(url), TASK, "personalized", "remote")
+        score_from_url(Pipeline.resume(copy, show_progress=False), Interrupted(url), TASK, "personalized", "remote")
     before = _score_requests(url)
     assert main(["scores", str(copy), "--task-name", TASK, "--name", "remote", "--from-url", url]) == 0
     assert _score_requests(url) - before == held_out - 2          # the two pools scored before are not asked again

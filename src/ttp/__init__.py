@@ -24,6 +24,7 @@ _EXPORTS = {
     "load_task": "ttp.tasks.data", "split_users": "ttp.tasks.data", "PromptBuilder": "ttp.tasks.prompts",
     "SamplingParams": "ttp.policy", "make_backend": "ttp.policy.registry",
     "RunConfig": "ttp.runs.config", "TaskSpec": "ttp.runs.config", "Pipeline": "ttp.runs.pipeline",
+    "run_stages": "ttp.runs.pipeline",
     "Personalizer": "ttp.personalize",
 }
 __all__ = sorted(_EXPORTS)

@@ -20,9 +20,11 @@ import ttp
 from ttp.options import model_options
 from ttp.policy import SamplingParams
 from ttp.policy.registry import EngineConfig
+from ttp.runs import additions
 from ttp.runs.config import RunConfig, TaskSpec, check_samples
 from ttp.runs.folder import RunFolder
-from ttp.runs.pipeline import AFTER_SCORES, STAGES, Pipeline
+from ttp.runs.pipeline import AFTER_SCORES, STAGES, Pipeline, run_stages
+from ttp.runs.stages import BY_NAME
 from ttp.runs.tables import Table, stage_tables
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
@@ -93,22 +95,16 @@ def _check_server(url: str | None, model: str | None, concurrency: int) -> None:
 
 
 def _run_stages(config: RunConfig | None, root: Path, stages, first=None) -> Pipeline:
-    """Run ``first(pipeline)``, then ``stages``, holding the run's writer lock throughout;
-    ``config`` None resumes the saved one."""
-    folder = RunFolder(root) if config else RunFolder.existing(root)
-    with folder.lock():
-        pipeline = Pipeline(config, root) if config else Pipeline.resume(root)
-        if first is not None:
-            first(pipeline)
+    """``run_stages``, printing each stage's tables as it finishes."""
+    def show(pipeline: Pipeline, stage: str, result) -> None:
         tasks = [t.name for t in pipeline.tasks]
-        for stage in stages:
-            console.rule(f"[bold]{stage}")
-            result = getattr(pipeline, stage)()
-            for table in stage_tables(folder, stage, tasks, list(pipeline.config.policies)):
-                render(table)
-            if stage == "report":
-                console.print(f"report: {result}")
-    return pipeline
+        for table in stage_tables(pipeline.folder, stage, tasks, list(pipeline.config.policies)):
+            render(table)
+        if stage == "report":
+            console.print(f"report: {result}")
+
+    return run_stages(config, root, stages, first, before_stage=lambda stage: console.rule(f"[bold]{stage}"),
+                      after_stage=show)
 
 
 @app.command()
@@ -518,11 +514,11 @@ def scores(
 
             scorer = RemoteScorer(from_url, reward_key)
             try:
-                table = pipeline.score_from_url(scorer, task_name, prompting, name)
+                table = additions.score_from_url(pipeline, scorer, task_name, prompting, name)
             finally:
                 scorer.close()
         else:
-            table = pipeline.import_scores(file, task_name, prompting, name)
+            table = additions.import_scores(pipeline, file, task_name, prompting, name)
         console.print(f"{len(table)} scores of {table.query_id.nunique()} pools stored as selector {name!r}")
 
     _run_stages(None, run_folder, AFTER_SCORES, first=store)
@@ -541,7 +537,8 @@ def history(
     _within("--items-per-user", items_per_user, 1)
     if pool_size is not None:
         check_samples(pool_size, "--pool-size", typer.BadParameter)
-    _run_stages(None, run_folder, ["sample", *AFTER_SCORES], first=lambda p: p.add_history(items_per_user, pool_size))
+    _run_stages(None, run_folder, ["sample", *AFTER_SCORES],
+                first=lambda pipeline: additions.add_history(pipeline, items_per_user, pool_size))
 
 
 @app.command("learning-curve")
@@ -589,7 +586,7 @@ def zero_shot(
     for name in scorers:
         if name not in ZERO_SHOT:
             raise typer.BadParameter(f"--scorer {name!r}: choose from {', '.join(ZERO_SHOT)}")
-    _run_stages(None, run_folder, AFTER_SCORES, first=lambda pipeline: pipeline.zero_shot(scorers))
+    _run_stages(None, run_folder, AFTER_SCORES, first=lambda pipeline: additions.zero_shot(pipeline, scorers))
 
 
 @app.command()
@@ -609,7 +606,7 @@ def compare(
     families = tuple(_listed(family))
     if families:
         _families(families)
-    pipeline = _run_stages(None, run_folder, AFTER_SCORES, first=lambda p: p.add_families(families))
+    pipeline = _run_stages(None, run_folder, AFTER_SCORES, first=lambda p: additions.add_families(p, families))
     console.rule("[bold]families compared")
     for task in pipeline.tasks:
         for policy in pipeline.config.policies:
@@ -723,7 +720,7 @@ def _stage_command(stage: str):
     def command(run_folder: Path = typer.Argument(..., help="run folder made by `ttp run` or `ttp demo`")):
         _run_stages(None, run_folder, [stage])
 
-    command.__doc__ = f"Run only the {stage} stage on an existing run folder."
+    command.__doc__ = f"Run only the {stage} stage on an existing run folder ({BY_NAME[stage].summary})."
     return command
 
 

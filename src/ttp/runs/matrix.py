@@ -122,7 +122,7 @@ class Matrix:
                 return
             started = time.perf_counter()
             drawn_before = _candidates(folder, self.config.pool_size)
-            pipeline.sample()
+            pipeline.run("sample")
             drawn = _candidates(folder, self.config.pool_size) - drawn_before
             self._add_sampling(folder.root.name, time.perf_counter() - started, drawn)
             for stage in STAGES[1:]:

@@ -26,6 +26,14 @@ from ttp.runs.folder import RunFolder
 UNREADABLE_TABLE = (OSError, ValueError, pa.ArrowException)   # what pandas and pyarrow raise for a damaged file
 
 
+def cached_table(path, columns: list[str] | None = None) -> pd.DataFrame | None:
+    """A table an earlier call wrote, or None where it is missing or damaged: it is then made again."""
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except UNREADABLE_TABLE:
+        return None
+
+
 def read_table(path, command: str, columns: list[str] | None = None) -> pd.DataFrame:
     """A Parquet table of a run.  A missing one raises ``FileNotFoundError`` and an unreadable one
     ``DataFileError``, each naming the file and the ``command`` that writes it."""
