@@ -151,8 +151,11 @@ def test_judge_is_the_log_odds_of_yes_against_no(backend, pep_task, llama_refere
     texts = ["Deprecate modules", "A title about hashing"]
     fast = judge_scores(backend, prompt, pep_task.layout, texts)   # one logit row per candidate
 
-    class ScoresOnly:   # a backend with score() only, as a server is: both answers as continuations
+    from ttp.policy import SCORE, PolicyBackend
+
+    class ScoresOnly(PolicyBackend):   # a backend with score() only, as a server is: both answers as continuations
         name = "scores only"
+        capabilities = frozenset({SCORE})
         score = staticmethod(backend.score)
 
     generic = judge_scores(ScoresOnly(), prompt, pep_task.layout, texts)

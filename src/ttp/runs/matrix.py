@@ -126,7 +126,7 @@ class Matrix:
             drawn = _candidates(folder, self.config.pool_size) - drawn_before
             self._add_sampling(folder.root.name, time.perf_counter() - started, drawn)
             for stage in STAGES[1:]:
-                getattr(pipeline, stage)()
+                pipeline.run(stage)
 
     def _add_sampling(self, run: str, seconds: float, candidates: int) -> None:
         """Add to ``sampling.json``, which the runs of one matrix share, under a lock of its own: each
