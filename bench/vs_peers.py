@@ -6,8 +6,11 @@
 * ``log-prob best-of-N``: ``ttp serve`` without a user (the plain prompt, the candidate of highest
   mean token log-probability, as vLLM's removed ``best_of`` picked);
 * ``personalized N = 1`` and ``plain N = 1``: ``ttp serve`` with a budget of one sample;
-* ``oracle``: ``ttp serve`` with the user and ``n = best_of = N``, the candidate of highest
-  ROUGE-L against the gold, the ceiling of selecting among personalized samples.
+* ``mbr`` and ``mbr_profile``: the untrained picks among the same personalized samples (``ttp
+  serve`` with the user and ``n = best_of = N``): the candidate of highest mean ROUGE-L against
+  the rest of its pool, and against the user's own past outputs (``ttp.rewards.consensus``);
+* ``oracle``: the same samples, the candidate of highest ROUGE-L against the gold, the ceiling of
+  selecting among personalized samples.
 
     .venv/bin/python bench/vs_peers.py [RUN] [--budgets 4 8] [--queries 48] [--optillm-queries 16]
 
@@ -35,6 +38,7 @@ from serve_load import start_server, up_or_exit
 
 from ttp.analysis.bon import user_bootstrap
 from ttp.local_servers import free_port
+from ttp.rewards.consensus import mbr_scores, profile_agreement
 from ttp.runs.config import RunConfig
 from ttp.tasks.data import load_task
 from ttp.tasks.utility import rouge
@@ -74,15 +78,17 @@ class Arm:
                                "tokens": tokens, "error": error}
 
 
-def ask_ttp(client: openai.OpenAI, arm: Arm, queries, max_tokens: int, with_user: bool, oracle=None) -> None:
+def ask_ttp(client: openai.OpenAI, arm: Arm, queries, max_tokens: int, with_user: bool, pick=None) -> None:
+    """``pick(texts, query)``: the index this arm chooses among all ``N`` samples; None: TTP's own choice."""
     for query in queries:
         extra = {"user": query.user} if with_user else {}
         start = time.perf_counter()
         try:
-            if oracle:
+            if pick:
                 r = client.completions.create(model="ttp", prompt=query.input, n=arm.budget, best_of=arm.budget,
                                               max_tokens=max_tokens, seed=1, **extra)
-                text = max((c.text for c in r.choices), key=lambda t: oracle(t, query))
+                texts = [c.text for c in r.choices]
+                text = texts[pick(texts, query)]
             else:
                 r = client.completions.create(model="ttp", prompt=query.input, max_tokens=max_tokens, seed=1,
                                               extra_body={"ttp": {"budget": arm.budget}}, **extra)
@@ -161,8 +167,14 @@ def main():
     print(f"{task.name}: {len(queries)} queries of {len({q.user for q in queries})} held-out users; "
           f"budgets {args.budgets}; max_tokens {max_tokens}; temperature {config.sampling.temperature}")
 
-    def oracle(text, query):
-        return rouge([text], query.gold, config.convention)["rougeL"][0]
+    def oracle(texts, query):
+        return int(np.argmax(rouge(texts, query.gold, config.convention)["rougeL"]))
+
+    def mbr(texts, query):
+        return int(np.argmax(mbr_scores(texts, config.convention)))
+
+    def mbr_profile(texts, query):
+        return int(np.argmax(profile_agreement(texts, query, config.convention)))
 
     arms = []
     server, url = start_server(args.run, task.name, str(args.run / "vs-peers-profiles.sqlite"))
@@ -171,6 +183,7 @@ def main():
         for name, budget, with_user, pick in [("personalized N = 1", 1, True, None), ("plain N = 1", 1, False, None),
                                               *[(kind, n, user, pick) for n in args.budgets for kind, user, pick in
                                                 (("ttp", True, None), ("log-prob best-of-N", False, None),
+                                                 ("mbr", True, mbr), ("mbr_profile", True, mbr_profile),
                                                  ("oracle", True, oracle))]]:
             arm = Arm(name, budget)
             ask_ttp(client, arm, queries, max_tokens, with_user, pick)
@@ -187,7 +200,8 @@ def main():
     finally:
         llama.kill()
         llama.wait()
-    order = ["ttp", "optillm bon", "log-prob best-of-N", "personalized N = 1", "plain N = 1", "oracle"]
+    order = ["ttp", "optillm bon", "log-prob best-of-N", "mbr", "mbr_profile", "personalized N = 1", "plain N = 1",
+             "oracle"]
     arms.sort(key=lambda a: (order.index(a.name), a.budget))
     table(arms, queries, config.convention)
 

@@ -25,8 +25,8 @@ def test_backends_declare_their_capabilities_and_a_missing_one_is_named():
         assert engine.capabilities <= set(CAPABILITIES)
         for capability in engine.capabilities:                   # a declared capability is a method it has
             assert getattr(engine, capability) is not getattr(PolicyBackend, capability, None)
-    assert backends_that_can(HIDDEN_STATES) == ["llama-cpp"]
-    assert backends_that_can(SCORE) == ["llama-cpp", "openai"]
+    assert backends_that_can(HIDDEN_STATES) == ["llama-cpp", "transformers"]
+    assert backends_that_can(SCORE) == ["llama-cpp", "openai", "transformers"]
 
     class Sampler(PolicyBackend):
         name = "sampler"

@@ -600,7 +600,7 @@ def test_compare_refuses_hidden_states_a_server_cannot_give_before_changing_the_
     assert main(["compare", str(folder.root), "--family", "hidden_state"]) == 1
     said = capsys.readouterr().err
     assert "the hidden_state family needs a backend that can give the final hidden state" in said
-    assert "(llama-cpp), and this run samples with openai" in said
+    assert "(llama-cpp, transformers), and this run samples with openai" in said
     assert json.loads(folder.config.read_bytes()) == json.loads(before)
     assert main(["run", "--task", str(pep_titles_dir), "--family", "vibes", "--out", str(tmp_path / "x")]) == 2
     assert "families must include 'features'" in capsys.readouterr().err

@@ -192,12 +192,20 @@ def test_zero_shot_scorers_are_judged_on_held_out_users(run_folder):
     # each scorer's share of the oracle gain, from its stored scores on the test pools by hand
     test = Pools.from_frame(pd.read_parquet(RunFolder(run_folder).scores(TASK, "plain", "test")))
     m, oracle = evaluation["pool_size"], oracle_curves(test[PRIMARY]).mean(0)
-    for name in ("likelihood", "pmi", "judge", "profile_similarity"):
+    for name in ("likelihood", "pmi", "judge", "profile_similarity", "mbr", "mbr_profile"):
         share = evaluation["selectors"][name]["oracle_gain_share"][str(m)][0]
         bon = bon_curves(test[Selector.parse(name).column], test[PRIMARY]).mean(0)
         assert share == pytest.approx((bon[m - 1] - bon[0]) / (oracle[m - 1] - oracle[0]))
     diagnosis = json.loads(RunFolder(run_folder).diagnosis(TASK, "plain").read_text())
-    assert {"likelihood", "pmi", "judge", "profile_similarity"} <= set(diagnosis)
+    assert {"likelihood", "pmi", "judge", "profile_similarity", "mbr", "mbr_profile"} <= set(diagnosis)
+    # mbr's stored scores are the consensus of each stored pool
+    from ttp.rewards.consensus import mbr_scores
+
+    candidates = pd.read_parquet(RunFolder(run_folder).candidates(TASK, "plain"))
+    mbr = pd.read_parquet(RunFolder(run_folder).external_scores(TASK, "plain", "mbr"))
+    first = mbr.query_id.iloc[0]
+    texts = candidates[candidates.query_id == first].sort_values("candidate")["text"].tolist()
+    assert mbr[mbr.query_id == first].sort_values("candidate")["score"].to_numpy() == pytest.approx(mbr_scores(texts))
     # a second call computes nothing new: every scorer's file is there already
     stored = RunFolder(run_folder).external_scores(TASK, "plain", "judge")
     written = stored.stat().st_mtime_ns

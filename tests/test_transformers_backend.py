@@ -64,3 +64,28 @@ def test_a_chunk_in_one_generate_gives_each_prompt_its_own_pool_in_order(backend
     assert [len(pool) for pool in pools] == [3, 3, 3] and backend.sample_many(prompts, sampled) == pools
     mixed = backend.sample_many(prompts[:2], [SamplingParams(n=2, max_tokens=8), SamplingParams(n=3, max_tokens=8)])
     assert [len(pool) for pool in mixed] == [2, 3]                # a chunk of unlike parameters: one call each
+
+
+def test_scores_and_hidden_states_match_llama_cpps_within_their_numerics(backend, pep_task):
+    """The same model read by both engines: llama.cpp multiplies the Q4_K_M weights with its
+    quantized kernels, transformers the same weights de-quantized in float32, so the two agree to
+    the kernels' rounding, not to the digit (measured: cosine >= 0.999, 4% relative difference of
+    the states; 0.03 nats per token of the scores)."""
+    import numpy as np
+
+    from ttp.policy.llama_cpp import LlamaCppBackend
+    from ttp.rewards.families import FAMILIES
+    from ttp.tasks.prompts import PromptBuilder, as_generated
+
+    prompt = PromptBuilder(pep_task.layout, "personalized")(pep_task.queries[0])
+    texts = [as_generated(t) for t in ("Cached module imports", "A new syntax for pattern matching", "Zebras")]
+    llama = LlamaCppBackend(n_ctx=4096, max_sequences=4)
+    ours, theirs = backend.hidden_states(prompt, texts), llama.hidden_states(prompt, texts)
+    assert ours.shape == theirs.shape == (3, llama.n_embd)
+    cosine = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
+    assert cosine.min() > 0.998
+    assert (np.linalg.norm(ours - theirs, axis=1) / np.linalg.norm(theirs, axis=1)).max() < 0.1
+    for (lp, n), (reference, n_reference) in zip(backend.score(prompt, texts), llama.score(prompt, texts)):
+        assert n == n_reference and abs(lp - reference) / n < 0.1
+    assert backend.count_tokens(prompt) == llama.count_tokens(prompt)
+    FAMILIES["hidden_state"].check_backend("transformers")          # the family takes this engine now

@@ -577,9 +577,9 @@ def zero_shot(
     scorer: Optional[List[str]] = typer.Option(None, help="scorers to compute (comma list or repeated; default: "
                                                           "every one the run does not have yet)"),
 ) -> None:
-    """Score the held-out users' pools with the zero-shot scorers (likelihood, pmi, judge,
-    profile_similarity) on the run's own model, then rerun rewards, diagnose, allocate and report
-    so they are judged like the trained reward models."""
+    """Score the held-out users' pools with the untrained scorers (likelihood, pmi and judge on the
+    run's own model; profile_similarity; mbr and mbr_profile, from ROUGE alone), then rerun
+    rewards, diagnose, allocate and report so they are judged like the trained reward models."""
     from ttp.rewards.zero_shot import ZERO_SHOT
 
     scorers = tuple(_listed(scorer))

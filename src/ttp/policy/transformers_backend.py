@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ttp.policy import Completion, PolicyBackend, SamplingParams, cut_at_stop
+from ttp.policy import COUNT_TOKENS, HIDDEN_STATES, SCORE, Completion, PolicyBackend, SamplingParams, cut_at_stop
 
 
 class TransformersBackend(PolicyBackend):
@@ -18,7 +18,15 @@ class TransformersBackend(PolicyBackend):
     of one, 16 draw 9.1x), so the default there is 4, which holds the kept logits of 64
     sequences; on a CPU one pool already fills the cores and the default is 1.  A chunk draws
     from one torch generator seeded with its first query's seed, so a pool drawn in a chunk
-    differs from the same query's pool drawn alone."""
+    differs from the same query's pool drawn alone.
+
+    Beyond sampling it scores given texts and gives their final hidden states (the
+    ``hidden_state`` reward model's input), as the llama.cpp backend does: the prompt tokenized with
+    the tokenizer's BOS and each continuation on its own, then one forward pass over every
+    prompt + continuation of a pool, right-padded.  The prompt is read once per continuation here
+    (no shared KV cache): a pool of 16 costs 16 prompt passes in one batch."""
+
+    capabilities = frozenset({SCORE, HIDDEN_STATES, COUNT_TOKENS})
 
     def __init__(self, model: str | Path, device: str | None = None, dtype: str | None = None,
                  chunk_size: int | None = None):
@@ -86,6 +94,49 @@ class TransformersBackend(PolicyBackend):
                                           "length" if length >= params.max_tokens else "stop"))
         # generate repeats each prompt `drawn` times in a row
         return [completions[k * drawn:(k + 1) * drawn] * (params.n // drawn) for k in range(len(prompts))]
+
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def _forced(self, prompt: str, continuations: list[str]):
+        """The prompt + each continuation as one right-padded batch; the prompt's length, and each
+        continuation's tokens."""
+        torch = self._torch
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        pieces = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+        if not all(pieces):
+            raise ValueError("scoring needs non-empty continuations (a candidate and its end of line)")
+        rows = [prompt_ids + piece for piece in pieces]
+        width, pad = max(map(len, rows)), self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows], device=self.device)
+        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=self.device)
+        return ids, mask, len(prompt_ids), pieces
+
+    def score(self, prompt: str, continuations: list[str]) -> list[tuple[float, int]]:
+        """Teacher-forced ``(sum of token log-probabilities, tokens)`` of each continuation after
+        ``prompt``, at temperature 1."""
+        torch = self._torch
+        ids, mask, start, pieces = self._forced(prompt, continuations)
+        with torch.no_grad():
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+        scores = []
+        for k, piece in enumerate(pieces):
+            # the logits at position i predict token i + 1
+            rows = torch.log_softmax(logits[k, start - 1:start - 1 + len(piece)].float(), dim=-1)
+            picked = rows.gather(-1, torch.tensor(piece, device=self.device)[:, None])
+            scores.append((float(picked.double().sum()), len(piece)))
+        return scores
+
+    def hidden_states(self, prompt: str, continuations: list[str]):
+        """The last layer's state after the final norm (what the language-model head reads) at the
+        last token of prompt + each continuation: one row per continuation, float32."""
+        torch = self._torch
+        ids, mask, start, pieces = self._forced(prompt, continuations)
+        with torch.no_grad():
+            states = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        last = torch.tensor([start + len(piece) - 1 for piece in pieces], device=self.device)
+        return states[torch.arange(len(pieces), device=self.device), last].float().cpu().numpy()
 
 
 def export_model_folder(gguf: str | Path, target: str | Path, dtype: str = "bfloat16") -> Path:

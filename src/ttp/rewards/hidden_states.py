@@ -5,7 +5,8 @@ Layer and pooling: llama.cpp's ``result_norm``, the last layer's output after th
 (the vector the language-model head reads), at the candidate's last token, its end of line,
 where the model decides the text is finished.  The prompt is the personalized one for both
 policies' pools, so the state has seen the user's examples.  The states of a pool come from
-one teacher-forced pass that shares the prompt's KV cache (``LlamaCppBackend.hidden_states``).
+one teacher-forced pass of any backend that declares ``hidden_states`` (llama.cpp, sharing the
+prompt's KV cache; transformers, the same state read from ``last_hidden_state``).
 
 States are cached per run in ``hidden_states.npz`` (arrays only, loaded without pickle), saved
 every few pools, so an interrupted extraction resumes where it stopped."""

@@ -6,7 +6,9 @@
 * ``judge``: log p(" yes") − log p(" no") when the model, shown the user's examples, the query
   and the candidate, is asked whether this user would have written it;
 * ``profile_similarity``: the candidate's mean sentence-embedding similarity to the user's past
-  outputs.
+  outputs;
+* ``mbr`` and ``mbr_profile`` (``ttp.rewards.consensus``): its mean ROUGE-L against the rest of
+  its pool, and against the user's past outputs.  These two read no model.
 
 A candidate is scored as the model would have produced it: a space, its text, and the newline
 that ends it.  Teacher forcing shares each prompt's KV cache across the pool (``score`` of the
@@ -20,11 +22,13 @@ import numpy as np
 import pandas as pd
 
 from ttp.policy import NEXT_TOKEN_LOGPROBS, SCORE
+from ttp.rewards.consensus import mbr_scores, profile_agreement
 from ttp.rewards.features import EmbeddingCache, candidate_features
 from ttp.tasks.data import ProfileLayout, Query
 from ttp.tasks.prompts import QUERY_CHARS, PromptBuilder, as_generated, example_output, retrieve, split_instruction
 
-ZERO_SHOT = ("likelihood", "pmi", "judge", "profile_similarity")
+ZERO_SHOT = ("likelihood", "pmi", "judge", "profile_similarity", "mbr", "mbr_profile")
+NEEDS_MODEL = ("likelihood", "pmi", "judge")         # the scorers that ask the policy model
 
 
 def judge_prompt(query: Query, layout: ProfileLayout, k: int = 3, convention: str = "ttp") -> str:
@@ -61,11 +65,12 @@ def judge_scores(backend, prompt: str, layout: ProfileLayout, texts) -> list[flo
 def zero_shot_scores(candidates: pd.DataFrame, queries: dict[str, Query], layout: ProfileLayout, backend,
                      cache: EmbeddingCache, shots: int = 3, convention: str = "ttp",
                      scorers: tuple[str, ...] = ZERO_SHOT, progress=None) -> pd.DataFrame:
-    """``query_id, candidate`` and one column per scorer in ``scorers`` for every candidate."""
+    """``query_id, candidate`` and one column per scorer in ``scorers`` for every candidate;
+    ``backend`` may be None where no scorer ``NEEDS_MODEL``."""
     unknown = sorted(set(scorers) - set(ZERO_SHOT))
     if unknown:
         raise ValueError(f"unknown zero-shot scorers {unknown}; choose from {ZERO_SHOT}")
-    if set(scorers) - {"profile_similarity"}:
+    if set(scorers) & set(NEEDS_MODEL):
         backend.require(SCORE, "the likelihood, pmi and judge scorers")
     personalized = PromptBuilder(layout, "personalized", shots, convention)
     plain = PromptBuilder(layout, "plain", shots, convention)
@@ -87,6 +92,10 @@ def zero_shot_scores(candidates: pd.DataFrame, queries: dict[str, Query], layout
                                           pool["text"])
         if "profile_similarity" in scorers:
             block["profile_similarity"] = similarity.loc[pool.index].to_numpy()
+        if "mbr" in scorers:
+            block["mbr"] = mbr_scores(pool["text"].tolist(), convention)
+        if "mbr_profile" in scorers:
+            block["mbr_profile"] = profile_agreement(pool["text"].tolist(), query, convention)
         blocks.append(pd.DataFrame(block)[["query_id", "candidate", *scorers]])
         if progress:
             progress()

@@ -18,7 +18,7 @@ from ttp.rewards.external import check_selector_name, read_scores
 from ttp.rewards.families import FAMILIES, check_families
 from ttp.rewards.features import EmbeddingCache
 from ttp.rewards.remote import RemoteScorer, append_checkpoint, read_checkpoint
-from ttp.rewards.zero_shot import ZERO_SHOT, zero_shot_scores
+from ttp.rewards.zero_shot import NEEDS_MODEL, ZERO_SHOT, zero_shot_scores
 from ttp.runs.config import ConfigError
 from ttp.runs.results import read_table
 from ttp.runs.stages import console
@@ -64,7 +64,8 @@ def zero_shot(pipeline: Pipeline, scorers: tuple[str, ...] = ()) -> None:
         held_out = frame[split.rows(frame["user"], "validation", "test")]
         with Progress(console=console, disable=not pipeline.show_progress) as bar:
             job = bar.add_task(f"{', '.join(wanted)} on {task.name} / {policy}", total=held_out.query_id.nunique())
-            table = zero_shot_scores(held_out, task.by_id(), task.layout, pipeline.backend(),
+            backend = pipeline.backend() if set(wanted) & set(NEEDS_MODEL) else None   # mbr reads no model
+            table = zero_shot_scores(held_out, task.by_id(), task.layout, backend,
                                      EmbeddingCache(pipeline.folder.embeddings(task.name)), c.shots, c.convention,
                                      wanted, progress=lambda: bar.advance(job))
         for name in wanted:
