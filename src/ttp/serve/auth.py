@@ -219,9 +219,10 @@ def add_key(path: str | Path, name: str, users: list[str], expires: float | None
     returned once and stored nowhere."""
     path = Path(path)
     keys = _records(path)              # refuses to extend a damaged file
-    if any(key.name == name for key in keys):
-        raise DataFileError(f"{path}: a key named {name!r} exists (names are never reused, revoked or not); "
-                            f"pick another name, or `ttp keys rotate` it")
+    taken = next((key for key in keys if key.name == name), None)
+    if taken is not None:
+        hint = "pick another name" if taken.revoked is not None else "pick another name, or `ttp keys rotate` it"
+        raise DataFileError(f"{path}: a key named {name!r} exists (names are never reused, revoked or not); {hint}")
     secret = _new_secret()
     scope = (ALL_USERS,) if users == [ALL_USERS] else tuple(users)
     _save(path, [*keys, Key(name, digest(secret), scope, created=time.time(), expires=expires)])
