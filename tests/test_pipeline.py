@@ -81,7 +81,7 @@ def test_a_damaged_table_names_itself_and_the_command_that_writes_it_or_is_made_
                                   (folder.candidates(TASK, "plain"), "ttp utilities", "curves")):
         path.write_text("not a table")
         with pytest.raises(DataFileError) as err:
-            getattr(Pipeline.resume(copy), reader)()
+            Pipeline.resume(copy).run(reader)
         assert str(err.value).startswith(f"{path} is not a readable table (")
         assert str(err.value).endswith(f"`{command} {copy}` writes it again") and "\n" not in str(err.value)
     # and that command makes it again, like any cache of the run (the features)
