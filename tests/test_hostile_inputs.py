@@ -623,3 +623,12 @@ def test_a_damaged_online_rules_file_names_the_selector_the_field_and_the_comman
     with pytest.raises(DataFileError, match=re.escape(message)) as caught:
         read_online_rules(folder, "t", "personalized")
     assert "online_rules.json" in str(caught.value) and "ttp allocate" in str(caught.value)
+
+
+def test_an_unknown_stage_is_named_with_the_stages_there_are(pep_titles_dir, tmp_path):
+    from ttp.runs.config import TaskSpec
+    from ttp.runs.pipeline import Pipeline
+
+    pipeline = Pipeline(RunConfig(tasks=(TaskSpec(str(pep_titles_dir)),)), tmp_path / "run", show_progress=False)
+    with pytest.raises(ValueError, match="unknown stage 'dance'; the stages are sample, utilities, curves"):
+        pipeline.run("dance")

@@ -85,6 +85,8 @@ class Pipeline:
 
     def run(self, stage: str):
         """Run one of ``STAGES`` (``runs/stages.py``); what it returns (the report's path, for the report)."""
+        if stage not in BY_NAME:
+            raise ValueError(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}")
         return BY_NAME[stage].run(self)
 
     def cells(self):
