@@ -6,14 +6,15 @@ transformers and the HTTP client are optional and slow to import."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ttp.policy import PolicyBackend
 
-BACKENDS = ("llama-cpp", "openai", "transformers", "vllm")
-DTYPES = ("auto", "bfloat16", "float16", "float32")
+Backend = Literal["llama-cpp", "openai", "transformers", "vllm"]
+BACKENDS = get_args(Backend)
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 
 
 def _flags(*flags: str) -> dict:
@@ -32,7 +33,7 @@ class EngineConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    backend: Literal["llama-cpp", "openai", "transformers", "vllm"] = Field(
+    backend: Backend = Field(
         "llama-cpp", description="the engine that samples: " + ", ".join(BACKENDS))
     # relative: read from the run folder (``located``)
     model_path: Optional[str] = Field(
@@ -48,7 +49,7 @@ class EngineConfig(BaseModel):
     request_timeout: float = Field(300.0, gt=0, description="openai backend: overall deadline per request, s")
     server_concurrency: int = Field(8, ge=1, le=256, description="openai backend: requests in flight to the server",
                                     json_schema_extra=_flags("--server-concurrency", "--upstream-concurrency"))
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+    dtype: Dtype = Field(
         "auto", description="transformers, vllm: weight type (auto: bfloat16 on a GPU, float32 on a CPU)",
         json_schema_extra=_passed(transformers="dtype", vllm="dtype"))
     chunk_size: Optional[int] = Field(

@@ -150,9 +150,9 @@ class Server:
         profile = profile_for(self.store.profile(user), text) if user else ()
         return Query(request_id, user or "", text, profile, gold="")
 
-    def score(self, request: ScoreRequest) -> dict:
-        """``POST /v1/ttp/score``: the pick's scores of given candidates, run in a worker thread."""
-        user = request.user if self.store.has_user(request.user) else None
+    def score(self, request: ScoreRequest, user: str | None) -> dict:
+        """``POST /v1/ttp/score``: the pick's scores of given candidates, run in a worker thread;
+        ``user`` is the request's user where the store knows them, else None."""
         query = self.query(uuid.uuid4().hex, user, request.input)
         given = request.has_logprobs
         if not given and not self.personalizer.backend.can(SCORE):
@@ -366,7 +366,7 @@ def create_app(server: Server) -> FastAPI:
         server.check_scope(key, asked.user)
         known = asked.user if await run_in_threadpool(server.store.has_user, asked.user) else None
         await server.limit("requests", server.config.requests_per_minute, "requests", known, key)
-        return await server.admit(lambda: server.score(asked))
+        return await server.admit(lambda: server.score(asked, known))
 
     @app.post("/v1/ttp/feedback")
     async def feedback(request: Request):
