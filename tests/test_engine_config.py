@@ -46,6 +46,7 @@ def test_a_new_engine_setting_is_one_field_seen_in_the_help_and_handed_to_its_en
     from ttp.policy.registry import _passed
 
     shown = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "300"}).output
+    assert "(one of: auto, bfloat16, float16, float32)" in shown        # a Literal's choices are shown
     for name in EngineConfig.model_fields:                         # every field is an option of `ttp run`
         assert "--" + {"model_path": "model"}.get(name, name).replace("_", "-") in shown
 

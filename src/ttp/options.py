@@ -42,7 +42,8 @@ def _bounds(field) -> str:
             if getattr(rule, attr, None) is not None:
                 said.append(f"{word} {getattr(rule, attr)}")
     choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is Literal else ()
-    return (f" [{', '.join(said)}]" if said else "") + (f" [one of: {', '.join(choices)}]" if choices else "")
+    # choices in parentheses: the help is rich markup, which takes "[one of: ...]" for a tag and drops it
+    return (f" [{', '.join(said)}]" if said else "") + (f" (one of: {', '.join(choices)})" if choices else "")
 
 
 def model_options(model: type[BaseModel], into: str, exclude: tuple[str, ...] = ()):
