@@ -15,10 +15,11 @@ from pathlib import Path
 
 from ttp.policy import SamplingParams
 from ttp.policy.llama_cpp import LlamaCppBackend, default_model_path
+from ttp.policy.transformers_backend import float32_folder
 from ttp.tasks.data import load_task, split_users
 from ttp.tasks.peps import pep_task_dirs
 from ttp.tasks.prompts import PromptBuilder
-from ttp.tuning import TuneConfig, float32_base
+from ttp.tuning import TuneConfig
 from ttp.tuning.examples import training_examples
 from ttp.tuning.lora import LoraConfig, LoraTrainer
 
@@ -68,7 +69,7 @@ def sampling(tasks: dict, tuned: Path | None) -> None:
 
 def tuning(tasks: dict) -> None:
     config, lora = TuneConfig(), LoraConfig()
-    trainer = LoraTrainer(float32_base(default_model_path()), lora)
+    trainer = LoraTrainer(float32_folder(default_model_path()), lora)
     cost = {}
     for name, task in tasks.items():
         split = split_users(task.users, config.split, config.seed)

@@ -12,9 +12,10 @@ import tempfile
 from pathlib import Path
 
 from ttp.policy.llama_cpp import default_model_path
+from ttp.policy.transformers_backend import float32_folder
 from ttp.tasks.data import load_task, split_users
 from ttp.tasks.peps import pep_task_dirs
-from ttp.tuning import TuneConfig, float32_base
+from ttp.tuning import TuneConfig
 from ttp.tuning.examples import training_examples
 from ttp.tuning.lora import LoraConfig, LoraTrainer
 
@@ -28,7 +29,7 @@ def main() -> None:
     config = TuneConfig()
     split = split_users(task.users, config.split, config.seed)
     examples = training_examples(task, split, config.items_per_user, config.seed)[:args.examples]
-    base = float32_base(default_model_path())
+    base = float32_folder(default_model_path())
     tuned = {}
     for name, threads in (("first, 2 threads", 2), ("second, 2 threads", 2), ("1 thread", 1)):
         trainer = LoraTrainer(base, LoraConfig(threads=threads), config.seed)

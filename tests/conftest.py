@@ -78,3 +78,11 @@ def small_run_template(tmp_path_factory, pep_titles_dir) -> Path:
 @pytest.fixture(scope="module")
 def small_run(small_run_template, tmp_path_factory) -> Path:
     return Path(shutil.copytree(small_run_template, tmp_path_factory.mktemp("run") / "run"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A 4-layer Gemma 3 with random weights and a word-level tokenizer (tests/tiny_model.py)."""
+    from tiny_model import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-gemma"))

@@ -240,12 +240,17 @@ def test_compare_trains_every_family_and_prints_one_table(run_folder):
     result = runner.invoke(app, ["compare", str(run_folder)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     folder = RunFolder(run_folder)
-    assert json.loads(folder.config.read_text())["families"] == ["features", "hidden_state", "cross_encoder"]
+    assert json.loads(folder.config.read_text())["families"] == ["features", "hidden_state", "cross_encoder", "lm"]
     assert "families compared" in result.output
     evaluation = json.loads(folder.reward_eval(TASK, "personalized").read_text())["selectors"]
     for name in ("hidden_state.pointwise", "hidden_state.bradley_terry", "hidden_state.probabilistic/lcb",
-                 "cross_encoder.pointwise", "cross_encoder.bradley_terry", "cross_encoder.probabilistic/p_improve"):
+                 "cross_encoder.pointwise", "cross_encoder.bradley_terry", "cross_encoder.probabilistic/p_improve",
+                 "lm.pointwise", "lm.bradley_terry", "lm.probabilistic/lcb", "lm.thurstone/p_improve"):
         assert name in evaluation, name
+    # the lm model is adapters and a head in safetensors, on the embedded Gemma's weights
+    lm_folder = folder.reward_model(TASK, "personalized", "lm.thurstone")
+    assert sorted(p.name for p in lm_folder.iterdir()) == ["model.json", "weights.safetensors"]
+    assert json.loads((lm_folder / "model.json").read_text())["config"]["reading"]["model"] == "embedded"
     # the hidden-state model records what it reads, and reads 640 states per candidate
     hidden = RewardModel.load(folder.reward_model(TASK, "personalized", "hidden_state.pointwise"))
     assert hidden.n_features_in_ == 640 and hidden.inputs_["layer"].startswith("result_norm")
@@ -267,16 +272,22 @@ def test_compare_trains_every_family_and_prints_one_table(run_folder):
     # the trained families can pick at test time: the personalizer reads what each model reads
     from ttp.personalize import Personalizer
     from ttp.rewards.cross_encoder import pair_texts
+    from ttp.rewards.lm import PoolTexts
     from ttp.tasks.prompts import PromptBuilder, as_generated
 
     test_user = json.loads(folder.split(TASK).read_text())["test"][0]
-    for selector in ("cross_encoder.probabilistic/mean", "hidden_state.pointwise"):
+    for selector in ("cross_encoder.probabilistic/mean", "hidden_state.pointwise", "lm.bradley_terry"):
         personalizer = Personalizer.from_run(run_folder, TASK, selector=selector)
         query = next(q for q in personalizer.task.queries if q.user == test_user)
         decision = personalizer.generate(query, budget=3, rule="uniform").decision
         frame = pd.DataFrame({"query_id": query.id, "text": decision.candidates})
         if selector.startswith("cross_encoder"):
             expected = personalizer.scorer.model.predict(pair_texts(frame, {query.id: query}))
+        elif selector.startswith("lm"):
+            prompt = PromptBuilder(personalizer.task.layout, "personalized")(query)
+            pools = PoolTexts({query.id: prompt}, [as_generated(t) for t in decision.candidates],
+                              np.array([query.id] * len(decision.candidates)))
+            expected = personalizer.scorer.model.predict(pools)
         else:
             prompt = PromptBuilder(personalizer.task.layout, "personalized")(query)
             states = personalizer.backend.hidden_states(prompt, [as_generated(t) for t in decision.candidates])

@@ -141,3 +141,27 @@ def test_tune_resumes_exactly_and_its_gguf_gives_the_tuned_distribution(tmp_path
         assert len(pool) == 4 and all(c.n_tokens > 0 for c in pool)
     finally:
         backend.close()
+
+
+@pytest.mark.slow
+def test_a_tune_from_a_model_folder_writes_a_folder_that_transformers_samples(tiny_model, pep_task, tmp_path):
+    """Two optimizer steps from a model folder: the merged weights come back as a model folder,
+    the adapters changed them, and the transformers backend samples it; a rerun returns it."""
+    from safetensors.torch import load_file
+
+    from ttp.policy import SamplingParams
+    from ttp.policy.transformers_backend import TransformersBackend
+    from ttp.tuning import tune
+
+    config = TuneConfig(items_per_user=1, max_examples=4, base_model=str(tiny_model),
+                        lora=LoraConfig(accumulation=2, learning_rate=1e-2))
+    result = tune(pep_task, tmp_path / "tuned", config)
+    assert result.model == tmp_path / "tuned" and result.record["steps"] == 2
+    assert result.record["gguf_check"] is None and not list(result.model.glob("*.gguf"))
+    tuned, base = load_file(str(result.model / "model.safetensors")), load_file(str(tiny_model / "model.safetensors"))
+    changed = [k for k in base if "q_proj" in k and not (tuned[k] == base[k]).all()]
+    assert changed and not any("lora" in k for k in tuned)
+    assert "transformers" in (result.model / "README.md").read_text()
+    completions = TransformersBackend(result.model).sample("the model", SamplingParams(n=2, max_tokens=3, seed=0))
+    assert len(completions) == 2
+    assert tune(pep_task, tmp_path / "tuned", config).record == result.record

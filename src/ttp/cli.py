@@ -120,6 +120,18 @@ def prepare() -> None:
         console.print(f"{name}: {len(task.queries)} queries, {len(task.users)} users -> {path}")
 
 
+RM_MODEL_HELP = ("the lm reward-model family's language model: a model folder, a `ttp tune` folder or a GGUF file "
+                 "(default: the embedded Gemma 3 270M)")
+
+
+def _rm_model(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    if not path.exists():
+        raise typer.BadParameter(f"--rm-model {path}: no such folder or file")
+    return str(path.resolve())
+
+
 @app.command()
 @model_options(EngineConfig, "engine")
 def run(
@@ -138,7 +150,8 @@ def run(
                                    "the input) or lamp (LaMP's: no stemming, BM25 over the text after the "
                                    "instruction)"),
     family: List[str] = typer.Option(["features"], help="reward-model families to train (comma list or "
-                                     "repeated): features, hidden_state, cross_encoder"),
+                                     "repeated): features, hidden_state, cross_encoder, lm"),
+    rm_model: Optional[Path] = typer.Option(None, help=RM_MODEL_HELP),
     stages: List[str] = typer.Option(list(STAGES), help="stages to run, in order (comma list or repeated)"),
 ) -> None:
     """Run the stages on any task; a rerun on the same folder resumes where it stopped."""
@@ -158,6 +171,7 @@ def run(
                              max_users=max_users or None) for t in task),
         sampling=SamplingParams(n=pool_size, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
         split=split, seed=seed, convention=convention, families=_families(family), engine=engine,
+        rm_model=_rm_model(rm_model),
     )
     _run_stages(config, out, stages)
 
@@ -595,6 +609,7 @@ def compare(
     family: Optional[List[str]] = typer.Option(None, help="families to add (comma list or repeated; default: "
                                                           "every registered family the run does not train yet; "
                                                           "the history families come with `ttp history`)"),
+    rm_model: Optional[Path] = typer.Option(None, help=RM_MODEL_HELP),
 ) -> None:
     """Train the reward-model families on the run's training users (each with the pointwise,
     Bradley-Terry and probabilistic heads), judge every family x head x rule on the same held-out
@@ -606,7 +621,9 @@ def compare(
     families = tuple(_listed(family))
     if families:
         _families(families)
-    pipeline = _run_stages(None, run_folder, AFTER_SCORES, first=lambda p: additions.add_families(p, families))
+    backbone = _rm_model(rm_model)
+    pipeline = _run_stages(None, run_folder, AFTER_SCORES,
+                           first=lambda p: additions.add_families(p, families, backbone))
     console.rule("[bold]families compared")
     for task in pipeline.tasks:
         for policy in pipeline.config.policies:
@@ -631,10 +648,13 @@ def tune(
     epochs: int = typer.Option(1, help="passes over the examples"),
     accumulation: int = typer.Option(8, help="examples per optimizer step"),
     threads: int = typer.Option(2, help="torch threads: the weights reproduce bitwise with the same seed and threads"),
-    base_model: Optional[Path] = typer.Option(None, help="GGUF file to tune (default: the embedded Gemma 3 270M)"),
+    base_model: Optional[Path] = typer.Option(None, help="GGUF file or model folder to tune (default: the "
+                                              "embedded Gemma 3 270M); a folder gives a folder that transformers "
+                                              "and vLLM sample"),
 ) -> None:
-    """Fine-tune the policy model (LoRA, merged into a GGUF) on the task's own examples of its users'
-    writing: every user's profile items and the training users' queries.  `ttp run --model OUT` samples it."""
+    """Fine-tune the policy model (LoRA, merged into a GGUF, or into a model folder when the base is one) on
+    the task's own examples of its users' writing: every user's profile items and the training users' queries.
+    `ttp run --model OUT` samples a GGUF tune, `ttp run --backend transformers --model-path OUT` a folder tune."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ttp.tasks.data import load_task

@@ -166,3 +166,11 @@ def export_model_folder(gguf: str | Path, target: str | Path, dtype: str = "bflo
     model.save_pretrained(partial)
     partial.replace(target)
     return target
+
+
+def float32_folder(gguf: Path) -> Path:
+    """``gguf`` de-quantized into a float32 model folder in the cache (made once): what training
+    on the CPU starts from (``ttp tune``, the ``lm`` reward model)."""
+    from ttp.tasks.embedded import cache_dir
+
+    return export_model_folder(gguf, cache_dir() / "models" / f"{Path(gguf).stem}-float32", "float32")

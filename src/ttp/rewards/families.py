@@ -11,6 +11,8 @@ history_user   the same, with a per-user affine of the score fitted on the      
 hidden_state   the policy model's final hidden state of prompt + candidate     ``RewardModel`` (MLP)
                (the closest peer's ranker; ``ttp.rewards.hidden_states``)
 cross_encoder  the text: candidate [SEP] the user's examples · the query       ``CrossEncoderRewardModel``
+lm             the personalized prompt, then the candidate, read by a causal   ``LMRewardModel``
+               language model with LoRA on its top layers (``ttp.rewards.lm``)
 =============  ==============================================================  ======================
 
 A ``Family`` is everything the pipeline and the server ask of one: the models it trains, how
@@ -36,11 +38,12 @@ from ttp.rewards.cross_encoder import PAIR_TEMPLATE, CrossEncoderConfig, CrossEn
 from ttp.rewards.estimator import Estimator
 from ttp.rewards.features import FEATURES, EmbeddingCache, candidate_features
 from ttp.rewards.hidden_states import LAYER, POOLING, hidden_state_matrix, pool_states
+from ttp.rewards.lm import LMConfig, LMRewardModel, PoolTexts, Reading, encode_pools
 from ttp.rewards.models import REWARD_MODELS, RewardConfig, RewardModel
 from ttp.rewards.per_user import USER, PerUserRewardModel
 from ttp.rewards.zero_shot import ZERO_SHOT
 from ttp.tasks.data import ProfileLayout, Query
-from ttp.tasks.prompts import PromptBuilder
+from ttp.tasks.prompts import PromptBuilder, as_generated
 from ttp.tasks.utility import PRIMARY
 
 HEADS = ("pointwise", "bradley_terry", "probabilistic")
@@ -62,6 +65,7 @@ class Inputs:
     # a progress display: track(description, total) -> a context giving advance(); total None: a spinner
     track: Callable[[str, int | None], AbstractContextManager[Callable[[], None]]] | None = None
     history: pd.DataFrame | None = None        # the history pools' candidates with their features
+    rm_model: str | None = None                # the lm family's language model (None: the embedded Gemma)
 
 
 class Family:
@@ -216,6 +220,43 @@ class CrossEncoderFamily(Family):
         return pair_texts(candidates, {query.id: query}, inputs.shots, inputs.convention)
 
 
+class LMFamily(Family):
+    """A language model reading the personalized prompt and the candidate, with each head of
+    ``OBJECTIVES`` (the Thurstone one included, the pairwise form of the probabilistic head)."""
+
+    name = "lm"
+    estimator = LMRewardModel
+
+    def heads(self, feature_models):
+        return (*HEADS, "thurstone")
+
+    def new_model(self, head, seed=0, reading: Reading = Reading()):
+        return LMRewardModel(LMConfig(kind=head, seed=seed, reading=reading))
+
+    def fit(self, head, seed, X, y, groups, train, validation, inputs):
+        model = self.new_model(head, seed, X.reading)
+        with inputs.track(f"training lm.{head} (batches, at most {model.config.max_epochs} epochs)", None) as advance:
+            model.progress = advance
+            return model.fit(X[train], y[train], groups[train], X[validation], y[validation], groups[validation])
+
+    @staticmethod
+    def texts(table: pd.DataFrame, queries: dict[str, Query], inputs: Inputs) -> PoolTexts:
+        # the personalized prompt whatever the policy, so the model reads the user's examples
+        prompt = PromptBuilder(inputs.layout, "personalized", inputs.shots, inputs.convention)
+        return PoolTexts({q: prompt(queries[q]) for q in table["query_id"].unique()},
+                         [as_generated(str(t)) for t in table["text"]], table["query_id"].to_numpy())
+
+    def batch_inputs(self, table, inputs):
+        texts, reading = self.texts(table, inputs.queries, inputs), Reading(model=inputs.rm_model)
+        with inputs.track(f"lm reward model: reading {len(texts.contexts)} pools", len(texts.contexts)) as advance:
+            encoded = encode_pools(texts, reading, progress=advance)
+        return encoded, {"family": self.name, "model": inputs.rm_model or "embedded", "prompt": "personalized",
+                         "shots": inputs.shots, "convention": inputs.convention}
+
+    def query_inputs(self, query, candidates, inputs):
+        return self.texts(candidates, {query.id: query}, inputs)
+
+
 FAMILIES: dict[str, Family] = {}
 
 
@@ -227,7 +268,8 @@ def register_family(family: Family) -> Family:
     return family
 
 
-for _family in (FeaturesFamily(), HistoryFamily(), PerUserHistoryFamily(), HiddenStateFamily(), CrossEncoderFamily()):
+for _family in (FeaturesFamily(), HistoryFamily(), PerUserHistoryFamily(), HiddenStateFamily(), CrossEncoderFamily(),
+                LMFamily()):
     register_family(_family)
 
 

@@ -54,10 +54,20 @@ def gaussian_nll(out: torch.Tensor, data: TrainingData, variance_floor: float = 
     return nll.mean()
 
 
+def thurstone(out: torch.Tensor, data: TrainingData, variance_floor: float = 1e-4, **_) -> torch.Tensor:
+    """The pairwise Gaussian likelihood: each candidate's utility is N(μ, s²), so the winner of a
+    pair wins with probability Φ((μ_w − μ_l) / √(s_w² + s_l²)) (Thurstone's case III; PURM's
+    generalization of Bradley–Terry).  Its negative log, averaged over the pairs."""
+    win, lose = data.pairs
+    var = gaussian_variance(out[:, 1], variance_floor)
+    return -torch.special.log_ndtr((out[win, 0] - out[lose, 0]) / torch.sqrt(var[win] + var[lose])).mean()
+
+
 OBJECTIVES = {o.name: o for o in (
     Objective("pointwise", 1, False, False, mean_squared_error),
     Objective("bradley_terry", 1, False, True, bradley_terry),
     Objective("probabilistic", 2, True, False, gaussian_nll),
+    Objective("thurstone", 2, True, True, thurstone),
 )}
 
 

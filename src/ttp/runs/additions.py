@@ -39,14 +39,16 @@ def add_history(pipeline: Pipeline, items_per_user: int, pool_size: int | None =
     write_json_atomic(pipeline.folder.config, pipeline.config.to_json())
 
 
-def add_families(pipeline: Pipeline, families=()) -> None:
+def add_families(pipeline: Pipeline, families=(), rm_model: str | None = None) -> None:
     """Train these reward-model families from now on too (by default every registered family
-    the run does not train yet and has the pools for); the run's configuration says so."""
+    the run does not train yet and has the pools for), the ``lm`` family on ``rm_model`` if
+    given; the run's configuration says so."""
     # the families that learn from history pools come with them (``add_history``)
     wanted = families or [f for f in FAMILIES if f not in pipeline.config.families
                           and (pipeline.config.history_items or not FAMILIES[f].trains_on_history)]
     families = tuple(dict.fromkeys([*pipeline.config.families, *wanted]))
-    pipeline.config = replace(pipeline.config, families=check_families(families))
+    pipeline.config = replace(pipeline.config, families=check_families(families),
+                              rm_model=rm_model or pipeline.config.rm_model)
     write_json_atomic(pipeline.folder.config, pipeline.config.to_json())
 
 

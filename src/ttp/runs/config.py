@@ -65,6 +65,7 @@ class RunConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)   # the policy model's engine
     reward_models: tuple[str, ...] = ("pointwise", "bradley_terry", "probabilistic", "ensemble")
     families: tuple[str, ...] = ("features",)       # what the reward models read (rewards/families.py)
+    rm_model: str | None = None                      # the lm family's language model (None: the embedded Gemma)
     lcb_kappa: float = 1.0                           # lcb selection: mean - kappa * sd
     collapse_tau: float = 0.1                        # collapse threshold, share of the median user's spread
     controller_selector: str = "probabilistic/mean"  # the selector whose scores drive allocation

@@ -165,7 +165,8 @@ class Pipeline:
         history = self.history_features(task, policy) if c.history_items else None
         return Inputs(task.by_id(), task.layout, c.shots, c.convention, self.backend,
                       EmbeddingCache(self.folder.embeddings(task.name)), self.engine.label,
-                      self.folder.hidden_states(task.name, policy), track=track, history=history)
+                      self.folder.hidden_states(task.name, policy), track=track, history=history,
+                      rm_model=c.rm_model)
 
     def allocation_study(self, selector: Selector, validation: Pools, test: Pools):
         """Every allocation policy for ``selector`` at equal budgets on the ``test`` pools, its

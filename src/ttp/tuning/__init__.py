@@ -1,10 +1,14 @@
 """Fine-tuning a second policy model: ``tune(task, out, config)`` writes a model folder that the
-pipeline samples like the embedded one (``ttp run --model DIR``).
+pipeline samples like the embedded one.
 
-The folder holds ``<name>.gguf`` (the base GGUF with the tuned attention projections, see
-``gguf_export``), a model card (``README.md``), ``tune.json`` (the settings, the data, the loss
-curve, the validation loss before and after, and the GGUF check), ``loss.png`` and
-``checkpoint/`` (the LoRA adapter and the optimizer state a resumed tune goes on from).
+From a GGUF (the embedded Gemma by default) the folder holds ``<name>.gguf``, the base GGUF
+with the tuned attention projections (see ``gguf_export``), which llama.cpp samples
+(``ttp run --model DIR``).  From a model folder (``base_model`` holding ``config.json``) it holds
+the merged weights as a model folder, which transformers and vLLM sample
+(``ttp run --backend transformers --model-path DIR``).  Either way also a model card
+(``README.md``), ``tune.json`` (the settings, the data, the loss curve, the validation loss
+before and after, and the GGUF check where there is a GGUF), ``loss.png`` and ``checkpoint/``
+(the LoRA adapter and the optimizer state a resumed tune goes on from).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from ttp.files import read_json, write_bytes_atomic, write_json_atomic
+from ttp.policy.transformers_backend import float32_folder
 from ttp.tasks.data import Task, split_users
 from ttp.tasks.prompts import PromptBuilder
 from ttp.tuning.examples import TUNE_PROMPT, Example, example, training_examples
@@ -35,7 +40,7 @@ class TuneConfig:
     max_examples: int | None = 256               # the first of the seeded order (None: all)
     split: tuple[float, float, float] = (0.45, 0.15, 0.4)
     seed: int = 0
-    base_model: str | None = None                # a GGUF file (default: the embedded Gemma)
+    base_model: str | None = None                # a GGUF file or a model folder (default: the embedded Gemma)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self):
@@ -68,14 +73,6 @@ def validation_examples(task: Task, config: TuneConfig) -> list[Example]:
     return [example(q, builder) for q in queries]
 
 
-def float32_base(base_gguf: Path) -> Path:
-    """``base_gguf`` de-quantized into a float32 model folder in the cache (made once)."""
-    from ttp.policy.transformers_backend import export_model_folder
-    from ttp.tasks.embedded import cache_dir
-
-    return export_model_folder(base_gguf, cache_dir() / "models" / f"{base_gguf.stem}-float32", "float32")
-
-
 def tune(task: Task, out: str | Path, config: TuneConfig = TuneConfig(),
          on_step: Callable[[int, int, float], None] | None = None) -> TuneResult:
     """Fine-tune the base on ``task``'s examples into the folder ``out``, resuming a tune left
@@ -96,10 +93,11 @@ def tune(task: Task, out: str | Path, config: TuneConfig = TuneConfig(),
         raise RuntimeError(f"another ttp tune is writing {out}") from None
     try:
         done = out / "tune.json"
+        from_folder = bool(config.base_model) and (Path(config.base_model) / "config.json").exists()
         if done.exists() and read_json(done).get("settings") == _plain(settings):
-            return TuneResult(model_file(out), read_json(done))
-        base_gguf = model_file(config.base_model)
-        base_folder = float32_base(base_gguf)
+            return TuneResult(out if from_folder else model_file(out), read_json(done))
+        base_gguf = None if from_folder else model_file(config.base_model)
+        base_folder = Path(config.base_model) if from_folder else float32_folder(base_gguf)
         split = split_users(task.users, config.split, config.seed)
         examples = training_examples(task, split, config.items_per_user, config.seed)[:config.max_examples]
         validation = validation_examples(task, config)
@@ -107,15 +105,21 @@ def tune(task: Task, out: str | Path, config: TuneConfig = TuneConfig(),
         before = trainer.example_losses(validation)
         progress = trainer.fit(examples, out / "checkpoint", on_step)
         after = trainer.example_losses(validation)
-        check_prompts = [e.prompt for e in validation[:CHECK_PROMPTS]]
-        hf_tuned = _hf_logprobs(trainer.model, trainer.tokenizer, check_prompts)
-        with trainer.model.disable_adapter():
-            hf_base = _hf_logprobs(trainer.model, trainer.tokenizer, check_prompts)
-        model = write_tuned_gguf(base_gguf, trainer.base_weights, trainer.merged_weights(), out / f"{out.name}.gguf")
-        check = distribution_check(hf_base, hf_tuned, base_gguf, model, check_prompts)
+        if from_folder:
+            model, check = out, None
+            trainer.model.merge_and_unload().save_pretrained(out)
+            trainer.tokenizer.save_pretrained(out)
+        else:
+            check_prompts = [e.prompt for e in validation[:CHECK_PROMPTS]]
+            hf_tuned = _hf_logprobs(trainer.model, trainer.tokenizer, check_prompts)
+            with trainer.model.disable_adapter():
+                hf_base = _hf_logprobs(trainer.model, trainer.tokenizer, check_prompts)
+            model = write_tuned_gguf(base_gguf, trainer.base_weights, trainer.merged_weights(),
+                                     out / f"{out.name}.gguf")
+            check = distribution_check(hf_base, hf_tuned, base_gguf, model, check_prompts)
         record = {
             "settings": _plain(settings),
-            "base_model": base_gguf.name,
+            "base_model": base_folder.name if from_folder else base_gguf.name,
             "examples": {"profile items": sum(e.kind == "profile" for e in examples),
                          "training queries": sum(e.kind == "query" for e in examples)},
             "query_users": sorted({e.user for e in examples if e.kind == "query"}),
@@ -172,10 +176,19 @@ def _plot_losses(losses: list[float], path: Path) -> None:
 def model_card(name: str, record: dict) -> str:
     s, v, c, lora = record["settings"], record["validation_loss"], record["gguf_check"], record["settings"]["lora"]
     n = record["examples"]
+    runs = ("merged into a\nGGUF that llama.cpp runs as it runs the base: `ttp run --model` this folder." if c else
+            "merged into this\nmodel folder, which transformers and vLLM run: `ttp run --backend transformers "
+            "--model-path` this folder.")
+    gguf = "" if c is None else f"""
+## GGUF check
+Mean KL of the next-token distribution on {c['prompts']} validation prompts: tuned GGUF vs tuned
+weights {c['kl_tuned_gguf_vs_tuned_weights']:.4f}, base GGUF vs base weights {c['kl_base_gguf_vs_base_weights']:.4f}
+(llama.cpp's own arithmetic), tuned weights vs base weights {c['kl_tuned_weights_vs_base_weights']:.4f}
+(what tuning changed). Top token agreement: {c['top_token_agreement']:.2f}.
+"""
     return f"""# {name}
 
-A LoRA fine-tune of {record['base_model']} (Gemma 3 270M) for the task **{s['task']}**, merged into a
-GGUF that llama.cpp runs as it runs the base: `ttp run --model` this folder.
+A LoRA fine-tune of {record['base_model']} for the task **{s['task']}**, {runs}
 
 ## Data
 {n['profile items']} profile items (up to {s['items_per_user']} per user, every user's: a profile is an input
@@ -193,15 +206,10 @@ token): {record['losses'][0]:.3f} at the first step, {record['losses'][-1]:.3f} 
 
 Validation users' golds ({v['queries']} queries, {v['target_tokens']} tokens, never trained on):
 **{v['before']:.3f} nats per token before, {v['after']:.3f} after**.
-
-## GGUF check
-Mean KL of the next-token distribution on {c['prompts']} validation prompts: tuned GGUF vs tuned
-weights {c['kl_tuned_gguf_vs_tuned_weights']:.4f}, base GGUF vs base weights {c['kl_base_gguf_vs_base_weights']:.4f}
-(llama.cpp's own arithmetic), tuned weights vs base weights {c['kl_tuned_weights_vs_base_weights']:.4f}
-(what tuning changed). Top token agreement: {c['top_token_agreement']:.2f}.
-
+{gguf}
 ## Licence
-The weights derive from Gemma 3 and fall under the Gemma Terms of Use. The training text is
+The weights derive from the base model and fall under its licence (Gemma 3's: the Gemma Terms
+of Use). The training text is
 the PEP records shipped with ttp (public domain / CC0) where the task is a PEP task, else the
 task's own data under its licence.
 """

@@ -1,0 +1,301 @@
+"""The ``lm`` reward model: a causal language model that reads the user's profile examples and
+the query (the personalized prompt, as the policy reads it) and then the candidate, with LoRA
+adapters (``peft``) on its top layers and a linear head on the candidate's last token, its end
+of line.  The kind of reward model the personalized-RM literature trains.
+
+Heads are the objectives of ``ttp.rewards.objectives``: ``pointwise`` (squared error), ``bradley_terry``
+(pairs within a pool), ``probabilistic`` ((μ, log s²) by the Gaussian NLL of each candidate) and
+``thurstone`` ((μ, log s²) by the pairwise Gaussian likelihood Φ((μ_a − μ_b)/√(s_a² + s_b²))).
+Utilities are standardized within each pool first, since selection only compares candidates of
+one pool.  Training stops early on the validation users' ρ̄ (``ttp.rewards.estimator``).
+
+Cost on a CPU is what shapes it (``ttp.rewards.lm_backbone``): the lower layers stay frozen
+and run once per pool, the context once and its cache shared by the pool's candidates; the
+tuned top layers share the context the same way.  The loop is written here rather than with
+``transformers``' ``Trainer`` or TRL's ``RewardTrainer``: both batch independent sequences, and
+neither shares one context's cache among a pool's candidates, takes a two-output head, or
+trains on cached lower-layer states.
+
+Saved as data: ``weights.safetensors`` (adapters and head) and ``model.json`` (settings, how the
+backbone reads, and a hash of its weights); the backbone itself is read from its folder."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+from torch import nn
+
+from ttp.analysis.stats import within_pool_correlation
+from ttp.files import read_json, write_bytes_atomic, write_json_atomic
+from ttp.rewards.estimator import train_early_stopped
+from ttp.rewards.lm_backbone import EMBEDDED, Backbone, PoolStates, backbone, backbone_folder
+from ttp.rewards.models import SETTINGS, WEIGHTS, ModelFileError, TrainingDiverged
+from ttp.rewards.objectives import OBJECTIVES, TrainingData, gaussian_variance, within_pool_pairs
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Which language model reads the pools and how: fixed by the encoding, so a model is
+    trained and used on states of the same backbone."""
+
+    model: str | None = None         # a model folder, ttp tune folder or GGUF (None: the embedded Gemma 3 270M)
+    tuned_layers: int = 2            # top layers with adapters; the layers below run once per pool
+    max_context_tokens: int = 320    # the context keeps its end (the query and the output label)
+    max_candidate_tokens: int = 190  # context + candidate stays within Gemma's 512-token sliding window
+
+    def backbone(self) -> Backbone:
+        return backbone(str(backbone_folder(self.model)), self.tuned_layers, self.max_context_tokens,
+                        self.max_candidate_tokens)
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """How one ``lm`` reward model is trained."""
+
+    kind: str = "pointwise"          # an objective of OBJECTIVES
+    rank: int = 8                    # LoRA rank on every linear layer of the tuned layers
+    alpha: float = 16.0
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    max_epochs: int = 3
+    patience: int = 1                # epochs without a better validation ρ̄
+    pools_per_batch: int = 4
+    seed: int = 0
+    variance_floor: float = 1e-3
+    reading: Reading = field(default_factory=Reading)
+
+    def __post_init__(self):
+        if self.kind not in OBJECTIVES:
+            raise ValueError(f"kind must be one of {sorted(OBJECTIVES)}, got {self.kind!r}")
+        checks = {"rank": self.rank >= 1, "alpha": self.alpha > 0, "lr": self.lr > 0,
+                  "max_epochs": self.max_epochs >= 1, "patience": self.patience >= 1,
+                  "pools_per_batch": self.pools_per_batch >= 1}
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"out of range: {', '.join(f'{k} = {getattr(self, k)!r}' for k in bad)}")
+
+
+@dataclass
+class PoolTexts:
+    """What the ``lm`` model reads, one row per candidate: its pool's context and its text."""
+
+    contexts: dict[str, str]          # pool id -> the personalized prompt
+    candidates: list[str]             # as the policy generated them (a space, the text, end of line)
+    pools: np.ndarray                 # pool id per row
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def __getitem__(self, rows) -> "PoolTexts":
+        index = np.arange(len(self))[rows]
+        return PoolTexts(self.contexts, [self.candidates[i] for i in index], self.pools[index])
+
+
+@dataclass
+class PoolEncoding:
+    """The backbone's lower layers' output for pools: what the tuned layers read.  Rows index
+    candidates; ``slots`` says where each sits in its pool's encoding."""
+
+    reading: Reading
+    states: dict[str, PoolStates]
+    pools: np.ndarray
+    slots: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pools)
+
+    def __getitem__(self, rows) -> "PoolEncoding":
+        index = np.arange(len(self))[rows]
+        return PoolEncoding(self.reading, self.states, self.pools[index], self.slots[index])
+
+    def by_pool(self):
+        """Each pool's rows and the states of those rows' candidates, in order of first row."""
+        for pool in pd.unique(self.pools):
+            rows = np.flatnonzero(self.pools == pool)
+            states = self.states[pool]
+            yield rows, PoolStates(states.context, [states.candidates[s] for s in self.slots[rows]])
+
+
+def encode_pools(texts: PoolTexts, reading: Reading = Reading(),
+           progress: Callable[[], None] | None = None) -> PoolEncoding:
+    """Run the backbone's frozen lower layers once per pool; every head and epoch reuses it."""
+    model = reading.backbone()
+    states, slots = {}, np.zeros(len(texts), dtype=int)
+    for pool in pd.unique(texts.pools):
+        rows = np.flatnonzero(texts.pools == pool)
+        states[pool] = model.encode_pool(texts.contexts[pool], [texts.candidates[i] for i in rows])
+        slots[rows] = np.arange(len(rows))
+        if progress is not None:
+            progress()
+    return PoolEncoding(reading, states, np.asarray(texts.pools), slots)
+
+
+def _standardized(y: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Utilities as z-scores within each pool (0 where a pool's utilities are all equal)."""
+    frame = pd.DataFrame({"y": y, "g": groups})
+    grouped = frame.groupby("g", sort=False)["y"]
+    sd = grouped.transform("std", ddof=0).to_numpy()
+    return np.where(sd > 1e-9, (y - grouped.transform("mean").to_numpy()) / np.where(sd > 1e-9, sd, 1.0), 0.0)
+
+
+class LMRewardModel:
+    """``fit(X, y, groups, X_val, y_val, groups_val)`` and ``predict(X, return_std=False)``, where
+    ``X`` is a ``PoolTexts`` or its ``PoolEncoding``.  ``progress`` is called after each batch."""
+
+    def __init__(self, config: LMConfig | None = None, progress: Callable[[], None] | None = None, **overrides):
+        self.config = config or LMConfig(**overrides)
+        self.progress = progress
+
+    @property
+    def objective(self):
+        return OBJECTIVES[self.config.kind]
+
+    @property
+    def is_probabilistic(self) -> bool:
+        return self.objective.probabilistic
+
+    def encode(self, X) -> PoolEncoding:
+        if isinstance(X, PoolEncoding):
+            if X.reading != self.config.reading:
+                raise ValueError(f"these pools were encoded with {X.reading}, the model reads with "
+                                 f"{self.config.reading}")
+            return X
+        return encode_pools(X, self.config.reading)
+
+    def _new_modules(self, model: Backbone) -> nn.ModuleDict:
+        from peft import LoraConfig, get_peft_model
+
+        cfg = self.config
+        top = get_peft_model(model.new_top(), LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0,
+                                                         target_modules="all-linear"))
+        head = nn.Linear(model.hidden_size, self.objective.outputs)
+        nn.init.normal_(head.weight, std=1.0 / model.hidden_size)   # starts near 0 for any state scale
+        nn.init.zeros_(head.bias)
+        return nn.ModuleDict({"top": top, "head": head.to(model.device)})
+
+    def _outputs(self, X: PoolEncoding) -> torch.Tensor:
+        """The head's outputs, one row per row of ``X`` (with gradients when training)."""
+        model, parts, order = self.config.reading.backbone(), [], []
+        for rows, states in X.by_pool():
+            parts.append(self.modules_["head"](model.run_top(self.modules_["top"], states)).float().cpu())
+            order.append(rows)
+        out = torch.cat(parts) if parts else torch.zeros((0, self.objective.outputs))
+        return out[torch.as_tensor(np.argsort(np.concatenate(order)))] if order else out
+
+    def fit(self, X, y, groups, X_val=None, y_val=None, groups_val=None) -> "LMRewardModel":
+        cfg = self.config
+        X, y, groups = self.encode(X), np.asarray(y, dtype=np.float32), np.asarray(groups)
+        if len(y) != len(X) or len(groups) != len(X) or not np.isfinite(y).all():
+            raise ValueError("training pools: need one finite utility and one pool id per candidate")
+        if X_val is None:
+            X_val, y_val, groups_val = X, y, groups
+        else:
+            X_val, y_val, groups_val = self.encode(X_val), np.asarray(y_val, dtype=np.float32), np.asarray(groups_val)
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        model = cfg.reading.backbone()
+        self.backbone_sha256_ = model.digest
+        self.modules_ = self._new_modules(model)
+        trained = [p for p in self.modules_.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        z = _standardized(y, groups).astype(np.float32)
+        pools = [np.flatnonzero(groups == g) for g in pd.unique(groups)]
+
+        def run_epoch(epoch: int) -> None:
+            order = rng.permutation(len(pools))
+            for start in range(0, len(order), cfg.pools_per_batch):
+                rows = np.concatenate([pools[i] for i in order[start:start + cfg.pools_per_batch]])
+                pairs = within_pool_pairs(z[rows], groups[rows]) if self.objective.pairwise else None
+                if pairs is None or len(pairs[0]):
+                    loss = self.objective.loss(self._outputs(X[rows]), TrainingData(None, torch.as_tensor(z[rows]),
+                                                                                    pairs),
+                                               variance_floor=cfg.variance_floor)
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(f"lm {cfg.kind}: loss became {loss.item()} at epoch {epoch}; "
+                                               f"lower lr (now {cfg.lr})")
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                if self.progress is not None:
+                    self.progress()
+
+        def validation_rho() -> float:
+            return float(within_pool_correlation(self._predict_outputs(X_val)[:, 0], y_val, groups=groups_val).mean())
+
+        best = train_early_stopped(self.modules_, run_epoch, validation_rho, cfg.max_epochs, cfg.patience)
+        self.validation_rho_ = float(best) if np.isfinite(best) else None
+        return self
+
+    def _predict_outputs(self, X) -> np.ndarray:
+        if not hasattr(self, "modules_"):
+            raise RuntimeError("this reward model is not fitted yet; call fit() or load() first")
+        self.modules_.eval()
+        with torch.no_grad():
+            return self._outputs(self.encode(X)).numpy()
+
+    def predict(self, X, return_std: bool = False):
+        out = self._predict_outputs(X)
+        if not return_std:
+            return out[:, 0]
+        if not self.is_probabilistic:
+            raise TypeError(f"a {self.config.kind} lm reward model gives scores only; call predict(X) without "
+                            f"return_std")
+        return out[:, 0], np.sqrt(gaussian_variance(torch.as_tensor(out[:, 1]), self.config.variance_floor).numpy())
+
+    def save(self, path: str | Path, inputs: dict | None = None) -> None:
+        from peft import get_peft_model_state_dict
+
+        path = Path(path)
+        adapters = get_peft_model_state_dict(self.modules_["top"], save_embedding_layers=False)
+        tensors = {f"top.{k}": v for k, v in adapters.items()}
+        tensors.update({f"head.{k}": v for k, v in self.modules_["head"].state_dict().items()})
+        write_bytes_atomic(path / WEIGHTS, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
+        config = asdict(self.config)
+        config["reading"]["model"] = config["reading"]["model"] or EMBEDDED
+        write_json_atomic(path / SETTINGS, {"format": FORMAT, "family": "lm", "config": config,
+                                            "backbone_sha256": self.backbone_sha256_,
+                                            "validation_rho": self.validation_rho_, "inputs": inputs or {}})
+
+    @staticmethod
+    def is_saved(path: str | Path) -> bool:
+        return (Path(path) / WEIGHTS).exists() and (Path(path) / SETTINGS).exists()
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LMRewardModel":
+        """Load adapters, head and settings onto the backbone; nothing in the folder is executed."""
+        from peft import set_peft_model_state_dict
+
+        path = Path(path)
+        if not cls.is_saved(path):
+            raise ModelFileError(f"{path}: no saved lm reward model ({WEIGHTS} and {SETTINGS}); train one first")
+        settings = read_json(path / SETTINGS)
+        try:
+            if settings.get("format") != FORMAT or settings.get("family") != "lm":
+                raise ValueError(f"format {settings.get('format')!r} / family {settings.get('family')!r}")
+            config = dict(settings["config"])
+            reading = dict(config.pop("reading"))
+            reading["model"] = None if reading["model"] == EMBEDDED else reading["model"]
+            model = cls(LMConfig(**config, reading=Reading(**reading)))
+            backbone_model = model.config.reading.backbone()
+            if settings["backbone_sha256"] != backbone_model.digest:
+                raise ValueError(f"it was trained on other weights than those in {backbone_model.folder}")
+            model.backbone_sha256_, model.validation_rho_ = settings["backbone_sha256"], settings["validation_rho"]
+            model.inputs_ = settings.get("inputs", {})
+            model.modules_ = model._new_modules(backbone_model)
+            tensors = load_file(str(path / WEIGHTS))
+            set_peft_model_state_dict(model.modules_["top"], {k[4:]: v for k, v in tensors.items()
+                                                              if k.startswith("top.")})
+            model.modules_["head"].load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+            model.modules_.eval()
+        except (KeyError, TypeError, ValueError, RuntimeError, FileNotFoundError, SafetensorError) as err:
+            raise ModelFileError(f"{path}: not an lm reward model this version of ttp can load "
+                                 f"({type(err).__name__}: {err}); retrain it (`ttp compare RUN --family lm`)") from None
+        return model
