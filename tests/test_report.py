@@ -287,3 +287,28 @@ def test_each_figure_draws_the_curves_it_names(run, monkeypatch):
     for name in drawn:
         image = matplotlib.image.imread(folder.figures / name)
         assert image.shape[0] > 200 and image.shape[1] > 300 and image[..., :3].std() > 0.05, name
+
+
+def test_the_paired_difference_to_the_best_untrained_selector_is_the_brute_force_one():
+    """Every selector against the untrained selector best at N = M: the mean over queries of the
+    difference of their exact Best-of-N curves, with a band from resampling users."""
+    from ttp.analysis.bon import bon_curves
+
+    sim = simulate(SimulationConfig(n_users=12, queries_per_user=3, pool_size=6, seed=4))
+    frame = _frame(sim)
+    rng = np.random.default_rng(0)
+    frame["score:mbr"] = frame["rougeL"] + rng.normal(0, 0.05, len(frame))       # an untrained selector, good
+    frame["score:likelihood"] = rng.normal(size=len(frame))                       # and one no better than chance
+    pools = Pools.from_frame(frame)
+    ev = evaluate_selectors(pools, 300)
+    u = pools["rougeL"]
+    best = max(("mbr", "likelihood"), key=lambda n: bon_curves(pools[f"score:{n}"], u)[:, -1].mean())
+    assert best == "mbr"
+    for name in ("pointwise", "random", "likelihood"):
+        entry = ev["selectors"][name]["vs_best_untrained"]
+        assert entry["selector"] == "mbr"
+        for n in (4, 6):
+            diff = (bon_curves(pools[f"score:{name}"], u) - bon_curves(pools["score:mbr"], u))[:, n - 1].mean()
+            value, low, high = entry[str(n)]
+            assert value == pytest.approx(diff, abs=1e-12) and low <= value <= high
+    assert ev["selectors"]["mbr"]["vs_best_untrained"]["6"] == [0.0, 0.0, 0.0]

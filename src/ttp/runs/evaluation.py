@@ -11,6 +11,7 @@ import pandas as pd
 from ttp.analysis.bon import bon_curves, gain_share, oracle_curves, user_bootstrap
 from ttp.analysis.pools import Pools
 from ttp.analysis.stats import bootstrap_draws, group_index, group_sums, within_pool_correlation
+from ttp.rewards.families import family_of
 from ttp.rewards.features import FEATURES
 from ttp.rewards.selection import Selector, selection_scores, selectors_of
 from ttp.tasks.utility import PRIMARY
@@ -69,4 +70,16 @@ def evaluate_selectors(pools: Pools, n_boot: int = 1000, seed: int = 0, metric: 
             mean = pools[(Selector(selector.model, "mean") if selector.rule else selector).column]
             entry["mean_sd_correlation"] = float(within_pool_correlation(mean, pools[sd_column]).mean())
         result["selectors"][str(selector)] = entry
+    untrained = [str(s) for s in selectors(pools) if family_of(s.model) == "zero-shot"]
+    if untrained:
+        # the bar a trained model must clear: the untrained selector best at N = M, paired per user
+        best = max(untrained, key=lambda n: result["selectors"][n]["curve"]["mean"][-1])
+        base = group_sums(bon_curves(pools[Selector.parse(best).column], u), inverse, len(user_ids))
+        counts = np.bincount(inverse)[:, None]
+        for name, entry in result["selectors"].items():
+            diff = (group_sums(bon_curves(pools[Selector.parse(name).column], u), inverse, len(user_ids)) - base)
+            boot = (draws @ diff) / (draws @ counts)
+            entry["vs_best_untrained"] = {"selector": best, **{
+                str(n): [float(diff[:, n - 1].sum() / counts.sum()), float(np.quantile(boot[:, n - 1], 0.025)),
+                         float(np.quantile(boot[:, n - 1], 0.975))] for n in reported if n > 1}}
     return result

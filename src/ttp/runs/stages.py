@@ -9,6 +9,7 @@ Each reads what earlier stages wrote and skips work already on disk, so any stag
 or resumed alone.  The work itself lives in the modules each stage calls."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -115,7 +116,7 @@ def rewards(pipeline: Pipeline) -> None:
         rows = {p: split.rows(table["user"], p) for p in PARTS}
         y, groups = table[PRIMARY].to_numpy(), table["query_id"].to_numpy()
         held_out = rows["validation"] | rows["test"]
-        models, inputs = {}, pipeline.reward_inputs(task, policy)
+        models, inputs, train_seconds = {}, pipeline.reward_inputs(task, policy), {}
         for family in map(FAMILIES.get, pipeline.config.families):
             dirs = {family.model_name(h): (h, pipeline.folder.reward_model(task.name, policy, family.model_name(h)))
                     for h in family.heads(pipeline.config.reward_models)}
@@ -128,11 +129,14 @@ def rewards(pipeline: Pipeline) -> None:
             for name, (head, model_dir) in dirs.items():
                 if family.is_saved(model_dir):
                     model = family.load(model_dir)
+                    train_seconds[name] = getattr(model, "inputs_", {}).get("train_seconds")
                 else:
                     console.print(f"training {name} reward model on {task.name} / {policy}")
+                    start = time.perf_counter()
                     model = family.fit(head, pipeline.config.seed, X, yw, gw, subset_rows["train"],
                                        subset_rows["validation"], inputs)
-                    model.save(model_dir, note)
+                    train_seconds[name] = round(time.perf_counter() - start, 1)
+                    model.save(model_dir, {**note, "train_seconds": train_seconds[name]})
                 models[name] = (model, X, subset_rows)
         for part in ("validation", "test"):
             scores = selector_scores({n: (m, X[r[part]]) for n, (m, X, r) in models.items()},
@@ -143,9 +147,10 @@ def rewards(pipeline: Pipeline) -> None:
                 imported = imported.rename(columns={"score": f"score:{path.stem}", "sd": f"sd:{path.stem}"})
                 scores = scores.merge(imported, on=["query_id", "candidate"], how="left", validate="1:1")
             write_parquet_atomic(pipeline.folder.scores(task.name, policy, part), scores)
+        evaluation = evaluate_selectors(pipeline.pools(task, policy, "test"), pipeline.config.bootstrap,
+                                        pipeline.config.seed)
         write_json_atomic(pipeline.folder.reward_eval(task.name, policy),
-                          evaluate_selectors(pipeline.pools(task, policy, "test"), pipeline.config.bootstrap,
-                                             pipeline.config.seed))
+                          {**evaluation, "train_seconds": train_seconds})
 
 
 def diagnose(pipeline: Pipeline) -> None:

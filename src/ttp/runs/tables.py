@@ -52,6 +52,10 @@ def _share(values) -> str:
     return "-" if values is None else f"{values[0]:.2f} [{values[1]:.2f}, {values[2]:.2f}]"
 
 
+def _difference(values) -> str:
+    return "-" if values is None else f"{values[0]:+.3f} [{values[1]:+.3f}, {values[2]:+.3f}]"
+
+
 def ceiling_table(task: str, curves: dict[str, dict], metric: str = PRIMARY) -> Table:
     """``curves``: each policy's ``curves.json``."""
     rows, m = [], None
@@ -177,11 +181,18 @@ def comparison_table(task: str, policy: str, ev: dict, diagnoses: dict[str, Diag
     """Every family x head x rule on the same held-out users: share of the oracle gain, the
     failure modes against chance, and the per-query laws' error."""
     points = [n for n in (4, 16) if str(n) in next(iter(ev["selectors"].values()))["oracle_gain_share"]]
+    last = str(points[-1]) if points else None
+    untrained = next((s["vs_best_untrained"]["selector"] for s in ev["selectors"].values() if "vs_best_untrained" in s),
+                     None)
+    minutes = ev.get("train_seconds", {})
     rows = []
     for name, sel in sorted(ev["selectors"].items(), key=lambda kv: _family_order(kv[0])):
         selector, d = Selector.parse(name), diagnoses[name]
+        seconds = minutes.get(selector.model)
         rows.append([family_of(selector.model), head_of(selector.model), selector.rule or "-",
                      *[_share(sel["oracle_gain_share"].get(str(n))) for n in points],
+                     *([_difference(sel.get("vs_best_untrained", {}).get(last))] if untrained else []),
+                     "-" if seconds is None else f"{seconds / 60:.1f}",
                      f"{d.rho_bar:.3f}", f"{d.collapse_rate:.2f}",
                      f"{d.hacked_share_informative:.2f} / {d.hacked_share_expected_by_chance:.2f}",
                      str(len(d.collapsed_users)), str(len(d.hacked_queries)),
@@ -190,7 +201,8 @@ def comparison_table(task: str, policy: str, ev: dict, diagnoses: dict[str, Diag
     return Table(f"{task} / {policy}: reward-model families on {ev['queries']} test queries ({ev['users']} held-out "
                  f"users); share of the oracle gain with 95% CI (the closest peer reports at most "
                  f"{PEER_SHARE:.2f} for off-the-shelf RMs)",
-                 ["family", "head / scorer", "rule", *[f"gain share N={n}" for n in points], "ρ̄", "c",
+                 ["family", "head / scorer", "rule", *[f"gain share N={n}" for n in points],
+                  *([f"vs {untrained} N={last} [95% CI]"] if untrained else []), "train min", "ρ̄", "c",
                   "h / by chance", "collapsed users", "hacked queries", "law err Gauss", "law err copula"], rows)
 
 
