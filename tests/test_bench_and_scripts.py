@@ -18,3 +18,21 @@ def test_imports_without_running(path, monkeypatch):
     monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
     assert callable(getattr(module, "main", None)) or path.name.startswith("_")
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_end_to_end_on_the_cpu(tiny_model, tmp_path, monkeypatch, capsys):
+    """bench/gpu_check.py as a person with a GPU runs it, at fixture sizes on the CPU: every step
+    through TTP's own code, one table with the versions."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location("_gpu_check", ROOT / "bench" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    module.main(["--device", "cpu", "--tiny", "--model", str(tiny_model), "--data",
+                 str(ROOT / "tests" / "data" / "pep-titles-mini"), "--out", str(tmp_path / "check")])
+    printed = capsys.readouterr().out
+    for line in ("torch ", "transformers ", "ttp run --backend transformers, end to end", "lm family training",
+                 "chunk size 1 ", "chunk size 16 ", "ttp tune from the model folder"):
+        assert line in printed, (line, printed)
+    assert (tmp_path / "check" / "tuned" / "model.safetensors").exists()

@@ -142,3 +142,21 @@ def test_hidden_states_come_from_the_cache_without_loading_the_model_once_it_is_
     loads.clear()
     again = hidden_state_matrix(table, {q.id: q for q in queries}, pep_task.layout, get_backend, path)
     assert not loads and np.array_equal(first, again)
+
+
+@pytest.mark.parametrize("kind", ["bradley_terry", "thurstone"])
+def test_pairwise_objectives_of_pools_without_a_winner_are_zero_not_nan(kind):
+    """Pools whose candidates all tie (a policy that never hits the gold) give no pair: the loss
+    is 0 with zero gradients, so training learns nothing rather than diverging."""
+    import torch
+
+    from ttp.rewards.objectives import OBJECTIVES, TrainingData, within_pool_pairs
+
+    out = torch.randn(6, 2, requires_grad=True)
+    pairs = within_pool_pairs(np.zeros(6), np.repeat([0, 1], 3))
+    loss = OBJECTIVES[kind].loss(out, TrainingData(None, torch.zeros(6), pairs))
+    loss.backward()
+    assert float(loss) == 0.0 and not out.grad.any()
+    model = RewardModel(kind="bradley_terry", max_epochs=5).fit(np.random.default_rng(0).normal(size=(6, 3)),
+                                                                np.zeros(6), np.repeat([0, 1], 3))
+    assert np.isfinite(model.predict(np.ones((2, 3)))).all()

@@ -36,6 +36,8 @@ def mean_squared_error(out: torch.Tensor, data: TrainingData, **_) -> torch.Tens
 
 def bradley_terry(out: torch.Tensor, data: TrainingData, **_) -> torch.Tensor:
     win, lose = data.pairs
+    if not len(win):                 # no pool tells two candidates apart: nothing to learn, not NaN
+        return out.sum() * 0.0
     return nn.functional.softplus(-(out[win, 0] - out[lose, 0])).mean()
 
 
@@ -59,6 +61,8 @@ def thurstone(out: torch.Tensor, data: TrainingData, variance_floor: float = 1e-
     pair wins with probability Φ((μ_w − μ_l) / √(s_w² + s_l²)) (Thurstone's case III; PURM's
     generalization of Bradley–Terry).  Its negative log, averaged over the pairs."""
     win, lose = data.pairs
+    if not len(win):
+        return out.sum() * 0.0
     var = gaussian_variance(out[:, 1], variance_floor)
     return -torch.special.log_ndtr((out[win, 0] - out[lose, 0]) / torch.sqrt(var[win] + var[lose])).mean()
 
