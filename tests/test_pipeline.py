@@ -327,3 +327,49 @@ def test_compare_trains_every_family_and_prints_one_table(run_folder):
             assert Personalizer.from_run(run_folder, TASK, backend=personalizer.backend).rule == "uniform"
     finally:
         path.write_text(written)
+
+
+def test_ttp_serve_picks_with_the_lm_reward_model(run_folder, tmp_path):
+    """After `ttp compare`: `ttp serve --selector lm.thurstone/mean` answers the OpenAI client with
+    the candidate that the saved lm model scores highest, read as the family reads one query."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import openai
+
+    from ttp.local_servers import free_port, wait_until_up
+    from ttp.rewards.lm import LMRewardModel, PoolTexts
+    from ttp.tasks.data import Query, load_task
+    from ttp.tasks.prompts import PromptBuilder, as_generated, profile_for
+
+    folder = RunFolder(run_folder)
+    if not folder.reward_model(TASK, "personalized", "lm.thurstone").exists():
+        assert runner.invoke(app, ["compare", str(run_folder), "--family", "lm"]).exit_code == 0
+    model = LMRewardModel.load(folder.reward_model(TASK, "personalized", "lm.thurstone"))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ttp.cli", "serve", str(run_folder), "--task-name", TASK,
+                             "--db", str(tmp_path / "profiles.sqlite"), "--port", str(port),
+                             "--selector", "lm.thurstone/mean"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{url}/health", proc, timeout_s=180)
+        task = load_task(json.loads(folder.config.read_text())["tasks"][0]["path"])
+        user = json.loads(folder.split(TASK).read_text())["test"][0]
+        query = next(q for q in task.queries if q.user == user)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=180)
+        r = client.completions.create(model="ttp", user=user, max_tokens=10, prompt=query.input,
+                                      extra_body={"ttp": {"budget": 3}})
+        meta = r.model_extra["ttp"]
+        assert meta["personalized"] and meta["selector"] == "lm.thurstone/mean"
+        # the query as the server makes it: the user's profile less any item of this very input
+        items = {item.id: item for q in task.queries if q.user == user for item in q.profile}
+        served = Query("served", user, query.input, profile_for(tuple(items.values()), query.input), gold="")
+        prompt = PromptBuilder(task.layout, "personalized")(served)
+        texts = PoolTexts({"q": prompt}, [as_generated(t) for t in meta["candidates"]],
+                          np.array(["q"] * len(meta["candidates"])))
+        np.testing.assert_allclose(meta["scores"], model.predict(texts), rtol=1e-4, atol=1e-5)
+        assert r.choices[0].text == meta["candidates"][int(np.argmax(meta["scores"]))]
+    finally:
+        proc.kill()
+        proc.wait()
