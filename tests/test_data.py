@@ -112,3 +112,30 @@ def test_lamp_files_load_as_downloaded_by_folder_or_by_file(pep_task, tmp_path):
         load_task(both / "test_questions.json")
     with pytest.raises(TaskFormatError, match="questions.json: file not found, nor a LaMP"):
         load_task(tmp_path / "made" / "..")
+
+
+def test_longlamp_parquet_loads_as_its_dataset_card_gives_it(pep_abstracts_dir, tmp_path):
+    """LongLaMP's abstract_generation_user rows (name, input, output, profile of abstract / id /
+    title / year), gold inline and no record id, in a split folder of shards or as one file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    task = load_task(pep_abstracts_dir)
+    rows = [{"name": q.user, "input": q.input, "output": q.gold,
+             "profile": [{"abstract": it.output, "id": it.id, "title": it.source, "year": 2001} for it in q.profile]}
+            for q in task.queries]
+    split = tmp_path / "abstract_generation_user" / "val"
+    split.mkdir(parents=True)
+    half = len(rows) // 2
+    pq.write_table(pa.Table.from_pylist(rows[:half]), split / "0000.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[half:]), split / "0001.parquet")
+    loaded = load_task(split)
+    assert loaded.name == "abstract_generation_user-val" and loaded.layout.name == "longlamp-abstract"
+    assert [(q.user, q.input, q.gold) for q in loaded.queries] == [(q.user, q.input, q.gold) for q in task.queries]
+    assert [it.output for it in loaded.queries[0].profile] == [it.output for it in task.queries[0].profile]
+    assert loaded.queries[half].id == "0001-0" and len({q.id for q in loaded.queries}) == len(rows)
+    assert len(load_task(split / "0001.parquet").queries) == len(rows) - half
+    broken = tmp_path / "broken.parquet"
+    pq.write_table(pa.Table.from_pylist([{k: v for k, v in rows[0].items() if k != "output"}]), broken)
+    with pytest.raises(TaskFormatError, match=r"broken.parquet: record broken-0: missing field 'output'"):
+        load_task(broken)

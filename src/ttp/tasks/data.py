@@ -159,14 +159,60 @@ def task_files(location: str | Path) -> tuple[Path, Path]:
                           f"(dev_questions.json with dev_outputs.json)")
 
 
+# LongLaMP's records name their user by task: abstract generation by "name", product reviews by
+# "reviewerId", topic writing by "author"
+USER_FIELDS = ("user", "name", "reviewerId", "author")
+
+
+def parquet_files(location: str | Path) -> list[Path]:
+    """LongLaMP as its dataset card gives it: one Parquet file, or a split's folder of shards
+    (``0000.parquet``, ...), each row a record with its gold ``output`` inline."""
+    location = Path(location)
+    if location.suffix == ".parquet":
+        return [location]
+    return sorted(location.glob("*.parquet")) if location.is_dir() and not (location / QUESTIONS).exists() else []
+
+
+def _parquet_records(files: list[Path]) -> tuple[list, dict]:
+    """The rows of LongLaMP's Parquet files as LaMP's questions and outputs: each row's id is its
+    ``id`` where it has one, else ``<file stem>-<row>``; its user is its first ``USER_FIELDS``."""
+    import pyarrow.parquet as pq
+
+    questions, golds = [], []
+    for path in files:
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (OSError, ValueError) as err:
+            raise TaskFormatError(f"{path}: not a readable Parquet file ({err})") from None
+        for i, row in enumerate(rows):
+            rid = row.get("id", f"{path.stem}-{i}")
+            if "output" not in row:
+                raise TaskFormatError(f"{path}: record {rid}: missing field 'output'")
+            user = next((row[f] for f in USER_FIELDS if row.get(f) is not None), None)
+            questions.append({k: v for k, v in (("id", rid), ("input", row.get("input")),
+                                                 ("profile", row.get("profile")), ("user", user))
+                              if v is not None})
+            golds.append({"id": rid, "output": row["output"]})
+    return questions, {"golds": golds}
+
+
 def load_task(location: str | Path, name: str | None = None, layout: str | None = None) -> Task:
-    """Read a task's questions and outputs (``task_files``) and check every record."""
-    q_path, o_path = task_files(location)
-    directory = q_path.parent
-    if not o_path.exists() and q_path.exists():
-        raise TaskFormatError(f"{o_path}: file not found: the gold outputs of {q_path.name} (LaMP's test "
-                              f"split ships none; use its train or dev split)")
-    questions, outputs = _read_json(q_path), _read_json(o_path)
+    """Read a task's questions and outputs (``task_files``), or LongLaMP's Parquet records
+    (``parquet_files``), and check every record."""
+    parquet = parquet_files(location)
+    if parquet:
+        q_path = o_path = parquet[0]
+        questions, outputs = _parquet_records(parquet)
+        directory = Path(location) if Path(location).is_dir() else q_path.parent
+        if directory.name in ("train", "val", "test") and name is None:
+            name = f"{directory.parent.resolve().name}-{directory.name}"     # abstract_generation_user-val
+    else:
+        q_path, o_path = task_files(location)
+        directory = q_path.parent
+        if not o_path.exists() and q_path.exists():
+            raise TaskFormatError(f"{o_path}: file not found: the gold outputs of {q_path.name} (LaMP's test "
+                                  f"split ships none; use its train or dev split)")
+        questions, outputs = _read_json(q_path), _read_json(o_path)
     if not isinstance(questions, list) or not questions:
         raise TaskFormatError(f"{q_path}: expected a non-empty JSON list of query records")
     if not isinstance(outputs, dict) or not isinstance(outputs.get("golds"), list):
