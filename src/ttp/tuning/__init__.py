@@ -208,8 +208,8 @@ Validation users' golds ({v['queries']} queries, {v['target_tokens']} tokens, ne
 **{v['before']:.3f} nats per token before, {v['after']:.3f} after**.
 {gguf}
 ## Licence
-The weights derive from the base model and fall under its licence (Gemma 3's: the Gemma Terms
-of Use). The training text is
+The weights derive from the base model and fall under its licence: for Gemma 3, the
+Gemma Terms of Use. The training text is
 the PEP records shipped with ttp (public domain / CC0) where the task is a PEP task, else the
 task's own data under its licence.
 """
