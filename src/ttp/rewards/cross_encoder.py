@@ -28,10 +28,10 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from ttp.analysis.stats import within_pool_correlation
-from ttp.files import read_json, write_bytes_atomic, write_json_atomic
+from ttp.files import write_bytes_atomic, write_json_atomic
 from ttp.rewards import minilm
 from ttp.rewards.estimator import train_early_stopped
-from ttp.rewards.models import SETTINGS, WEIGHTS, ModelFileError, RewardModel, TrainingDiverged
+from ttp.rewards.models import SETTINGS, WEIGHTS, ModelFileError, RewardModel, TrainingDiverged, saved_settings
 from ttp.rewards.objectives import OBJECTIVES, TrainingData, gaussian_variance, within_pool_pairs
 from ttp.tasks.data import Query
 from ttp.tasks.prompts import QUERY_CHARS, retrieve, split_instruction
@@ -247,12 +247,8 @@ class CrossEncoderRewardModel:
     def load(cls, path: str | Path) -> "CrossEncoderRewardModel":
         """Load tensors, settings and tokenizer; nothing in the folder is executed."""
         path = Path(path)
-        if not cls.is_saved(path):
-            raise ModelFileError(f"{path}: no saved cross-encoder ({WEIGHTS} and {SETTINGS}); train one first")
-        settings = read_json(path / SETTINGS)
+        settings = saved_settings(path, "cross_encoder", FORMAT, "cross-encoder")
         try:
-            if settings.get("format") != FORMAT or settings.get("family") != "cross_encoder":
-                raise ValueError(f"format {settings.get('format')!r} / family {settings.get('family')!r}")
             model = cls(CrossEncoderConfig(**settings["config"]))
             if settings["base_sha256"] != _base()[2]:
                 raise ValueError(f"it was tuned on other {BASE} weights than the installed ones")

@@ -33,10 +33,10 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from ttp.analysis.stats import within_pool_correlation
-from ttp.files import read_json, write_bytes_atomic, write_json_atomic
+from ttp.files import write_bytes_atomic, write_json_atomic
 from ttp.rewards.estimator import train_early_stopped
 from ttp.rewards.lm_backbone import EMBEDDED, Backbone, PoolStates, backbone, backbone_folder
-from ttp.rewards.models import SETTINGS, WEIGHTS, ModelFileError, TrainingDiverged
+from ttp.rewards.models import SETTINGS, WEIGHTS, ModelFileError, RewardModel, TrainingDiverged, saved_settings
 from ttp.rewards.objectives import OBJECTIVES, TrainingData, gaussian_variance, within_pool_pairs
 
 FORMAT = 1
@@ -267,9 +267,7 @@ class LMRewardModel:
                                             "backbone_sha256": self.backbone_sha256_,
                                             "validation_rho": self.validation_rho_, "inputs": inputs or {}})
 
-    @staticmethod
-    def is_saved(path: str | Path) -> bool:
-        return (Path(path) / WEIGHTS).exists() and (Path(path) / SETTINGS).exists()
+    is_saved = staticmethod(RewardModel.is_saved)   # the same two files mark a saved model
 
     @classmethod
     def load(cls, path: str | Path) -> "LMRewardModel":
@@ -277,12 +275,8 @@ class LMRewardModel:
         from peft import set_peft_model_state_dict
 
         path = Path(path)
-        if not cls.is_saved(path):
-            raise ModelFileError(f"{path}: no saved lm reward model ({WEIGHTS} and {SETTINGS}); train one first")
-        settings = read_json(path / SETTINGS)
+        settings = saved_settings(path, "lm", FORMAT, "lm reward model")
         try:
-            if settings.get("format") != FORMAT or settings.get("family") != "lm":
-                raise ValueError(f"format {settings.get('format')!r} / family {settings.get('family')!r}")
             config = dict(settings["config"])
             reading = dict(config.pop("reading"))
             reading["model"] = None if reading["model"] == EMBEDDED else reading["model"]

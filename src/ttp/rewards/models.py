@@ -97,6 +97,19 @@ def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Module:
                          nn.Linear(hidden, n_out))
 
 
+def saved_settings(path: Path, family: str, version: int, what: str) -> dict:
+    """The ``model.json`` of a model that ``family`` saved in format ``version``, refused with a
+    message naming the folder when it is missing, another family's or another format's."""
+    if not RewardModel.is_saved(path):
+        raise ModelFileError(f"{path}: no saved {what} ({WEIGHTS} and {SETTINGS}); train one first")
+    settings = read_json(path / SETTINGS)
+    if settings.get("format") != version or settings.get("family") != family:
+        raise ModelFileError(f"{path}: not a {what} this version of ttp can load (format "
+                             f"{settings.get('format')!r}, family {settings.get('family')!r}); retrain it "
+                             f"(`ttp compare RUN --family {family}`)")
+    return settings
+
+
 class RewardModel:
     """One reward model; ``kind`` picks the objective (see ``RewardConfig``, ``REWARD_MODELS``)."""
 
