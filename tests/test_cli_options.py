@@ -68,3 +68,14 @@ def test_tune_takes_its_task_as_an_option_and_the_old_positional_with_a_warning(
     assert "questions.json: file not found" in capsys.readouterr().err
     assert main(["tune", "--out", str(tmp_path / "m")]) == 2
     assert "give the task folder: --task PATH" in capsys.readouterr().err
+
+
+def test_run_without_a_task_goes_on_with_the_saved_run_and_refuses_to_change_it(tmp_path):
+    """`ttp run --out RUN` alone resumes RUN; an option that would change its configuration is
+    refused by name rather than ignored, and a folder with no run stops with one line."""
+    wide = {"COLUMNS": "300"}
+    changed = CliRunner().invoke(app, ["run", "--out", str(tmp_path), "--pool-size", "8"], env=wide)
+    assert changed.exit_code != 0 and "--pool-size" in changed.output and "saved configuration" in changed.output
+    engine = CliRunner().invoke(app, ["run", "--out", str(tmp_path), "--backend", "transformers"], env=wide)
+    assert engine.exit_code != 0 and "--backend" in engine.output
+    assert main(["run", "--out", str(tmp_path)]) == 1           # no run there: one line says so

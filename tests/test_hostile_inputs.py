@@ -130,7 +130,7 @@ def _cli_cases(run: str):
         ("openai without a server", ["run", "--task", task, "--out", run, "--backend", "openai", "--stages",
                                      "sample"], r"needs a server address"),
         ("missing task folder", ["run", "--task", run + "/nowhere", "--out", run], r"questions.json: file not found"),
-        ("resume a folder that is no run", ["resume", run], r"is not a run folder"),
+        ("go on with a folder that is no run", ["run", "--out", run], r"is not a run folder"),
         ("stage on a folder that is no run", ["rewards", run], r"is not a run folder"),
         ("generate with a huge budget", ["generate", run, "--task-name", "t", "--budget", "100000"], r"--budget"),
         ("generate with no budget", ["generate", run, "--task-name", "t", "--budget", "0"], r"--budget"),
@@ -578,10 +578,10 @@ class socket_closed:
 
 
 def test_errors_are_one_line_unless_debug_is_asked(tmp_path, capsys):
-    assert main(["resume", str(tmp_path)]) == 1
+    assert main(["run", "--out", str(tmp_path)]) == 1
     assert capsys.readouterr().err.count("\n") == 1
     with pytest.raises(FileNotFoundError):
-        main(["resume", str(tmp_path), "--debug"])
+        main(["run", "--out", str(tmp_path), "--debug"])
 
 
 def test_compare_refuses_hidden_states_a_server_cannot_give_before_changing_the_run(tmp_path, capsys,

@@ -53,9 +53,10 @@ def test_curves_hold_the_oracle_of_the_sampled_pools(run_folder, pep_titles_dir)
 def test_rerun_resumes_without_sampling_again(run_folder, pep_titles_dir):
     pools = RunFolder(run_folder).pools(TASK, "plain")
     before = pools.read_bytes()
-    result = runner.invoke(app, ["resume", str(run_folder)])
-    assert result.exit_code == 0, result.output
-    assert pools.read_bytes() == before
+    for command in (["run", "--out", str(run_folder)], ["resume", str(run_folder)]):   # the old spelling too
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, result.output
+        assert pools.read_bytes() == before
 
 
 def test_another_config_in_the_same_folder_is_refused(run_folder, pep_titles_dir):

@@ -135,8 +135,11 @@ def _rm_model(path: Path | None) -> str | None:
 @app.command()
 @model_options(EngineConfig, "engine")
 def run(
+    ctx: typer.Context,
     engine: EngineConfig,
-    task: List[Path] = typer.Option(..., help="task folder(s) in the LaMP layout (questions.json, outputs.json)"),
+    task: Optional[List[Path]] = typer.Option(None, help="task folder(s) in the LaMP layout (questions.json, "
+                                              "outputs.json); without it, the run in --out goes on with its "
+                                              "saved configuration"),
     out: Path = typer.Option(Path("runs/latest"), help="run folder"),
     pool_size: int = typer.Option(16, help="candidates per query (M, the largest N)"),
     max_queries_per_user: Optional[int] = typer.Option(None, help=f"seeded subset: queries per user ({ALL})"),
@@ -154,7 +157,11 @@ def run(
     rm_model: Optional[Path] = typer.Option(None, help=RM_MODEL_HELP),
     stages: List[str] = typer.Option(list(STAGES), help="stages to run, in order (comma list or repeated)"),
 ) -> None:
-    """Run the stages on any task; a rerun on the same folder resumes where it stopped."""
+    """Run the stages on any task; a rerun on the same folder, or `ttp run --out RUN` alone, resumes where
+    it stopped."""
+    if not task:
+        _go_on(ctx, out, _listed(stages))
+        return
     check_samples(pool_size, "--pool-size", typer.BadParameter)
     for option, value, low, high in (("--max-queries-per-user", max_queries_per_user, 0, None),
                                      ("--max-users", max_users, 0, None), ("--max-tokens", max_tokens, 1, 2048),
@@ -174,6 +181,18 @@ def run(
         rm_model=_rm_model(rm_model),
     )
     _run_stages(config, out, stages)
+
+
+def _go_on(ctx: typer.Context, out: Path, stages: list[str]) -> None:
+    """``ttp run --out RUN`` without ``--task``: the run in RUN goes on with its saved
+    configuration, so an option that would change it is refused rather than ignored."""
+    # by name: typer may carry its own copy of click's ParameterSource
+    changed = [param.opts[0] for param in ctx.command.params if param.name not in ("out", "stages")
+               and getattr(ctx.get_parameter_source(param.name), "name", None) == "COMMANDLINE"]
+    if changed:
+        raise typer.BadParameter(f"{changed[0]}: without --task the run in {out} goes on with its saved "
+                                 f"configuration; give --task to start a run, or another --out")
+    _run_stages(None, out, stages)      # a folder with no run stops with a line that says so
 
 
 def _families(names) -> tuple[str, ...]:
@@ -732,7 +751,10 @@ def export_model(
 
 @app.command()
 def resume(run_folder: Path = typer.Argument(..., help="run folder made by `ttp run` or `ttp demo`")) -> None:
-    """Continue a run from where it stopped, with its saved configuration."""
+    """Continue a run from where it stopped, with its saved configuration (`ttp run --out RUN` does the
+    same; this spelling goes in the next release)."""
+    warnings.warn(f"`ttp resume {run_folder}` is spelled `ttp run --out {run_folder}` now; `resume` goes in the "
+                  f"next release")
     _run_stages(None, run_folder, STAGES)
 
 
@@ -794,7 +816,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as done:
         return done.exit_code
     except (KeyboardInterrupt, click.exceptions.Abort, typer.Abort):
-        print("ttp: interrupted; finished work is saved, `ttp resume RUN` continues", file=sys.stderr)
+        print("ttp: interrupted; finished work is saved, `ttp run --out RUN` continues", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the boundary of the program: every error becomes one line
         if _is_usage_error(err):

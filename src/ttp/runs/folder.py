@@ -73,7 +73,7 @@ class RunFolder:
             except (OSError, ValueError, KeyError):
                 said = "another process"
             raise RunInUse(f"{self.root} is in use by {said}; wait for it to finish or stop it, "
-                           f"then resume with `ttp resume {self.root}`") from None
+                           f"then go on with `ttp run --out {self.root}`") from None
         try:
             holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                           "command": " ".join(["ttp", *sys.argv[1:]])[:200],

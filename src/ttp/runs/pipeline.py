@@ -44,7 +44,7 @@ class Pipeline:
         self._history_queries: dict[tuple[str, int], list[Query]] = {}
         if self.folder.config.exists() and RunConfig.load(self.folder.config).to_json() != config.to_json():
             raise ConfigError(f"{self.folder.config} holds another run's configuration; resume it with "
-                              f"`ttp resume {self.folder.root}` or use a new folder")
+                              f"`ttp run --out {self.folder.root}` or use a new folder")
         self.tasks: list[Task] = [subset(load_task(s.path, s.name, s.layout), s.max_queries_per_user,
                                          s.max_users, config.seed) for s in config.tasks]
         self.splits = {task.name: self.split(task) for task in self.tasks}
@@ -129,7 +129,7 @@ class Pipeline:
                  if p["query_id"] in queries]
         if len(pools) < len(queries):
             raise RuntimeError(f"{self.folder.history_pools(task.name, policy)} has {len(pools)} of {len(queries)} "
-                               f"history pools: finish the sampling stage first (`ttp resume`)")
+                               f"history pools: finish the sampling stage first (`ttp run --out RUN`)")
         return self._with_features(candidate_table(pools, queries, self.config.convention), queries, task, path)
 
     def candidates(self, task: Task, policy: str) -> pd.DataFrame:

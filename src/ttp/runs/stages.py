@@ -88,7 +88,7 @@ def utilities(pipeline: Pipeline) -> None:
         pools = [p for p in pools if p["query_id"] in wanted]
         if len(pools) < len(wanted):
             raise RuntimeError(f"{pipeline.folder.pools(task.name, policy)} has {len(pools)} of "
-                               f"{len(wanted)} pools: finish the sampling stage first (`ttp resume`)")
+                               f"{len(wanted)} pools: finish the sampling stage first (`ttp run --out RUN`)")
         done = cached_table(path, columns=["query_id"])
         if done is not None and done.query_id.nunique() == len(pools):
             continue
