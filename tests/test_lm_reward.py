@@ -44,6 +44,7 @@ def _pools(seed: int, pools: int = 6, size: int = 5) -> tuple[PoolTexts, np.ndar
     return PoolTexts(contexts, candidates, np.array(ids)), np.array(y)
 
 
+@pytest.mark.slow
 def test_the_shared_context_reads_what_one_pass_per_candidate_reads(tiny_model):
     from transformers import AutoModel
 
