@@ -79,3 +79,11 @@ def test_run_without_a_task_goes_on_with_the_saved_run_and_refuses_to_change_it(
     engine = CliRunner().invoke(app, ["run", "--out", str(tmp_path), "--backend", "transformers"], env=wide)
     assert engine.exit_code != 0 and "--backend" in engine.output
     assert main(["run", "--out", str(tmp_path)]) == 1           # no run there: one line says so
+
+
+def test_an_rm_model_that_is_not_there_is_refused_before_anything_runs(tmp_path):
+    for command in (["run", "--task", str(tmp_path), "--out", str(tmp_path / "run"), "--family", "lm"],
+                    ["compare", str(tmp_path), "--family", "lm"]):
+        result = CliRunner().invoke(app, [*command, "--rm-model", str(tmp_path / "nowhere")], env={"COLUMNS": "300"})
+        assert result.exit_code != 0 and "--rm-model" in result.output and "no such folder" in result.output
+        assert not (tmp_path / "run").exists()
