@@ -30,9 +30,9 @@ from torch import nn
 from ttp.analysis.stats import within_pool_correlation
 from ttp.files import write_bytes_atomic, write_json_atomic
 from ttp.rewards import minilm
-from ttp.rewards.estimator import train_early_stopped
+from ttp.rewards.estimator import TunedTextModel, train_early_stopped
 from ttp.rewards.models import SETTINGS, WEIGHTS, ModelFileError, RewardModel, TrainingDiverged, saved_settings
-from ttp.rewards.objectives import OBJECTIVES, TrainingData, gaussian_variance, within_pool_pairs
+from ttp.rewards.objectives import OBJECTIVES, TrainingData, within_pool_pairs
 from ttp.tasks.data import Query
 from ttp.tasks.prompts import QUERY_CHARS, retrieve, split_instruction
 
@@ -149,20 +149,14 @@ class _Top(nn.Module):
         return self.head((x * weights).sum(1) / weights.sum(1).clamp(min=1.0))
 
 
-class CrossEncoderRewardModel:
+class CrossEncoderRewardModel(TunedTextModel):
     """``fit(X, y, groups, X_val, y_val, groups_val)`` and ``predict(X, return_std=False)``, where
     ``X`` is a list of ``(candidate, context)`` pairs or their ``Encoding``."""
 
+    what = "cross-encoder"
+
     def __init__(self, config: CrossEncoderConfig | None = None, **overrides):
         self.config = config or CrossEncoderConfig(**overrides)
-
-    @property
-    def objective(self):
-        return OBJECTIVES[self.config.kind]
-
-    @property
-    def is_probabilistic(self) -> bool:
-        return self.objective.probabilistic
 
     def encode(self, pairs) -> Encoding:
         if isinstance(pairs, Encoding):
@@ -182,13 +176,7 @@ class CrossEncoderRewardModel:
 
     def fit(self, X, y, groups, X_val=None, y_val=None, groups_val=None) -> "CrossEncoderRewardModel":
         cfg = self.config
-        X, y, groups = self.encode(X), np.asarray(y, dtype=np.float32), np.asarray(groups)
-        if len(y) != len(X) or len(groups) != len(X) or not np.isfinite(y).all():
-            raise ValueError("training pools: need one finite utility and one pool id per candidate")
-        if X_val is None:
-            X_val, y_val, groups_val = X, y, groups
-        else:
-            X_val, y_val, groups_val = self.encode(X_val), np.asarray(y_val, dtype=np.float32), np.asarray(groups_val)
+        X, y, groups, X_val, y_val, groups_val = self._training_pools(X, y, groups, X_val, y_val, groups_val)
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         self.base_sha256_ = _base()[2]
@@ -220,15 +208,10 @@ class CrossEncoderRewardModel:
         self.validation_rho_ = float(best) if np.isfinite(best) else None
         return self
 
-    def predict(self, X, return_std: bool = False):
+    def _predicted(self, X) -> np.ndarray:
         if not hasattr(self, "top_"):
             raise RuntimeError("this reward model is not fitted yet; call fit() or load() first")
-        out = self._forward(self.encode(X))
-        if not return_std:
-            return out[:, 0]
-        if not self.is_probabilistic:
-            raise TypeError(f"a {self.config.kind} cross-encoder gives scores only; call predict(X) without return_std")
-        return out[:, 0], np.sqrt(gaussian_variance(torch.as_tensor(out[:, 1]), self.config.variance_floor).numpy())
+        return self._forward(self.encode(X))
 
     def save(self, path: str | Path, inputs: dict | None = None) -> None:
         path = Path(path)

@@ -34,10 +34,10 @@ from torch import nn
 
 from ttp.analysis.stats import within_pool_correlation
 from ttp.files import write_bytes_atomic, write_json_atomic
-from ttp.rewards.estimator import train_early_stopped
+from ttp.rewards.estimator import TunedTextModel, train_early_stopped
 from ttp.rewards.lm_backbone import EMBEDDED, Backbone, PoolStates, backbone, backbone_folder
 from ttp.rewards.models import SETTINGS, WEIGHTS, ModelFileError, RewardModel, TrainingDiverged, saved_settings
-from ttp.rewards.objectives import OBJECTIVES, TrainingData, gaussian_variance, within_pool_pairs
+from ttp.rewards.objectives import OBJECTIVES, TrainingData, within_pool_pairs
 
 FORMAT = 1
 
@@ -147,21 +147,15 @@ def _standardized(y: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return np.where(sd > 1e-9, (y - grouped.transform("mean").to_numpy()) / np.where(sd > 1e-9, sd, 1.0), 0.0)
 
 
-class LMRewardModel:
+class LMRewardModel(TunedTextModel):
     """``fit(X, y, groups, X_val, y_val, groups_val)`` and ``predict(X, return_std=False)``, where
     ``X`` is a ``PoolTexts`` or its ``PoolEncoding``.  ``progress`` is called after each batch."""
+
+    what = "lm reward model"
 
     def __init__(self, config: LMConfig | None = None, progress: Callable[[], None] | None = None, **overrides):
         self.config = config or LMConfig(**overrides)
         self.progress = progress
-
-    @property
-    def objective(self):
-        return OBJECTIVES[self.config.kind]
-
-    @property
-    def is_probabilistic(self) -> bool:
-        return self.objective.probabilistic
 
     def encode(self, X) -> PoolEncoding:
         if isinstance(X, PoolEncoding):
@@ -195,13 +189,7 @@ class LMRewardModel:
 
     def fit(self, X, y, groups, X_val=None, y_val=None, groups_val=None) -> "LMRewardModel":
         cfg = self.config
-        X, y, groups = self.encode(X), np.asarray(y, dtype=np.float32), np.asarray(groups)
-        if len(y) != len(X) or len(groups) != len(X) or not np.isfinite(y).all():
-            raise ValueError("training pools: need one finite utility and one pool id per candidate")
-        if X_val is None:
-            X_val, y_val, groups_val = X, y, groups
-        else:
-            X_val, y_val, groups_val = self.encode(X_val), np.asarray(y_val, dtype=np.float32), np.asarray(groups_val)
+        X, y, groups, X_val, y_val, groups_val = self._training_pools(X, y, groups, X_val, y_val, groups_val)
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         model = cfg.reading.backbone()
@@ -231,27 +219,19 @@ class LMRewardModel:
                     self.progress()
 
         def validation_rho() -> float:
-            return float(within_pool_correlation(self._predict_outputs(X_val)[:, 0], y_val, groups=groups_val).mean())
+            return float(within_pool_correlation(self._predicted(X_val)[:, 0], y_val, groups=groups_val).mean())
 
         best = train_early_stopped(self.modules_, run_epoch, validation_rho, cfg.max_epochs, cfg.patience)
         self.validation_rho_ = float(best) if np.isfinite(best) else None
         return self
 
-    def _predict_outputs(self, X) -> np.ndarray:
+    def _predicted(self, X) -> np.ndarray:
         if not hasattr(self, "modules_"):
             raise RuntimeError("this reward model is not fitted yet; call fit() or load() first")
         self.modules_.eval()
         with torch.no_grad():
             return self._outputs(self.encode(X)).numpy()
 
-    def predict(self, X, return_std: bool = False):
-        out = self._predict_outputs(X)
-        if not return_std:
-            return out[:, 0]
-        if not self.is_probabilistic:
-            raise TypeError(f"a {self.config.kind} lm reward model gives scores only; call predict(X) without "
-                            f"return_std")
-        return out[:, 0], np.sqrt(gaussian_variance(torch.as_tensor(out[:, 1]), self.config.variance_floor).numpy())
 
     def save(self, path: str | Path, inputs: dict | None = None) -> None:
         from peft import get_peft_model_state_dict
