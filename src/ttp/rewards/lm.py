@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +36,7 @@ from torch import nn
 from ttp.analysis.stats import within_pool_correlation
 from ttp.files import write_bytes_atomic, write_json_atomic
 from ttp.rewards.estimator import TunedTextModel, train_early_stopped
-from ttp.rewards.lm_backbone import EMBEDDED, Backbone, PoolStates, backbone, backbone_folder
+from ttp.rewards.lm_backbone import EMBEDDED, Backbone, PoolStates, backbone_folder
 from ttp.rewards.models import SETTINGS, WEIGHTS, ModelFileError, RewardModel, TrainingDiverged, saved_settings
 from ttp.rewards.objectives import OBJECTIVES, TrainingData, within_pool_pairs
 
@@ -53,8 +54,15 @@ class Reading:
     max_candidate_tokens: int = 190  # context + candidate stays within Gemma's 512-token sliding window
 
     def backbone(self) -> Backbone:
-        return backbone(str(backbone_folder(self.model)), self.tuned_layers, self.max_context_tokens,
-                        self.max_candidate_tokens)
+        return _loaded(self)
+
+
+@lru_cache(maxsize=2)
+def _loaded(reading: Reading) -> Backbone:
+    """The backbone a reading names, loaded once per process: resolving the embedded model's
+    folder alone takes a fifth of a second, too much for every batch."""
+    return Backbone(backbone_folder(reading.model), reading.tuned_layers, reading.max_context_tokens,
+                    reading.max_candidate_tokens)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ import copy
 import hashlib
 import inspect
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -169,9 +168,3 @@ class Backbone:
         """The top layers' state at each candidate's last token, float32: one row per candidate."""
         _, padded, lengths = self._run(top, pool.context, pool.candidates, "inputs_embeds")
         return padded[torch.arange(len(lengths), device=self.device), lengths - 1].float()
-
-
-@lru_cache(maxsize=2)
-def backbone(folder: str, tuned_layers: int, max_context_tokens: int, max_candidate_tokens: int) -> Backbone:
-    """A loaded backbone, shared by every reward model of a process that reads the same one."""
-    return Backbone(Path(folder), tuned_layers, max_context_tokens, max_candidate_tokens)
