@@ -66,7 +66,7 @@ def main(argv=None) -> None:
     rows = []
 
     start = time.perf_counter()
-    config = RunConfig(tasks=(TaskSpec(str(data.resolve()), max_users=users, max_queries_per_user=per_user),),
+    config = RunConfig(tasks=(TaskSpec(path=str(data.resolve()), max_users=users, max_queries_per_user=per_user),),
                        sampling=SamplingParams(n=pool, max_tokens=tokens, seed=0), bootstrap=100,
                        engine=EngineConfig(backend="transformers", model_path=str(model)),
                        families=("features", "lm"), rm_model=str(model))

@@ -87,3 +87,44 @@ def test_an_rm_model_that_is_not_there_is_refused_before_anything_runs(tmp_path)
         result = CliRunner().invoke(app, [*command, "--rm-model", str(tmp_path / "nowhere")], env={"COLUMNS": "300"})
         assert result.exit_code != 0 and "--rm-model" in result.output and "no such folder" in result.output
         assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command, model, left_out", [
+    ("run", "ttp.policy:SamplingParams", ("seed", "stop")),         # the run's --seed seeds its draws too
+    ("serve", "ttp.serve.config:ServeConfig", ()),
+    ("tune", "ttp.tuning:TuneConfig", ("base_model", "lora")),      # --base-model is a path; lora is its own
+    ("tune", "ttp.tuning.lora:LoraConfig", ()),
+])
+def test_a_typed_config_s_fields_are_its_command_s_options_with_their_help(command, model, left_out):
+    """Each field is declared once: its option, default and help come from the field."""
+    from importlib import import_module
+
+    from ttp.options import option_names
+
+    module, name = model.split(":")
+    fields = getattr(import_module(module), name).model_fields
+    params = {p.opts[0]: p for p in typer.main.get_command(app).commands[command].params}
+    for field_name, field in fields.items():
+        if field_name in left_out:
+            continue
+        option = params[option_names(field_name, field)[0]]
+        assert option.help.startswith(field.description) and option.default == field.default
+
+
+@pytest.mark.parametrize("args, said", [
+    (["tune", "--task", "T", "--out", "O", "--rank", "0"], "--rank: Input should be greater than or equal to 1"),
+    (["tune", "--task", "T", "--out", "O", "--split", "0.5", "0.5", "0.5"], "--split: must be three positive shares"),
+    (["serve", "RUN", "--task-name", "t", "--concurrency", "65"], "--concurrency: Input should be less than or equal"),
+    (["serve", "RUN", "--task-name", "t", "--budget", "0"], "--budget: Input should be greater than or equal to 1"),
+    (["run", "--task", "T", "--top-p", "0"], "--top-p: Input should be greater than 0"),
+])
+def test_a_value_its_config_refuses_stops_with_the_option_s_name(capsys, args, said):
+    assert main(args) == 2
+    assert said in capsys.readouterr().err
+
+
+def test_lora_s_scale_follows_its_rank_unless_given():
+    from ttp.tuning.lora import LoraConfig
+
+    assert LoraConfig(rank=4).alpha == 8.0 and LoraConfig(rank=4, alpha=3).alpha == 3.0
+    assert LoraConfig().model_dump() == LoraConfig.model_validate(LoraConfig().model_dump()).model_dump()

@@ -13,15 +13,15 @@ from ttp.tuning.lora import LoraConfig
 
 
 def test_a_matrix_refuses_a_tune_that_would_hold_out_other_users(pep_titles_dir):
-    with pytest.raises(ConfigError, match="split and seed"):
-        MatrixConfig((MatrixTask(str(pep_titles_dir)),), seed=1)
-    with pytest.raises(ConfigError, match="models"):
-        MatrixConfig((MatrixTask(str(pep_titles_dir)),), models=("base", "large"))
+    with pytest.raises(ValueError, match="split and seed"):
+        MatrixConfig(tasks=(MatrixTask(path=str(pep_titles_dir)),), seed=1)
+    with pytest.raises(ValueError, match="models"):
+        MatrixConfig(tasks=(MatrixTask(path=str(pep_titles_dir)),), models=("base", "large"))
 
 
 @pytest.mark.slow
 def test_the_matrix_runs_each_cell_sums_it_up_and_resumes(tmp_path, pep_titles_dir):
-    config = MatrixConfig((MatrixTask(str(pep_titles_dir), max_queries_per_user=2),), pool_size=4,
+    config = MatrixConfig(tasks=(MatrixTask(path=str(pep_titles_dir), max_queries_per_user=2),), pool_size=4,
                           tune=TuneConfig(max_examples=4, lora=LoraConfig(accumulation=2)))
     matrix = Matrix(config, tmp_path / "matrix")
     table = matrix.run()

@@ -122,7 +122,7 @@ def test_pools_hold_completions_as_their_task_cleans_them(pep_task, tmp_path):
 def test_sampling_params_are_validated():
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(top_p=0)
-    with pytest.raises(ValueError, match="n must be"):
+    with pytest.raises(ValueError, match="n\n.*greater than or equal to 1"):
         SamplingParams(n=0)
 
 

@@ -52,7 +52,7 @@ def test_actors_reserve_the_gpus_and_cpus_the_engine_asks_for(ray_executor, pep_
     from ttp.runs.ray_executor import RayExecutor
 
     engine = EngineConfig(ray_workers=2, ray_gpus_per_worker=0.5, ray_cpus_per_worker=0.5, chunk_size=3)
-    config = RunConfig(tasks=(TaskSpec(str(pep_titles_dir), max_users=8, max_queries_per_user=1),), engine=engine)
+    config = RunConfig(tasks=(TaskSpec(path=str(pep_titles_dir), max_users=8, max_queries_per_user=1),), engine=engine)
     made = []
 
     class Recording(RayExecutor):

@@ -55,7 +55,7 @@ def run(tmp_path_factory):
     study = allocation_study("probabilistic/mean", (val["score:pointwise"], val["rougeL"]),
                              (pools["score:pointwise"], pools["rougeL"], pools.users), n_boot=200)
     write_json_atomic(folder.allocation(TASK, POLICY), study.to_json())
-    config = RunConfig(tasks=(TaskSpec("unused"),), policies=(POLICY,))
+    config = RunConfig(tasks=(TaskSpec(path="unused"),), policies=(POLICY,))
     return folder, config, test, diagnoses, study
 
 

@@ -72,11 +72,11 @@ def test_a_run_refuses_a_model_tuned_on_the_golds_of_users_it_holds_out(tmp_path
     split = split_users(load_task(pep_titles_dir).users, (0.6, 0.2, 0.2), seed=0)
     (model / "tune.json").write_text(json.dumps({"query_users": [split.test[0]]}))
     assert users_with_learnt_golds(model / "tuned.gguf") == {split.test[0]}
-    config = RunConfig(tasks=(TaskSpec(str(pep_titles_dir)),), split=(0.6, 0.2, 0.2),
+    config = RunConfig(tasks=(TaskSpec(path=str(pep_titles_dir)),), split=(0.6, 0.2, 0.2),
                        engine=EngineConfig(model_path=str(model)))
     with pytest.raises(ConfigError, match="tuned on the golds"):
         Pipeline(config, tmp_path / "run", show_progress=False)
-    relative = replace(config, engine=EngineConfig(model_path="../tuned"))     # read from the run folder
+    relative = config.changed(engine=EngineConfig(model_path="../tuned"))     # read from the run folder
     with pytest.raises(ConfigError, match=f"{model} was tuned on the golds"):
         Pipeline(relative, tmp_path / "run", show_progress=False)
     (model / "tune.json").write_text(json.dumps({"query_users": list(split.train)}))

@@ -18,14 +18,17 @@ from rich.table import Table as RichTable
 
 import ttp
 from ttp.options import model_options
-from ttp.policy import SamplingParams
+from ttp.policy import MAX_POOL_SIZE, SamplingParams
 from ttp.policy.registry import EngineConfig
 from ttp.runs import additions
-from ttp.runs.config import RunConfig, TaskSpec, check_samples
+from ttp.runs.config import RunConfig, TaskSpec
 from ttp.runs.folder import RunFolder
 from ttp.runs.pipeline import AFTER_SCORES, STAGES, Pipeline, run_stages
 from ttp.runs.stages import BY_NAME
 from ttp.runs.tables import Table, stage_tables
+from ttp.serve.config import ServeConfig
+from ttp.tuning import TuneConfig
+from ttp.tuning.lora import LoraConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 console = Console(width=200)
@@ -37,7 +40,7 @@ SERVER_URL = typer.Option(None, "--server-url", "--upstream-url",
                           help="sample from this OpenAI-compatible server, e.g. http://gpu-box:8000 "
                                "(run: with --backend openai; generate, serve: instead of the run's engine)")
 SERVER_MODEL = typer.Option(None, "--server-model", "--upstream-model", help="the server's model name")
-SERVER_CONCURRENCY = typer.Option(8, "--server-concurrency", "--upstream-concurrency",
+SERVER_CONCURRENCY = typer.Option(8, "--server-concurrency", "--upstream-concurrency", min=1, max=256,
                                   help="requests in flight to the server")
 # the API key of a scoring endpoint (`ttp scores --from-url`, `ttp serve --reward-url`)
 REWARD_KEY = typer.Option(None, envvar="TTP_REWARD_KEY", help="API key of the scoring endpoint (or TTP_REWARD_KEY)")
@@ -81,15 +84,7 @@ PROMPTING_HELP = "the prompting: personalized (the user's profile items in the p
 TASK_NAME_HELP = "the task's name in the run (`ttp run` prints it; a LaMP task's outputs file names it)"
 
 
-def _within(option: str, value, low, high=None) -> None:
-    """Refuse an option outside [low, high] with a message that names it."""
-    if value is not None and (value < low or (high is not None and value > high)):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise typer.BadParameter(f"{option} must be {bound}, got {value}")
-
-
 def _check_server(url: str | None, model: str | None, concurrency: int) -> None:
-    _within("--server-concurrency", concurrency, 1, 256)
     if url and not model:
         raise typer.BadParameter("--server-url needs --server-model, the server's model name")
 
@@ -134,19 +129,17 @@ def _rm_model(path: Path | None) -> str | None:
 
 @app.command()
 @model_options(EngineConfig, "engine")
+@model_options(SamplingParams, "sampling", exclude=("seed", "stop"))
 def run(
     ctx: typer.Context,
     engine: EngineConfig,
+    sampling: SamplingParams,
     task: Optional[List[Path]] = typer.Option(None, help="task folder(s) in the LaMP layout (questions.json, "
                                               "outputs.json); without it, the run in --out goes on with its "
                                               "saved configuration"),
     out: Path = typer.Option(Path("runs/latest"), help="run folder"),
-    pool_size: int = typer.Option(16, help="candidates per query (M, the largest N)"),
-    max_queries_per_user: Optional[int] = typer.Option(None, help=f"seeded subset: queries per user ({ALL})"),
-    max_users: Optional[int] = typer.Option(None, help=f"seeded subset: number of users ({ALL})"),
-    max_tokens: int = typer.Option(24, help="new tokens per candidate"),
-    temperature: float = typer.Option(1.0, help="sampling temperature of the policy"),
-    top_p: float = typer.Option(0.95, help="nucleus sampling: the smallest set of tokens holding this probability"),
+    max_queries_per_user: Optional[int] = typer.Option(None, min=0, help=f"seeded subset: queries per user ({ALL})"),
+    max_users: Optional[int] = typer.Option(None, min=0, help=f"seeded subset: number of users ({ALL})"),
     seed: int = typer.Option(0, help="seeds the user split, the subsets, sampling and training"),
     split: Tuple[float, float, float] = typer.Option((0.45, 0.15, 0.4), help="train, validation, test shares of users"),
     convention: str = typer.Option("ttp", help="utility and retrieval: ttp (ROUGE with stemming, BM25 over "
@@ -162,11 +155,6 @@ def run(
     if not task:
         _go_on(ctx, out, _listed(stages))
         return
-    check_samples(pool_size, "--pool-size", typer.BadParameter)
-    for option, value, low, high in (("--max-queries-per-user", max_queries_per_user, 0, None),
-                                     ("--max-users", max_users, 0, None), ("--max-tokens", max_tokens, 1, 2048),
-                                     ("--temperature", temperature, 0.0, None), ("--top-p", top_p, 0.0, 1.0)):
-        _within(option, value, low, high)
     stages = _listed(stages)
     unknown = set(stages) - set(STAGES)
     if unknown:
@@ -174,11 +162,10 @@ def run(
     if engine.model_path:
         engine = engine.model_copy(update={"model_path": str(Path(engine.model_path).resolve())})
     config = RunConfig(
-        tasks=tuple(TaskSpec(str(t.resolve()), max_queries_per_user=max_queries_per_user or None,
+        tasks=tuple(TaskSpec(path=str(t.resolve()), max_queries_per_user=max_queries_per_user or None,
                              max_users=max_users or None) for t in task),
-        sampling=SamplingParams(n=pool_size, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
-        split=split, seed=seed, convention=convention, families=_families(family), engine=engine,
-        rm_model=_rm_model(rm_model),
+        sampling=sampling.with_seed(seed), split=split, seed=seed, convention=convention, families=_families(family),
+        engine=engine, rm_model=_rm_model(rm_model),
     )
     _run_stages(config, out, stages)
 
@@ -207,18 +194,15 @@ def _families(names) -> tuple[str, ...]:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="run folder"),
-    pool_size: int = typer.Option(8, help="candidates per query"),
-    max_users: int = typer.Option(12, help="users per task"),
-    max_queries_per_user: int = typer.Option(4, help="queries per user (0: all)"),
+    pool_size: int = typer.Option(8, min=1, max=MAX_POOL_SIZE, help="candidates per query"),
+    max_users: int = typer.Option(12, min=3, help="users per task"),
+    max_queries_per_user: int = typer.Option(4, min=0, help="queries per user (0: all)"),
 ) -> None:
     """Everything, end to end, on the two embedded mail tasks with modest sizes."""
-    check_samples(pool_size, "--pool-size", typer.BadParameter)
-    _within("--max-users", max_users, 3)
-    _within("--max-queries-per-user", max_queries_per_user, 0)
     from ttp.tasks.embedded import embedded_task_dirs
 
     config = RunConfig(
-        tasks=tuple(TaskSpec(str(p), max_queries_per_user=max_queries_per_user or None, max_users=max_users)
+        tasks=tuple(TaskSpec(path=str(p), max_queries_per_user=max_queries_per_user or None, max_users=max_users)
                     for p in embedded_task_dirs().values()),
         sampling=SamplingParams(n=pool_size, max_tokens=24),
     )
@@ -233,12 +217,12 @@ SELECTOR_HELP = ("the reward model and rule that pick, e.g. ensemble/mean or cro
 def generate(
     run_folder: Path = typer.Argument(..., help="a run folder with trained reward models"),
     task_name: str = typer.Option(..., help=TASK_NAME_HELP),
-    budget: int = typer.Option(8, help="most samples to spend"),
+    budget: int = typer.Option(8, min=1, max=MAX_POOL_SIZE, help="most samples to spend"),
     query_id: Optional[str] = typer.Option(None, help="a query of the task (its user and profile are used)"),
     user: Optional[str] = typer.Option(None, help="or: a user of the task ..."),
     text: Optional[str] = typer.Option(None, help="... and a new input for that user"),
     prompting: str = typer.Option("personalized", help=PROMPTING_HELP),
-    min_gain: float = typer.Option(1e-3, help="stop when one more sample is predicted to gain less"),
+    min_gain: float = typer.Option(1e-3, min=0, help="stop when one more sample is predicted to gain less"),
     rule: Optional[str] = typer.Option(None, help="stopping rule: uniform, law or expected_improvement "
                                        "(default: the one the allocate stage chose on validation users)"),
     selector: Optional[str] = typer.Option(None, help=SELECTOR_HELP),
@@ -247,8 +231,6 @@ def generate(
     server_concurrency: int = SERVER_CONCURRENCY,
 ) -> None:
     """Personalize one output at test time: sample adaptively, pick with the reward model."""
-    check_samples(budget, "--budget", typer.BadParameter)
-    _within("--min-gain", min_gain, 0.0)
     from ttp.personalize import Personalizer
 
     _check_server(server_url, server_model, server_concurrency)
@@ -274,7 +256,9 @@ def generate(
 
 
 @app.command()
+@model_options(ServeConfig, "settings")
 def serve(
+    settings: ServeConfig,
     run_folder: Path = typer.Argument(..., help="a run folder with trained reward models"),
     task_name: str = typer.Option(..., help=TASK_NAME_HELP + "; its reward model and layout are served"),
     prompting: str = typer.Option("personalized", help=PROMPTING_HELP + "; the reward model trained on its "
@@ -283,12 +267,7 @@ def serve(
                                      "workers may share one); default RUN/profiles.sqlite, filled from the "
                                      "task on first start"),
     host: str = typer.Option("127.0.0.1", help="address to listen on (loopback by default)"),
-    port: int = typer.Option(8000, help="port to listen on"),
-    model_name: str = typer.Option("ttp", help="the model id clients send"),
-    budget: int = typer.Option(8, help="samples per request when it gives neither best_of nor ttp.budget"),
-    min_gain: float = typer.Option(1e-3, help="stop sampling when one more sample is predicted to gain less"),
-    concurrency: int = typer.Option(1, help="requests sampled at once (1 for the embedded model on a CPU)"),
-    max_queue: int = typer.Option(16, help="requests that may wait; more are answered 503 with Retry-After"),
+    port: int = typer.Option(8000, min=1, max=65535, help="port to listen on"),
     server_url: Optional[str] = SERVER_URL,
     server_model: Optional[str] = SERVER_MODEL,
     server_concurrency: int = SERVER_CONCURRENCY,
@@ -298,11 +277,6 @@ def serve(
                                             "key is asked for"),
     insecure_no_auth: bool = typer.Option(False, help="serve a non-loopback --host without keys: anyone who "
                                           "reaches the port may read and write every user's profile"),
-    max_feedback_chars: int = typer.Option(4000, help="characters of input and output per feedback item"),
-    feedback_per_minute: int = typer.Option(30, help="feedback items a minute per user and per key, counted in "
-                                            "the store (shared by the workers on it)"),
-    requests_per_minute: int = typer.Option(120, help="completions, chats and scores a minute per user and per "
-                                            "key, counted in the store (shared by the workers on it)"),
     reward_url: Optional[str] = typer.Option(None, help="pick with the reward model behind this URL's "
                                              "POST /v1/ttp/score (another `ttp serve`), named by --selector "
                                              "as `ttp scores --from-url` stored it"),
@@ -313,17 +287,10 @@ def serve(
 
     from ttp.personalize import Personalizer
     from ttp.rewards.remote import RemoteScorer
-    from ttp.serve.app import ServeConfig, Server, create_app
+    from ttp.serve.app import Server, create_app
     from ttp.serve.auth import KeyFile
     from ttp.serve.store import ProfileStore
 
-    check_samples(budget, "--budget", typer.BadParameter)
-    _within("--concurrency", concurrency, 1, 64)
-    _within("--max-queue", max_queue, 0, 10_000)
-    _within("--port", port, 1, 65535)
-    _within("--max-feedback-chars", max_feedback_chars, 1)
-    _within("--feedback-per-minute", feedback_per_minute, 1)
-    _within("--requests-per-minute", requests_per_minute, 1)
     _check_server(server_url, server_model, server_concurrency)
     if api_keys is None and not insecure_no_auth and not _loopback(host):
         raise typer.BadParameter(f"--host {host} is reachable from other machines and no --api-keys is given; "
@@ -338,11 +305,10 @@ def serve(
     if not store.imported(task_name):     # once: a user erased since is not brought back
         console.print(f"profile store {store}: {store.import_task(personalizer.task)} items imported "
                       f"from {task_name}")
-    config = ServeConfig(model_name, budget, min_gain, concurrency, max_queue, max_feedback_chars,
-                         feedback_per_minute, requests_per_minute)
-    console.print(f"serving {model_name} ({task_name} / {prompting}, {personalizer.backend.name}) on http://{host}:{port}/v1"
+    console.print(f"serving {settings.model_name} ({task_name} / {prompting}, {personalizer.backend.name}) on "
+                  f"http://{host}:{port}/v1"
                   + (f", API keys from {api_keys} (followed while serving)" if keys else ", no API keys"))
-    uvicorn.run(create_app(Server(personalizer, store, config, keys)), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(Server(personalizer, store, settings, keys)), host=host, port=port, log_level="warning")
 
 
 def _loopback(host: str) -> bool:
@@ -560,16 +526,14 @@ def scores(
 @app.command()
 def history(
     run_folder: Path = typer.Argument(..., help="a run folder with pools and utilities"),
-    items_per_user: int = typer.Option(4, help="profile items of each user sampled as history queries"),
-    pool_size: Optional[int] = typer.Option(None, help="candidates per history pool (default: the run's pool size)"),
+    items_per_user: int = typer.Option(4, min=1, help="profile items of each user sampled as history queries"),
+    pool_size: Optional[int] = typer.Option(None, min=1, max=MAX_POOL_SIZE, help="candidates per history pool "
+                                            "(default: the run's pool size)"),
 ) -> None:
     """Sample pools for the users' own profile items (held-out users' included; none a held-out
     query's record), train the history family of reward models on them beside the training
     users' pools, then rerun rewards, diagnose, allocate and report so they are judged like the
     others.  Resumes where it stopped."""
-    _within("--items-per-user", items_per_user, 1)
-    if pool_size is not None:
-        check_samples(pool_size, "--pool-size", typer.BadParameter)
     _run_stages(None, run_folder, ["sample", *AFTER_SCORES],
                 first=lambda pipeline: additions.add_history(pipeline, items_per_user, pool_size))
 
@@ -651,22 +615,16 @@ def compare(
 
 
 @app.command()
+@model_options(TuneConfig, "settings", exclude=("base_model", "lora"))
+@model_options(LoraConfig, "lora")
 def tune(
+    settings: TuneConfig,
+    lora: LoraConfig,
     task: Optional[Path] = typer.Option(None, help="task folder (LaMP / LongLaMP layout) whose users' writing is "
                                         "learnt"),
     old_task: Optional[Path] = typer.Argument(None, hidden=True, help="the task folder as a positional argument "
                                               "(the old spelling of --task)"),
     out: Path = typer.Option(..., help="model folder to write; a rerun resumes a tune left there"),
-    items_per_user: int = typer.Option(4, help="profile items per user"),
-    max_examples: Optional[int] = typer.Option(256, help="examples in all (the first of a seeded order); 0: all"),
-    split: Tuple[float, float, float] = typer.Option((0.45, 0.15, 0.4), help="the run's train, validation, "
-                                                     "test shares of users: its held-out users give no gold"),
-    seed: int = typer.Option(0, help="the run's seed (its user split) and the examples' order"),
-    rank: int = typer.Option(8, help="LoRA rank"),
-    learning_rate: float = typer.Option(5e-4, help="AdamW's, decaying linearly to 0"),
-    epochs: int = typer.Option(1, help="passes over the examples"),
-    accumulation: int = typer.Option(8, help="examples per optimizer step"),
-    threads: int = typer.Option(2, help="torch threads: the weights reproduce bitwise with the same seed and threads"),
     base_model: Optional[Path] = typer.Option(None, help="GGUF file or model folder to tune (default: the "
                                               "embedded Gemma 3 270M); a folder gives a folder that transformers "
                                               "and vLLM sample"),
@@ -677,9 +635,7 @@ def tune(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ttp.tasks.data import load_task
-    from ttp.tuning import TuneConfig
     from ttp.tuning import tune as tune_model
-    from ttp.tuning.lora import LoraConfig
 
     if old_task is not None:
         warnings.warn(f"`ttp tune {old_task}` is spelled `ttp tune --task {old_task}` now; the positional "
@@ -687,12 +643,7 @@ def tune(
     task = task or old_task
     if task is None:
         raise typer.BadParameter("give the task folder: --task PATH")
-    _within("--items-per-user", items_per_user, 1)
-    _within("--max-examples", max_examples, 0)
-    config = TuneConfig(items_per_user, max_examples or None, split, seed,
-                        str(base_model.resolve()) if base_model else None,
-                        LoraConfig(rank=rank, alpha=2.0 * rank, learning_rate=learning_rate, epochs=epochs,
-                                   accumulation=accumulation, threads=threads))
+    config = settings.changed(base_model=str(base_model.resolve()) if base_model else None, lora=lora)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:
@@ -714,8 +665,8 @@ def matrix(
     policy_models: List[str] = typer.Option(["base", "tuned"], help="policy models (comma list or repeated): base "
                                             "(the embedded Gemma) and tuned "
                                     "(ttp tune on each task)"),
-    pool_size: int = typer.Option(16, help="candidates per query"),
-    max_queries_per_user: Optional[int] = typer.Option(3, help="seeded subset of each user's queries (0: all)"),
+    pool_size: int = typer.Option(16, min=1, max=MAX_POOL_SIZE, help="candidates per query"),
+    max_queries_per_user: Optional[int] = typer.Option(3, min=0, help="seeded subset of each user's queries (0: all)"),
     seed: int = typer.Option(0, help="seeds the user split, the subsets, sampling, tuning and training"),
     split: Tuple[float, float, float] = typer.Option((0.45, 0.15, 0.4), help="train, validation, test shares"),
 ) -> None:
@@ -725,12 +676,10 @@ def matrix(
     from ttp.tasks.peps import pep_task_dirs
     from ttp.tuning import TuneConfig
 
-    check_samples(pool_size, "--pool-size", typer.BadParameter)
-    _within("--max-queries-per-user", max_queries_per_user, 0)
     paths = [p.resolve() for p in task] if task else list(pep_task_dirs().values())
-    config = MatrixConfig(tuple(MatrixTask(str(p), max_queries_per_user or None) for p in paths),
-                          tuple(_listed(policy_models)),
-                          pool_size, split, seed, TuneConfig(split=split, seed=seed))
+    config = MatrixConfig(tasks=tuple(MatrixTask(path=str(p), max_queries_per_user=max_queries_per_user or None)
+                                      for p in paths), models=tuple(_listed(policy_models)), pool_size=pool_size,
+                          split=split, seed=seed, tune=TuneConfig(split=split, seed=seed))
     table = Matrix(config, out).run(on_cell=lambda label: console.rule(f"[bold]{label}"))
     render(table)
     console.print(f"summary: {out / 'summary.md'}")
@@ -771,7 +720,14 @@ for _stage in STAGES:
 
 
 def _one_line(err: BaseException) -> str:
+    from pydantic import ValidationError
+
+    from ttp.typed import refusal
+
     text = str(err) or type(err).__name__
+    if isinstance(err, ValidationError):
+        where, why = refusal(err)
+        text = f"{err.title} {where}: {why}" if where else f"{err.title}: {why}"
     if isinstance(err, KeyError) and err.args:
         text = str(err.args[0])
     return " ".join(text.split())

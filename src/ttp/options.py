@@ -16,10 +16,12 @@ from typing import Literal, Optional, Union
 import typer
 from pydantic import BaseModel, ValidationError
 
+from ttp.typed import refusal
+
 PREFIX = "option__"        # a generated parameter's name: never one a command spells itself
 
 
-def flags(name: str, field) -> tuple[str, ...]:
+def option_names(name: str, field) -> tuple[str, ...]:
     """A field's option names: its ``flags`` where it declares some, else ``--field-name``."""
     return tuple((field.json_schema_extra or {}).get("flags", ())) or ("--" + name.replace("_", "-"),)
 
@@ -57,7 +59,7 @@ def model_options(model: type[BaseModel], into: str, exclude: tuple[str, ...] = 
         kept = [p for p in signature.parameters.values() if p.name != into]
         added = [inspect.Parameter(PREFIX + name, inspect.Parameter.KEYWORD_ONLY,
                                    annotation=_cli_type(field.annotation),
-                                   default=typer.Option(field.default, *flags(name, field),
+                                   default=typer.Option(field.default, *option_names(name, field),
                                                         help=(field.description or "") + _bounds(field)))
                  for name, field in fields.items()]
 
@@ -67,10 +69,10 @@ def model_options(model: type[BaseModel], into: str, exclude: tuple[str, ...] = 
             try:
                 values[into] = model(**settings)
             except ValidationError as err:
-                first = err.errors()[0]
-                name = str(first["loc"][0]) if first["loc"] else ""
-                shown = flags(name, fields[name])[0] if name in fields else into
-                raise typer.BadParameter(f"{shown}: {first['msg']} (got {first.get('input')!r})") from None
+                where, why = refusal(err)
+                name = where.split(".")[0]
+                shown = option_names(name, fields[name])[0] if name in fields else into
+                raise typer.BadParameter(f"{shown}: {why}") from None
             return command(**values)
 
         keyword = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in kept]

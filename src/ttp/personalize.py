@@ -17,13 +17,13 @@ from ttp.analysis.allocation import OnlineRule
 from ttp.analysis.control import ControllerConfig, validation_calibration
 from ttp.analysis.online import Decision, choose_online
 from ttp.analysis.pools import Pools
-from ttp.policy import COUNT_TOKENS, SCORE, Completion, PolicyBackend
+from ttp.policy import COUNT_TOKENS, MAX_POOL_SIZE, SCORE, Completion, PolicyBackend, check_samples
 from ttp.policy.registry import EngineConfig
 from ttp.rewards.families import FAMILIES, Inputs, family_of, servable
 from ttp.rewards.features import EmbeddingCache
 from ttp.rewards.remote import RemoteScorer
 from ttp.rewards.selection import Selector, rule_scores
-from ttp.runs.config import MAX_POOL_SIZE, RunConfig, check_samples
+from ttp.runs.config import RunConfig
 from ttp.runs.evaluation import selectors
 from ttp.runs.folder import RunFolder
 from ttp.runs.results import read_online_rules, read_table
@@ -186,7 +186,7 @@ class Personalizer:
         drawn = []
 
         def draw(k: int) -> list[str]:
-            drawn.extend(self._sample(prompt, replace(sampling, n=k, seed=sampling.seed + len(drawn))))
+            drawn.extend(self._sample(prompt, sampling.model_copy(update={"n": k, "seed": sampling.seed + len(drawn)})))
             return [c.text for c in drawn[-k:]]
 
         def score(texts: list[str]):
@@ -204,7 +204,7 @@ class Personalizer:
         """The whole budget from the plain prompt; the candidate of highest mean token
         log-probability (the first of equals)."""
         prompt = self.plain_prompts(query)
-        completions = self._sample(prompt, replace(sampling, n=budget))
+        completions = self._sample(prompt, sampling.model_copy(update={"n": budget}))
         scores = [_mean_logprob(c.logprob, c.n_tokens) for c in completions]
         best = int(np.argmax(scores))
         decision = Decision(completions[best].text, float(scores[best]), np.nan, np.nan, len(completions), PLAIN_REASON,

@@ -11,30 +11,39 @@ behind the same interface.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+
+from pydantic import Field
+
+from ttp.typed import Settings, flags
+
+MAX_POOL_SIZE = 64     # candidates one query may draw; also the largest budget of `ttp generate`
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to draw one pool: ``n`` candidates per prompt (vLLM's name for it)."""
+def check_samples(value, what: str = "") -> int:
+    """``value`` if it is a number of samples one query may draw (1 to ``MAX_POOL_SIZE``, and not
+    a bool, which a JSON request may send for a number); else ``ValueError`` naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_POOL_SIZE:
+        said = f"must be a whole number between 1 and {MAX_POOL_SIZE}, got {value!r}"
+        raise ValueError(f"{what} {said}" if what else said)
+    return value
 
-    n: int = 8
-    temperature: float = 1.0
-    top_p: float = 0.95
-    max_tokens: int = 32
-    seed: int = 0
+
+class SamplingParams(Settings):
+    """How to draw one pool: ``n`` candidates per prompt (vLLM's name for it).  Each field but
+    ``seed`` and ``stop`` is an option of ``ttp run`` with this help text."""
+
+    n: int = Field(16, ge=1, le=MAX_POOL_SIZE, description="candidates per query (M, the largest N)",
+                   json_schema_extra=flags("--pool-size"))
+    max_tokens: int = Field(24, ge=1, le=2048, description="new tokens per candidate")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature of the policy")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling: the smallest set of tokens holding "
+                         "this probability")
+    seed: int = Field(0, description="seeds the draws")
     stop: tuple[str, ...] = ("\n",)
 
-    def __post_init__(self):
-        if self.n < 1:
-            raise ValueError(f"n must be at least 1, got {self.n}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
-
     def with_seed(self, seed: int) -> "SamplingParams":
-        return replace(self, seed=seed)
+        return self.model_copy(update={"seed": seed})
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ import math
 import random
 import warnings
 import zlib
-from dataclasses import replace
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
@@ -174,7 +173,7 @@ class OpenAICompatibleBackend(PolicyBackend):
 
                 async def group(size: int) -> list[dict]:
                     async with gate:
-                        return await self._batch(client, prompt, replace(params, n=size))
+                        return await self._batch(client, prompt, params.model_copy(update={"n": size}))
 
                 for extra in await asyncio.gather(*(group(min(step, params.n - k))
                                                     for k in range(step, params.n, step))):

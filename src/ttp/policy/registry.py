@@ -8,18 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ttp.policy import PolicyBackend
+from ttp.typed import Settings, flags
 
 Backend = Literal["llama-cpp", "openai", "transformers", "vllm"]
 BACKENDS = get_args(Backend)
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
-
-
-def _flags(*flags: str) -> dict:
-    """The option names of a field where they are not ``--field-name`` (the first is the one shown)."""
-    return {"flags": flags}
 
 
 def _passed(**engines: str) -> dict:
@@ -27,28 +23,26 @@ def _passed(**engines: str) -> dict:
     return {"engines": engines}
 
 
-class EngineConfig(BaseModel):
+class EngineConfig(Settings):
     """Which engine samples, how it is reached, and how it uses a GPU; checked when built.  Each
     field is an option of ``ttp run`` with this help text."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     backend: Backend = Field(
         "llama-cpp", description="the engine that samples: " + ", ".join(BACKENDS))
     # relative: read from the run folder (``located``)
     model_path: Optional[str] = Field(
         None, description="GGUF file or `ttp tune` folder (llama-cpp), GGUF file (transformers) or model folder "
-        "(transformers, vllm); default: the embedded Gemma 3 270M GGUF", json_schema_extra=_flags("--model"))
+        "(transformers, vllm); default: the embedded Gemma 3 270M GGUF", json_schema_extra=flags("--model"))
     n_ctx: int = Field(8192, ge=256, description="context window of the llama-cpp / vllm engine, tokens",
                        json_schema_extra=_passed(vllm="max_model_len"))
     server_url: Optional[str] = Field(
         None, description="openai backend: the OpenAI-compatible server, e.g. http://gpu-box:8000",
-        json_schema_extra=_flags("--server-url", "--upstream-url"))
+        json_schema_extra=flags("--server-url", "--upstream-url"))
     server_model: Optional[str] = Field(None, description="openai backend: the server's model name",
-                                        json_schema_extra=_flags("--server-model", "--upstream-model"))
+                                        json_schema_extra=flags("--server-model", "--upstream-model"))
     request_timeout: float = Field(300.0, gt=0, description="openai backend: overall deadline per request, s")
     server_concurrency: int = Field(8, ge=1, le=256, description="openai backend: requests in flight to the server",
-                                    json_schema_extra=_flags("--server-concurrency", "--upstream-concurrency"))
+                                    json_schema_extra=flags("--server-concurrency", "--upstream-concurrency"))
     dtype: Dtype = Field(
         "auto", description="transformers, vllm: weight type (auto: bfloat16 on a GPU, float32 on a CPU)",
         json_schema_extra=_passed(transformers="dtype", vllm="dtype"))

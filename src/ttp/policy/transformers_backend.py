@@ -4,7 +4,6 @@ transformers de-quantizes on load), ``M`` sequences sampled in one batched ``gen
 engines load, so the embedded default runs on them without a download."""
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from ttp.policy import COUNT_TOKENS, HIDDEN_STATES, SCORE, Completion, PolicyBackend, SamplingParams, cut_at_stop
@@ -60,7 +59,7 @@ class TransformersBackend(PolicyBackend):
         for i in range(0, len(prompts), self.chunk_size):
             chunk, chunk_params = prompts[i:i + self.chunk_size], params[i:i + self.chunk_size]
             first = chunk_params[0]
-            if all(replace(p, seed=first.seed) == first for p in chunk_params):
+            if all(p.with_seed(first.seed) == first for p in chunk_params):
                 pools.extend(self._generate(chunk, first))
             else:                                            # one generate call takes one set of parameters
                 pools.extend(self.sample(prompt, p) for prompt, p in zip(chunk, chunk_params))

@@ -21,14 +21,15 @@ backbone reads, and a hash of its weights); the backbone itself is read from its
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
@@ -39,19 +40,19 @@ from ttp.rewards.estimator import TunedTextModel, train_early_stopped
 from ttp.rewards.lm_backbone import EMBEDDED, Backbone, PoolStates, backbone_folder
 from ttp.rewards.models import SETTINGS, WEIGHTS, ModelFileError, RewardModel, TrainingDiverged, saved_settings
 from ttp.rewards.objectives import OBJECTIVES, TrainingData, within_pool_pairs
+from ttp.typed import Settings
 
 FORMAT = 1
 
 
-@dataclass(frozen=True)
-class Reading:
+class Reading(Settings):
     """Which language model reads the pools and how: fixed by the encoding, so a model is
     trained and used on states of the same backbone."""
 
-    model: str | None = None         # a model folder, ttp tune folder or GGUF (None: the embedded Gemma 3 270M)
-    tuned_layers: int = 2            # top layers with adapters; the layers below run once per pool
-    max_context_tokens: int = 320    # the context keeps its end (the query and the output label)
-    max_candidate_tokens: int = 190  # context + candidate stays within Gemma's 512-token sliding window
+    model: Optional[str] = None      # a model folder, ttp tune folder or GGUF (None: the embedded Gemma 3 270M)
+    tuned_layers: int = Field(2, ge=1)            # top layers with adapters; the layers below run once per pool
+    max_context_tokens: int = Field(320, ge=2)    # the context keeps its end (the query and the output label)
+    max_candidate_tokens: int = Field(190, ge=1)  # context + candidate stays within Gemma's 512-token sliding window
 
     def backbone(self) -> Backbone:
         return _loaded(self)
@@ -65,31 +66,27 @@ def _loaded(reading: Reading) -> Backbone:
                     reading.max_candidate_tokens)
 
 
-@dataclass(frozen=True)
-class LMConfig:
+class LMConfig(Settings):
     """How one ``lm`` reward model is trained."""
 
-    kind: str = "pointwise"          # an objective of OBJECTIVES
-    rank: int = 8                    # LoRA rank on every linear layer of the tuned layers
-    alpha: float = 16.0
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    max_epochs: int = 3
-    patience: int = 1                # epochs without a better validation ρ̄
-    pools_per_batch: int = 4
+    kind: str = "pointwise"                       # an objective of OBJECTIVES
+    rank: int = Field(8, ge=1)                    # LoRA rank on every linear layer of the tuned layers
+    alpha: float = Field(16.0, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_epochs: int = Field(3, ge=1)
+    patience: int = Field(1, ge=1)                # epochs without a better validation ρ̄
+    pools_per_batch: int = Field(4, ge=1)
     seed: int = 0
-    variance_floor: float = 1e-3
-    reading: Reading = field(default_factory=Reading)
+    variance_floor: float = Field(1e-3, gt=0)
+    reading: Reading = Reading()
 
-    def __post_init__(self):
-        if self.kind not in OBJECTIVES:
-            raise ValueError(f"kind must be one of {sorted(OBJECTIVES)}, got {self.kind!r}")
-        checks = {"rank": self.rank >= 1, "alpha": self.alpha > 0, "lr": self.lr > 0,
-                  "max_epochs": self.max_epochs >= 1, "patience": self.patience >= 1,
-                  "pools_per_batch": self.pools_per_batch >= 1}
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"out of range: {', '.join(f'{k} = {getattr(self, k)!r}' for k in bad)}")
+    @field_validator("kind")
+    @classmethod
+    def _an_objective(cls, kind):
+        if kind not in OBJECTIVES:
+            raise ValueError(f"must be one of {sorted(OBJECTIVES)}")
+        return kind
 
 
 @dataclass
@@ -249,7 +246,7 @@ class LMRewardModel(TunedTextModel):
         tensors = {f"top.{k}": v for k, v in adapters.items()}
         tensors.update({f"head.{k}": v for k, v in self.modules_["head"].state_dict().items()})
         write_bytes_atomic(path / WEIGHTS, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
-        config = asdict(self.config)
+        config = self.config.model_dump()
         config["reading"]["model"] = config["reading"]["model"] or EMBEDDED
         write_json_atomic(path / SETTINGS, {"format": FORMAT, "family": "lm", "config": config,
                                             "backbone_sha256": self.backbone_sha256_,

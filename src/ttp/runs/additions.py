@@ -7,7 +7,6 @@ after scoring (``AFTER_SCORES``) judge what it added like the trained reward mod
 - ``import_scores`` and ``score_from_url``: an outside reward model's scores, from a file or an endpoint."""
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -35,7 +34,7 @@ def add_history(pipeline: Pipeline, items_per_user: int, pool_size: int | None =
         raise ConfigError(f"this run's history pools are drawn with {c.history_items} items per user and "
                           f"pools of {c.history_pool_size or c.sampling.n}; copy the run folder to try others")
     families = tuple(dict.fromkeys([*c.families, *(f for f in FAMILIES if FAMILIES[f].trains_on_history)]))
-    pipeline.config = replace(c, history_items=items_per_user, history_pool_size=pool_size, families=families)
+    pipeline.config = c.changed(history_items=items_per_user, history_pool_size=pool_size, families=families)
     write_json_atomic(pipeline.folder.config, pipeline.config.to_json())
 
 
@@ -47,8 +46,8 @@ def add_families(pipeline: Pipeline, families=(), rm_model: str | None = None) -
     wanted = families or [f for f in FAMILIES if f not in pipeline.config.families
                           and (pipeline.config.history_items or not FAMILIES[f].trains_on_history)]
     families = tuple(dict.fromkeys([*pipeline.config.families, *wanted]))
-    pipeline.config = replace(pipeline.config, families=check_families(families),
-                              rm_model=rm_model or pipeline.config.rm_model)
+    pipeline.config = pipeline.config.changed(families=check_families(families),
+                                              rm_model=rm_model or pipeline.config.rm_model)
     write_json_atomic(pipeline.folder.config, pipeline.config.to_json())
 
 

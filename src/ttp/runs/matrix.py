@@ -9,18 +9,18 @@ A tuned run names its model relative to itself, so the folder can be moved or co
 """
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, Optional, get_args
 
 import numpy as np
 from filelock import FileLock
+from pydantic import Field, model_validator
 
 from ttp.analysis.bon import Curve
 from ttp.analysis.scaling import CEILING_FORMS, LAW_TOLERANCE, PER_QUERY_LAWS
 from ttp.files import read_json, write_bytes_atomic, write_json_atomic
-from ttp.policy import SamplingParams
+from ttp.policy import MAX_POOL_SIZE, SamplingParams
 from ttp.policy.registry import EngineConfig
 from ttp.rewards.families import head_of
 from ttp.rewards.selection import Selector
@@ -33,8 +33,10 @@ from ttp.runs.tables import LAW_LABELS, Table
 from ttp.tasks.data import load_task
 from ttp.tasks.utility import PRIMARY
 from ttp.tuning import TuneConfig, tune
+from ttp.typed import Settings, Split
 
-MODELS = ("base", "tuned")
+PolicyModel = Literal["base", "tuned"]
+MODELS = get_args(PolicyModel)
 LOG_FORM = next(iter(CEILING_FORMS))     # a + b ln N
 SUMMARY_N = 16               # the summary's N: the oracle, the gain shares
 PROBABILISTIC = "probabilistic/mean"
@@ -42,33 +44,29 @@ STANDARD_HEADS = ("pointwise", "bradley_terry", "ensemble")
 WITHIN_SE = 2.0              # a law fits a selector when its worst error is within this many paired SE
 
 
-@dataclass(frozen=True)
-class MatrixTask:
-    """One task of the matrix: its folder and what its outputs need."""
+class MatrixTask(Settings):
+    """One task of the matrix: its folder and its seeded subset of queries per user."""
 
     path: str
-    max_queries_per_user: int | None = None
+    max_queries_per_user: Optional[int] = Field(None, ge=1)
 
 
-@dataclass(frozen=True)
-class MatrixConfig:
-    tasks: tuple[MatrixTask, ...]
-    models: tuple[str, ...] = MODELS
-    pool_size: int = 16
-    split: tuple[float, float, float] = (0.45, 0.15, 0.4)
+class MatrixConfig(Settings):
+    tasks: tuple[MatrixTask, ...] = Field(min_length=1)
+    models: tuple[PolicyModel, ...] = Field(MODELS, min_length=1)
+    pool_size: int = Field(16, ge=1, le=MAX_POOL_SIZE)
+    split: Split = (0.45, 0.15, 0.4)
     seed: int = 0
-    tune: TuneConfig = field(default_factory=TuneConfig)
+    tune: TuneConfig = TuneConfig()
 
-    def __post_init__(self):
-        if not self.tasks:
-            raise ConfigError("a matrix needs at least one task")
-        if not self.models or set(self.models) - set(MODELS):
-            raise ConfigError(f"models must be some of {MODELS}, got {list(self.models)}")
-        if self.tune.split != tuple(self.split) or self.tune.seed != self.seed:
-            raise ConfigError("the tune's split and seed must be the matrix's, so its held-out users give no gold")
+    @model_validator(mode="after")
+    def _tune_keeps_held_out_users(self):
+        if self.tune.split != self.split or self.tune.seed != self.seed:
+            raise ValueError("the tune's split and seed must be the matrix's, so its held-out users give no gold")
+        return self
 
     def to_json(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
+        return self.model_dump(mode="json")
 
 
 class Matrix:
@@ -91,7 +89,7 @@ class Matrix:
     def run_config(self, task: MatrixTask, model: str) -> RunConfig:
         c = self.config
         model_path = f"../models/{self.model_folder(task).name}" if model == "tuned" else None
-        return RunConfig(tasks=(TaskSpec(str(task.path), max_queries_per_user=task.max_queries_per_user),),
+        return RunConfig(tasks=(TaskSpec(path=str(task.path), max_queries_per_user=task.max_queries_per_user),),
                          sampling=SamplingParams(n=c.pool_size, max_tokens=self.layouts[task.path].new_tokens,
                                                  seed=c.seed),
                          split=c.split, seed=c.seed, engine=EngineConfig(model_path=model_path))

@@ -7,7 +7,6 @@ selectors to a finished run are in ``runs/additions.py``.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import replace
 from functools import partial
 
 import pandas as pd
@@ -116,7 +115,7 @@ class Pipeline:
         return self._history_queries[key]
 
     def history_sampling(self):
-        return replace(self.config.sampling, n=self.config.history_pool_size or self.config.sampling.n)
+        return self.config.sampling.model_copy(update={"n": self.config.history_pool_size or self.config.sampling.n})
 
     def history_features(self, task: Task, policy: str) -> pd.DataFrame:
         """The history pools' candidates with their utilities and features (cached in the run folder)."""

@@ -24,7 +24,7 @@ import json
 import math
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -36,6 +36,7 @@ from ttp.personalize import PLAIN_SELECTOR, Personalizer
 from ttp.policy import SCORE, ContextOverflow, SamplingParams
 from ttp.runs.results import read_diagnoses
 from ttp.serve.auth import Key, KeyFile, KeyRefused
+from ttp.serve.config import ServeConfig
 from ttp.serve.requests import (
     APIError,
     ChatCompletionRequest,
@@ -54,18 +55,6 @@ def _error_response(err: APIError) -> JSONResponse:
     kind = "invalid_request_error" if err.status < 500 else "server_error"
     return JSONResponse({"error": {"message": err.message, "type": kind, "param": err.param, "code": err.code}},
                         status_code=err.status, headers=err.headers)
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    model_name: str = "ttp"            # the model id clients send and /v1/models lists
-    default_budget: int = 8            # samples when a request gives neither best_of nor ttp.budget
-    min_gain: float = 1e-3             # the stopping rule's threshold, utility per sample
-    concurrency: int = 1               # requests sampled at once (1 for the embedded model)
-    max_queue: int = 16                # requests waiting beyond those; more get 503
-    max_feedback_chars: int = 4000     # input and output of one feedback item; more get 413
-    feedback_per_minute: int = 30      # feedback items per user and per key; more get 429
-    requests_per_minute: int = 120     # completions, chats and scores per user and per key; more get 429
 
 
 @dataclass(frozen=True)
@@ -213,7 +202,7 @@ class Server:
         asked = request.asked_user
         asked_sampling = {"max_tokens": request.token_limit, "temperature": request.temperature,
                           "top_p": request.top_p, "seed": request.seed}
-        sampling = replace(run, **{key: value for key, value in asked_sampling.items() if value is not None})
+        sampling = run.model_copy(update={key: value for key, value in asked_sampling.items() if value is not None})
         known = asked if asked and self.store.has_user(asked) else None
         return Job(id=uuid.uuid4().hex, input=request.text, user=known, asked_user=asked, n=n, budget=budget,
                    sampling=sampling, stream=bool(request.stream),

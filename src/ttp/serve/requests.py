@@ -19,7 +19,7 @@ from pydantic import (
     field_validator,
 )
 
-from ttp.runs.config import MAX_POOL_SIZE, check_samples
+from ttp.policy import MAX_POOL_SIZE, check_samples
 
 
 class APIError(Exception):

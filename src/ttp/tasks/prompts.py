@@ -12,10 +12,12 @@ import logging
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal, get_args
 
 from ttp.tasks.data import ProfileItem, ProfileLayout, Query
 
-PROMPT_STYLES = ("personalized", "plain")
+Prompting = Literal["personalized", "plain"]
+PROMPT_STYLES = get_args(Prompting)
 # every text that enters a prompt is cut to a limit, so k examples fit a small model's context
 # and no single over-long record can make a prompt overflow it
 SOURCE_CHARS = 400   # the source of each few-shot example

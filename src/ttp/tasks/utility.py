@@ -11,13 +11,15 @@ ROUGE-1 is reported beside it.  Two conventions, chosen per run (``CONVENTIONS``
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal, get_args
 
 import numpy as np
 from rouge_score import rouge_scorer
 
 METRICS = ("rougeL", "rouge1")
 PRIMARY = "rougeL"
-CONVENTIONS = ("ttp", "lamp")
+Convention = Literal["ttp", "lamp"]
+CONVENTIONS = get_args(Convention)
 
 
 @lru_cache(maxsize=2)

@@ -13,12 +13,12 @@ before and after, and the GGUF check where there is a GGUF), ``loss.png`` and ``
 from __future__ import annotations
 
 import io
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from ttp.files import read_json, write_bytes_atomic, write_json_atomic
 from ttp.policy.transformers_backend import float32_folder
@@ -26,27 +26,30 @@ from ttp.tasks.data import Task, split_users
 from ttp.tasks.prompts import PromptBuilder
 from ttp.tuning.examples import TUNE_PROMPT, Example, example, training_examples
 from ttp.tuning.lora import LoraConfig
+from ttp.typed import Settings, Split
 
 CHECK_PROMPTS = 8           # validation prompts the GGUF's next-token distribution is checked on
 VALIDATION_EXAMPLES = 24    # validation users' queries whose loss is reported before and after
 
 
-@dataclass(frozen=True)
-class TuneConfig:
+class TuneConfig(Settings):
     """What a tune learns from; ``split`` and ``seed`` must be the run's, so that its held-out
-    users are the ones kept out."""
+    users are the ones kept out.  Each field but ``lora`` (``LoraConfig``'s are its own) and
+    ``base_model`` is an option of ``ttp tune`` with this help text."""
 
-    items_per_user: int = 4                      # profile items per user
-    max_examples: int | None = 256               # the first of the seeded order (None: all)
-    split: tuple[float, float, float] = (0.45, 0.15, 0.4)
-    seed: int = 0
-    base_model: str | None = None                # a GGUF file or a model folder (default: the embedded Gemma)
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    items_per_user: int = Field(4, ge=1, description="profile items per user")
+    max_examples: Optional[int] = Field(256, ge=1, description="examples in all (the first of a seeded order); "
+                                        "0: all")
+    split: Split = Field((0.45, 0.15, 0.4), description="the run's train, validation, test shares of users: its "
+                         "held-out users give no gold")
+    seed: int = Field(0, description="the run's seed (its user split) and the examples' order")
+    base_model: Optional[str] = None             # a GGUF file or a model folder (default: the embedded Gemma)
+    lora: LoraConfig = LoraConfig()
 
-    def __post_init__(self):
-        if self.items_per_user < 1 or (self.max_examples is not None and self.max_examples < 1):
-            raise ValueError(f"items_per_user and max_examples must be at least 1, got "
-                             f"{self.items_per_user} and {self.max_examples}")
+    @field_validator("max_examples", mode="before")
+    @classmethod
+    def _zero_is_all(cls, value):
+        return None if value == 0 else value
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ def tune(task: Task, out: str | Path, config: TuneConfig = TuneConfig(),
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"task": task.name, **asdict(config)}
+    settings = {"task": task.name, **config.model_dump(mode="json")}
     lock = FileLock(out / ".lock", timeout=0)
     try:
         lock.acquire()
@@ -94,7 +97,7 @@ def tune(task: Task, out: str | Path, config: TuneConfig = TuneConfig(),
     try:
         done = out / "tune.json"
         from_folder = bool(config.base_model) and (Path(config.base_model) / "config.json").exists()
-        if done.exists() and read_json(done).get("settings") == _plain(settings):
+        if done.exists() and read_json(done).get("settings") == settings:
             return TuneResult(out if from_folder else model_file(out), read_json(done))
         base_gguf = None if from_folder else model_file(config.base_model)
         base_folder = Path(config.base_model) if from_folder else float32_folder(base_gguf)
@@ -118,7 +121,7 @@ def tune(task: Task, out: str | Path, config: TuneConfig = TuneConfig(),
                                      out / f"{out.name}.gguf")
             check = distribution_check(hf_base, hf_tuned, base_gguf, model, check_prompts)
         record = {
-            "settings": _plain(settings),
+            "settings": settings,
             "base_model": base_folder.name if from_folder else base_gguf.name,
             "examples": {"profile items": sum(e.kind == "profile" for e in examples),
                          "training queries": sum(e.kind == "query" for e in examples)},
@@ -137,11 +140,6 @@ def tune(task: Task, out: str | Path, config: TuneConfig = TuneConfig(),
         return TuneResult(model, record)
     finally:
         lock.release()
-
-
-def _plain(settings: dict) -> dict:
-    """``settings`` as they read back from JSON (tuples become lists)."""
-    return json.loads(json.dumps(settings))
 
 
 def _hf_logprobs(model, tokenizer, prompts: list[str]) -> np.ndarray:

@@ -18,35 +18,38 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
+
+from pydantic import Field, model_validator
 
 from ttp.files import read_json, write_bytes_atomic, write_json_atomic
 from ttp.tuning.examples import Example
+from ttp.typed import Settings
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-@dataclass(frozen=True)
-class LoraConfig:
-    """How the adapters are trained; checked when built."""
+class LoraConfig(Settings):
+    """How the adapters are trained; each field is an option of ``ttp tune`` with this help text."""
 
-    rank: int = 8
-    alpha: float = 16.0
-    learning_rate: float = 5e-4      # decays linearly to 0 over the run
-    epochs: int = 1
-    accumulation: int = 8            # examples per optimizer step
-    max_prompt_tokens: int = 384     # a longer prompt keeps its end (the query and the output label)
-    checkpoint_every: int = 4        # optimizer steps
-    threads: int = 2                 # torch's float32 sums follow the thread count: pinned, a tune reproduces
+    rank: int = Field(8, ge=1, description="LoRA rank")
+    alpha: Optional[float] = Field(None, gt=0, description="LoRA scale (default: 2 x rank)")
+    learning_rate: float = Field(5e-4, gt=0, description="AdamW's, decaying linearly to 0")
+    epochs: int = Field(1, ge=1, description="passes over the examples")
+    accumulation: int = Field(8, ge=1, description="examples per optimizer step")
+    max_prompt_tokens: int = Field(384, ge=16, description="a longer prompt keeps its end (the query and the "
+                                   "output label)")
+    checkpoint_every: int = Field(4, ge=1, description="optimizer steps between checkpoints")
+    # torch's float32 sums follow the thread count: pinned, a tune reproduces
+    threads: int = Field(2, ge=1, description="torch threads: the weights reproduce bitwise with the same seed "
+                         "and threads")
 
-    def __post_init__(self):
-        checks = {"rank": self.rank >= 1, "alpha": self.alpha > 0, "learning_rate": self.learning_rate > 0,
-                  "epochs": self.epochs >= 1, "accumulation": self.accumulation >= 1,
-                  "max_prompt_tokens": self.max_prompt_tokens >= 16, "checkpoint_every": self.checkpoint_every >= 1,
-                  "threads": self.threads >= 1}
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"out of range: {', '.join(f'{k} = {getattr(self, k)!r}' for k in bad)}")
+    @model_validator(mode="before")
+    @classmethod
+    def _alpha_follows_rank(cls, data):
+        if isinstance(data, dict) and data.get("alpha") is None:
+            data = {**data, "alpha": 2.0 * data.get("rank", cls.model_fields["rank"].default)}
+        return data
 
 
 @dataclass
@@ -117,7 +120,7 @@ class LoraTrainer:
         folder = Path(folder)
         schedule = [e for _ in range(self.config.epochs) for e in examples]
         steps = self.steps(len(examples))
-        identity = {"config": asdict(self.config), "examples": [e.id for e in examples]}
+        identity = {"config": self.config.model_dump(), "examples": [e.id for e in examples]}
         progress = self._resume(folder, identity)
         self.model.train()
         with self._pinned_threads():
