@@ -17,12 +17,13 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 import ttp
-from ttp.options import model_options
+from ttp.options import field_option, model_options
 from ttp.policy import MAX_POOL_SIZE, SamplingParams
 from ttp.policy.registry import EngineConfig
 from ttp.runs import additions
 from ttp.runs.config import RunConfig, TaskSpec
 from ttp.runs.folder import RunFolder
+from ttp.runs.matrix import MatrixConfig
 from ttp.runs.pipeline import AFTER_SCORES, STAGES, Pipeline, run_stages
 from ttp.runs.stages import BY_NAME
 from ttp.runs.tables import Table, stage_tables
@@ -140,11 +141,9 @@ def run(
     out: Path = typer.Option(Path("runs/latest"), help="run folder"),
     max_queries_per_user: Optional[int] = typer.Option(None, min=0, help=f"seeded subset: queries per user ({ALL})"),
     max_users: Optional[int] = typer.Option(None, min=0, help=f"seeded subset: number of users ({ALL})"),
-    seed: int = typer.Option(0, help="seeds the user split, the subsets, sampling and training"),
-    split: Tuple[float, float, float] = typer.Option((0.45, 0.15, 0.4), help="train, validation, test shares of users"),
-    convention: str = typer.Option("ttp", help="utility and retrieval: ttp (ROUGE with stemming, BM25 over "
-                                   "the input) or lamp (LaMP's: no stemming, BM25 over the text after the "
-                                   "instruction)"),
+    seed: int = field_option(RunConfig, "seed"),
+    split: Tuple[float, float, float] = field_option(RunConfig, "split"),
+    convention: str = field_option(RunConfig, "convention"),
     family: List[str] = typer.Option(["features"], help="reward-model families to train (comma list or "
                                      "repeated): features, hidden_state, cross_encoder, lm"),
     rm_model: Optional[Path] = typer.Option(None, help=RM_MODEL_HELP),
@@ -665,14 +664,14 @@ def matrix(
     policy_models: List[str] = typer.Option(["base", "tuned"], help="policy models (comma list or repeated): base "
                                             "(the embedded Gemma) and tuned "
                                     "(ttp tune on each task)"),
-    pool_size: int = typer.Option(16, min=1, max=MAX_POOL_SIZE, help="candidates per query"),
+    pool_size: int = field_option(MatrixConfig, "pool_size"),
     max_queries_per_user: Optional[int] = typer.Option(3, min=0, help="seeded subset of each user's queries (0: all)"),
-    seed: int = typer.Option(0, help="seeds the user split, the subsets, sampling, tuning and training"),
-    split: Tuple[float, float, float] = typer.Option((0.45, 0.15, 0.4), help="train, validation, test shares"),
+    seed: int = field_option(MatrixConfig, "seed"),
+    split: Tuple[float, float, float] = field_option(MatrixConfig, "split"),
 ) -> None:
     """Run every cell of tasks x policy models x promptings (personalized, plain) and print one summary
     row per cell: the ceiling, the best standard and the probabilistic RM, failures, the best law, speed."""
-    from ttp.runs.matrix import Matrix, MatrixConfig, MatrixTask
+    from ttp.runs.matrix import Matrix, MatrixTask
     from ttp.tasks.peps import pep_task_dirs
     from ttp.tuning import TuneConfig
 

@@ -48,6 +48,13 @@ def _bounds(field) -> str:
     return (f" [{', '.join(said)}]" if said else "") + (f" (one of: {', '.join(choices)})" if choices else "")
 
 
+def field_option(model: type[BaseModel], name: str):
+    """The option of one field of ``model``, for a command that builds the model itself: its
+    names, default, and help with its bounds, as ``model_options`` makes them."""
+    field = model.model_fields[name]
+    return typer.Option(field.default, *option_names(name, field), help=(field.description or "") + _bounds(field))
+
+
 def model_options(model: type[BaseModel], into: str, exclude: tuple[str, ...] = ()):
     """Decorate a typer command whose parameter ``into`` is a ``model``: the command gets one option
     per field of ``model`` (but ``exclude``) instead, and ``into`` the model they build.  A value
@@ -59,8 +66,7 @@ def model_options(model: type[BaseModel], into: str, exclude: tuple[str, ...] = 
         kept = [p for p in signature.parameters.values() if p.name != into]
         added = [inspect.Parameter(PREFIX + name, inspect.Parameter.KEYWORD_ONLY,
                                    annotation=_cli_type(field.annotation),
-                                   default=typer.Option(field.default, *option_names(name, field),
-                                                        help=(field.description or "") + _bounds(field)))
+                                   default=field_option(model, name))
                  for name, field in fields.items()]
 
         @functools.wraps(command)

@@ -45,9 +45,10 @@ class RunConfig(Settings):
     policies: tuple[Prompting, ...] = Field(PROMPT_STYLES, min_length=1)
     sampling: SamplingParams = SamplingParams()
     shots: int = Field(3, ge=0, description="retrieved profile items per prompt")
-    convention: Convention = Field("ttp", description="utility and retrieval (tasks/utility.py)")
+    convention: Convention = Field("ttp", description="utility and retrieval: ttp (ROUGE with stemming, BM25 over "
+                                   "the input) or lamp (LaMP's: no stemming, BM25 over the text after the instruction)")
     split: Split = Field((0.45, 0.15, 0.4), description="train, validation, test shares of users")
-    seed: int = 0
+    seed: int = Field(0, description="seeds the user split, the subsets, sampling and training")
     engine: EngineConfig = EngineConfig()                 # the policy model's engine
     reward_models: tuple[str, ...] = ("pointwise", "bradley_terry", "probabilistic", "ensemble")
     families: tuple[str, ...] = ("features",)            # what the reward models read (rewards/families.py)

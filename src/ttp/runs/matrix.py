@@ -54,9 +54,9 @@ class MatrixTask(Settings):
 class MatrixConfig(Settings):
     tasks: tuple[MatrixTask, ...] = Field(min_length=1)
     models: tuple[PolicyModel, ...] = Field(MODELS, min_length=1)
-    pool_size: int = Field(16, ge=1, le=MAX_POOL_SIZE)
-    split: Split = (0.45, 0.15, 0.4)
-    seed: int = 0
+    pool_size: int = Field(16, ge=1, le=MAX_POOL_SIZE, description="candidates per query")
+    split: Split = Field((0.45, 0.15, 0.4), description="train, validation, test shares of users")
+    seed: int = Field(0, description="seeds the user split, the subsets, sampling, tuning and training")
     tune: TuneConfig = TuneConfig()
 
     @model_validator(mode="after")
