@@ -147,6 +147,7 @@ def test_tune_resumes_exactly_and_its_gguf_gives_the_tuned_distribution(tmp_path
 def test_a_tune_from_a_model_folder_writes_a_folder_that_transformers_samples(tiny_model, pep_task, tmp_path):
     """Two optimizer steps from a model folder: the merged weights come back as a model folder,
     the adapters changed them, and the transformers backend samples it; a rerun returns it."""
+    import torch
     from safetensors.torch import load_file
 
     from ttp.policy import SamplingParams
@@ -158,6 +159,7 @@ def test_a_tune_from_a_model_folder_writes_a_folder_that_transformers_samples(ti
     result = tune(pep_task, tmp_path / "tuned", config)
     assert result.model == tmp_path / "tuned" and result.record["steps"] == 2
     assert result.record["gguf_check"] is None and not list(result.model.glob("*.gguf"))
+    assert result.record["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     tuned, base = load_file(str(result.model / "model.safetensors")), load_file(str(tiny_model / "model.safetensors"))
     changed = [k for k in base if "q_proj" in k and not (tuned[k] == base[k]).all()]
     assert changed and not any("lora" in k for k in tuned)

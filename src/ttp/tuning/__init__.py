@@ -129,7 +129,7 @@ def tune(task: Task, out: str | Path, config: TuneConfig = TuneConfig(),
             "held_out_users": sorted(split.validation + split.test),
             "target_tokens": sum(trainer.encode(e)[1] for e in examples),
             "steps": len(progress.losses), "losses": progress.losses,
-            "train_seconds": round(sum(progress.seconds), 1),
+            "train_seconds": round(sum(progress.seconds), 1), "device": trainer.device,
             "validation_loss": {"before": before[0] / max(before[1], 1), "after": after[0] / max(after[1], 1),
                                 "queries": len(validation), "target_tokens": before[1]},
             "gguf_check": check,
@@ -148,9 +148,9 @@ def _hf_logprobs(model, tokenizer, prompts: list[str]) -> np.ndarray:
     rows = []
     with torch.no_grad():
         for prompt in prompts:
-            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(model.device)
             logits = model(input_ids=ids, logits_to_keep=1).logits[0, -1].double()
-            rows.append(torch.log_softmax(logits, dim=-1).numpy())
+            rows.append(torch.log_softmax(logits, dim=-1).cpu().numpy())
     return np.stack(rows)
 
 
@@ -198,9 +198,10 @@ record of one of their queries entered.
 ## Training
 LoRA r = {lora['rank']}, alpha = {lora['alpha']} on the attention projections; AdamW, learning rate
 {lora['learning_rate']} decaying linearly to 0; {lora['accumulation']} examples per step, {lora['epochs']} epoch(s):
-{record['steps']} steps in {record['train_seconds'] / 60:.1f} min on this machine, on {lora['threads']} torch thread(s)
-(with the same seed and threads the weights reproduce bitwise). Loss (nats per target
-token): {record['losses'][0]:.3f} at the first step, {record['losses'][-1]:.3f} at the last (`loss.png`).
+{record['steps']} steps in {record['train_seconds'] / 60:.1f} min on this machine's {record.get('device', 'cpu')}, on
+{lora['threads']} torch thread(s) (on a CPU, with the same seed and threads the weights reproduce
+bitwise). Loss (nats per target token): {record['losses'][0]:.3f} at the first step,
+{record['losses'][-1]:.3f} at the last (`loss.png`).
 
 Validation users' golds ({v['queries']} queries, {v['target_tokens']} tokens, never trained on):
 **{v['before']:.3f} nats per token before, {v['after']:.3f} after**.

@@ -68,7 +68,8 @@ class LoraTrainer:
     """``fit(examples, folder)`` trains the adapters; ``merged_weights()`` gives the tuned
     attention projections by GGUF-free name (``layers.{i}.self_attn.q_proj``)."""
 
-    def __init__(self, base_folder: str | Path, config: LoraConfig = LoraConfig(), seed: int = 0):
+    def __init__(self, base_folder: str | Path, config: LoraConfig = LoraConfig(), seed: int = 0,
+                 device: str | None = None):
         import torch
         from peft import LoraConfig as PeftLora
         from peft import get_peft_model
@@ -79,6 +80,9 @@ class LoraTrainer:
         self.tokenizer = AutoTokenizer.from_pretrained(base_folder)
         base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
         self.base_weights = {name: module.weight.detach().clone() for name, module in _projections(base)}
+        # float32 on a GPU too: a GGUF tune writes only what training changed, not a rounding to bfloat16
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        base.to(self.device)
         torch.manual_seed(seed)      # the adapters' initial weights
         self.model = get_peft_model(base, PeftLora(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0,
                                                    target_modules=list(TARGET_MODULES), bias="none"))
@@ -106,7 +110,7 @@ class LoraTrainer:
     def _loss(self, example: Example):
         torch = self._torch
         ids, n_target = self.encode(example)
-        ids = torch.tensor([ids])
+        ids = torch.tensor([ids], device=self.device)
         logits = self.model(input_ids=ids, logits_to_keep=n_target + 1).logits[0, :-1]
         return torch.nn.functional.cross_entropy(logits.float(), ids[0, -n_target:], reduction="sum"), n_target
 
@@ -161,8 +165,8 @@ class LoraTrainer:
 
         state = self.optimizer.state_dict()
         moments = {f"{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
-        write_bytes_atomic(folder / "adapter.safetensors", save(get_peft_model_state_dict(self.model)))
-        write_bytes_atomic(folder / "optimizer.safetensors", save(moments))
+        write_bytes_atomic(folder / "adapter.safetensors", save(_on_cpu(get_peft_model_state_dict(self.model))))
+        write_bytes_atomic(folder / "optimizer.safetensors", save(_on_cpu(moments)))
         write_json_atomic(folder / "progress.json", {**identity, **asdict(progress)})
 
     def _resume(self, folder: Path, identity: dict) -> FitProgress:
@@ -187,7 +191,11 @@ class LoraTrainer:
     def merged_weights(self) -> dict[str, "object"]:
         """Each adapted projection's weight with its adapter merged in (float32, ``(out, in)``)."""
         merged = self.model.merge_and_unload()
-        return {name: module.weight.detach().clone() for name, module in _projections(merged)}
+        return {name: module.weight.detach().cpu().clone() for name, module in _projections(merged)}
+
+
+def _on_cpu(tensors: dict) -> dict:
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
 
 
 def _projections(model):
