@@ -12,6 +12,6 @@ DATA="${1:-$(.venv/bin/python -c 'from ttp.tasks.peps import pep_task_dirs; prin
 OUT=runs/pep-titles-history
 # the later stages run once, after the history pools
 .venv/bin/ttp run --task "$DATA" --out "$OUT" --pool-size 16 --max-queries-per-user 6 \
-    --stages sample --stages utilities --stages curves
+    --stages sample,utilities,curves
 time .venv/bin/ttp history "$OUT" --items-per-user 4 --pool-size 8
-.venv/bin/ttp learning-curve "$OUT" --items 0 --items 1 --items 2 --items 3 --items 4
+.venv/bin/ttp learning-curve "$OUT" --items 0,1,2,3,4
