@@ -1,8 +1,9 @@
 """The lm reward model's shared context against reading each candidate in full, side by side
 in one run, on the embedded Gemma 3 270M.
 
-For 6 pep-titles queries: the personalized prompt (the user's 3 retrieved examples and the
-query) and 16 real titles (gold titles of other queries).  Per pool of 16:
+For 6 pep-titles queries (``--task pep-abstracts``: 6 of its queries): the personalized prompt
+(the user's 3 retrieved examples and the query) and 16 real outputs (gold outputs of other
+queries).  Per pool of 16:
 - scoring one by one: the whole model over context + candidate, once per candidate;
 - scoring as a padded batch: the 16 context + candidate sequences in one pass;
 - scoring shared: the lm model's path, the lower layers over the context once with its cache
@@ -10,11 +11,13 @@ query) and 16 real titles (gold titles of other queries).  Per pool of 16:
 - a training step without sharing: the padded batch through the whole model, backward through
   the tuned layers; with sharing: the top layers on the cached lower states, backward.
 Prints seconds per pool and the ratios."""
+import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from _data import pep_titles
+from _data import pep_task_dir
 
 from ttp.rewards.lm import LMConfig, LMRewardModel, PoolTexts, Reading
 from ttp.tasks.data import load_task
@@ -40,7 +43,11 @@ def seconds(work, items) -> float:
 
 
 def main():
-    task = load_task(pep_titles(__doc__.splitlines()[0]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=("pep-titles", "pep-abstracts"), default="pep-titles")
+    parser.add_argument("--data", type=Path, default=None, help="the task's folder (default: the one ttp derives)")
+    args = parser.parse_args()
+    task = load_task(pep_task_dir(args.task, args.data))
     items = list(pools(task))
     reading = Reading()
     backbone = reading.backbone()
@@ -97,7 +104,8 @@ def main():
             ("scoring, shared context (lm)", seconds(shared, items)),
             ("training step, padded batch", seconds(train_unshared, items)),
             ("training step, shared context on cached states (lm)", seconds(train_shared, encoded))]
-    print(f"{QUERIES} pools of {M}: context {context_tokens:.0f} tokens, candidates {candidate_tokens:.1f} tokens; "
+    print(f"{args.task}, {QUERIES} pools of {M}: context {context_tokens:.0f} tokens, "
+          f"candidates {candidate_tokens:.1f} tokens; "
           f"{reading.tuned_layers} of {len(whole.layers)} layers tuned; torch threads {torch.get_num_threads()}")
     print(f"{'path':<55}{'s per pool':>12}")
     for name, value in rows:
