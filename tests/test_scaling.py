@@ -59,6 +59,7 @@ def test_rho_bar_decomposes_into_positive_and_negative_parts():
     assert d.rho_bar == pytest.approx((1 - h) * d.rho_bar_pos - h * abs(d.rho_bar_neg))
 
 
+@pytest.mark.slow
 def test_no_hacking_means_few_flags():
     sim = simulate(SimulationConfig(rho_mean=0.5, rho_sd=0.05, seed=4))
     d = diagnose(sim.scores, sim.utilities, sim.users)

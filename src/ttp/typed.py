@@ -18,6 +18,17 @@ def _shares(split: tuple[float, float, float]) -> tuple[float, float, float]:
 Split = Annotated[tuple[float, float, float], AfterValidator(_shares)]
 
 
+def one_of(names) -> type:
+    """The type of a ``str`` field that must name one of ``names``, a registry read when a value
+    is checked (so a choice registered later is accepted)."""
+    def check(value: str) -> str:
+        if value not in names:
+            raise ValueError(f"must be one of {sorted(names)}")
+        return value
+
+    return Annotated[str, AfterValidator(check)]
+
+
 class Settings(BaseModel):
     """A configuration object, checked when built; ``changed(**fields)`` is a checked copy."""
 

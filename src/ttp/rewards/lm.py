@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
@@ -39,7 +39,7 @@ from ttp.files import write_bytes_atomic, write_json_atomic
 from ttp.rewards.estimator import TunedTextModel, train_early_stopped
 from ttp.rewards.lm_backbone import EMBEDDED, Backbone, PoolStates, backbone_folder
 from ttp.rewards.models import SETTINGS, WEIGHTS, ModelFileError, RewardModel, TrainingDiverged, saved_settings
-from ttp.rewards.objectives import OBJECTIVES, TrainingData, within_pool_pairs
+from ttp.rewards.objectives import ObjectiveName, TrainingData, within_pool_pairs
 from ttp.typed import Settings
 
 FORMAT = 1
@@ -69,7 +69,7 @@ def _loaded(reading: Reading) -> Backbone:
 class LMConfig(Settings):
     """How one ``lm`` reward model is trained."""
 
-    kind: str = "pointwise"                       # an objective of OBJECTIVES
+    kind: ObjectiveName = "pointwise"                       # an objective of OBJECTIVES
     rank: int = Field(8, ge=1)                    # LoRA rank on every linear layer of the tuned layers
     alpha: float = Field(16.0, gt=0)
     lr: float = Field(1e-3, gt=0)
@@ -80,13 +80,6 @@ class LMConfig(Settings):
     seed: int = 0
     variance_floor: float = Field(1e-3, gt=0)
     reading: Reading = Reading()
-
-    @field_validator("kind")
-    @classmethod
-    def _an_objective(cls, kind):
-        if kind not in OBJECTIVES:
-            raise ValueError(f"must be one of {sorted(OBJECTIVES)}")
-        return kind
 
 
 @dataclass

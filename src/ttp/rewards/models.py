@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
@@ -25,11 +25,12 @@ from ttp.analysis.stats import within_pool_correlation
 from ttp.files import read_json, write_bytes_atomic, write_json_atomic
 from ttp.rewards.estimator import train_early_stopped
 from ttp.rewards.objectives import OBJECTIVES, TrainingData, gaussian_variance, within_pool_pairs
-from ttp.typed import Settings
+from ttp.typed import Settings, one_of
 
 # each reward model: the objective it trains and whether it is a deep ensemble of that objective
 REWARD_MODELS = {"pointwise": "pointwise", "bradley_terry": "bradley_terry", "probabilistic": "probabilistic",
                  "ensemble": "pointwise", "constant": None}
+RewardModelName = one_of(REWARD_MODELS)
 WEIGHTS, SETTINGS = "weights.safetensors", "model.json"
 FORMAT = 1
 
@@ -45,7 +46,7 @@ class ModelFileError(ValueError):
 class RewardConfig(Settings):
     """How to train one reward model."""
 
-    kind: str = "pointwise"                       # a key of REWARD_MODELS
+    kind: RewardModelName = "pointwise"
     hidden: int = Field(32, ge=1)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -55,13 +56,6 @@ class RewardConfig(Settings):
     variance_floor: float = Field(1e-4, gt=0)     # probabilistic: s^2 >= floor keeps the NLL finite
     beta: float = Field(0.0, ge=0, le=1)          # probabilistic: beta-NLL weight (0 = plain Gaussian NLL)
     members: int = Field(5, ge=1)                 # ensemble size
-
-    @field_validator("kind")
-    @classmethod
-    def _a_model(cls, kind):
-        if kind not in REWARD_MODELS:
-            raise ValueError(f"must be one of {sorted(REWARD_MODELS)}")
-        return kind
 
 
 def _features(X, names: list[str] | None, where: str) -> tuple[np.ndarray, list[str] | None]:

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ttp.typed import one_of
+
 
 @dataclass(frozen=True)
 class TrainingData:
@@ -73,6 +75,7 @@ OBJECTIVES = {o.name: o for o in (
     Objective("probabilistic", 2, True, False, gaussian_nll),
     Objective("thurstone", 2, True, True, thurstone),
 )}
+ObjectiveName = one_of(OBJECTIVES)
 
 
 def within_pool_pairs(y: np.ndarray, groups: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
