@@ -54,7 +54,7 @@ def test_the_matrix_runs_each_cell_sums_it_up_and_resumes(tmp_path, pep_titles_d
     assert (tmp_path / "matrix" / "sampling.json").read_text() == sampling
     assert (tmp_path / "matrix" / "models" / "PEP-titles-tuned" / "tune.json").stat().st_mtime_ns == tuned_model
     with pytest.raises(ConfigError, match="another matrix"):
-        Matrix(MatrixConfig(config.tasks, pool_size=8, tune=config.tune), tmp_path / "matrix")
+        Matrix(MatrixConfig(tasks=config.tasks, pool_size=8, tune=config.tune), tmp_path / "matrix")
 
     # a moved matrix folder still finds its tuned model and resumes as it is
     moved = tmp_path / "elsewhere" / "matrix"
