@@ -183,7 +183,7 @@ CONFIG_CASES = [
     ("config negative pool", json.dumps({**good_config, "sampling": {"n": -3}}),
      r"field 'sampling.n': Input should be greater than or equal to 1 \(got -3\)"),
     ("config bad backend", json.dumps({**good_config, "backend": "os.system"}),
-     r"field 'engine.backend': Input should be 'llama-cpp'"),
+     r"field 'backend': Input should be 'llama-cpp'"),
     ("config bad engine", json.dumps({**good_config, "engine": {"backend": "vllm", "n_ctx": 3}}),
      r"field 'engine.n_ctx': Input should be greater than or equal to 256 \(got 3\)"),
     ("config engine not an object", json.dumps({**good_config, "engine": "llama-cpp"}),

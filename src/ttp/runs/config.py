@@ -102,6 +102,8 @@ class RunConfig(Settings):
             return cls.model_validate(data)
         except ValidationError as err:
             where, why = refusal(err)
+            if where.partition(".")[2] in flat:        # named as the file names it
+                where = where.partition(".")[2]
             raise ConfigError(f"field {where!r}: {why}" if where else why) from None
 
     @classmethod
