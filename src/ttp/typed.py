@@ -1,6 +1,6 @@
 """The base of every typed configuration object (``Settings``: frozen, no unknown field, each
 field's default, bounds and help written once on the field) and how a refused value is said in
-one line (``refusal``), the same from the command line, a request and a saved ``config.json``."""
+one line (``refusal``), the same from the command line and from a saved ``config.json``."""
 from __future__ import annotations
 
 from typing import Annotated
