@@ -765,6 +765,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("TTP_DEBUG") == "1" or "--debug" in args
     args = [a for a in args if a != "--debug"]
     warnings.formatwarning = lambda message, *_, **__: f"ttp: warning: {' '.join(str(message).split())}\n"
+    # peft (tune, the lm reward model) asks transformers a deprecated name; nothing for a user to do
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
     args = _renamed(args)
     try:
         app(args=args, prog_name="ttp", standalone_mode=False)

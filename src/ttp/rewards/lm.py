@@ -20,7 +20,6 @@ Saved as data: ``weights.safetensors`` (adapters and head) and ``model.json`` (s
 backbone reads, and a hash of its weights); the backbone itself is read from its folder."""
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -167,10 +166,8 @@ class LMRewardModel(TunedTextModel):
         from peft import LoraConfig, get_peft_model
 
         cfg = self.config
-        with warnings.catch_warnings():    # peft asks transformers a deprecated name; nothing for a user to do
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-            top = get_peft_model(model.new_top(), LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0,
-                                                             target_modules="all-linear"))
+        top = get_peft_model(model.new_top(), LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0,
+                                                         target_modules="all-linear"))
         head = nn.Linear(model.hidden_size, self.objective.outputs)
         nn.init.normal_(head.weight, std=1.0 / model.hidden_size)   # starts near 0 for any state scale
         nn.init.zeros_(head.bias)
