@@ -494,17 +494,15 @@ def main():
                     "--budget", str(args.budget)], check=True, stdout=subprocess.DEVNULL)
     cold = time.perf_counter() - start
 
-    from dataclasses import replace
-
     from ttp.policy.llama_cpp import LlamaCppBackend
     from ttp.tasks.prompts import PromptBuilder
 
-    backend = LlamaCppBackend(n_ctx=config.n_ctx, max_sequences=args.budget, prompt_cache=False)
+    backend = LlamaCppBackend(n_ctx=config.engine.n_ctx, max_sequences=args.budget, prompt_cache=False)
     prompts = [PromptBuilder(task.layout, "personalized", config.shots)(q) for q in queries]
-    backend.sample(prompts[-1], replace(config.sampling, n=args.budget, seed=99))  # warm-up
+    backend.sample(prompts[-1], config.sampling.model_copy(update={"n": args.budget, "seed": 99}))  # warm-up
     start = time.perf_counter()
     for prompt in prompts:        # distinct prompts: each is evaluated, as a new request's is
-        backend.sample(prompt, replace(config.sampling, n=args.budget))
+        backend.sample(prompt, config.sampling.model_copy(update={"n": args.budget}))
     pool = (time.perf_counter() - start) / len(prompts)
 
     p50, p99 = np.percentile(latencies, [50, 99])
