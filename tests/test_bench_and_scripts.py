@@ -36,3 +36,17 @@ def test_the_gpu_check_runs_end_to_end_on_the_cpu(tiny_model, tmp_path, monkeypa
                  "chunk size 1 ", "chunk size 16 ", "ttp tune from the model folder"):
         assert line in printed, (line, printed)
     assert (tmp_path / "check" / "tuned" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_the_serving_load_bench_runs_end_to_end(small_run, pep_titles_dir):
+    """bench/serve_load.py's default mode on a small finished run: the served requests, the cold
+    `ttp generate` and the direct pool it compares them with, all printed."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "serve_load.py"), "--run", str(small_run),
+                           "--data", str(pep_titles_dir), "--requests", "2", "--concurrency", "1", "--budget", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for line in ("errors 0", "cold `ttp generate`", "one pool of 2 candidates", "service time per request"):
+        assert line in done.stdout, (line, done.stdout)
