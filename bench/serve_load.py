@@ -499,10 +499,11 @@ def main():
 
     backend = LlamaCppBackend(n_ctx=config.engine.n_ctx, max_sequences=args.budget, prompt_cache=False)
     prompts = [PromptBuilder(task.layout, "personalized", config.shots)(q) for q in queries]
-    backend.sample(prompts[-1], config.sampling.model_copy(update={"n": args.budget, "seed": 99}))  # warm-up
+    params = config.sampling.model_copy(update={"n": args.budget})
+    backend.sample(prompts[-1], params.with_seed(99))  # warm-up
     start = time.perf_counter()
     for prompt in prompts:        # distinct prompts: each is evaluated, as a new request's is
-        backend.sample(prompt, config.sampling.model_copy(update={"n": args.budget}))
+        backend.sample(prompt, params)
     pool = (time.perf_counter() - start) / len(prompts)
 
     p50, p99 = np.percentile(latencies, [50, 99])
